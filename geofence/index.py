@@ -1,0 +1,160 @@
+"""The point-location index of a layer: row buckets per feature plus a solid/mixed grid.
+
+Built once per layer from flat, Arrow-style geometry (shapely's ragged-array form of
+a MultiPolygon array), then queried per batch with no Python per point.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from geofence._algorithms import crossing, grid, rows
+from geofence.errors import InputArrayError
+
+EDGES_PER_ROW = 2          # row height per feature: about this many edges per row
+GRID_CELLS_PER_EDGE = 4.0  # grid resolution: cells per polygon edge
+GRID_MIN_CELLS = 4096
+GRID_MAX_CELLS = 1 << 26   # 64 Mi cells (256 MiB) for the largest layers
+
+
+@dataclass(frozen=True)
+class FlatGeometry:
+    """Closed rings in one coordinate array, with ring, part and feature offsets."""
+
+    coords: np.ndarray            # (n_vertices, 2) float64, lon/lat
+    ring_offsets: np.ndarray      # into coords, per ring
+    part_offsets: np.ndarray      # into rings, per polygon part
+    feature_offsets: np.ndarray   # into parts, per feature
+
+    @classmethod
+    def from_ragged(cls, coords, offsets) -> "FlatGeometry":
+        """From ``shapely.to_ragged_array`` output of a MultiPolygon array."""
+        ring, part, feature = (np.ascontiguousarray(o, dtype=np.int64) for o in offsets)
+        xy = np.ascontiguousarray(np.asarray(coords, dtype=np.float64)[:, :2])
+        return cls(xy, ring, part, feature)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_offsets) - 1
+
+    def edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Edge ids (first vertex index) grouped by feature, and each feature's edge offsets."""
+        ring_start = self.ring_offsets[:-1]
+        ring_len = np.diff(self.ring_offsets)
+        edges_per_ring = np.maximum(ring_len - 1, 0)
+        ring_edge_offsets = np.concatenate([[0], np.cumsum(edges_per_ring)])
+        n_edges = int(ring_edge_offsets[-1])
+        ring_of_edge = np.repeat(np.arange(len(ring_start)), edges_per_ring)
+        edges = (ring_start[ring_of_edge]
+                 + np.arange(n_edges) - ring_edge_offsets[ring_of_edge]).astype(np.int32)
+        feature_ring = self.part_offsets[self.feature_offsets]
+        feature_edge_offsets = ring_edge_offsets[feature_ring].astype(np.int64)
+        return edges, feature_edge_offsets
+
+
+def _grid_params(coords: np.ndarray, n_edges: int) -> np.ndarray:
+    """Grid over the bounding box (widened by one cell), cells square in metres."""
+    lo = coords.min(axis=0)
+    hi = coords.max(axis=0)
+    span = np.maximum(hi - lo, 1e-9)
+    x_metres_per_degree = max(np.cos(np.radians((lo[1] + hi[1]) / 2)), 0.05)
+    n_cells = int(np.clip(n_edges * GRID_CELLS_PER_EDGE, GRID_MIN_CELLS, GRID_MAX_CELLS))
+    area = span[0] * x_metres_per_degree * span[1]
+    cell_h = np.sqrt(area / n_cells)
+    cell_w = cell_h / x_metres_per_degree
+    nx = int(np.ceil(span[0] / cell_w)) + 2
+    ny = int(np.ceil(span[1] / cell_h)) + 2
+    x0 = lo[0] - cell_w
+    y0 = lo[1] - cell_h
+    return np.array([x0, y0, cell_w, cell_h, nx, ny, 1.0 / cell_w, 1.0 / cell_h])
+
+
+@dataclass(frozen=True)
+class LocateIndex:
+    """Everything `locate` reads; arrays only, so kernels take them as they are."""
+
+    geometry: FlatGeometry
+    edges: np.ndarray
+    feature_edge_offsets: np.ndarray
+    row_params: np.ndarray
+    row_index: np.ndarray
+    row_offsets: np.ndarray
+    row_edges: np.ndarray
+    grid: np.ndarray
+    cells: np.ndarray
+    cand_offsets: np.ndarray
+    cand: np.ndarray
+
+    @classmethod
+    def build(cls, geometry: FlatGeometry) -> "LocateIndex":
+        coords = geometry.coords
+        edges, feature_edge_offsets = geometry.edges()
+        edge_feature = np.repeat(np.arange(geometry.n_features, dtype=np.int32),
+                                 np.diff(feature_edge_offsets))
+        row_params, row_index, row_offsets, row_edges = rows.build_feature_rows(
+            coords, edges, feature_edge_offsets, EDGES_PER_ROW)
+        params = _grid_params(coords, len(edges))
+        keys = grid.touched_cell_features(coords, edges, edge_feature,
+                                          geometry.n_features, params)
+        cells, cand_offsets, cand = grid.classify_cells(coords, edges, edge_feature,
+                                                        geometry.n_features, params, keys)
+        return cls(geometry, edges, feature_edge_offsets, row_params, row_index,
+                   row_offsets, row_edges, params, cells, cand_offsets, cand)
+
+    def _tables(self):
+        return (self.cells, self.cand_offsets, self.cand, self.grid, self.geometry.coords,
+                self.row_params, self.row_index, self.row_offsets, self.row_edges)
+
+    def locate(self, lon, lat, out=None, parallel: bool = False) -> np.ndarray:
+        """Feature index per point (int32, -1 for none). See `crossing` for the boundary rule."""
+        xs, ys = as_points(lon, lat)
+        out = _out_array(out, len(xs))
+        kernel = grid.locate_points_parallel if parallel else grid.locate_points
+        kernel(*self._tables(), xs, ys, out)
+        return out
+
+    def locate_bruteforce(self, lon, lat) -> np.ndarray:
+        """The same answers by testing every edge of every feature: a slow reference."""
+        xs, ys = as_points(lon, lat)
+        out = np.empty(len(xs), np.int32)
+        crossing.points_in_features_bruteforce(self.geometry.coords, self.edges,
+                                               self.feature_edge_offsets, xs, ys, out)
+        return out
+
+    def contains(self, feature: int, lon, lat) -> np.ndarray:
+        """Whether each point is inside one feature, under the same boundary rule."""
+        xs, ys = as_points(lon, lat)
+        out = np.empty(len(xs), np.bool_)
+        grid.points_in_feature_batch(self.geometry.coords, self.row_params, self.row_index,
+                                     self.row_offsets, self.row_edges, feature, xs, ys, out)
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.edges, self.row_params, self.row_index,
+                                      self.row_offsets, self.row_edges, self.cells,
+                                      self.cand_offsets, self.cand))
+
+    def stats(self) -> dict:
+        n_cells = len(self.cells)
+        mixed = int((self.cells <= -2).sum())
+        return {"grid": (int(self.grid[4]), int(self.grid[5])), "cells": n_cells,
+                "mixed_fraction": mixed / n_cells, "index_bytes": self.nbytes,
+                "mean_candidates": len(self.cand) / max(mixed, 1)}
+
+
+def as_points(lon, lat) -> tuple[np.ndarray, np.ndarray]:
+    """Check and convert a batch of coordinates to contiguous float64 arrays."""
+    xs = np.ascontiguousarray(lon, dtype=np.float64).reshape(-1)
+    ys = np.ascontiguousarray(lat, dtype=np.float64).reshape(-1)
+    if xs.shape != ys.shape:
+        raise InputArrayError(f"lon and lat differ in length: {xs.shape[0]} and {ys.shape[0]}")
+    return xs, ys
+
+
+def _out_array(out, n: int) -> np.ndarray:
+    if out is None:
+        return np.empty(n, np.int32)
+    if out.dtype != np.int32 or out.shape != (n,) or not out.flags.c_contiguous:
+        raise InputArrayError(f"out must be a contiguous int32 array of length {n}")
+    return out
