@@ -25,3 +25,7 @@ class UnknownCodeError(GeofenceError, KeyError):
 
 class InputArrayError(GeofenceError, ValueError):
     """Arrays given to a batch call have the wrong dtype, shape or values; convert them first."""
+
+
+class LayerWarning(UserWarning):
+    """A layer loaded, but has overlaps or gaps; run `geofence layer check` for details."""

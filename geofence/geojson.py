@@ -222,7 +222,7 @@ def _read_geometry(geometry: Any):
     if kind not in _GEOMETRY_TYPES:
         raise _Bad(f"geometry type {kind!r} is not Polygon or MultiPolygon")
     coordinates = geometry.get("coordinates")
-    if not isinstance(coordinates, list):
+    if not isinstance(coordinates, (list, tuple)):
         raise _Bad("geometry has no coordinates array")
     if not coordinates:
         raise _Bad("empty geometry")
@@ -236,7 +236,7 @@ def _read_geometry(geometry: Any):
 
 
 def _polygon(rings: Any) -> shapely.Polygon:
-    if not isinstance(rings, list) or not rings:
+    if not isinstance(rings, (list, tuple)) or not rings:
         raise _Bad("empty geometry")
     shell, *holes = [_ring(r) for r in rings]
     return shapely.Polygon(shell, holes)

@@ -33,6 +33,11 @@ class FlatGeometry:
         xy = np.ascontiguousarray(np.asarray(coords, dtype=np.float64)[:, :2])
         return cls(xy, ring, part, feature)
 
+    @classmethod
+    def empty(cls) -> "FlatGeometry":
+        """A layer with no features (a zone layer with no zones yet)."""
+        return cls(np.zeros((0, 2)), *(np.zeros(1, np.int64) for _ in range(3)))
+
     @property
     def n_features(self) -> int:
         return len(self.feature_offsets) - 1

@@ -1,0 +1,180 @@
+"""Allowed areas: unions of jurisdictions and zones, each with a distance grid.
+
+Many subjects share one allowed area (their county), so everything a verdict needs is
+precomputed per distinct area, never per fix: which jurisdiction features belong to it,
+which zones, its boundary segments (edges shared by two of its features dropped), a grid
+of distances to the boundary, and a coarse bucket grid of the segments for the few fixes
+the distance grid cannot decide. All areas live in flat arrays the kernels read by id.
+"""
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from geofence._algorithms import distance
+from geofence._algorithms import verdict as vk
+from geofence.errors import UnknownCodeError
+from geofence.layer import Layer
+from geofence.metric import distance_m as _pair_distance_m
+
+PAD_M = 5_000.0                # distance grid reaches this far beyond the area
+CELL_MIN_M = 25.0              # finest distance-grid cell
+MAX_CELLS_PER_AREA = 4_000_000  # caps memory at 16 MB per area
+BUCKET_M = 500.0               # cells of the segment buckets for exact distances
+
+
+@dataclass(frozen=True)
+class _Area:
+    member: np.ndarray   # bool per jurisdiction feature
+    zones: np.ndarray    # zone feature indices
+    segs: np.ndarray     # (n, 4) boundary segments, lon/lat
+    params: np.ndarray   # one row, columns as in _algorithms.verdict
+    edt: np.ndarray      # float32 metres, distance grid flattened
+    bucket_offsets: np.ndarray
+    bucket_ids: np.ndarray
+
+
+class AreaSet:
+    """Every distinct allowed area in use, by id, with the flat tables the kernels read."""
+
+    def __init__(self, jurisdictions: Layer, zones: Layer | None = None):
+        self.jurisdictions = jurisdictions
+        self.zones = zones
+        self._ids: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+        self._areas: list[_Area] = []
+        self._tables: tuple | None = None
+
+    def __len__(self) -> int:
+        return len(self._areas)
+
+    def resolve(self, codes: Iterable[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Jurisdiction feature and zone indices covered by codes (any level of either layer)."""
+        feats: set[int] = set()
+        zones: set[int] = set()
+        for code in codes:
+            if self.jurisdictions.hierarchy.is_known(code):
+                feats.update(self.jurisdictions.features_under(code).tolist())
+            elif self.zones is not None and self.zones.hierarchy.is_known(code):
+                zones.update(self.zones.features_under(code).tolist())
+            else:
+                raise UnknownCodeError(f"unknown jurisdiction or zone code {code!r}")
+        return tuple(sorted(feats)), tuple(sorted(zones))
+
+    def area_id(self, codes: Iterable[str]) -> int:
+        """Id of the area made of these codes; built on first use, then shared."""
+        key = self.resolve(codes)
+        if key not in self._ids:
+            self._areas.append(self._build(*key))
+            self._ids[key] = len(self._areas) - 1
+            self._tables = None
+        return self._ids[key]
+
+    def _build(self, feats: tuple[int, ...], zones: tuple[int, ...]) -> _Area:
+        member = np.zeros(len(self.jurisdictions), np.bool_)
+        member[list(feats)] = True
+        segs = boundary_segments(self.jurisdictions, feats)
+        if zones:
+            segs = np.concatenate([segs, boundary_segments(self.zones, zones, dissolve=False)])
+        params = np.zeros(vk.N_PARAMS)
+        params[vk.P_PAD_M] = PAD_M
+        if not len(segs):
+            return _Area(member, np.array(zones, np.int32), segs, params,
+                         np.zeros(0, np.float32), np.zeros(1, np.int64), np.zeros(0, np.int32))
+        lo = np.minimum(segs[:, [0, 1]], segs[:, [2, 3]]).min(axis=0)
+        hi = np.maximum(segs[:, [0, 1]], segs[:, [2, 3]]).max(axis=0)
+        kx, ky = _metres_per_degree((lo[1] + hi[1]) / 2)
+        pad = np.array([PAD_M / kx, PAD_M / ky])
+        lo, hi = lo - pad, hi + pad
+        width_m, height_m = (hi[0] - lo[0]) * kx, (hi[1] - lo[1]) * ky
+        cell_m = max(CELL_MIN_M, math.sqrt(width_m * height_m / MAX_CELLS_PER_AREA))
+        nx, ny = math.ceil(width_m / cell_m), math.ceil(height_m / cell_m)
+        cw, ch = cell_m / kx, cell_m / ky
+        touched = distance.touched_cells(segs, lo[0], lo[1], cw, ch, nx, ny)
+        edt = distance.distance_to_touched_m(touched, cell_m, cell_m).reshape(-1)
+        bnx, bny = math.ceil(width_m / BUCKET_M), math.ceil(height_m / BUCKET_M)
+        bw, bh = BUCKET_M / kx, BUCKET_M / ky
+        offsets, ids = distance.bucket_segments(segs, lo[0], lo[1], bw, bh, bnx, bny)
+        params[[vk.P_GX0, vk.P_GY0, vk.P_CW, vk.P_CH, vk.P_NX, vk.P_NY, vk.P_DIAG_M]] = (
+            lo[0], lo[1], cw, ch, nx, ny, cell_m * math.sqrt(2))
+        params[[vk.P_BX0, vk.P_BY0, vk.P_BW, vk.P_BH, vk.P_BNX, vk.P_BNY]] = (
+            lo[0], lo[1], bw, bh, bnx, bny)
+        return _Area(member, np.array(zones, np.int32), segs, params, edt, offsets, ids)
+
+    def tables(self) -> tuple:
+        """The areas concatenated for the kernels (rebuilt after a new area is added)."""
+        if self._tables is None:
+            areas = self._areas
+            seg_base = np.cumsum([0] + [len(a.segs) for a in areas])
+            bucket_base = np.cumsum([0] + [len(a.bucket_offsets) for a in areas])[:-1]
+            offsets_all = np.concatenate(
+                [a.bucket_offsets + 0 for a in areas] or [np.zeros(1, np.int64)])
+            # shift each area's offsets into the concatenated id array
+            id_base = np.cumsum([0] + [len(a.bucket_ids) for a in areas])
+            for n, a in enumerate(areas):
+                offsets_all[bucket_base[n]:bucket_base[n] + len(a.bucket_offsets)] += id_base[n]
+            ids_all = np.concatenate([a.bucket_ids.astype(np.int64) + seg_base[n]
+                                      for n, a in enumerate(areas)] or [np.zeros(0, np.int64)])
+            zone_offsets = np.cumsum([0] + [len(a.zones) for a in areas]).astype(np.int64)
+            self._tables = (
+                np.stack([a.member for a in areas]) if areas
+                else np.zeros((0, len(self.jurisdictions)), np.bool_),
+                zone_offsets,
+                np.concatenate([a.zones for a in areas] or [np.zeros(0, np.int32)]),
+                np.stack([a.params for a in areas]) if areas else np.zeros((0, vk.N_PARAMS)),
+                np.concatenate([a.edt for a in areas] or [np.zeros(0, np.float32)]),
+                np.cumsum([0] + [len(a.edt) for a in areas])[:-1].astype(np.int64),
+                bucket_base.astype(np.int64),
+                offsets_all.astype(np.int64),
+                ids_all,
+                np.concatenate([a.segs for a in areas] or [np.zeros((0, 4))]),
+            )
+        return self._tables
+
+    def distance_m(self, area_id: int, lon, lat) -> np.ndarray:
+        """Exact distance in metres from each point to the area's boundary (for alarm details)."""
+        segs = self._areas[area_id].segs
+        lon = np.atleast_1d(np.asarray(lon, np.float64))
+        lat = np.atleast_1d(np.asarray(lat, np.float64))
+        return np.array([_segments_distance_m(segs, x, y) for x, y in zip(lon, lat)])
+
+
+def boundary_segments(layer: Layer, features: Iterable[int], dissolve: bool = True) -> np.ndarray:
+    """Segments (x1, y1, x2, y2) of the features' rings; with `dissolve`, edges that two of
+    them share (the inner borders of a county made of townships) are left out."""
+    idx = layer.index
+    edges = [idx.edges[idx.feature_edge_offsets[f]:idx.feature_edge_offsets[f + 1]]
+             for f in features]
+    if not edges:
+        return np.zeros((0, 4))
+    first = np.concatenate(edges)
+    xy = layer.geometry.coords
+    segs = np.hstack([xy[first], xy[first + 1]])
+    segs = segs[(segs[:, 0] != segs[:, 2]) | (segs[:, 1] != segs[:, 3])]
+    if dissolve and len(segs):
+        a, b = segs[:, :2], segs[:, 2:]
+        swap = (a[:, 0] > b[:, 0]) | ((a[:, 0] == b[:, 0]) & (a[:, 1] > b[:, 1]))
+        canon = np.where(swap[:, None], np.hstack([b, a]), segs)
+        _, inverse, counts = np.unique(canon, axis=0, return_inverse=True, return_counts=True)
+        segs = segs[counts[inverse.reshape(-1)] == 1]
+    return np.ascontiguousarray(segs)
+
+
+def _metres_per_degree(lat: float) -> tuple[float, float]:
+    kx = float(_pair_distance_m(0.0, lat, 1e-3, lat)) * 1e3
+    ky = float(_pair_distance_m(0.0, lat - 5e-4, 0.0, lat + 5e-4)) * 1e3
+    return kx, ky
+
+
+def _segments_distance_m(segs: np.ndarray, x: float, y: float) -> float:
+    if not len(segs):
+        return math.inf
+    kx, ky = _metres_per_degree(y)
+    a = (segs[:, :2] - (x, y)) * (kx, ky)
+    b = (segs[:, 2:] - (x, y)) * (kx, ky)
+    d = b - a
+    length2 = (d * d).sum(axis=1)
+    t = np.clip(-(a * d).sum(axis=1) / np.where(length2 > 0, length2, 1), 0, 1)
+    c = a + t[:, None] * d
+    return float(np.sqrt((c * c).sum(axis=1)).min())
