@@ -5,7 +5,7 @@ data that behaves like them: wiggly borders with hundreds to thousands of vertic
 shared bitwise between neighbours (no gaps, no overlaps), multipolygons and enclaves, and at
 national scale tens of thousands of townships with over ten million vertices. These generators
 build such layers from a seed alone, identically on every run and machine (seeded PCG64 and
-plain float arithmetic only; nothing depends on hash-randomized set or dict order).
+plain IEEE arithmetic only, no libm or BLAS calls; nothing depends on hash-randomized order).
 
 Construction: a jittered lattice (hexagons for Zaozhuang, quads for the national layer). Every
 lattice edge is fractalized once by midpoint displacement perpendicular to its chord, clipped to
@@ -36,6 +36,7 @@ ZAOZHUANG_EXTENT_DEG = (116.8, 34.4, 117.8, 35.3)  # lon_min, lat_min, lon_max, 
 ZAOZHUANG_HEX_RADIUS_DEG = 0.015  # hexagon centre-to-corner, in degrees of latitude (~1.7 km)
 ZAOZHUANG_SEGMENTS_PER_EDGE = 64
 ZAOZHUANG_SEED = 3704
+ZAOZHUANG_LON_SCALE = 0.82  # cos(34.85 deg): km per degree of lon / km per degree of lat
 # Rough city outline (lon, lat): wide Tengzhou/Shanting north, narrowing to Taierzhuang (SE).
 ZAOZHUANG_OUTLINE_DEG = (
     (116.84, 35.20), (116.97, 35.28), (117.20, 35.26), (117.45, 35.28), (117.66, 35.22),
@@ -61,7 +62,7 @@ NATIONAL_COUNTRY = {"code": "100000", "name": "全国（合成）", "parent": No
 
 COORD_DECIMALS = 7
 JITTER_FRACTION = 0.15  # node jitter, fraction of the cell size (quad corners stay > 43 deg)
-EDGE_SLOPE_MAX = math.tan(math.radians(20.0))  # |offset| <= slope * distance to nearer end
+EDGE_SLOPE_MAX = 0.36  # |offset| <= slope * distance to the nearer end (tan 19.8 deg)
 DISPLACEMENT_FRACTION = 0.15  # first-level midpoint displacement, fraction of the chord
 ROUGHNESS = 0.6  # displacement ratio from one level to the next
 WARP_SPACING_CELLS = 5  # smooth warp: control points about every 5 cells, ...
@@ -190,7 +191,6 @@ def national_layer(
     south, east, north, west = h[r, c], v[r, c + 1], h[r + 1, c, ::-1], v[r, c, ::-1]
     ring = [south[:, :s], east[:, :s], north[:, :s], west[:, :s], south[:, :1]]
     coords = np.concatenate(ring, axis=1).reshape(-1, 2)  # counter-clockwise, closed
-    n = nx * ny
     one = np.arange(nx * ny + 1, dtype=np.int64)
     codes, parents, units = _national_codes(r, c, nx, ny)
     names = [f"合成镇{code}" for code in codes]
@@ -203,10 +203,10 @@ def _grid_shape(n: int, extent) -> tuple[int, int]:
     if n < 1:
         raise ValueError(f"n_townships must be positive, got {n}")
     width, height = extent[2] - extent[0], extent[3] - extent[1]
-    rows = [ny for ny in range(1, n + 1) if n % ny == 0]
-    skew = {ny: abs(math.log(width * ny / (height * (n // ny)))) for ny in rows}
+    aspect = {ny: width * ny / (height * (n // ny)) for ny in range(1, n + 1) if n % ny == 0}
+    skew = {ny: max(q, 1.0 / q) for ny, q in aspect.items()}  # cell width/height or inverse
     ny = min(skew, key=skew.get)
-    if skew[ny] > math.log(2.0):
+    if skew[ny] > 2.0:
         ny = max(1, round(math.sqrt(n * height / width)))
     return max(1, round(n / ny)), ny
 
@@ -287,7 +287,7 @@ def _hex_mesh(rng) -> tuple[np.ndarray, np.ndarray]:
     """
     x0, y0, x1, y1 = ZAOZHUANG_EXTENT_DEG
     s = ZAOZHUANG_HEX_RADIUS_DEG
-    w = math.sqrt(3.0) * s / math.cos(math.radians((y0 + y1) / 2))  # column spacing, lon deg
+    w = math.sqrt(3.0) * s / ZAOZHUANG_LON_SCALE  # column spacing, degrees of longitude
     nx, ny = int((x1 - x0) / w - 0.5), int((y1 - y0 - 2 * s) / (1.5 * s)) + 1
     rr, cc = np.meshgrid(np.arange(-1, ny + 1), np.arange(-1, nx + 1), indexing="ij")  # padded
     centre = np.stack([x0 + (cc + 0.5 + 0.5 * (rr & 1)) * w, y0 + s + 1.5 * s * rr], -1)
@@ -311,7 +311,7 @@ def _zaozhuang_labels(towns: list[dict], centres: np.ndarray) -> np.ndarray:
     outline = shapely.Polygon(ZAOZHUANG_OUTLINE_DEG)
     inside = shapely.contains_xy(outline, centres[..., 0], centres[..., 1])
     inside[[0, -1]], inside[:, [0, -1]] = False, False  # outer borders stay inside the extent
-    squash = np.array([math.cos(math.radians(sum(ZAOZHUANG_EXTENT_DEG[1::2]) / 2)), 1.0])
+    squash = np.array([ZAOZHUANG_LON_SCALE, 1.0])
     xy = centres * squash  # ~isotropic plane for distances
 
     def nearest(cells: np.ndarray, lonlat) -> tuple[int, int]:
@@ -355,8 +355,10 @@ def _spread_seeds(cells: np.ndarray, k: int, centre, xy) -> list[tuple[int, int]
 
 
 def _grow(mask: np.ndarray, seeds, quotas, xy) -> np.ndarray:
-    """Label mask cells by growing all regions at once, nearest (distance^2 / quota) first:
-    a contiguous, weighted Voronoi partition; every region stays connected."""
+    """Label mask cells by growing all regions at once, nearest (distance^2 / quota) first.
+
+    The result is a weighted Voronoi partition in which every region stays connected.
+    """
     labels = np.full(mask.shape, -1)
     heap = [(0.0, k, seed) for k, seed in enumerate(seeds)]
     while heap:
@@ -379,7 +381,6 @@ def _make_exclave(labels: np.ndarray) -> np.ndarray:
             ring2 = {nb for nb1 in ring1 for nb in _hex_neighbours(*nb1)}
             near = sorted({int(_at(labels, nb, -1)) for nb in ring2} - {-1, int(labels[cell])})
             if near:
-                labels = labels.copy()
                 labels[cell] = near[0]
                 return labels
     raise RuntimeError("no fully surrounded hexagon for an exclave")
@@ -419,4 +420,4 @@ def _at(grid: np.ndarray, cell: tuple[int, int], default):
 def _signed_area(ring: np.ndarray) -> float:
     """Shoelace area of a closed ring, positive when counter-clockwise."""
     x, y = ring[:, 0], ring[:, 1]
-    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+    return 0.5 * float(np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]))
