@@ -20,13 +20,29 @@ WANDER_M = 250.0  # how far a person at home strays from the home point (per axi
 M_PER_DEG_LAT = 110_900.0
 
 
+CATEGORY_SHARE = {"probation": 1906, "parole": 70, "medical_parole": 38, "control": 18}
+KEY_SHARE = 0.05  # key persons (重点人员)
+
+
 @dataclass(frozen=True)
 class Population:
-    """Subjects: their home county code and home point."""
+    """Subjects: id, phone, home county and township, home point, risk and category."""
 
     county: np.ndarray    # str code per subject
     home_lon: np.ndarray
     home_lat: np.ndarray
+    township: np.ndarray  # str code of the township holding the home point
+    risk: np.ndarray      # "normal" | "key"
+    category: np.ndarray
+
+    @property
+    def ids(self) -> list[str]:
+        return [f"S{i:05d}" for i in range(len(self.county))]
+
+    @property
+    def devices(self) -> list[str]:
+        """One phone number per subject, the same for the same index on every run."""
+        return [f"139{i:08d}" for i in range(len(self.county))]
 
 
 @dataclass(frozen=True)
@@ -66,7 +82,28 @@ def make_population(layer, counties: list[str], n: int, rng: np.random.Generator
             ok[mine] = np.isin(where[mine], layer.features_under(code))
         lon[todo[ok]], lat[todo[ok]] = cx[ok], cy[ok]
         todo = todo[~ok]
-    return Population(np.array(counties)[county_of], lon, lat)
+    township = layer.codes[layer.locate(lon, lat)]
+    shares = np.array(list(CATEGORY_SHARE.values()), float)
+    category = rng.choice(list(CATEGORY_SHARE), size=n, p=shares / shares.sum())
+    risk = np.where(rng.random(n) < KEY_SHARE, "key", "normal")
+    return Population(np.array(counties)[county_of], lon, lat, township, risk, category)
+
+
+def registry_document(layer, people: Population) -> dict:
+    """The registry (SPEC §3) for a population: one office per township, county and city,
+    each subject supervised by the office of the township they live in, home = county."""
+    offices = []
+    for unit in layer.units:
+        suffix = "司法局"
+        offices.append({"code": unit.code, "name": unit.name + suffix, "parent": unit.parent})
+    for code, name, parent in zip(layer.codes, layer.names, layer.parents):
+        offices.append({"code": str(code), "name": name + "司法所", "parent": parent})
+    subjects = [{"id": sid, "devices": [dev], "office": str(town), "home": [str(county)],
+                 "risk": str(risk), "category": str(cat)}
+                for sid, dev, town, county, risk, cat in zip(
+                    people.ids, people.devices, people.township, people.county,
+                    people.risk, people.category)]
+    return {"offices": offices, "subjects": subjects, "permits": [], "delegations": []}
 
 
 def make_day(layer, people: Population, rng: np.random.Generator, start_ms: int = 0,

@@ -217,6 +217,13 @@ class StoreReader:
                 "SELECT seq FROM sqlite_sequence WHERE name = 'batches'").fetchone()
         return row[0] if row else 0
 
+    def fixes_after(self, seq: int) -> int:
+        """How many stored fixes have a seq above `seq` (the evaluation backlog)."""
+        with _sqlite_errors(self.path, "count"):
+            row = self._conn().execute("SELECT COALESCE(SUM(n), 0) FROM batches WHERE seq > ?",
+                                       (seq,)).fetchone()
+        return int(row[0])
+
     def stats(self) -> dict[str, int]:
         """Row counts, fixes held, seq range and bytes on disk (database + WAL)."""
         with _sqlite_errors(self.path, "stats"):

@@ -30,25 +30,28 @@ def _parser() -> argparse.ArgumentParser:
         description="Real-time geofence monitoring for community corrections.")
     p.add_argument("--config", metavar="FILE",
                    help="TOML configuration (default: ./geofence.toml if present)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="TOML configuration (default: ./geofence.toml if present)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run the engine on built-in Zaozhuang data",
+    demo = sub.add_parser("demo", parents=[common], help="run the engine on built-in Zaozhuang data",
                           description="Simulate a day of fixes for Zaozhuang's supervised "
                           "people on the built-in layer and report what the engine finds.")
     demo.add_argument("--subjects", type=_positive_int, default=2032)
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(run=_demo)
 
-    layer = sub.add_parser("layer", help="jurisdiction and zone layers")
+    layer = sub.add_parser("layer", parents=[common], help="jurisdiction and zone layers")
     layer_sub = layer.add_subparsers(dest="layer_command", required=True, metavar="ACTION")
     check = layer_sub.add_parser(
-        "check", help="validate a layer file and report counts, vertices, bounds, overlaps, gaps",
+        "check", parents=[common], help="validate a layer file and report counts, vertices, bounds, overlaps, gaps",
         description="Validate a GeoJSON layer; exit 1 if it has overlaps or gaps, 2 if invalid.")
     check.add_argument("file")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(run=_layer_check)
 
-    locate = sub.add_parser("locate", help="which jurisdiction holds a point",
+    locate = sub.add_parser("locate", parents=[common], help="which jurisdiction holds a point",
                             description="Print the feature holding LON LAT and its parents.")
     locate.add_argument("--layer", required=True, metavar="FILE")
     locate.add_argument("--datum", default="wgs84", choices=("wgs84", "gcj02", "bd09"),
@@ -56,6 +59,51 @@ def _parser() -> argparse.ArgumentParser:
     locate.add_argument("lon", type=float, metavar="LON")
     locate.add_argument("lat", type=float, metavar="LAT")
     locate.set_defaults(run=_locate)
+
+    serve = sub.add_parser("serve", parents=[common], help="run the engine: ingest, workers",
+                           description="Run the engine until Ctrl-C or SIGTERM.")
+    serve.add_argument("--workers", type=_positive_int, default=1,
+                       help="evaluation worker processes (default 1)")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow binding a non-loopback address without CURVE")
+    serve.set_defaults(run=_serve)
+
+    registry = sub.add_parser("registry", parents=[common], help="offices, subjects, permits, delegations")
+    registry_sub = registry.add_subparsers(dest="registry_command", required=True,
+                                           metavar="ACTION")
+    imp = registry_sub.add_parser("import", parents=[common], help="atomic upsert of a registry JSON document",
+                                  description="Check every reference; on any problem, report "
+                                  "them all and change nothing.")
+    imp.add_argument("file")
+    imp.set_defaults(run=_registry_import)
+    exp = registry_sub.add_parser("export", parents=[common], help="print the registry as JSON")
+    exp.set_defaults(run=_registry_export)
+
+    keys = sub.add_parser("keys", parents=[common], help="CURVE keys for carriers")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    gen = keys_sub.add_parser("generate", parents=[common], help="create the server's and carriers' key pairs",
+                              description="Write server.key/server.key_secret and, per "
+                              "carrier, NAME.key (copy it to the engine's carriers directory) "
+                              "and NAME.key_secret (give it to the carrier).")
+    gen.add_argument("dir")
+    gen.add_argument("--carrier", action="append", default=[], metavar="NAME",
+                     help="a carrier to create keys for (repeatable)")
+    gen.add_argument("--force", action="store_true", help="replace existing keys")
+    gen.set_defaults(run=_keys_generate)
+
+    sim = sub.add_parser("simulate", parents=[common], help="a carrier pushing a realistic synthetic feed",
+                         description="Replay a simulated day of fixes for N subjects of the "
+                         "built-in population to a running engine.")
+    sim.add_argument("--subjects", type=_positive_int, default=2032)
+    sim.add_argument("--rate", type=float, default=0.0,
+                     help="fixes per second (0: as fast as acks allow)")
+    sim.add_argument("--connect", default="tcp://127.0.0.1:5555")
+    sim.add_argument("--form", choices=("cols", "rows"), default="cols")
+    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--curve-dir", help="directory with server.key and the carriers' key pairs")
+    sim.add_argument("--register", action="store_true",
+                     help="first import the simulated subjects into this engine's registry")
+    sim.set_defaults(run=_simulate)
     return p
 
 
@@ -64,6 +112,77 @@ def _demo(args) -> int:
 
     core_demo.run(subjects=args.subjects, seed=args.seed)
     return 0
+
+
+def _settings(args):
+    from service.config import load
+
+    return load(args.config)
+
+
+def _serve(args) -> int:
+    from service.serve import serve
+
+    serve(_settings(args), workers=args.workers, insecure=args.insecure)
+    return 0
+
+
+def _registry_store(settings):
+    from alerts.registry import RegistryStore
+    from service.paths import EnginePaths
+
+    return RegistryStore(EnginePaths.create(settings.storage.path).registry_db)
+
+
+def _registry_import(args) -> int:
+    from service.layers import code_checkers, load_layers
+
+    settings = _settings(args)
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            doc = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{args.file} is not valid JSON: {e}") from e
+    registry = _registry_store(settings).import_document(doc, *code_checkers(*load_layers(settings)))
+    print(f"registry version {registry.version}: {len(registry.offices)} offices, "
+          f"{len(registry.subjects)} subjects, {len(registry.permits)} permits, "
+          f"{len(registry.delegations)} delegations")
+    return 0
+
+
+def _registry_export(args) -> int:
+    registry = _registry_store(_settings(args)).load()
+    print(json.dumps(registry.to_document(), ensure_ascii=False, indent=1))
+    return 0
+
+
+def _keys_generate(args) -> int:
+    from ingest.keys import generate
+
+    for path in generate(args.dir, args.carrier, force=args.force):
+        print(path)
+    return 0
+
+
+def _simulate(args) -> int:
+    from ingest.simulate import simulate
+
+    if args.register:
+        _register_simulated(args)
+    simulate(args.connect, args.subjects, args.rate, seed=args.seed, form=args.form,
+             curve_dir=args.curve_dir)
+    return 0
+
+
+def _register_simulated(args) -> None:
+    from ingest.feed import registry_document
+    from ingest.simulate import population
+    from service.layers import code_checkers, load_layers
+
+    settings = _settings(args)
+    jurisdictions, zones = load_layers(settings)
+    doc = registry_document(jurisdictions, population(jurisdictions, args.subjects, args.seed))
+    _registry_store(settings).import_document(doc, *code_checkers(jurisdictions, zones))
 
 
 def _layer_check(args) -> int:

@@ -1,0 +1,64 @@
+"""Prometheus metrics of ingest and evaluation (SPEC §10), in one registry per engine.
+
+Labels carry carriers, reasons, statuses and outcomes only: never a subject, a device or
+a coordinate. Carrier names come from the network, so at most `MAX_CARRIER_LABELS`
+distinct names get their own label (an unauthenticated peer could otherwise invent
+names to blow up the series count); the rest are counted as "other".
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+MAX_CARRIER_LABELS = 64
+_SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class IngestMetrics:
+    """The counters, gauges and histograms of one engine."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.fixes_received = Counter("geofence_fixes_received", "Fixes received, by carrier",
+                                      ["carrier"], registry=r)
+        self.fixes_accepted = Counter("geofence_fixes_accepted", "Fixes accepted and stored",
+                                      ["carrier"], registry=r)
+        self.fixes_rejected = Counter("geofence_fixes_rejected", "Fixes refused, by reason",
+                                      ["carrier", "reason"], registry=r)
+        self.no_position = Counter("geofence_no_position_fixes",
+                                   "Fixes at exactly 0,0: failed positioning", registry=r)
+        self.batches = Counter("geofence_batches", "Batches answered, by status",
+                               ["status"], registry=r)
+        self.batch_errors = Counter("geofence_batch_errors", "Whole batches refused, by error",
+                                    ["error"], registry=r)
+        self.auth_refusals = Counter("geofence_auth_refusals",
+                                     "Carrier connections refused by CURVE/ZAP, by reason",
+                                     ["reason"], registry=r)
+        self.ack_seconds = Histogram("geofence_ack_seconds",
+                                     "From a frame's arrival to its ack being sent",
+                                     buckets=_SECONDS_BUCKETS, registry=r)
+        self.commit_seconds = Histogram("geofence_store_commit_seconds",
+                                        "One group commit to the store",
+                                        buckets=_SECONDS_BUCKETS, registry=r)
+        self.backlog = Gauge("geofence_backlog_fixes",
+                             "Fixes stored and acknowledged but not yet evaluated", registry=r)
+        self.verdicts = Counter("geofence_verdicts", "Verdicts of evaluated fixes, by outcome",
+                                ["outcome"], registry=r)
+        self.kernel_seconds = Histogram("geofence_check_kernel_seconds",
+                                        "Verdict kernel time per evaluated batch",
+                                        buckets=_SECONDS_BUCKETS, registry=r)
+        self.evaluated = Counter("geofence_fixes_evaluated", "Fixes run through the verdicts",
+                                 registry=r)
+        self.worker_restarts = Counter("geofence_worker_restarts",
+                                       "Engine processes restarted after they died", registry=r)
+        self._carriers: set[str] = set()
+
+    def carrier_label(self, carrier: str | None) -> str:
+        """The carrier's own label while there are few; "other" beyond the cap."""
+        if carrier is None:
+            return "unknown"
+        if carrier in self._carriers:
+            return carrier
+        if len(self._carriers) < MAX_CARRIER_LABELS:
+            self._carriers.add(carrier)
+            return carrier
+        return "other"

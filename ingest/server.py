@@ -1,0 +1,295 @@
+"""The carrier endpoint (SPEC §4): a ROUTER that validates, stores, then acknowledges.
+
+One loop in one process, the store's only writer::
+
+    carriers ──ROUTER──▶ drain a group of frames ─▶ decode + validate each (compiled)
+                         ─▶ ONE store commit for the group ─▶ send the group's acks
+                         ─▶ PUB the new last seq to the evaluation workers
+
+An ack is sent only after its fixes are committed, so an acknowledged fix survives a
+kill -9 of this process; workers evaluate from the store, not from this process's memory.
+Nothing is queued in memory beyond one group: when the workers fall behind by more than
+`max_backlog_fixes`, new batches are answered `busy` (nothing taken) and the carrier
+resends later, so memory stays flat at any offered load.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+import zmq
+
+from geofence.datum import to_wgs84
+from ingest import protocol as p
+from ingest.auth import carrier_of
+from ingest.decode import decode_batch
+from ingest.dedup import RecentFixes
+from ingest.devices import DeviceBook, mark_unknown
+from ingest.fixes import FixColumns
+from ingest.metrics import IngestMetrics
+from ingest.store import BatchRecord, Store
+
+log = logging.getLogger("geofence.ingest")
+
+GROUP_MAX_FRAMES = 64            # frames drained into one store commit
+GROUP_MAX_BYTES = 64 * 1024 * 1024
+BACKLOG_REFRESH_S = 0.05
+DEVICES_REFRESH_S = 1.0
+ACK_PURGE_EVERY_S = 600.0
+ROUTER_RCVHWM = 256              # frames queued in the socket before ZeroMQ pushes back
+REBUILD_RECENT_BATCHES = 2000    # on start, remember fixes of this many last batches
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    bind: str = "tcp://127.0.0.1:5555"
+    max_fix_age_ms: int = p.DEFAULT_MAX_FIX_AGE_MS
+    max_backlog_fixes: int = 2_000_000
+    default_acc_m: tuple[float, float, float, float] = (30.0, 80.0, 1500.0, 1500.0)  # gps, wifi, cell, none
+    workers: int = 1
+
+
+# What `devices_source()` returns: (version, device ids, subject index per device).
+DevicesSnapshot = tuple[int, list[str], list[int]]
+
+
+class IngestServer:
+    """The ROUTER loop. Construct, `bind()`, then `run(should_stop)` in this process."""
+
+    def __init__(self, ctx: zmq.Context, store: Store, devices_source: Callable[[], DevicesSnapshot],
+                 options: IngestOptions, metrics: IngestMetrics, notify_endpoint: str,
+                 done_endpoint: str, authenticator=None, server_keys=None):
+        self.ctx = ctx
+        self.store = store
+        self.options = options
+        self.metrics = metrics
+        self._devices_source = devices_source
+        self._devices_version = -1
+        self.devices = DeviceBook()
+        self.recent = RecentFixes()
+        self._curve = authenticator is not None
+        self.router = ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
+        self.router.setsockopt(zmq.SNDHWM, ROUTER_RCVHWM)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a vanished carrier's ack is dropped
+        if self._curve:
+            from ingest.auth import secure_router
+            secure_router(self.router, authenticator, server_keys)
+        self.notify = ctx.socket(zmq.PUB)
+        self.notify.setsockopt(zmq.LINGER, 0)
+        self.notify.setsockopt(zmq.SNDHWM, 16)
+        self.notify.bind(notify_endpoint)
+        self.done = ctx.socket(zmq.PULL)
+        self.done.setsockopt(zmq.LINGER, 0)
+        self.done.setsockopt(zmq.RCVHWM, 10_000)
+        self.done.bind(done_endpoint)
+        self._checkpoints: dict[int, int] = {}
+        self._backlog = 0
+        self._next_backlog_s = 0.0
+        self._next_devices_s = 0.0
+        self._next_purge_s = 0.0
+        self.endpoint = ""
+
+    def bind(self) -> str:
+        """Bind the ROUTER; returns the endpoint actually bound (port 0 picks a free one)."""
+        self.router.bind(self.options.bind)
+        self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        return self.endpoint
+
+    def close(self) -> None:
+        for s in (self.router, self.notify, self.done):
+            s.close(linger=0)
+
+    # -- the loop -----------------------------------------------------------------
+
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        self._refresh_devices(force=True)
+        self._rebuild_recent()
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.done, zmq.POLLIN)
+        while not should_stop():
+            events = dict(poller.poll(100))
+            if self.done in events:
+                self._take_done_reports()
+            now = time.monotonic()
+            self._housekeeping(now)
+            if self.router in events:
+                self._serve_group(self._drain())
+
+    def _drain(self) -> list[list[zmq.Frame]]:
+        group, size = [], 0
+        while len(group) < GROUP_MAX_FRAMES and size < GROUP_MAX_BYTES:
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            group.append(frames)
+            size += len(frames[-1].buffer)
+        return group
+
+    def _serve_group(self, group: list[list[zmq.Frame]]) -> None:
+        arrived = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        replies: list[tuple[list, bytes | None]] = []
+        pending: list[tuple[int, BatchRecord, tuple]] = []
+        for frames in group:
+            envelope = [f.bytes for f in frames[:-1]]
+            outcome = self._prepare(frames[-1], now_ms)
+            if isinstance(outcome, bytes):
+                replies.append((envelope, outcome))
+            else:
+                record, remember = outcome
+                pending.append((len(replies), record, remember))
+                replies.append((envelope, None))
+        if pending:
+            started = time.perf_counter()
+            committed = self.store.commit([r for _, r, _ in pending])
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
+            for (slot, record, remember), result in zip(pending, committed):
+                replies[slot] = (replies[slot][0], self._answer(record, result))
+            self.notify.send(msgpack.packb(self.store.last_seq()))
+        for envelope, ack in replies:
+            try:
+                self.router.send_multipart([*envelope, ack], zmq.NOBLOCK)
+            except zmq.ZMQError:  # the carrier is gone or not reading: it will resend
+                pass
+        elapsed = time.perf_counter() - arrived
+        for _ in replies:
+            self.metrics.ack_seconds.observe(elapsed)
+
+    def _prepare(self, frame: zmq.Frame, now_ms: int):
+        """An immediate ack (bytes), or (record to commit, dedup info) for a new batch."""
+        payload = frame.buffer
+        if len(payload) > p.MAX_FRAME_BYTES:
+            return self._refuse(None, p.TOO_LARGE)
+        dec = decode_batch(payload, now_ms, self.options.max_fix_age_ms)
+        if dec.error:
+            return self._refuse(dec.batch, dec.error)
+        if self._curve and carrier_of(frame) != dec.carrier:
+            return self._refuse(dec.batch, p.UNAUTHORIZED)
+        first = self.store.lookup_ack(dec.carrier, dec.batch)
+        if first is not None:
+            self.metrics.batches.labels("duplicate").inc()
+            return p.encode_ack(dec.batch, "duplicate", first.accepted, list(first.rejected))
+        if self._backlog > self.options.max_backlog_fixes:
+            self.metrics.batches.labels("busy").inc()
+            return p.encode_ack(dec.batch, "busy", 0, [])
+        return self._validate(dec, now_ms)
+
+    def _validate(self, dec, now_ms: int):
+        reason = np.array(dec.reason, np.int8)
+        device = self.devices.lookup(dec)
+        mark_unknown(device, reason)
+        self.recent.mark_duplicates(device, dec.t_ms, reason)
+        ok = reason == p.OK
+        lon, lat = dec.lon[ok], dec.lat[ok]
+        if dec.datum != "wgs84" and ok.any():
+            lon, lat = to_wgs84(lon, lat, dec.datum)
+        src = dec.src[ok]
+        acc = dec.acc_m[ok]
+        missing = np.isnan(acc)
+        if missing.any():
+            acc = np.where(missing, np.asarray(self.options.default_acc_m)[src], acc)
+        dev = device[ok]
+        fixes = FixColumns(dev, self.devices.subject_of[dev].astype(np.int32), dec.t_ms[ok],
+                           np.ascontiguousarray(lon, np.float64),
+                           np.ascontiguousarray(lat, np.float64), acc.astype(np.float32), src)
+        n_ok = int(ok.sum())
+        status = "ok" if n_ok == dec.n else ("partial" if n_ok else "rejected")
+        self.recent.remember(device, dec.t_ms, ok)
+        label = self.metrics.carrier_label(dec.carrier)
+        self.metrics.fixes_received.labels(label).inc(dec.n)
+        if n_ok:
+            self.metrics.fixes_accepted.labels(label).inc(n_ok)
+        refused = reason[~ok]
+        if len(refused):
+            for code, count in zip(*np.unique(refused, return_counts=True)):
+                self.metrics.fixes_rejected.labels(label, p.REASONS[code]).inc(int(count))
+                if code == p.NO_POSITION:
+                    self.metrics.no_position.inc(int(count))
+        record = BatchRecord(dec.carrier, dec.batch, now_ms, fixes, status,
+                             [tuple(r) for r in p.rejections(reason)])
+        return record, ()
+
+    def _answer(self, record: BatchRecord, result) -> bytes:
+        if result.duplicate:
+            first = result.first
+            self.metrics.batches.labels("duplicate").inc()
+            return p.encode_ack(record.batch, "duplicate", first.accepted, list(first.rejected))
+        self.metrics.batches.labels(record.status).inc()
+        if result.seq is not None:
+            self._backlog += record.accepted
+        return p.encode_ack(record.batch, record.status, record.accepted, list(record.rejected))
+
+    def _refuse(self, batch: int | None, error: int) -> bytes:
+        self.metrics.batches.labels("rejected").inc()
+        self.metrics.batch_errors.labels(p.ERRORS[error]).inc()
+        return p.encode_ack(batch, "rejected", 0, [], p.ERRORS[error])
+
+    # -- bookkeeping ----------------------------------------------------------------
+
+    def _take_done_reports(self) -> None:
+        while True:
+            try:
+                report = msgpack.unpackb(self.done.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            self._checkpoints[report["worker"]] = report["seq"]
+            counts = report.get("verdicts")
+            if counts:
+                for outcome, count in zip(("in", "unsure", "out"), counts):
+                    if count:
+                        self.metrics.verdicts.labels(outcome).inc(count)
+                self.metrics.evaluated.inc(sum(counts))
+            if report.get("kernel_s") is not None:
+                self.metrics.kernel_seconds.observe(report["kernel_s"])
+
+    def evaluated_seq(self) -> int:
+        """Every worker has evaluated every batch up to this seq (0 until all reported)."""
+        if len(self._checkpoints) < self.options.workers:
+            return 0
+        return min(self._checkpoints.values())
+
+    def _housekeeping(self, now: float) -> None:
+        if now >= self._next_backlog_s:
+            self._backlog = self.store.fixes_after(self.evaluated_seq())
+            self.metrics.backlog.set(self._backlog)
+            self._next_backlog_s = now + BACKLOG_REFRESH_S
+        if now >= self._next_devices_s:
+            self._refresh_devices()
+        if now >= self._next_purge_s:
+            self.store.purge_acks(int(time.time() * 1000) - 2 * 24 * 3600 * 1000)
+            self._next_purge_s = now + ACK_PURGE_EVERY_S
+
+    def _refresh_devices(self, force: bool = False) -> None:
+        self._next_devices_s = time.monotonic() + DEVICES_REFRESH_S
+        version, devices, subjects = self._devices_source()
+        if version == self._devices_version and not force:
+            return
+        known = set(devices)
+        if len(self.devices):
+            gone = [d for d in self._known_devices if d not in known]
+            if gone:
+                self.devices.deactivate(gone)
+        if devices:
+            self.devices.add(devices, subjects)
+        self.recent.reserve(len(self.devices))
+        self._known_devices = devices
+        self._devices_version = version
+        log.info("device table: %d devices (registry version %d)", len(devices), version)
+
+    def _rebuild_recent(self) -> None:
+        """Refill the duplicate filter from the last stored batches (it lives in memory)."""
+        start = max(0, self.store.last_seq() - REBUILD_RECENT_BATCHES)
+        while True:
+            batches = self.store.read_batches(start, 256)
+            if not batches:
+                return
+            for seq, cols in batches:
+                self.recent.remember(cols.device, cols.t_ms, np.ones(len(cols), np.bool_))
+                start = seq

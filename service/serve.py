@@ -1,0 +1,199 @@
+"""`geofence serve`: the engine as one supervised tree of processes.
+
+    supervisor (this process) ── ingest (ROUTER, store writer, metrics)
+                              └─ worker 0..N-1 (verdicts; more stages with the rules)
+
+Children are started with the "spawn" method (fresh interpreters: no ZeroMQ or SQLite
+state crosses a fork). A child that dies is restarted; whatever it had acknowledged or
+checkpointed is in the store, so nothing is lost. Ctrl-C or SIGTERM stops the children
+(each finishes its current group) and then the supervisor. A child whose supervisor
+vanished (kill -9) stops by itself.
+"""
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections.abc import Callable
+
+from service.config import Settings
+from service.paths import EnginePaths
+
+log = logging.getLogger("geofence.serve")
+
+RESTART_BACKOFF_S = (0.5, 1, 2, 5, 10)
+STOP_GRACE_S = 10.0
+
+
+def _child_stop_flag() -> Callable[[], bool]:
+    """A should_stop() for a child: SIGTERM, or the supervisor gone."""
+    parent = os.getppid()
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us
+    return lambda: bool(stopping) or os.getppid() != parent
+
+
+def _logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def ingest_main(settings: Settings, workers: int, ready) -> None:
+    _logging()
+    should_stop = _child_stop_flag()
+    import zmq
+
+    from alerts.registry import RegistryStore
+    from ingest.decode import warm_up as warm_decode
+    from ingest.devices import warm_up as warm_devices
+    from ingest.dedup import warm_up as warm_dedup
+    from ingest.metrics import IngestMetrics
+    from ingest.server import IngestOptions, IngestServer
+    from ingest.store import Store
+
+    paths = EnginePaths.create(settings.storage.path)
+    for warm in (warm_decode, warm_devices, warm_dedup):
+        warm()
+    import geofence.datum
+    geofence.datum.warm_up()
+    ctx = zmq.Context.instance()
+    store = Store(paths.fixes_db, settings.storage.sync)
+    registry = RegistryStore(paths.registry_db)
+    cache: dict = {}
+
+    def devices_source():
+        version = registry.version()
+        if cache.get("version") != version:
+            reg = registry.load()
+            devices, subjects = [], []
+            for s in reg.subjects.values():
+                devices += list(s.devices)
+                subjects += [s.index] * len(s.devices)
+            cache.update(version=version, snapshot=(version, devices, subjects))
+        return cache["snapshot"]
+
+    metrics = IngestMetrics()
+    metrics_port = _start_metrics(settings.ingest.metrics_bind, metrics)
+    authenticator, server_keys = _curve(ctx, settings, metrics)
+    s = settings.ingest
+    options = IngestOptions(s.bind, s.max_fix_age_s * 1000, s.max_backlog_fixes,
+                            (s.default_acc_gps_m, s.default_acc_wifi_m, s.default_acc_cell_m,
+                             s.default_acc_unknown_m), workers)
+    server = IngestServer(ctx, store, devices_source, options, metrics, paths.notify_endpoint,
+                          paths.done_endpoint, authenticator, server_keys)
+    endpoint = server.bind()
+    ready.put(("ingest", endpoint, metrics_port))
+    try:
+        server.run(should_stop)
+    finally:
+        server.close()
+        if authenticator is not None:
+            authenticator.stop()
+        store.close()
+
+
+def _start_metrics(bind: str, metrics) -> int | None:
+    if not bind:
+        return None
+    from prometheus_client import disable_created_metrics, start_http_server
+
+    disable_created_metrics()  # the *_created series only add noise for operators
+
+    host, _, port = bind.rpartition(":")
+    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1",
+                                        registry=metrics.registry)
+    return server.server_port
+
+
+def _curve(ctx, settings: Settings, metrics):
+    if not settings.ingest.curve_keys:
+        return None, None
+    from ingest.auth import CarrierAuthenticator
+    from ingest.keys import load_allowed_carriers, load_server_keys
+
+    keys = load_server_keys(settings.ingest.curve_keys)
+    allowed = load_allowed_carriers(settings.ingest.curve_carriers or settings.ingest.curve_keys)
+    auth = CarrierAuthenticator(ctx, allowed,
+                                on_refusal=lambda r: metrics.auth_refusals.labels(r).inc())
+    auth.start()
+    return auth, keys
+
+
+def worker_main(settings: Settings, index: int, count: int) -> None:
+    _logging()
+    should_stop = _child_stop_flag()
+    from service.worker import run_worker
+
+    run_worker(settings, index, count, should_stop)
+
+
+def check_bind(settings: Settings, insecure: bool) -> None:
+    from ingest.auth import check_bind_allowed
+
+    check_bind_allowed(settings.ingest.bind, bool(settings.ingest.curve_keys), insecure)
+
+
+def serve(settings: Settings, workers: int = 1, insecure: bool = False,
+          out: Callable[[str], None] = print, should_stop: Callable[[], bool] | None = None) -> None:
+    """Run until Ctrl-C/SIGTERM (or `should_stop()`); prints the endpoints once ready."""
+    check_bind(settings, insecure)
+    EnginePaths.create(settings.storage.path)
+    spawn = mp.get_context("spawn")
+    ready = spawn.Queue()
+    stopping: list[int] = []
+    if should_stop is None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stopping.append(1))
+        should_stop = lambda: bool(stopping)  # noqa: E731
+
+    def start(name: str):
+        if name == "ingest":
+            proc = spawn.Process(target=ingest_main, args=(settings, workers, ready), name=name)
+        else:
+            k = int(name.split("-")[1])
+            proc = spawn.Process(target=worker_main, args=(settings, k, workers), name=name)
+        proc.start()
+        return proc
+
+    names = [f"worker-{k}" for k in range(workers)] + ["ingest"]
+    procs = {name: start(name) for name in names}
+    restarts = {name: 0 for name in names}
+    announced = False
+    try:
+        while not should_stop():
+            if not announced:
+                try:
+                    _, endpoint, metrics_port = ready.get(timeout=0.2)
+                    out(f"geofence: ingest listening on {endpoint}; metrics on "
+                        f"http://127.0.0.1:{metrics_port}/metrics; {workers} worker(s)")
+                    out("geofence: ready")
+                    announced = True
+                except Exception:
+                    pass
+            else:
+                time.sleep(0.2)
+            for name, proc in procs.items():
+                if not proc.is_alive() and not should_stop():
+                    delay = RESTART_BACKOFF_S[min(restarts[name], len(RESTART_BACKOFF_S) - 1)]
+                    log.warning("%s exited with %s; restarting in %.1f s", name, proc.exitcode, delay)
+                    time.sleep(delay)
+                    restarts[name] += 1
+                    procs[name] = start(name)
+                    if name == "ingest":
+                        announced = False
+    finally:
+        _stop_all(procs)
+        out("geofence: stopped")
+
+
+def _stop_all(procs: dict) -> None:
+    for proc in procs.values():
+        if proc.is_alive():
+            proc.terminate()  # SIGTERM: finish the current group, then exit
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc in procs.values():
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
