@@ -35,6 +35,12 @@ def _child_stop_flag() -> Callable[[], bool]:
     return lambda: bool(stopping) or os.getppid() != parent
 
 
+def _write_pid(settings: Settings, name: str) -> None:
+    """<storage>/<name>.pid: which process is which, for operators (and the kill -9 tests)."""
+    paths = EnginePaths.create(settings.storage.path)
+    (paths.root / f"{name}.pid").write_text(f"{os.getpid()}\n")
+
+
 def _logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -42,6 +48,7 @@ def _logging(level: int = logging.INFO) -> None:
 def ingest_main(settings: Settings, workers: int, ready) -> None:
     _logging()
     should_stop = _child_stop_flag()
+    _write_pid(settings, "ingest")
     import zmq
 
     from alerts.registry import RegistryStore
@@ -123,6 +130,7 @@ def _curve(ctx, settings: Settings, metrics):
 def worker_main(settings: Settings, index: int, count: int) -> None:
     _logging()
     should_stop = _child_stop_flag()
+    _write_pid(settings, f"worker-{index}")
     from service.worker import run_worker
 
     run_worker(settings, index, count, should_stop)

@@ -1,0 +1,132 @@
+"""Start a real `geofence serve` (real processes, sockets, SQLite files) for tests."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from ingest.protocol import decode_ack
+
+COUNTIES = ["370402", "370403", "370404", "370405", "370406", "370481"]
+READY_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(root: Path, **ingest) -> Path:
+    port = ingest.pop("port", free_port())
+    lines = ["[storage]", f'path = "{root / "data"}"', "[ingest]",
+             f'bind = "tcp://127.0.0.1:{port}"', 'metrics_bind = "127.0.0.1:0"']
+    lines += [f"{k} = {json.dumps(v)}" for k, v in ingest.items()]
+    path = root / "geofence.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def population_document(n: int, seed: int = 1) -> dict:
+    from geofence import Layer
+    from geofence.synthetic import zaozhuang_geojson
+    from ingest.feed import make_population, registry_document
+
+    layer = Layer.from_geojson(zaozhuang_geojson())
+    people = make_population(layer, COUNTIES, n, np.random.default_rng(seed))
+    return registry_document(layer, people)
+
+
+class Engine:
+    """`geofence serve` in a subprocess; `endpoint` once ready; always stopped by `stop()`."""
+
+    def __init__(self, config: Path, workers: int = 1):
+        self.config = config
+        self.root = config.parent / "data"
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "--config", str(config), "serve",
+             "--workers", str(workers)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.endpoint = self.wait_for("geofence: ingest listening on ").split()[4].rstrip(";")
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, prefix: str, after: int = 0, timeout: float = READY_TIMEOUT_S) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines[after:]:
+                if line.startswith(prefix):
+                    return line
+            if self.proc.poll() is not None:
+                raise RuntimeError("engine exited:\n" + "\n".join(self.lines[-30:]))
+            time.sleep(0.05)
+        raise TimeoutError(f"no {prefix!r} in:\n" + "\n".join(self.lines[-30:]))
+
+    def pid(self, name: str) -> int:
+        return int((self.root / f"{name}.pid").read_text())
+
+    def kill9(self, name: str) -> None:
+        os.kill(self.pid(name), signal.SIGKILL)
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._reader.join(10)
+        self.proc.stdout.close()
+
+    def evaluation_totals(self) -> dict:
+        from service.evaluation_store import EvaluationStore
+
+        totals = {"batches": 0, "fixes": 0}
+        for path in self.root.glob("evaluation-*.sqlite"):
+            store = EvaluationStore(path)
+            t = store.totals()
+            store.close()
+            totals["batches"] += t["batches"]
+            totals["fixes"] += t["fixes"]
+        return totals
+
+
+class Carrier:
+    """A minimal DEALER carrier for tests: send a frame, wait for its ack (or None)."""
+
+    def __init__(self, endpoint: str):
+        self.ctx = zmq.Context()
+        self.endpoint = endpoint
+        self._open()
+
+    def _open(self) -> None:
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(self.endpoint)
+
+    def request(self, frame: bytes, timeout_ms: int = 5000) -> dict | None:
+        self.sock.send(frame)
+        if self.sock.poll(timeout_ms):
+            return decode_ack(self.sock.recv())
+        self.sock.close()  # Lazy Pirate: a fresh socket before the resend
+        self._open()
+        return None
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
