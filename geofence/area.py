@@ -31,6 +31,7 @@ class _Area:
     zones: np.ndarray    # zone feature indices
     segs: np.ndarray     # (n, 4) boundary segments, lon/lat
     params: np.ndarray   # one row, columns as in _algorithms.verdict
+    coarse: np.ndarray   # float32 (lo, hi) metres per block of BLOCK x BLOCK cells
     edt: np.ndarray      # float32 metres, distance grid flattened
     bucket_offsets: np.ndarray
     bucket_ids: np.ndarray
@@ -80,7 +81,7 @@ class AreaSet:
         params = np.zeros(vk.N_PARAMS)
         params[vk.P_PAD_M] = PAD_M
         if not len(segs):
-            return _Area(member, np.array(zones, np.int32), segs, params,
+            return _Area(member, np.array(zones, np.int32), segs, params, np.zeros(0, np.float32),
                          np.zeros(0, np.float32), np.zeros(1, np.int64), np.zeros(0, np.int32))
         lo = np.minimum(segs[:, [0, 1]], segs[:, [2, 3]]).min(axis=0)
         hi = np.maximum(segs[:, [0, 1]], segs[:, [2, 3]]).max(axis=0)
@@ -92,7 +93,8 @@ class AreaSet:
         nx, ny = math.ceil(width_m / cell_m), math.ceil(height_m / cell_m)
         cw, ch = cell_m / kx, cell_m / ky
         touched = distance.touched_cells(segs, lo[0], lo[1], cw, ch, nx, ny)
-        edt = distance.distance_to_touched_m(touched, cell_m, cell_m).reshape(-1)
+        edt = distance.distance_to_touched_m(touched, cell_m, cell_m)
+        coarse = _block_bounds(edt, cell_m * math.sqrt(2))
         bnx, bny = math.ceil(width_m / BUCKET_M), math.ceil(height_m / BUCKET_M)
         bw, bh = BUCKET_M / kx, BUCKET_M / ky
         offsets, ids = distance.bucket_segments(segs, lo[0], lo[1], bw, bh, bnx, bny)
@@ -100,7 +102,10 @@ class AreaSet:
             lo[0], lo[1], cw, ch, nx, ny, cell_m * math.sqrt(2))
         params[[vk.P_BX0, vk.P_BY0, vk.P_BW, vk.P_BH, vk.P_BNX, vk.P_BNY]] = (
             lo[0], lo[1], bw, bh, bnx, bny)
-        return _Area(member, np.array(zones, np.int32), segs, params, edt, offsets, ids)
+        params[[vk.P_BLOCK, vk.P_CNX]] = vk.BLOCK, math.ceil(nx / vk.BLOCK)
+        params[vk.P_SLACK] = _frame_slack(lo[1], hi[1], (lo[1] + hi[1]) / 2)
+        return _Area(member, np.array(zones, np.int32), segs, params, coarse, edt.reshape(-1),
+                     offsets, ids)
 
     def tables(self) -> tuple:
         """The areas concatenated for the kernels (rebuilt after a new area is added)."""
@@ -123,6 +128,8 @@ class AreaSet:
                 zone_offsets,
                 np.concatenate([a.zones for a in areas] or [np.zeros(0, np.int32)]),
                 np.stack([a.params for a in areas]) if areas else np.zeros((0, vk.N_PARAMS)),
+                np.concatenate([a.coarse for a in areas] or [np.zeros(0, np.float32)]),
+                np.cumsum([0] + [len(a.coarse) for a in areas])[:-1].astype(np.int64),
                 np.concatenate([a.edt for a in areas] or [np.zeros(0, np.float32)]),
                 np.cumsum([0] + [len(a.edt) for a in areas])[:-1].astype(np.int64),
                 bucket_base.astype(np.int64),
@@ -159,6 +166,32 @@ def boundary_segments(layer: Layer, features: Iterable[int], dissolve: bool = Tr
         _, inverse, counts = np.unique(canon, axis=0, return_inverse=True, return_counts=True)
         segs = segs[counts[inverse.reshape(-1)] == 1]
     return np.ascontiguousarray(segs)
+
+
+def _frame_slack(lat_min: float, lat_max: float, lat0: float) -> float:
+    """Relative error of distances measured in a frame scaled at lat0, anywhere between
+    lat_min and lat_max (plus a margin for the rest of the projection): the grid's
+    bounds are widened by it, so they hold even for an area spread over many degrees."""
+    kx0, ky0 = _metres_per_degree(lat0)
+    worst = 0.0
+    for lat in np.linspace(lat_min, lat_max, 33):
+        kx, ky = _metres_per_degree(float(lat))
+        worst = max(worst, abs(kx0 / kx - 1), abs(kx / kx0 - 1), abs(ky0 / ky - 1),
+                    abs(ky / ky0 - 1))
+    return worst + 0.005
+
+
+def _block_bounds(edt: np.ndarray, diag_m: float) -> np.ndarray:
+    """Per block of BLOCK x BLOCK cells: the lowest and highest distance bound in it."""
+    b = vk.BLOCK
+    ny, nx = edt.shape
+    cny, cnx = -(-ny // b), -(-nx // b)
+    padded = np.full((cny * b, cnx * b), np.nan, np.float32)
+    padded[:ny, :nx] = edt
+    blocks = padded.reshape(cny, b, cnx, b)
+    lo = np.maximum(np.nanmin(blocks, axis=(1, 3)) - diag_m, 0)
+    hi = np.nanmax(blocks, axis=(1, 3)) + diag_m
+    return np.stack([lo, hi], axis=-1).astype(np.float32).reshape(-1)
 
 
 def _metres_per_degree(lat: float) -> tuple[float, float]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import shapely
 
-from geofence.errors import LayerWarning, UnknownCodeError
+from geofence.errors import InputArrayError, LayerWarning, UnknownCodeError
 from geofence.geojson import LayerData, Unit, layer_to_geojson, parse_layer
 from geofence.hierarchy import Hierarchy
 from geofence.index import FlatGeometry, LocateIndex
@@ -67,6 +67,12 @@ class Layer:
         For generated layers too large to pass through GeoJSON and shapely objects.
         """
         parents = parents if parents is not None else [None] * len(codes)
+        n_features = len(offsets[2]) - 1
+        counts = {"codes": len(codes), "names": len(names), "parents": len(parents)}
+        wrong = [f"{k} has {v} entries" for k, v in counts.items() if v != n_features]
+        if wrong:
+            raise InputArrayError(f"the geometry has {n_features} features but "
+                                  + ", ".join(wrong))
         units = tuple(u if isinstance(u, Unit) else Unit(u["code"], u["name"], u.get("parent"))
                       for u in units)
         return cls(codes, names, parents, units, FlatGeometry.from_ragged(coords, offsets))

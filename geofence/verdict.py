@@ -98,7 +98,7 @@ class VerdictEngine:
         if where is None:
             where = self.jurisdictions.locate(xs, ys)
         verdict = np.empty(len(xs), np.int8)
-        dist = np.empty(len(xs), np.float32)
+        dist = np.empty(len(xs), np.float64)
         vk.area_verdicts(xs, ys, acc, where, area_of, self.exit_margin_m,
                          *self.areas.tables()[:3], *self._zone_tables[:5],
                          *self.areas.tables()[3:], verdict, dist)
@@ -116,7 +116,7 @@ class VerdictEngine:
         pair_zone = (np.concatenate([members[s] for s in sets[sizes > 0]])
                      if len(pair_fix) else np.zeros(0, np.int32))
         verdict = np.empty(len(pair_fix), np.int8)
-        dist = np.empty(len(pair_fix), np.float32)
+        dist = np.empty(len(pair_fix), np.float64)
         if len(pair_fix):
             vk.exclusion_verdicts(xs, ys, acc, pair_fix, pair_zone, *self._zone_tables,
                                   verdict, dist)

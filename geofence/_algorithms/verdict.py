@@ -25,13 +25,18 @@ OUT = 2
 # Columns of an area's parameter row.
 P_GX0, P_GY0, P_CW, P_CH, P_NX, P_NY, P_DIAG_M = 0, 1, 2, 3, 4, 5, 6
 P_BX0, P_BY0, P_BW, P_BH, P_BNX, P_BNY, P_PAD_M = 7, 8, 9, 10, 11, 12, 13
-N_PARAMS = 14
-SLACK = 0.01  # the grid's frame is scaled at the area's centre; exact distances at p
+P_BLOCK, P_CNX, P_SLACK = 14, 15, 16
+N_PARAMS = 17
+BLOCK = 16  # a coarse cell covers BLOCK x BLOCK distance cells
 
 
 @body
-def _distance_bounds(params, edt, edt_base, area, x, y):
-    """(lo, hi) bounds in metres on the distance from (x, y) to the area's boundary."""
+def _distance_bounds(params, coarse, coarse_base, edt, edt_base, area, x, y, limit):
+    """(lo, hi) bounds in metres on the distance from (x, y) to the area's boundary.
+
+    A coarse cell (small enough to stay in cache) holds the bounds of its whole block and
+    settles most fixes; only fixes near the threshold read the fine grid.
+    """
     nx = int(params[area, P_NX])
     lo = np.inf
     hi = np.inf
@@ -39,34 +44,49 @@ def _distance_bounds(params, edt, edt_base, area, x, y):
         fx = (x - params[area, P_GX0]) / params[area, P_CW]
         fy = (y - params[area, P_GY0]) / params[area, P_CH]
         if fx >= 0.0 and fx < nx and fy >= 0.0 and fy < params[area, P_NY]:
-            e = edt[edt_base[area] + int(fy) * nx + int(fx)]
-            diag = params[area, P_DIAG_M]
-            lo = max(0.0, (e - diag) * (1.0 - SLACK))
-            hi = (e + diag) * (1.0 + SLACK)
+            ix = int(fx)
+            iy = int(fy)
+            c = coarse_base[area] + 2 * ((iy // BLOCK) * int(params[area, P_CNX]) + ix // BLOCK)
+            slack = params[area, P_SLACK]
+            lo = coarse[c] * (1.0 - slack)
+            hi = coarse[c + 1] * (1.0 + slack)
+            if lo <= limit < hi:
+                e = edt[edt_base[area] + iy * nx + ix]
+                diag = params[area, P_DIAG_M]
+                lo = max(0.0, (e - diag) * (1.0 - slack))
+                hi = (e + diag) * (1.0 + slack)
         else:
-            lo = params[area, P_PAD_M] * (1.0 - SLACK)
+            lo = params[area, P_PAD_M] * (1.0 - params[area, P_SLACK])
     return lo, hi
 
 
 @body
-def _nearest_within(params, bucket_base, bucket_offsets, bucket_ids, segs, area, x, y, limit):
-    """Distance to the nearest boundary segment if one lies within `limit` metres, else inf.
+def _nearest_within(params, bucket_base, bucket_offsets, bucket_ids, segs, area, x, y, limit,
+                    search):
+    """Distance to the nearest boundary segment, exact, or any distance <= `limit`.
 
-    Stops at the first segment within the limit: callers only ask "is d <= limit?".
+    Scans the buckets within `search` metres (the caller knows the boundary is no
+    farther) and stops at the first segment within `limit`: callers ask "is d <= limit?"
+    and want d itself only when it is not.
     """
     best = np.inf
     bnx = int(params[area, P_BNX])
     bny = int(params[area, P_BNY])
     if bnx > 0:
         kx, ky = metres_per_degree(y)
-        rx = limit / kx
-        ry = limit / ky
+        rx = search / kx
+        ry = search / ky
         bw = params[area, P_BW]
         bh = params[area, P_BH]
-        i0 = max(0, math.floor((x - rx - params[area, P_BX0]) / bw))
-        i1 = min(bnx - 1, math.floor((x + rx - params[area, P_BX0]) / bw))
-        j0 = max(0, math.floor((y - ry - params[area, P_BY0]) / bh))
-        j1 = min(bny - 1, math.floor((y + ry - params[area, P_BY0]) / bh))
+        i0 = 0
+        i1 = bnx - 1
+        j0 = 0
+        j1 = bny - 1
+        if search < np.inf:
+            i0 = max(0, math.floor((x - rx - params[area, P_BX0]) / bw))
+            i1 = min(bnx - 1, math.floor((x + rx - params[area, P_BX0]) / bw))
+            j0 = max(0, math.floor((y - ry - params[area, P_BY0]) / bh))
+            j1 = min(bny - 1, math.floor((y + ry - params[area, P_BY0]) / bh))
         base = bucket_base[area]
         j = j0
         while j <= j1 and best > limit:
@@ -86,8 +106,8 @@ def _nearest_within(params, bucket_base, bucket_offsets, bucket_ids, segs, area,
 @kernel
 def area_verdicts(xs, ys, acc, where, area_of, margin_m, member, zone_offsets, zone_ids,
                   z_coords, z_row_params, z_row_index, z_row_offsets, z_row_edges,
-                  params, edt, edt_base, bucket_base, bucket_offsets, bucket_ids, segs,
-                  out_verdict, out_distance):
+                  params, coarse, coarse_base, edt, edt_base, bucket_base, bucket_offsets,
+                  bucket_ids, segs, out_verdict, out_distance):
     """Verdict and deciding distance of each fix against its subject's allowed area."""
     for p in range(xs.shape[0]):
         area = area_of[p]
@@ -102,7 +122,8 @@ def area_verdicts(xs, ys, acc, where, area_of, margin_m, member, zone_offsets, z
         distance = 0.0
         if not inside:
             limit = max(acc[p], margin_m)
-            lo, hi = _distance_bounds(params, edt, edt_base, area, x, y)
+            lo, hi = _distance_bounds(params, coarse, coarse_base, edt, edt_base, area, x, y,
+                                      limit)
             if lo > limit:
                 verdict = OUT
                 distance = lo
@@ -111,9 +132,9 @@ def area_verdicts(xs, ys, acc, where, area_of, margin_m, member, zone_offsets, z
                 distance = hi
             else:
                 d = _nearest_within(params, bucket_base, bucket_offsets, bucket_ids, segs,
-                                    area, x, y, limit)
+                                    area, x, y, limit, hi)
                 verdict = UNSURE if d <= limit else OUT
-                distance = d if d < np.inf else max(lo, limit)
+                distance = d
         out_verdict[p] = verdict
         out_distance[p] = distance
 
