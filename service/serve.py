@@ -120,7 +120,7 @@ def _curve(ctx, settings: Settings, metrics):
     from ingest.keys import load_allowed_carriers, load_server_keys
 
     keys = load_server_keys(settings.ingest.curve_keys)
-    allowed = load_allowed_carriers(settings.ingest.curve_carriers or settings.ingest.curve_keys)
+    allowed = load_allowed_carriers(settings.ingest.curve_carriers)
     auth = CarrierAuthenticator(ctx, allowed,
                                 on_refusal=lambda r: metrics.auth_refusals.labels(r).inc())
     auth.start()
@@ -137,8 +137,13 @@ def worker_main(settings: Settings, index: int, count: int) -> None:
 
 
 def check_bind(settings: Settings, insecure: bool) -> None:
+    """Refuse to start where carriers would be unauthenticated off this machine."""
     from ingest.auth import check_bind_allowed
+    from service.config import ConfigError
 
+    if bool(settings.ingest.curve_keys) != bool(settings.ingest.curve_carriers):
+        raise ConfigError("[ingest] curve_keys (the engine's key pair) and curve_carriers (the "
+                          "allowed carriers' public keys) go together: set both or neither")
     check_bind_allowed(settings.ingest.bind, bool(settings.ingest.curve_keys), insecure)
 
 

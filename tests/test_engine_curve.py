@@ -1,0 +1,96 @@
+"""CURVE on the carrier feed (SPEC §4 Security): only known keys get in, each carrier
+speaks only for itself, and the engine will not listen off-machine unauthenticated."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from ingest.auth import configure_client
+from ingest.keys import generate, load_keypair, load_public_key
+from ingest.protocol import decode_ack, encode_cols
+from service.cli import main as cli
+from tests.engine_harness import Engine, population_document, write_config
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory):
+    root = tmp_path_factory.mktemp("curve")
+    keys = root / "keys"
+    generate(keys, ["cmcc", "intruder"])
+    allowed = root / "carriers"
+    allowed.mkdir()
+    shutil.copy(keys / "cmcc.key", allowed / "cmcc.key")  # intruder's key is not allowed
+    config = write_config(root, curve_keys=str(keys), curve_carriers=str(allowed))
+    registry = root / "registry.json"
+    registry.write_text(json.dumps(population_document(20), ensure_ascii=False))
+    assert cli(["--config", str(config), "registry", "import", str(registry)]) == 0
+    engine = Engine(config)
+    yield engine, keys
+    engine.stop()
+
+
+def ask(endpoint, frame, keys=None, name=None, timeout_ms=3000):
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        me = load_keypair(keys / f"{name}.key_secret")
+        configure_client(sock, load_public_key(keys / "server.key"), me.public, me.secret)
+    sock.connect(endpoint)
+    sock.send(frame)
+    ack = decode_ack(sock.recv()) if sock.poll(timeout_ms) else None
+    sock.close()
+    ctx.term()
+    return ack
+
+
+def batch(carrier: str, number: int) -> bytes:
+    now = int(time.time() * 1000)
+    return encode_cols(carrier, number, np.array([13900000001]), np.array([now]),
+                       np.array([117.3]), np.array([34.8]))
+
+
+def test_an_allowed_carrier_is_served(secured):
+    engine, keys = secured
+    assert ask(engine.endpoint, batch("cmcc", 1), keys, "cmcc")["status"] == "ok"
+
+
+def test_a_carrier_cannot_speak_for_another(secured):
+    engine, keys = secured
+    ack = ask(engine.endpoint, batch("cucc", 2), keys, "cmcc")
+    assert ack["status"] == "rejected" and ack["error"] == "unauthorized"
+
+
+@pytest.mark.parametrize("who", ["intruder", None], ids=["unknown key", "no CURVE"])
+def test_unknown_or_missing_keys_get_no_answer(secured, who):
+    engine, keys = secured
+    assert ask(engine.endpoint, batch("cmcc", 3), keys if who else None, who,
+               timeout_ms=1500) is None
+
+
+def test_refuses_a_public_bind_without_curve(tmp_path):
+    config = write_config(tmp_path, port=0)
+    text = config.read_text().replace("tcp://127.0.0.1:0", "tcp://0.0.0.0:5599")
+    config.write_text(text)
+    done = subprocess.run([sys.executable, "-m", "service.cli", "--config", str(config), "serve"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--insecure" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_refusals_are_counted(secured):
+    from tests.test_engine_fuzz import metrics, total
+
+    engine, keys = secured
+    before = total(metrics(engine), "geofence_auth_refusals_total")
+    assert ask(engine.endpoint, batch("cmcc", 4), keys, "intruder", timeout_ms=1500) is None
+    deadline = time.monotonic() + 10
+    while total(metrics(engine), "geofence_auth_refusals_total") <= before:
+        assert time.monotonic() < deadline, "refusal not counted"
+        time.sleep(0.1)
