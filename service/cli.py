@@ -181,7 +181,8 @@ def _register_simulated(args) -> None:
 
     settings = _settings(args)
     jurisdictions, zones = load_layers(settings)
-    doc = registry_document(jurisdictions, population(jurisdictions, args.subjects, args.seed))
+    layer, people, _ = population(args.subjects, args.seed)
+    doc = registry_document(layer, people)
     _registry_store(settings).import_document(doc, *code_checkers(jurisdictions, zones))
 
 

@@ -1,0 +1,368 @@
+"""`geofence simulate`: carriers pushing a realistic synthetic feed to a running engine.
+
+The feed is `ingest.feed`'s day for the seeded Zaozhuang population: the same seed gives
+the same subjects and devices as the registry built from it (`population`, then
+`feed.registry_document`), so the engine knows every device. The day ends now (the
+engine refuses fixes more than 5 min ahead or older than its maximum age).
+
+Subjects are split among the carriers (subject i goes to carriers[i % len(carriers)]).
+GCJ-02 carriers convert their fixes from WGS-84 and label their batches `datum: gcj02`,
+as Chinese carriers often do. A few fixes are spoiled on purpose, so the engine's
+refusals are exercised too: `bad_share` of them get a NaN or out-of-range lon, a
+negative acc or an unknown src (reasons lon, acc, src), `zero_share` are exactly 0,0
+(no_position). Each carrier sends its fixes in time order, in batches of `batch_fixes`,
+from a thread of its own with its own `CarrierClient`; a token bucket shared by all of
+them holds the total to `rate` fixes/s (0: as fast as the acks come back).
+
+Batch numbers start at the wall clock in milliseconds times 1000, so a second run does
+not collide with the first in the engine's (carrier, batch) memory and get `duplicate`
+for everything. Output is counts only: never a device, subject or coordinate.
+"""
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+import geofence
+from geofence.datum import from_wgs84
+from geofence.errors import GeofenceError
+from geofence.synthetic import ZAOZHUANG_COUNTIES, zaozhuang_geojson
+from ingest.carrier import CarrierClient, CarrierStats, load_curve
+from ingest.feed import DAY_MS, SOURCES, Population, make_day, make_population
+from ingest.protocol import encode_cols, encode_rows
+
+COUNTIES = list(ZAOZHUANG_COUNTIES)   # the order `service.core_demo` uses: the same draws
+FORMS = ("cols", "rows")
+SPOILS = ("lon_nan", "lon_range", "acc", "src")   # how a bad fix is bad, drawn evenly
+PROGRESS_EVERY_S = 5.0
+STOP_CHECK_S = 0.1           # how soon a waiting carrier notices that the run stops
+END_BEFORE_NOW_MS = 60_000   # make_day adds up to 30 s of jitter past the day's end
+INJECT_SEED_SALT = 0x51A7    # the spoiled fixes draw from their own stream
+
+
+def population(subjects: int, seed: int) -> tuple[geofence.Layer, Population,
+                                                  np.random.Generator]:
+    """The layer, the seeded population and the generator right after it: what the engine's
+    registry is built from (same subjects and seed, same people and devices)."""
+    layer = geofence.Layer.from_geojson(zaozhuang_geojson())
+    rng = np.random.default_rng(seed)
+    return layer, make_population(layer, COUNTIES, subjects, rng), rng
+
+
+@dataclass
+class CarrierFeed:
+    """One carrier's fixes in time order, as it will send them (already in its datum)."""
+
+    name: str
+    datum: str | None       # None: WGS-84, the protocol's default, left unsaid
+    device: np.ndarray      # int64 phone numbers (the decimal string is the device id)
+    t_ms: np.ndarray
+    lon: np.ndarray
+    lat: np.ndarray
+    acc: np.ndarray
+    src: np.ndarray         # object: a SOURCES name, or a spoiled one
+
+    def __len__(self) -> int:
+        return len(self.t_ms)
+
+
+def build_feeds(subjects: int, seed: int, carriers, gcj02_carriers=(), *,
+                bad_share: float = 0.001, zero_share: float = 0.001,
+                start_ms: int | None = None) -> tuple[list[CarrierFeed], dict]:
+    """The day of fixes split by carrier, converted and spoiled; and what was injected
+    ({"bad": {spoil: n}, "zero": n}) so a test or a reader can check the engine's answer."""
+    if not carriers or len(set(carriers)) != len(carriers):
+        raise ValueError("carriers must be distinct names, at least one")
+    if not (0 <= bad_share and 0 <= zero_share and bad_share + zero_share <= 1):
+        raise ValueError("bad_share and zero_share must be >= 0 and sum to at most 1")
+    if start_ms is None:
+        start_ms = int(time.time() * 1000) - DAY_MS - END_BEFORE_NOW_MS
+    layer, people, rng = population(subjects, seed)
+    day = make_day(layer, people, rng, start_ms)
+    n = len(day)
+    device = np.array([int(d) for d in people.devices], np.int64)[day.subject]
+    lon, lat, acc = day.lon.copy(), day.lat.copy(), day.acc_m.copy()
+    src = np.array(SOURCES, object)[day.src]
+    carrier_of = day.subject % len(carriers)
+    for k, name in enumerate(carriers):
+        if name in gcj02_carriers:
+            mine = carrier_of == k
+            lon[mine], lat[mine] = from_wgs84(lon[mine], lat[mine], "gcj02")
+
+    inject = np.random.default_rng([seed, INJECT_SEED_SALT])
+    n_bad = round(n * bad_share)
+    n_zero = min(round(n * zero_share), n - n_bad)
+    chosen = inject.choice(n, n_bad + n_zero, replace=False)
+    bad, zero = chosen[:n_bad], chosen[n_bad:]
+    spoil = inject.integers(len(SPOILS), size=n_bad)
+    lon[bad[spoil == 0]] = np.nan
+    lon[bad[spoil == 1]] = 200.0
+    acc[bad[spoil == 2]] = -1.0
+    src[bad[spoil == 3]] = "sat"
+    lon[zero], lat[zero] = 0.0, 0.0
+
+    feeds = []
+    for k, name in enumerate(carriers):
+        mine = carrier_of == k
+        feeds.append(CarrierFeed(name, "gcj02" if name in gcj02_carriers else None,
+                                 device[mine], day.t_ms[mine], lon[mine], lat[mine],
+                                 acc[mine], src[mine]))
+    injected = {"bad": {s: int((spoil == i).sum()) for i, s in enumerate(SPOILS)},
+                "zero": int(n_zero)}
+    return feeds, injected
+
+
+def batches(feed: CarrierFeed, form: str, batch_fixes: int,
+            batch_base: int) -> Iterator[tuple[int, bytes, int]]:
+    """(batch_no, frame, fixes) for one carrier, encoded lazily, in time order."""
+    for k, lo in enumerate(range(0, len(feed), batch_fixes)):
+        part = slice(lo, lo + batch_fixes)
+        args = (feed.name, batch_base + k, feed.device[part], feed.t_ms[part],
+                feed.lon[part], feed.lat[part], feed.acc[part], feed.src[part])
+        frame = (encode_cols(*args, datum=feed.datum, binary=True) if form == "cols"
+                 else encode_rows(*args, datum=feed.datum))
+        yield batch_base + k, frame, len(feed.t_ms[part])
+
+
+class TokenBucket:
+    """Holds its callers, together, to `rate` tokens a second, with a burst of one second.
+
+    `reserve(n)` books n tokens at once (the balance may go negative) and says how long
+    the caller must wait before using them, so the average rate holds whatever the batch
+    sizes. The caller waits as it likes (a carrier keeps reading acks meanwhile). A wait
+    that would end past `deadline` is refused and books nothing: a run never overshoots
+    its duration by a sleep. rate 0: no limit."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self._tokens = rate
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def reserve(self, n: int, deadline: float | None = None) -> float | None:
+        """Seconds to wait before sending n fixes; None if the deadline comes first."""
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return None
+        if self.rate <= 0:
+            return 0.0
+        with self._lock:
+            tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            wait_s = max(0.0, (n - tokens) / self.rate)
+            if deadline is not None and now + wait_s > deadline:
+                self._tokens = tokens
+                return None
+            self._tokens = tokens - n
+        return wait_s
+
+
+@dataclass
+class _Sender:
+    """One carrier's thread and what it did; `client` is read by the progress line."""
+
+    feed: CarrierFeed
+    client: CarrierClient | None = None
+    fixes_sent: int = 0
+    error: BaseException | None = None
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+
+def _send_feed(sender: _Sender, ctx, endpoint, form, batch_fixes, batch_base, bucket, stop,
+               deadline, client_options) -> None:
+    """A carrier's thread: send its batches until done, stopped or past the deadline; then
+    drain the window. Any failure is kept for the main thread and stops the others."""
+    try:
+        with CarrierClient(ctx, endpoint, sender.feed.name, **client_options) as client:
+            sender.client = client
+            for batch_no, frame, n in batches(sender.feed, form, batch_fixes, batch_base):
+                wait_s = bucket.reserve(n, deadline)
+                if wait_s is None or not _idle(client, wait_s, stop):
+                    break                           # past the duration, or stopped
+                client.send(frame, batch_no)
+                sender.fixes_sent += n
+            client.drain()
+    except BaseException as e:  # handed to the main thread, which raises it
+        sender.error = e
+        stop.set()
+
+
+def _idle(client: CarrierClient, seconds: float, stop: threading.Event) -> bool:
+    """Let the client read acks for `seconds`, in slices so a stop is seen; False if
+    stopped."""
+    end = time.monotonic() + seconds
+    while not stop.is_set():
+        left = end - time.monotonic()
+        if left <= 0:
+            return True
+        client.idle(min(left, STOP_CHECK_S))
+    return False
+
+
+def simulate(endpoint: str, subjects: int, rate: float, *, seed: int,
+             carriers=("cmcc", "cucc", "ctcc"), gcj02_carriers=("cucc",), form: str = "cols",
+             batch_fixes: int = 5000, bad_share: float = 0.001, zero_share: float = 0.001,
+             curve_dir=None, duration_s: float | None = None, start_ms: int | None = None,
+             batch_base: int | None = None, timeout_ms: float = 2500, retries: int = 5,
+             window: int = 8, ctx: zmq.Context | None = None,
+             progress_s: float = PROGRESS_EVERY_S, out: Callable[[str], None] = print) -> dict:
+    """Push a day of fixes for `subjects` people to the engine at `endpoint`; the summary.
+
+    rate: fixes per second over all carriers, 0 for as fast as the engine acks. A rate
+    limit also caps a batch at one second of fixes, so the feed flows evenly.
+    duration_s: stop sending new batches after this long (the window is still drained).
+    curve_dir: the directory of `server.key` and each carrier's `<carrier>.key_secret`.
+    ctx: the process's context (default `zmq.Context.instance()`). Raises the first
+    carrier's failure (CarrierError when the engine stops answering) after the summary.
+    """
+    if form not in FORMS:
+        raise ValueError(f"form {form!r} is not one of {FORMS}")
+    if subjects < 1 or rate < 0 or batch_fixes < 1:
+        raise ValueError("subjects and batch_fixes must be >= 1 and rate >= 0")
+    started = time.monotonic()
+    feeds, injected = build_feeds(subjects, seed, tuple(carriers), tuple(gcj02_carriers),
+                                  bad_share=bad_share, zero_share=zero_share,
+                                  start_ms=start_ms)
+    total = sum(len(f) for f in feeds)
+    if rate > 0:
+        batch_fixes = min(batch_fixes, max(1, int(rate)))
+    if batch_base is None:
+        batch_base = int(time.time() * 1000) * 1000
+    ctx = ctx if ctx is not None else zmq.Context.instance()
+    stop = threading.Event()
+    bucket = TokenBucket(rate)
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    out(f"simulate: {subjects:,} subjects, {total:,} fixes over 24 h for "
+        + ", ".join(f"{f.name} {len(f):,}" + (f" ({f.datum})" if f.datum else "") for f in feeds)
+        + f"; {form} batches of up to {batch_fixes:,} to {endpoint}"
+        + (f" at {rate:,.0f} fixes/s" if rate > 0 else " as fast as acked"))
+
+    senders = [_Sender(f) for f in feeds]
+    options = [{"timeout_ms": timeout_ms, "retries": retries, "window": window, "seed": seed + k,
+                "curve": load_curve(curve_dir, f.name) if curve_dir is not None else None}
+               for k, f in enumerate(feeds)]   # every key file read before a thread starts
+    t0 = time.monotonic()
+    for s, opts in zip(senders, options):
+        s.thread = threading.Thread(
+            target=_send_feed, name=f"geofence-simulate-{s.feed.name}", daemon=True,
+            args=(s, ctx, endpoint, form, batch_fixes, batch_base, bucket, stop, deadline,
+                  opts))
+        s.thread.start()
+    try:
+        _wait(senders, t0, total, progress_s, out)
+    except KeyboardInterrupt:
+        stop.set()
+        _wait(senders, t0, total, progress_s, out)
+        raise
+    finally:
+        stats = _summary(senders, injected, total, time.monotonic() - t0, out)
+        stats["setup_seconds"] = t0 - started
+    errors = [s.error for s in senders if s.error is not None]
+    if errors:
+        raise errors[0]
+    return stats
+
+
+def _wait(senders, t0, total, progress_s, out) -> None:
+    """Join the carriers' threads, printing a progress line every `progress_s`."""
+    next_report = t0 + progress_s
+    for s in senders:
+        while s.thread.is_alive():
+            s.thread.join(timeout=min(0.2, max(0.0, next_report - time.monotonic())))
+            if time.monotonic() >= next_report:
+                out(_progress(senders, t0, total))
+                next_report += progress_s
+
+
+def _progress(senders, t0, total) -> str:
+    """Counters another thread is updating: plain ints only, read without a lock."""
+    clients = [s.client for s in senders if s.client is not None]
+    sent = sum(s.fixes_sent for s in senders)
+    seconds = time.monotonic() - t0
+    return (f"simulate: {sent:,}/{total:,} fixes sent ({sent / max(total, 1):.0%}), "
+            f"{sum(c.stats.fixes_accepted for c in clients):,} accepted, "
+            f"{sum(c.stats.fixes_rejected_total for c in clients):,} rejected, "
+            f"{sum(c.stats.resends for c in clients):,} resends, "
+            f"{sent / max(seconds, 1e-9):,.0f} fixes/s")
+
+
+def _summary(senders, injected, total, seconds, out) -> dict:
+    """The final counts, printed and returned (after every thread has ended)."""
+    stats = CarrierStats.combined(s.client.stats for s in senders if s.client is not None)
+    sent = sum(s.fixes_sent for s in senders)
+    p50, p99 = stats.latency_percentile(50), stats.latency_percentile(99)
+    result = {
+        "fixes": total, "fixes_sent": sent, "fixes_accepted": stats.fixes_accepted,
+        "fixes_rejected": dict(stats.fixes_rejected), "batches": stats.batches,
+        "batches_by_status": dict(stats.acks), "batch_errors": dict(stats.batch_errors),
+        "resends": stats.resends, "resends_acknowledged": stats.resends_acknowledged,
+        "timeouts": stats.timeouts, "reconnects": stats.reconnects,
+        "latency_ms": {"p50": p50, "p99": p99}, "seconds": seconds,
+        "rate": sent / seconds if seconds > 0 else 0.0, "injected": injected,
+        "carriers": {s.feed.name: {"fixes": len(s.feed), "fixes_sent": s.fixes_sent,
+                                   "datum": s.feed.datum or "wgs84",
+                                   "error": None if s.error is None else str(s.error)}
+                     for s in senders}}
+    rejected = ", ".join(f"{r} {n:,}" for r, n in sorted(stats.fixes_rejected.items()))
+    statuses = ", ".join(f"{k} {n:,}" for k, n in sorted(stats.acks.items())) or "none"
+    latency = ("n/a" if p50 is None else f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    out(f"simulate: sent {sent:,} of {total:,} fixes in {stats.batches:,} batches "
+        f"in {seconds:.1f} s ({result['rate']:,.0f} fixes/s)")
+    out(f"  accepted {stats.fixes_accepted:,}; rejected {stats.fixes_rejected_total:,}"
+        + (f" ({rejected})" if rejected else ""))
+    out(f"  acks: {statuses}; resends {stats.resends:,} ({stats.timeouts:,} timeouts, "
+        f"{stats.resends_acknowledged:,} answered duplicate); ack latency {latency}"
+        + (f"; whole batches refused: {dict(stats.batch_errors)}" if stats.batch_errors else ""))
+    for s in senders:
+        if s.error is not None:
+            out(f"  {s.feed.name}: stopped: {s.error}")
+    return result
+
+
+# -- the command line (for `geofence simulate`; also `python -m ingest.simulate`) -------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `geofence simulate` (SPEC §9), for the CLI's subparser."""
+    parser.add_argument("--subjects", type=int, default=2032, help="people (default 2032)")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="fixes per second over all carriers; 0: as fast as acked")
+    parser.add_argument("--connect", default="tcp://127.0.0.1:5555", metavar="ADDR",
+                        help="the engine's ingest endpoint")
+    parser.add_argument("--seed", type=int, default=7,
+                        help="population seed; use the registry's (default 7, as the demo)")
+    parser.add_argument("--form", choices=FORMS, default="cols")
+    parser.add_argument("--batch", type=int, default=5000, help="fixes per batch at most")
+    parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                        help="stop sending after this long")
+    parser.add_argument("--curve-dir", default=None, metavar="DIR",
+                        help="server.key and each carrier's <carrier>.key_secret")
+
+
+def run_args(args: argparse.Namespace) -> int:
+    """Run `simulate` from parsed `add_arguments` options; 0 when every batch was acked."""
+    simulate(args.connect, args.subjects, args.rate, seed=args.seed, form=args.form,
+             batch_fixes=args.batch, duration_s=args.duration, curve_dir=args.curve_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ingest.simulate",
+                                     description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    try:
+        return run_args(parser.parse_args(argv))
+    except (GeofenceError, OSError, ValueError) as e:
+        print(f"simulate: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
