@@ -82,7 +82,8 @@ class Layer:
 
     @property
     def geometries(self) -> np.ndarray:
-        """Shapely MultiPolygons, one per feature (built on first use for array layers)."""
+        """Shapely geometries, one per feature: as loaded (Polygon or MultiPolygon) for GeoJSON
+        layers, MultiPolygons built on first use for array layers."""
         if self._geometries is None:
             g = self.geometry
             self._geometries = shapely.from_ragged_array(
