@@ -1,0 +1,215 @@
+"""Compiled alarm rules (SPEC §6), the fix-driven part: per-subject state and one batch kernel.
+
+State is a struct of arrays indexed by subject (`STATE_FIELDS`, 23 bytes a subject): a
+batch sorted by (subject, t) then walks every array nearly in order, so a million
+subjects cost streaming reads rather than a cache miss per fix and field.
+
+Per accepted fix the rules run in a fixed order, which is also the order of their events:
+signal_restored; zone_exit or zone_return; possible_exit; exclusion_entry or
+possible_exclusion. At most one event comes from each group, hence `MAX_EVENTS_PER_FIX`.
+
+Run counters are uint8 and saturate at `RUN_MAX`; thresholds are at most `RUN_MAX`, so a
+saturated counter still compares exactly as an unbounded one would.
+
+Late fixes: a fix with ``t <= newest_t_ms`` of its subject changes nothing and is only
+flagged. Equal times count as late too: a second device reporting the same instant adds
+no new information about *when*, and taking the first one (in batch order, the sort is
+stable) keeps the result independent of how fixes were split into batches.
+"""
+
+import numpy as np
+
+from geofence._jit import body, kernel
+from geofence.verdict import IN, OUT, UNSURE
+
+# Event codes: indices into `alerts.rules.EVENT_TYPES` (all SPEC §6 types, so the clock-driven
+# rules share the numbering). This kernel emits the fix-driven ones and signal_restored.
+ZONE_EXIT, ZONE_RETURN, POSSIBLE_EXIT, EXCLUSION_ENTRY, POSSIBLE_EXCLUSION = 0, 1, 2, 3, 4
+SIGNAL_LOST, SIGNAL_RESTORED, PERMIT_OVERSTAY, FEED_OUTAGE = 5, 6, 7, 8
+MAX_EVENTS_PER_FIX = 3
+
+NO_TIME = np.iinfo(np.int64).min  # newest_t_ms before any fix; linked_t_ms of unlinked events
+NO_VERDICT = -1                   # latest verdict before any fix
+NO_ZONE = -1
+RUN_MAX = 255
+
+# Bits of `flags`.
+SIGNAL_LOST_SET = 1       # set by the clock-driven rules; the next fix raises signal_restored
+EXIT_OPEN = 2             # a zone_exit is open (until a zone_return)
+NONIN_UNSURE = 4          # the current run of non-`in` fixes holds an `unsure`
+POSSIBLE_EXIT_DONE = 8    # possible_exit raised in the current episode
+EXCLUSION_OPEN = 16       # an exclusion_entry is open (until a fix out of every zone)
+POSSIBLE_EXCL_DONE = 32   # possible_exclusion raised in the current episode
+
+# Columns of the thresholds array `limits` (names as in `service.config.Rules`).
+LIMIT_NAMES = ("exit_fixes", "exit_fixes_key", "return_fixes", "possible_exit_fixes",
+               "exclusion_fixes", "possible_exclusion_fixes")
+L_EXIT, L_EXIT_KEY, L_RETURN, L_POSSIBLE_EXIT, L_EXCLUSION, L_POSSIBLE_EXCL = range(6)
+
+# (name, dtype, value before any fix), in argument and snapshot order.
+STATE_FIELDS = (
+    ("newest_t_ms", np.int64, NO_TIME),   # newest accepted fix (signal_lost checks)
+    ("exit_t_ms", np.int64, NO_TIME),     # t of the fix that raised the open zone_exit
+    ("verdict", np.int8, NO_VERDICT),     # area verdict of the newest fix (permit_overstay)
+    ("flags", np.uint8, 0),
+    ("out_run", np.uint8, 0),             # `out` fixes since the last `in` (unsure skipped)
+    ("in_run", np.uint8, 0),              # consecutive `in` fixes while an exit is open
+    ("nonin_run", np.uint8, 0),           # consecutive non-`in` fixes (possible_exit)
+    ("excl_in_run", np.uint8, 0),         # consecutive fixes in an exclusion zone
+    ("excl_run", np.uint8, 0),            # consecutive fixes not out of every zone
+)
+BYTES_PER_SUBJECT = sum(np.dtype(dt).itemsize for _, dt, _ in STATE_FIELDS)
+
+
+@body
+def _bump(run):
+    """A run counter plus one, saturating at RUN_MAX."""
+    return min(int(run) + 1, RUN_MAX)
+
+
+@body
+def _emit(ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone, n_ev,
+          kind, s, f, t, linked, zone):
+    ev_type[n_ev] = kind
+    ev_subject[n_ev] = s
+    ev_fix[n_ev] = f
+    ev_t_ms[n_ev] = t
+    ev_linked_t_ms[n_ev] = linked
+    ev_zone[n_ev] = zone
+    return n_ev + 1
+
+
+@body
+def _area_rules(exit_t_ms, out_run, in_run, nonin_run, fl, s, f, t, v, is_key, limits,
+                ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone, n_ev):
+    """zone_exit / zone_return, then possible_exit; returns (flags, events written)."""
+    if fl & EXIT_OPEN:
+        if v == IN:
+            run = _bump(in_run[s])
+            if run >= limits[L_RETURN]:
+                n_ev = _emit(ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone,
+                             n_ev, ZONE_RETURN, s, f, t, exit_t_ms[s], NO_ZONE)
+                fl &= ~EXIT_OPEN
+                exit_t_ms[s] = NO_TIME
+                run = 0
+            in_run[s] = run
+        else:
+            in_run[s] = 0
+    elif v == OUT:
+        run = _bump(out_run[s])
+        if run >= limits[L_EXIT_KEY if is_key else L_EXIT]:
+            n_ev = _emit(ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone,
+                         n_ev, ZONE_EXIT, s, f, t, NO_TIME, NO_ZONE)
+            fl |= EXIT_OPEN
+            exit_t_ms[s] = t
+            in_run[s] = 0
+            run = 0
+        out_run[s] = run
+    elif v == IN:
+        out_run[s] = 0
+    # possible_exit: an `in` ends the episode. A zone_exit ends it too: while the exit is
+    # open nothing counts, and only an `in` (which resets the run) can close the exit.
+    if v == IN:
+        nonin_run[s] = 0
+        fl &= ~(NONIN_UNSURE | POSSIBLE_EXIT_DONE)
+    elif not fl & EXIT_OPEN:
+        run = _bump(nonin_run[s])
+        if v == UNSURE:
+            fl |= NONIN_UNSURE
+        if (run >= limits[L_POSSIBLE_EXIT] and fl & NONIN_UNSURE
+                and not fl & POSSIBLE_EXIT_DONE):
+            n_ev = _emit(ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone,
+                         n_ev, POSSIBLE_EXIT, s, f, t, NO_TIME, NO_ZONE)
+            fl |= POSSIBLE_EXIT_DONE
+        nonin_run[s] = run
+    return fl, n_ev
+
+
+@body
+def _exclusion_rules(excl_in_run, excl_run, fl, s, f, t, xv, zone, limits,
+                     ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone, n_ev):
+    """exclusion_entry, then possible_exclusion; returns (flags, events written).
+
+    An open entry closes (re-arms) on a fix out of every zone; it emits nothing then,
+    the alarm itself is resolved by people. The possible_exclusion run counts `in` fixes
+    as well as `unsure` ones (an `in` is at least as close), and `out` ends the episode.
+    """
+    if fl & EXCLUSION_OPEN:
+        if xv == OUT:
+            fl &= ~EXCLUSION_OPEN
+    elif xv == IN:
+        run = _bump(excl_in_run[s])
+        if run >= limits[L_EXCLUSION]:
+            n_ev = _emit(ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone,
+                         n_ev, EXCLUSION_ENTRY, s, f, t, NO_TIME, zone)
+            fl |= EXCLUSION_OPEN
+            run = 0
+        excl_in_run[s] = run
+    else:
+        excl_in_run[s] = 0
+    if xv == OUT:
+        excl_run[s] = 0
+        fl &= ~POSSIBLE_EXCL_DONE
+    else:
+        run = _bump(excl_run[s])
+        if (run >= limits[L_POSSIBLE_EXCL] and not fl & EXCLUSION_OPEN
+                and not fl & POSSIBLE_EXCL_DONE):
+            n_ev = _emit(ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone,
+                         n_ev, POSSIBLE_EXCLUSION, s, f, t, NO_TIME, zone)
+            fl |= POSSIBLE_EXCL_DONE
+        excl_run[s] = run
+    return fl, n_ev
+
+
+@kernel
+def apply_fixes(newest_t_ms, exit_t_ms, verdict, flags, out_run, in_run, nonin_run,
+                excl_in_run, excl_run,
+                subject, t_ms, fix, fix_verdict, excl_verdict, excl_zone, key, limits,
+                ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone, late, progress):
+    """Apply a batch sorted by (subject, t) to the state; write events; return their count.
+
+    `progress` (int64[3]: next fix, events written, late fixes) is where the call starts
+    and, on return, where it stopped. The kernel stops before a fix whose events might not
+    fit (`MAX_EVENTS_PER_FIX`) and returns -1: everything before is applied and written,
+    so the caller grows the outputs (keeping the first ``progress[1]`` events) and calls
+    again to finish. `late[i]` is set to 1 for a late fix, 0 otherwise.
+    """
+    n = len(subject)
+    capacity = len(ev_type)
+    i = progress[0]
+    n_ev = progress[1]
+    n_late = progress[2]
+    stopped = False
+    while i < n and not stopped:
+        if n_ev + MAX_EVENTS_PER_FIX > capacity:
+            stopped = True
+        else:
+            s = subject[i]
+            t = t_ms[i]
+            if t <= newest_t_ms[s]:
+                late[i] = 1
+                n_late += 1
+            else:
+                late[i] = 0
+                f = fix[i]
+                v = fix_verdict[i]
+                newest_t_ms[s] = t
+                verdict[s] = v
+                fl = int(flags[s])
+                if fl & SIGNAL_LOST_SET:
+                    n_ev = _emit(ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms,
+                                 ev_zone, n_ev, SIGNAL_RESTORED, s, f, t, NO_TIME, NO_ZONE)
+                    fl &= ~SIGNAL_LOST_SET
+                fl, n_ev = _area_rules(exit_t_ms, out_run, in_run, nonin_run, fl, s, f, t,
+                                       v, key[s], limits, ev_type, ev_subject, ev_fix,
+                                       ev_t_ms, ev_linked_t_ms, ev_zone, n_ev)
+                fl, n_ev = _exclusion_rules(excl_in_run, excl_run, fl, s, f, t,
+                                            excl_verdict[i], excl_zone[i], limits, ev_type,
+                                            ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms,
+                                            ev_zone, n_ev)
+                flags[s] = fl
+            i += 1
+    progress[0] = i
+    progress[1] = n_ev
+    progress[2] = n_late
+    return -1 if stopped else n_ev

@@ -1,0 +1,338 @@
+"""Alarm rules (SPEC §6), the fix-driven part: evaluated fixes in, alarm events out.
+
+`RuleState` keeps per-subject rule state (a struct of arrays, see `_rules_kernel`) and
+turns each batch of evaluated fixes into events with one compiled call. Fixes are taken
+per subject in event-time order; a fix not newer than its subject's newest accepted fix
+is *late*: reported in `Events.late`, never changing state (SPEC §6).
+
+Events, not alarms: an event names the rule, the subject and the triggering fix. The
+caller derives the alarm id from (subject, type, triggering fix) and stores the alarm.
+Events are deterministic: they depend only on the state and the batch (sorted by
+(subject, t), ties in batch order), so replaying the same batches from the same snapshot
+gives the same events in the same order, and alarm ids after a crash match the first run.
+
+The clock-driven rules (signal_lost, permit_overstay, feed_outage) live elsewhere; they
+read `newest_t_ms`, `latest_verdict` and `signal_lost`, and call `mark_signal_lost` so
+that the subject's next fix raises signal_restored.
+"""
+
+import struct
+import zlib
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from alerts import _rules_kernel as rk
+from geofence.verdict import IN, OUT, UNSURE
+
+# Indexed by event code (`Events.type`); SPEC §6 type strings.
+EVENT_TYPES = ("zone_exit", "zone_return", "possible_exit", "exclusion_entry",
+               "possible_exclusion", "signal_lost", "signal_restored", "permit_overstay",
+               "feed_outage")
+
+NO_TIME = rk.NO_TIME  # `newest_t_ms` before any fix; `linked_t_ms` of events without a link
+SEVERITIES = ("critical", "high", "medium", "info")
+_SEVERITY = {"zone_return": "info", "possible_exit": "medium", "exclusion_entry": "critical",
+             "possible_exclusion": "medium", "signal_lost": "high", "signal_restored": "info",
+             "permit_overstay": "high", "feed_outage": "critical"}
+
+SNAPSHOT_MAGIC = b"GFRULES\x00"
+SNAPSHOT_VERSION = 1
+_HEADER = struct.Struct("<8sHHQ")   # magic, version, number of fields, number of subjects
+_TRAILER = struct.Struct("<I")      # CRC-32 of everything before it
+
+
+class RulesError(ValueError):
+    """A batch, a rules setting or a snapshot given to `RuleState` is malformed; fix the caller."""
+
+
+class SnapshotError(RulesError):
+    """A snapshot is not one `RuleState.snapshot` wrote (or it was damaged); restore another."""
+
+
+def severity(event: int | str, key: bool) -> str:
+    """Severity per SPEC §6 of an event type (code or name); `key`: the subject is a risk key."""
+    name = EVENT_TYPES[event] if isinstance(event, (int, np.integer)) else event
+    if name == "zone_exit":
+        return "critical" if key else "high"
+    if name not in _SEVERITY:
+        raise RulesError(f"unknown event type {event!r} (known: {', '.join(EVENT_TYPES)})")
+    return _SEVERITY[name]
+
+
+@dataclass(frozen=True)
+class Events:
+    """Events of one batch, ordered by (subject, t), within a fix in rule order.
+
+    `fix` is the index of the triggering fix in the caller's batch; `linked_t_ms` is, for a
+    zone_return, the t of the fix that raised the exit it closes (`NO_TIME` otherwise);
+    `zone` the exclusion zone of exclusion events (-1 otherwise). `late` holds the batch
+    indices of late fixes, ascending.
+    """
+
+    type: np.ndarray
+    subject: np.ndarray
+    fix: np.ndarray
+    t_ms: np.ndarray
+    linked_t_ms: np.ndarray
+    zone: np.ndarray
+    late: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.type)
+
+    @property
+    def n_late(self) -> int:
+        return len(self.late)
+
+    def names(self) -> list[str]:
+        return [EVENT_TYPES[c] for c in self.type]
+
+
+@dataclass(frozen=True)
+class SubjectView:
+    """What the rest of the service may observe of one subject's rule state."""
+
+    newest_t_ms: int | None
+    verdict: int | None
+    signal_lost: bool
+    exit_open: bool
+    exit_t_ms: int | None
+    exclusion_open: bool
+
+
+def sort_batch(subject: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
+    """The order that sorts a batch by (subject, t); equal (subject, t) keep batch order.
+
+    Usually one int64 key ``subject << 32 | (t - t_min)`` and an unstable sort: 5-10x
+    faster than `np.lexsort`. When two fixes tie (one subject, one instant) the stable
+    sort decides, and when the batch spans 2**32 ms (50 days) or more, `np.lexsort`.
+    """
+    subject = np.asarray(subject)
+    t_ms = np.asarray(t_ms)
+    if (len(t_ms) == 0 or int(t_ms.max()) - int(t_ms.min()) >= 2**32
+            or subject.min() < 0 or subject.max() >= 2**31):
+        return np.lexsort((t_ms, subject))
+    key = (subject.astype(np.int64) << 32) | (t_ms - t_ms.min())
+    order = np.argsort(key)
+    ranked = key[order]
+    if (ranked[1:] == ranked[:-1]).any():
+        order = np.argsort(key, kind="stable")
+    return order
+
+
+class RuleState:
+    """Rule state of subjects 0..n-1 and the thresholds from `rules` (a `service.config.Rules`).
+
+    One writer at a time: `apply`, `mark_signal_lost`, `grow` and `restore` change the
+    state in place (the kernel releases the GIL, so readers must not rely on the GIL).
+    """
+
+    def __init__(self, n_subjects: int, rules):
+        self.limits = _limits(rules)
+        self._arrays = {name: np.full(0, init, dt) for name, dt, init in rk.STATE_FIELDS}
+        self.grow(n_subjects)
+
+    @property
+    def n_subjects(self) -> int:
+        return len(self._arrays["flags"])
+
+    def grow(self, n: int) -> None:
+        """Make room for subjects up to n-1 (new ones start with no fix); never shrinks."""
+        extra = int(n) - self.n_subjects
+        if extra > 0:
+            for name, dt, init in rk.STATE_FIELDS:
+                self._arrays[name] = np.concatenate([self._arrays[name], np.full(extra, init, dt)])
+
+    # -- what the clock-driven rules read --------------------------------------------------
+
+    @property
+    def newest_t_ms(self) -> np.ndarray:
+        """Per subject, t of the newest accepted fix (`NO_TIME` before any); read-only."""
+        return _read_only(self._arrays["newest_t_ms"])
+
+    @property
+    def latest_verdict(self) -> np.ndarray:
+        """Per subject, area verdict of the newest accepted fix (-1 before any); read-only."""
+        return _read_only(self._arrays["verdict"])
+
+    @property
+    def signal_lost(self) -> np.ndarray:
+        """Per subject: a signal_lost was marked and no fix has come since."""
+        return (self._arrays["flags"] & rk.SIGNAL_LOST_SET) != 0
+
+    @property
+    def exit_open(self) -> np.ndarray:
+        """Per subject: a zone_exit was raised and no zone_return has closed it yet."""
+        return (self._arrays["flags"] & rk.EXIT_OPEN) != 0
+
+    @property
+    def exclusion_open(self) -> np.ndarray:
+        """Per subject: an exclusion_entry was raised and no fix out of every zone came since."""
+        return (self._arrays["flags"] & rk.EXCLUSION_OPEN) != 0
+
+    def mark_signal_lost(self, subjects) -> None:
+        """Record a signal_lost raised for these subjects: their next fix raises signal_restored."""
+        idx = self._subjects(subjects)
+        self._arrays["flags"][idx] |= rk.SIGNAL_LOST_SET
+
+    def view(self, subject: int) -> SubjectView:
+        a = {name: arr[subject] for name, arr in self._arrays.items()}
+        flags = int(a["flags"])
+        return SubjectView(
+            newest_t_ms=None if a["newest_t_ms"] == NO_TIME else int(a["newest_t_ms"]),
+            verdict=None if a["verdict"] == rk.NO_VERDICT else int(a["verdict"]),
+            signal_lost=bool(flags & rk.SIGNAL_LOST_SET),
+            exit_open=bool(flags & rk.EXIT_OPEN),
+            exit_t_ms=int(a["exit_t_ms"]) if flags & rk.EXIT_OPEN else None,
+            exclusion_open=bool(flags & rk.EXCLUSION_OPEN))
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def apply(self, subject, t_ms, verdict, excl_verdict, excl_zone, key=None, *,
+              capacity: int | None = None) -> Events:
+        """Apply one batch of evaluated fixes (any order) and return its events.
+
+        `excl_verdict` is the worst exclusion verdict per fix (OUT when the subject has no
+        zones) and `excl_zone` its zone (-1 none), as `ExclusionVerdicts.worst()` gives;
+        `key` is per subject (risk key), None for nobody. `capacity` is the initial size
+        of the event outputs (default n + 16: most fixes raise nothing); if the kernel
+        runs out it stops, and the outputs are grown and the kernel resumed.
+        """
+        s, t, v, xv, xz = self._batch(subject, t_ms, verdict, excl_verdict, excl_zone)
+        keys = self._keys(key)
+        n = len(s)
+        order = sort_batch(s, t)
+        s, t, v, xv, xz = s[order], t[order], v[order], xv[order], xz[order]
+        late = np.empty(n, np.uint8)
+        progress = np.zeros(3, np.int64)
+        out = _outputs(n + 16 if capacity is None else max(int(capacity), 0))
+        while rk.apply_fixes(*self._state(), s, t, order, v, xv, xz, keys, self.limits,
+                             *out, late, progress) < 0:
+            written, left = int(progress[1]), n - int(progress[0])
+            out = _outputs(written + rk.MAX_EVENTS_PER_FIX * left, keep=out, n_keep=written)
+        m = int(progress[1])
+        return Events(*(a[:m].copy() for a in out), late=np.sort(order[late.view(bool)]))
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """All state as bytes: header (magic, version, fields, subjects), arrays, CRC-32."""
+        parts = [_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(rk.STATE_FIELDS),
+                              self.n_subjects)]
+        parts += [self._arrays[name].astype(np.dtype(dt).newbyteorder("<")).tobytes()
+                  for name, dt, _ in rk.STATE_FIELDS]
+        body = b"".join(parts)
+        return body + _TRAILER.pack(zlib.crc32(body))
+
+    def restore(self, data: bytes) -> None:
+        """Replace all state with a snapshot's (thresholds stay those of this object)."""
+        data = bytes(data)
+        if len(data) < _HEADER.size + _TRAILER.size:
+            raise SnapshotError(f"snapshot too short ({len(data)} bytes)")
+        magic, version, n_fields, n = _HEADER.unpack_from(data)
+        if magic != SNAPSHOT_MAGIC:
+            raise SnapshotError("not a rule-state snapshot (bad magic)")
+        if version != SNAPSHOT_VERSION or n_fields != len(rk.STATE_FIELDS):
+            raise SnapshotError(f"snapshot version {version} with {n_fields} fields; this "
+                                f"build reads version {SNAPSHOT_VERSION}")
+        expected = _HEADER.size + n * rk.BYTES_PER_SUBJECT + _TRAILER.size
+        if len(data) != expected:
+            raise SnapshotError(f"snapshot of {n} subjects has {len(data)} bytes, "
+                                f"expected {expected} (truncated?)")
+        (crc,) = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
+        if zlib.crc32(data[:-_TRAILER.size]) != crc:
+            raise SnapshotError("snapshot checksum mismatch (damaged)")
+        arrays, offset = {}, _HEADER.size
+        for name, dt, _ in rk.STATE_FIELDS:
+            wire = np.dtype(dt).newbyteorder("<")
+            arrays[name] = np.frombuffer(data, wire, n, offset).astype(dt)
+            offset += n * wire.itemsize
+        self._arrays = arrays
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def _state(self) -> list[np.ndarray]:
+        return [self._arrays[name] for name, _, _ in rk.STATE_FIELDS]
+
+    def _subjects(self, subjects) -> np.ndarray:
+        idx = _integers(subjects, "subjects", np.int32)
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.n_subjects):
+            raise RulesError(f"subject indices must be in 0..{self.n_subjects - 1}")
+        return idx
+
+    def _keys(self, key) -> np.ndarray:
+        if key is None:
+            return np.zeros(self.n_subjects, np.bool_)
+        keys = np.ascontiguousarray(key, np.bool_)
+        if keys.shape != (self.n_subjects,):
+            raise RulesError(f"key must have one flag per subject ({self.n_subjects}), "
+                             f"not shape {keys.shape}")
+        return keys
+
+    def _batch(self, subject, t_ms, verdict, excl_verdict, excl_zone):
+        s = self._subjects(subject)
+        t = _integers(t_ms, "t_ms", np.int64)
+        v = _integers(verdict, "verdict", np.int8)
+        xv = _integers(excl_verdict, "excl_verdict", np.int8)
+        xz = _integers(excl_zone, "excl_zone", np.int32)
+        if not len(s) == len(t) == len(v) == len(xv) == len(xz):
+            raise RulesError("subject, t_ms, verdict, excl_verdict and excl_zone must have "
+                             "the same length")
+        for name, arr in (("verdict", v), ("excl_verdict", xv)):
+            if not np.isin(arr, (IN, UNSURE, OUT)).all():
+                raise RulesError(f"{name} must hold verdict codes IN, UNSURE, OUT "
+                                 f"({IN}, {UNSURE}, {OUT})")
+        if len(xz) and xz.min() < -1:
+            raise RulesError("excl_zone must be a zone index or -1")
+        return s, t, v, xv, xz
+
+
+def mark_signal_lost(state: RuleState, subjects) -> None:
+    """Record a signal_lost for `subjects`: the next fix of each raises signal_restored."""
+    state.mark_signal_lost(subjects)
+
+
+def warm_up() -> None:
+    """Compile or load the rules kernel once, on a tiny batch, before traffic."""
+    ones = SimpleNamespace(**dict.fromkeys(rk.LIMIT_NAMES, 1))
+    RuleState(1, ones).apply([0], [1], [OUT], [OUT], [-1])
+
+
+def _limits(rules) -> np.ndarray:
+    values = []
+    for name in rk.LIMIT_NAMES:
+        value = getattr(rules, name, None)
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not (
+                1 <= value <= rk.RUN_MAX):
+            raise RulesError(f"rules.{name} must be an integer in 1..{rk.RUN_MAX}, "
+                             f"not {value!r}")
+        values.append(int(value))
+    return np.array(values, np.int64)
+
+
+def _integers(values, name: str, dtype) -> np.ndarray:
+    arr = np.atleast_1d(np.asarray(values))
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise RulesError(f"{name} must be a 1-D array of integers, not {arr.dtype} {arr.shape}")
+    info = np.iinfo(dtype)
+    if arr.size and (arr.min() < info.min or arr.max() > info.max):
+        raise RulesError(f"{name} out of range for {np.dtype(dtype).name}")
+    return np.ascontiguousarray(arr, dtype)
+
+
+def _outputs(capacity: int, keep=None, n_keep: int = 0) -> list[np.ndarray]:
+    """Event output arrays (type, subject, fix, t, linked t, zone), first `n_keep` copied."""
+    out = [np.empty(capacity, dt) for dt in (np.int8, np.int32, np.int64, np.int64, np.int64,
+                                             np.int32)]
+    if keep is not None:
+        for new, old in zip(out, keep):
+            new[:n_keep] = old[:n_keep]
+    return out
+
+
+def _read_only(arr: np.ndarray) -> np.ndarray:
+    view = arr.view()
+    view.flags.writeable = False
+    return view

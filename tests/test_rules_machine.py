@@ -1,0 +1,188 @@
+"""Alarm rules (SPEC §6): the compiled `RuleState` against the plain reference, step by step.
+
+A hypothesis state machine feeds both models batches of fixes for a few subjects (random
+verdicts; times that are often late or equal; a risk key per subject), marks signals lost,
+adds subjects, and round-trips the compiled state through a snapshot; after every step
+the events, the late fixes and each subject's observable state must be identical. Small
+thresholds make every rule fire often; tiny event capacities force the resume path.
+Plus direct checks of the kernel's stop-and-resume, snapshots and input errors.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from alerts import _rules_kernel as rk
+from alerts.rules import (EVENT_TYPES, RuleState, RulesError, SnapshotError, mark_signal_lost,
+                          sort_batch)
+from alerts.rules_reference import ReferenceRules
+from geofence.verdict import IN, OUT, UNSURE
+from service.config import Rules
+
+VERDICTS = st.sampled_from([IN, UNSURE, OUT])
+SMALL_RULES = st.builds(
+    Rules, exit_fixes=st.integers(1, 3), exit_fixes_key=st.integers(1, 2),
+    return_fixes=st.integers(1, 3), possible_exit_fixes=st.integers(1, 4),
+    exclusion_fixes=st.integers(1, 2), possible_exclusion_fixes=st.integers(1, 3))
+
+
+def rows(events):
+    return [(EVENT_TYPES[k], int(s), int(f), int(t), int(lt), int(z)) for k, s, f, t, lt, z
+            in zip(events.type, events.subject, events.fix, events.t_ms, events.linked_t_ms,
+                   events.zone)]
+
+
+class RulesMachine(RuleBasedStateMachine):
+    @initialize(rules=st.one_of(st.just(Rules()), SMALL_RULES),
+                keys=st.lists(st.booleans(), min_size=3, max_size=3))
+    def start(self, rules, keys):
+        self.rules = rules
+        self.key = np.array(keys)
+        self.compiled = RuleState(len(keys), rules)
+        self.reference = ReferenceRules(len(keys), rules)
+        self.clock_ms = 1_700_000_000_000
+
+    @rule(data=st.data())
+    def batch(self, data):
+        n_subjects = len(self.key)
+        fixes = data.draw(st.lists(st.tuples(
+            st.integers(0, n_subjects - 1), st.integers(-3, 4), VERDICTS, VERDICTS,
+            st.integers(0, 2)), max_size=12))
+        subject = np.array([f[0] for f in fixes], np.int32)
+        t_ms = self.clock_ms + np.array([f[1] for f in fixes], np.int64) * 1000
+        verdict = np.array([f[2] for f in fixes], np.int8)
+        excl_verdict = np.array([f[3] for f in fixes], np.int8)
+        excl_zone = np.where(excl_verdict == OUT, -1, [f[4] for f in fixes]).astype(np.int32)
+        capacity = data.draw(st.one_of(st.none(), st.integers(0, 4)))
+        got = self.compiled.apply(subject, t_ms, verdict, excl_verdict, excl_zone, self.key,
+                                  capacity=capacity)
+        want, want_late = self.reference.apply(subject, t_ms, verdict, excl_verdict,
+                                               excl_zone, self.key)
+        assert rows(got) == want
+        assert got.late.tolist() == want_late
+        self.clock_ms += data.draw(st.integers(0, 5)) * 1000
+
+    @rule(data=st.data())
+    def lose_signal(self, data):
+        subjects = data.draw(st.lists(st.integers(0, len(self.key) - 1), max_size=3))
+        mark_signal_lost(self.compiled, subjects)
+        self.reference.mark_signal_lost(subjects)
+
+    @rule(key=st.booleans())
+    def add_subject(self, key):
+        n = len(self.key) + 1
+        self.key = np.append(self.key, key)
+        self.compiled.grow(n)
+        self.reference.grow(n)
+
+    @rule()
+    def restart(self):
+        data = self.compiled.snapshot()
+        self.compiled = RuleState(0, self.rules)
+        self.compiled.restore(data)
+        assert self.compiled.snapshot() == data
+
+    @invariant()
+    def same_state(self):
+        if hasattr(self, "compiled"):
+            assert self.compiled.n_subjects == len(self.key)
+            for s in range(len(self.key)):
+                assert self.compiled.view(s) == self.reference.view(s)
+
+
+# At least 200 runs even in the quick local profile: some rule slips show only with the
+# small thresholds and need a few hundred runs to turn up (about 6 s).
+RulesMachine.TestCase.settings = settings(
+    settings(), max_examples=max(settings().max_examples, 200), deadline=None,
+    stateful_step_count=30)
+TestRulesMachine = RulesMachine.TestCase
+
+
+def test_kernel_stops_and_resumes_without_losing_or_repeating_events():
+    """Outputs too small: the kernel stops at a fix boundary and continues where it stopped."""
+    rng = np.random.default_rng(5)
+    n, subjects = 400, 20
+    s = rng.integers(0, subjects, n).astype(np.int32)
+    t = rng.integers(0, 50, n).astype(np.int64) * 1000
+    v = rng.choice(np.array([IN, UNSURE, OUT], np.int8), n)
+    xv = rng.choice(np.array([IN, UNSURE, OUT], np.int8), n)
+    xz = np.where(xv == OUT, -1, 1).astype(np.int32)
+    whole = RuleState(subjects, Rules())
+    whole.mark_signal_lost(np.arange(subjects))
+    want = whole.apply(s, t, v, xv, xz)
+    pieces = RuleState(subjects, Rules())
+    pieces.mark_signal_lost(np.arange(subjects))
+    got = pieces.apply(s, t, v, xv, xz, capacity=0)
+    assert rows(got) == rows(want) and got.late.tolist() == want.late.tolist()
+    assert pieces.snapshot() == whole.snapshot()
+
+    # The raw kernel with outputs of 5: never writes past them, returns -1, then resumes.
+    state = RuleState(subjects, Rules())
+    order = sort_batch(s, t)
+    out = [np.zeros(5, dt) for dt in (np.int8, np.int32, np.int64, np.int64, np.int64, np.int32)]
+    late = np.zeros(n, np.uint8)
+    progress = np.zeros(3, np.int64)
+    args = (s[order], t[order], order, v[order], xv[order], xz[order],
+            np.zeros(subjects, bool), state.limits)
+    collected = []
+    while True:
+        r = rk.apply_fixes(*state._state(), *args, *out, late, progress)
+        assert progress[1] <= 5
+        collected += list(zip(*(a[:progress[1]].tolist() for a in out)))
+        if r >= 0:
+            break
+        progress[1] = 0
+    assert progress[0] == n and progress[2] == len(want.late)
+    assert len(collected) == len(want) - subjects  # no signal_restored in this run
+
+
+def test_snapshot_rejects_damage_and_foreign_bytes():
+    state = RuleState(4, Rules())
+    state.apply([0, 1], [1, 2], [OUT, IN], [IN, OUT], [3, -1])
+    data = state.snapshot()
+    assert len(data) == 4 * rk.BYTES_PER_SUBJECT + 24
+    fresh = RuleState(0, Rules())
+    for bad, message in [(data[:-1], "truncated"), (b"x" * 40, "magic"), (b"", "too short"),
+                         (data[:30] + bytes([data[30] ^ 1]) + data[31:], "checksum"),
+                         (data[:8] + b"\x02" + data[9:], "version")]:
+        with pytest.raises(SnapshotError, match=message):
+            fresh.restore(bad)
+    assert fresh.n_subjects == 0
+    fresh.restore(data)
+    assert [fresh.view(i) for i in range(4)] == [state.view(i) for i in range(4)]
+    assert fresh.exclusion_open.tolist() == [True, False, False, False]
+
+
+def test_bad_batches_and_settings_are_refused():
+    state = RuleState(2, Rules())
+    ok = ([0], [1], [IN], [OUT], [-1])
+    for i, bad, message in [(0, [2], "subject indices"), (1, [1.5], "integers"),
+                            (2, [3], "verdict"), (3, [-1], "excl_verdict"),
+                            (4, [-2], "excl_zone"), (1, [1, 2], "same length")]:
+        args = list(ok)
+        args[i] = bad
+        with pytest.raises(RulesError, match=message):
+            state.apply(*args)
+    with pytest.raises(RulesError, match="one flag per subject"):
+        state.apply(*ok, key=[True])
+    with pytest.raises(RulesError, match="exit_fixes must be an integer in 1..255"):
+        RuleState(1, Rules(exit_fixes=0))
+    assert state.view(0).newest_t_ms is None  # nothing applied
+
+
+def test_sort_batch_keeps_batch_order_for_ties_and_handles_wide_spans():
+    s = np.array([1, 0, 1, 0, 1], np.int32)
+    t = np.array([5, 9, 5, 2, 1], np.int64)
+    assert sort_batch(s, t).tolist() == [3, 1, 4, 0, 2]
+    wide = t.copy()
+    wide[0] = 2**40
+    assert sort_batch(s, wide).tolist() == np.lexsort((wide, s)).tolist()
+    assert len(sort_batch(np.zeros(0, np.int32), np.zeros(0, np.int64))) == 0
+
+
+def test_state_fits_the_budget():
+    assert rk.BYTES_PER_SUBJECT <= 64
+    assert [rk.ZONE_EXIT, rk.SIGNAL_RESTORED, rk.FEED_OUTAGE] == [
+        EVENT_TYPES.index(n) for n in ("zone_exit", "signal_restored", "feed_outage")]
