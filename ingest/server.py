@@ -36,10 +36,13 @@ log = logging.getLogger("geofence.ingest")
 
 GROUP_MAX_FRAMES = 64            # frames drained into one store commit
 GROUP_MAX_BYTES = 64 * 1024 * 1024
+OVERLOADED_ACCEPT_FRAMES = 8     # while frames queue behind full groups, take this many a group
+ROUTER_MAX_FRAME_BYTES = 2 * 16 * 1024 * 1024  # bigger frames drop the peer (2x the protocol's
+                                               # limit, so a frame a bit over gets `too_large`)
 BACKLOG_REFRESH_S = 0.05
 DEVICES_REFRESH_S = 1.0
 ACK_PURGE_EVERY_S = 600.0
-ROUTER_RCVHWM = 256              # frames queued in the socket before ZeroMQ pushes back
+ROUTER_RCVHWM = 32               # frames queued per carrier before ZeroMQ pushes back
 REBUILD_RECENT_BATCHES = 2000    # on start, remember fixes of this many last batches
 
 
@@ -76,6 +79,7 @@ class IngestServer:
         self.router.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
         self.router.setsockopt(zmq.SNDHWM, ROUTER_RCVHWM)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a vanished carrier's ack is dropped
+        self.router.setsockopt(zmq.MAXMSGSIZE, ROUTER_MAX_FRAME_BYTES)
         if self._curve:
             from ingest.auth import secure_router
             secure_router(self.router, authenticator, server_keys)
@@ -89,6 +93,8 @@ class IngestServer:
         self.done.bind(done_endpoint)
         self._checkpoints: dict[int, int] = {}
         self._backlog = 0
+        self._overloaded = False  # the last group was full and more frames were waiting
+        self._group_fixes = 0     # fixes accepted so far in the group being served
         self._next_backlog_s = 0.0
         self._next_devices_s = 0.0
         self._next_purge_s = 0.0
@@ -127,9 +133,11 @@ class IngestServer:
             try:
                 frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                break
+                self._overloaded = False
+                return group
             group.append(frames)
             size += len(frames[-1].buffer)
+        self._overloaded = bool(self.router.getsockopt(zmq.EVENTS) & zmq.POLLIN)
         return group
 
     def _serve_group(self, group: list[list[zmq.Frame]]) -> None:
@@ -137,15 +145,20 @@ class IngestServer:
         now_ms = int(time.time() * 1000)
         replies: list[tuple[list, bytes | None]] = []
         pending: list[tuple[int, BatchRecord, tuple]] = []
-        for frames in group:
+        # Behind: take a few frames and answer the rest `busy` at once, so carriers back
+        # off instead of queueing (their acks would come seconds late, then time out).
+        take = OVERLOADED_ACCEPT_FRAMES if self._overloaded else len(group)
+        self._group_fixes = 0
+        for n, frames in enumerate(group):
             envelope = [f.bytes for f in frames[:-1]]
-            outcome = self._prepare(frames[-1], now_ms)
+            outcome = self._prepare(frames[-1], now_ms, shed=n >= take)
             if isinstance(outcome, bytes):
                 replies.append((envelope, outcome))
             else:
                 record, remember = outcome
                 pending.append((len(replies), record, remember))
                 replies.append((envelope, None))
+                self._group_fixes += record.accepted
         if pending:
             started = time.perf_counter()
             committed = self.store.commit([r for _, r, _ in pending])
@@ -162,8 +175,10 @@ class IngestServer:
         for _ in replies:
             self.metrics.ack_seconds.observe(elapsed)
 
-    def _prepare(self, frame: zmq.Frame, now_ms: int):
-        """An immediate ack (bytes), or (record to commit, dedup info) for a new batch."""
+    def _prepare(self, frame: zmq.Frame, now_ms: int, shed: bool = False):
+        """An immediate ack (bytes), or (record to commit, dedup info) for a new batch.
+
+        `shed`: answer a new batch `busy` (nothing taken) because this loop is behind."""
         payload = frame.buffer
         if len(payload) > p.MAX_FRAME_BYTES:
             return self._refuse(None, p.TOO_LARGE)
@@ -176,7 +191,7 @@ class IngestServer:
         if first is not None:
             self.metrics.batches.labels("duplicate").inc()
             return p.encode_ack(dec.batch, "duplicate", first.accepted, list(first.rejected))
-        if self._backlog > self.options.max_backlog_fixes:
+        if shed or self._backlog + self._group_fixes > self.options.max_backlog_fixes:
             self.metrics.batches.labels("busy").inc()
             return p.encode_ack(dec.batch, "busy", 0, [])
         return self._validate(dec, now_ms)

@@ -129,3 +129,32 @@ def test_kill9_of_the_whole_engine_then_restart_evaluates_everything_once(engine
     finally:
         carrier.close()
         engine.stop()
+
+
+def test_busy_when_evaluation_falls_behind_and_nothing_is_lost(tmp_path):
+    config = write_config(tmp_path, max_backlog_fixes=1000)
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps(population_document(SUBJECTS), ensure_ascii=False))
+    assert cli(["--config", str(config), "registry", "import", str(registry)]) == 0
+    engine = Engine(config)
+    carrier = Carrier(engine.endpoint)
+    try:
+        rng = np.random.default_rng(17)
+        now = int(time.time() * 1000)
+        frames = {b: batch_frame(b, rng, now) for b in range(30)}
+        for frame in frames.values():  # a burst: all in flight at once
+            carrier.sock.send(frame)
+        statuses = []
+        for _ in frames:
+            assert carrier.sock.poll(10_000)
+            statuses.append(carrier.sock.recv())
+        from ingest.protocol import decode_ack
+        answers = [decode_ack(a) for a in statuses]
+        assert any(a["status"] == "busy" for a in answers)
+        acks = {a["batch"]: a for a in answers if a["status"] == "ok"}
+        push(carrier, frames, acks)  # busy ones are resent until taken
+        totals = wait_evaluated(engine, accepted(acks))
+        assert totals["fixes"] == accepted(acks) == 30 * BATCH_FIXES
+    finally:
+        carrier.close()
+        engine.stop()
