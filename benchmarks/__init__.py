@@ -1,0 +1,11 @@
+"""Benchmarks of geofence-engine, one module per pipeline stage: `python -m benchmarks`.
+
+Each stage module has a docstring saying what it measures and how, and a
+``run(quick: bool) -> common.Report``. Registering a new stage is one line below.
+"""
+
+STAGES = {  # stage name -> module with run(quick) -> Report
+    "locate": "benchmarks.locate",
+    "verdict": "benchmarks.verdict",
+    "ingest": "benchmarks.ingest",
+}
