@@ -103,3 +103,27 @@ def test_console_script_help_runs():
     done = subprocess.run([sys.executable, "-m", "service.cli", "--help"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "demo" in done.stdout and "locate" in done.stdout
+
+
+def test_keys_generate_writes_server_and_carrier_pairs(tmp_path, capsys):
+    assert main(["keys", "generate", str(tmp_path / "k"), "--carrier", "cmcc"]) == 0
+    names = sorted(p.name for p in (tmp_path / "k").iterdir())
+    assert names == ["cmcc.key", "cmcc.key_secret", "server.key", "server.key_secret"]
+    assert (tmp_path / "k" / "cmcc.key_secret").stat().st_mode & 0o077 == 0
+    assert main(["keys", "generate", str(tmp_path / "k"), "--carrier", "cmcc"]) == 2
+
+
+def test_registry_import_reports_every_problem_and_changes_nothing(tmp_path, capsys):
+    config = tmp_path / "geofence.toml"
+    config.write_text(f'[storage]\npath = "{tmp_path / "data"}"\n')
+    bad = {"offices": [{"code": "370402001", "name": "x", "parent": "nowhere"}],
+           "subjects": [{"id": "a", "devices": ["1"], "office": "370402001", "home": ["999"]},
+                        {"id": "b", "devices": ["1"], "office": "zzz", "home": ["370402"]}]}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    assert main(["--config", str(config), "registry", "import", str(path)]) == 2
+    err = capsys.readouterr().err
+    for problem in ("unknown parent office", "999", "claimed by subjects a and b", "zzz"):
+        assert problem in err
+    assert main(["--config", str(config), "registry", "export"]) == 0
+    assert json.loads(capsys.readouterr().out)["subjects"] == []

@@ -126,3 +126,34 @@ def test_counters_add_up_and_engine_stays_up(engine, carrier):
                                      np.array([int(time.time() * 1000)]), np.array([117.3]),
                                      np.array([34.8])))
     assert ok["status"] == "ok" and engine.proc.poll() is None
+
+
+def test_a_req_peer_gets_its_ack_through_the_envelope(engine):
+    import zmq
+
+    ctx = zmq.Context()
+    req = ctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(engine.endpoint)
+    try:
+        req.send(encode_cols("req-carrier", 1, np.array([13900000003]),
+                             np.array([int(time.time() * 1000)]), np.array([117.3]),
+                             np.array([34.8])))
+        assert req.poll(10_000)
+        from ingest.protocol import decode_ack
+        ack = decode_ack(req.recv())
+        assert ack["status"] == "ok" and ack["batch"] == 1
+    finally:
+        req.close()
+        ctx.term()
+
+
+def test_simulate_command_feeds_the_running_engine(engine, capsys):
+    # the fixture registered population_document(SUBJECTS) with seed 1: register the
+    # simulator's own population (seed 7) too, then replay a day for it
+    assert cli(["--config", str(engine.config), "simulate", "--register", "--subjects", "30",
+                "--connect", engine.endpoint]) == 0
+    out = capsys.readouterr().out
+    accepted = int(out.split("accepted ")[1].split(";")[0].replace(",", ""))
+    sent = int(out.split("sent ")[1].split(" of")[0].replace(",", ""))
+    assert sent > 0 and accepted > 0.99 * sent
