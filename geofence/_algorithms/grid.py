@@ -1,28 +1,94 @@
 """A uniform grid over the layer that answers most points with one array read.
 
 Each cell is *solid* (no edge touches it: one owner feature, or -1 for none) or
-*mixed* (edges touch it: a short ascending list of candidate features, tested with the
-row buckets of `rows.py`). Cell value ``v``: ``v >= -1`` is the owner, ``v <= -2``
-means mixed cell number ``-2 - v``.
+*mixed*. Cell value ``v``: ``v >= -1`` is the owner, ``v <= -2`` means the mixed cell's
+record starts at ``records[-2 - v]``. Classification is conservative, so the grid never
+changes an answer of the crossing rule: an edge marks every cell its segment touches,
+with cells widened by a millionth of their size against rounding (those edges are the
+cell's set T); the owner of an untouched cell comes from an exact sweep of its row's
+centre line.
 
-Classification is conservative, so the grid never changes an answer of the crossing
-rule: an edge marks every cell its segment touches, with cells widened by a millionth
-of their size against rounding; the owner of an untouched cell comes from an exact
-sweep of its row's centre line. A mixed cell's candidates are the features that touch
-it plus any feature that covers it whole (from the same sweep), in ascending order, so
-the first hit is the lowest index: the overlap rule.
+A mixed cell's record is self-contained, so a point in it reads two or three cache lines
+instead of walking each candidate's row buckets (five dependent misses a candidate).
+Record layout, in int32 words:
+
+- SUB_WORDS words: a SUB x SUB table of sub-cells, one byte each (row-major, low byte
+  first): the position of the candidate owning it, SUB_NONE, or SUB_TEST (T crosses it);
+- n, then the n candidate features, ascending (first odd parity wins: the overlap rule);
+- per candidate an entry: ``B | chains << 1``, then per chain its first vertex s and
+  ``edges << 2 | flip at s << 1 | flip at the last vertex``. A chain is a run of T edges
+  that are consecutive in ``coords``, read in place. A candidate with more than
+  CHAIN_EDGES_MAX edges in the cell (a detailed coastline) is the single word ROWS
+  instead, and is tested with its row buckets: that costs a few misses, not hundreds
+  of edges.
+
+Why ``parity_f(P) = B ^ (T edges of f counting for P) ^ (flips at or below P)`` is exact
+for every P in the cell. Let X be just right of the cell and Y0 just below it (half a
+widening away). An edge outside T misses the widened cell, so it cannot cross the
+segment from P to (X, y): it counts for P as it counts for (X, y). Along the line x = X
+the non-T edges change their count only at vertex heights; at a vertex whose two edges
+are both outside T they change together (a run of horizontal edges between them lies
+wholly right or left of the cell, or it would touch it). So the non-T sum at (X, y) is
+its value at (X, Y0) flipped once per *junction* vertex u (a T edge meeting a non-T
+edge in ring order, the closing vertex included) lying right of X with Y0 < y_u <= y.
+B is that sum at (X, Y0): the exact row-bucket test there minus T's own share. Every
+build-time comparison has the widening as margin, far above floating-point rounding,
+and the query evaluates each edge with `edge_counts` itself, so answers are
+bit-identical to the reference.
+
+An entry only has to be right when every earlier candidate is even. So a candidate whose
+T edges and flips equal the previous one's (in a partition, the neighbour across the
+border: 98% of two-candidate cells) is a constant, with no chains (see `_twins`). A
+sub-cell that T does not touch (widened again) has one parity per feature over its
+whole area, so its owner is settled at build time.
 """
 
 import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
+from geofence._algorithms.crossing import edge_counts
 from geofence._algorithms.rows import point_in_feature
 from geofence._jit import body, kernel, parallel, serial
 
-_WIDEN = 1e-6  # fraction of a cell by which cells are widened when edges mark them
+_WIDEN = 1e-6   # fraction of a cell (sub-cell) by which it is widened when edges mark it
+SUB = 4         # sub-cells per side of a mixed cell (a power of two: exact index math)
+SUB_WORDS = SUB * SUB // 4   # the sub-cell table: one byte per sub-cell in int32 words
+SUB_NONE = 254  # sub-cell byte: no feature; below it, the owning candidate's position
+SUB_TEST = 255  # sub-cell byte: edges cross it, test the candidates
+CHAIN_EDGES_MAX = 32  # a candidate with more edges in a cell is tested with its row buckets
+ROWS = -1            # ... and its entry is this one word
+_TWIN_ITEMS = 128  # no twin check past this many edges and flips in an entry (quadratic)
+_USED = -(1 << 62)  # an item of `_twins` already matched
+_MAX_RECORDS = (1 << 31) - 3  # record offsets are stored as int32 cell values
+CHUNK = 1024       # points per block in `locate_range`: the mixed list stays in L1
+CELL_AHEAD = 48    # points between prefetching a cell and reading it (+25% on 41 M cells)
+RECORD_AHEAD = 16  # mixed points between prefetching a record and reading it
 
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """Hint the cache to load ``arr[idx]``: overlaps the DRAM misses of mixed points."""
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]],
+                                       wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return types.void(arr, types.intp), codegen
+
+
+# ---------------------------------------------------------------- build: touched cells
 
 @serial
 def _segment_touches_box(x1, y1, x2, y2, bx0, by0, bx1, by1):
@@ -58,69 +124,356 @@ def _segment_touches_box(x1, y1, x2, y2, bx0, by0, bx1, by1):
 
 @serial
 def _cell_span(lo, hi, origin, size, n):
+    """Cells (widened) that the interval [lo, hi] meets, clamped to [0, n); may be empty."""
     a = math.floor((lo - origin) / size - _WIDEN)
     b = math.floor((hi - origin) / size + _WIDEN)
     return max(0, a), min(n - 1, b)
 
 
 @serial
-def touched_cell_features(coords, edges, edge_feature, n_features, grid):
-    """Sorted unique keys ``cell * n_features + feature`` for every cell an edge touches."""
+def _edges_by_row(coords, edges, grid):
+    """CSR of the edges (indices into ``edges``) whose widened y-span meets each grid row."""
+    gy0, ch, ny = grid[1], grid[3], int(grid[5])
+    counts = np.zeros(ny, np.int64)
+    for k in range(edges.shape[0]):
+        i = edges[k]
+        j0, j1 = _cell_span(min(coords[i, 1], coords[i + 1, 1]),
+                            max(coords[i, 1], coords[i + 1, 1]), gy0, ch, ny)
+        for j in range(j0, j1 + 1):
+            counts[j] += 1
+    offsets = np.zeros(ny + 1, np.int64)
+    for j in range(ny):
+        offsets[j + 1] = offsets[j] + counts[j]
+    out = np.empty(offsets[ny], np.int32)
+    fill = offsets[:-1].copy()
+    for k in range(edges.shape[0]):
+        i = edges[k]
+        j0, j1 = _cell_span(min(coords[i, 1], coords[i + 1, 1]),
+                            max(coords[i, 1], coords[i + 1, 1]), gy0, ch, ny)
+        for j in range(j0, j1 + 1):
+            out[fill[j]] = k
+            fill[j] += 1
+    return offsets, out
+
+
+@serial
+def _row_touches(coords, edges, grid, j, row_ks, keys):
+    """Sorted keys ``column * n_edges + k`` of the cells of row j that edge k touches."""
     gx0, gy0, cw, ch, nx, ny = grid[0], grid[1], grid[2], grid[3], int(grid[4]), int(grid[5])
     wx = cw * _WIDEN
     wy = ch * _WIDEN
+    n_edges = edges.shape[0]
     count = 0
-    keys = np.empty(edges.shape[0] * 3 + 16, np.int64)
-    for k in range(edges.shape[0]):
+    for t in range(row_ks.shape[0]):
+        k = row_ks[t]
         i = edges[k]
         x1, y1, x2, y2 = coords[i, 0], coords[i, 1], coords[i + 1, 0], coords[i + 1, 1]
         i0, i1 = _cell_span(min(x1, x2), max(x1, x2), gx0, cw, nx)
         j0, j1 = _cell_span(min(y1, y2), max(y1, y2), gy0, ch, ny)
-        small = (i1 - i0 + 1) * (j1 - j0 + 1) <= 2
-        for j in range(j0, j1 + 1):
-            for ii in range(i0, i1 + 1):
-                if not small:
-                    bx0 = gx0 + ii * cw - wx
-                    by0 = gy0 + j * ch - wy
-                    if not _segment_touches_box(x1, y1, x2, y2, bx0, by0,
-                                                bx0 + cw + 2 * wx, by0 + ch + 2 * wy):
-                        continue
-                if count == keys.shape[0]:
-                    grown = np.empty(keys.shape[0] * 2, np.int64)
-                    grown[:count] = keys[:count]
-                    keys = grown
-                keys[count] = (j * nx + ii) * n_features + edge_feature[k]
-                count += 1
-    return np.unique(keys[:count])
+        small = (i1 - i0 + 1) * (j1 - j0 + 1) <= 2  # then the segment meets every cell
+        by0 = gy0 + j * ch - wy
+        for ii in range(i0, i1 + 1):
+            if not small:
+                bx0 = gx0 + ii * cw - wx
+                if not _segment_touches_box(x1, y1, x2, y2, bx0, by0,
+                                            bx0 + cw + 2 * wx, by0 + ch + 2 * wy):
+                    continue
+            if count == keys.shape[0]:
+                grown = np.empty(keys.shape[0] * 2, np.int64)
+                grown[:count] = keys[:count]
+                keys = grown
+            keys[count] = ii * n_edges + k
+            count += 1
+    return keys, np.sort(keys[:count])
+
+
+# ---------------------------------------------------------------- build: mixed records
+
+@body
+def _candidate_parity(records, pos, coords, x, y):
+    """Parity of the (chains) entry at ``pos`` for (x, y), and where the next entry starts."""
+    head = records[pos]
+    inside = (head & 1) == 1
+    pos += 1
+    for _ in range(head >> 1):
+        s = records[pos]
+        w = records[pos + 1]
+        pos += 2
+        e = s + (w >> 2)
+        for i in range(s, e):
+            if edge_counts(coords, i, x, y):
+                inside = not inside
+        if (w & 2) != 0 and coords[s, 1] <= y:
+            inside = not inside
+        if (w & 1) != 0 and coords[e, 1] <= y:
+            inside = not inside
+    return inside, pos
+
+
+@body
+def _first_odd(records, rec, coords, row_params, row_index, row_offsets, row_edges, x, y):
+    """Position of the first candidate with odd parity at (x, y), or -1.
+
+    An entry is a candidate's parity *given that every earlier one is even*: that is all
+    the overlap rule needs, and it lets a twin be stored as a constant (see `_twins`).
+    A ROWS entry is tested with the feature's row buckets instead.
+    """
+    n = records[rec + SUB_WORDS]
+    base = rec + SUB_WORDS + 1
+    pos = base + n
+    found = -1
+    for c in range(n):
+        if records[pos] == ROWS:
+            inside = point_in_feature(coords, row_params, row_index, row_offsets, row_edges,
+                                      records[base + c], x, y)
+            pos += 1
+        else:
+            inside, pos = _candidate_parity(records, pos, coords, x, y)
+        if inside:
+            found = c
+            break
+    return found
 
 
 @serial
-def _edges_by_grid_row(coords, edges, grid):
-    """CSR of the edges crossing each grid row's centre line (half-open in y)."""
-    gy0, ch, ny = grid[1], grid[3], int(grid[5])
-    counts = np.zeros(ny + 1, np.int64)
-    offsets = np.zeros(ny + 1, np.int64)
-    for pass_no in range(2):
-        if pass_no == 1:
-            for j in range(ny):
-                offsets[j + 1] = offsets[j] + counts[j]
-            out = np.empty(offsets[ny], np.int64)
-            fill = offsets[:-1].copy()
-        for k in range(edges.shape[0]):
-            i = edges[k]
-            ylo = min(coords[i, 1], coords[i + 1, 1])
-            yhi = max(coords[i, 1], coords[i + 1, 1])
-            j0 = max(0, math.floor((ylo - gy0) / ch - 0.5) - 1)
-            j1 = min(ny - 1, math.floor((yhi - gy0) / ch - 0.5) + 1)
-            for j in range(j0, j1 + 1):
-                yc = gy0 + (j + 0.5) * ch
-                if ylo <= yc < yhi:
-                    if pass_no == 0:
-                        counts[j] += 1
-                    else:
-                        out[fill[j]] = k
-                        fill[j] += 1
-    return offsets, out
+def _in_sorted(a, lo, hi, v):
+    k = lo + np.searchsorted(a[lo:hi], v)
+    return k < hi and a[k] == v
+
+
+@serial
+def _junction_flag(coords, v, xright, ybelow, yabove):
+    """Whether the junction vertex v flips the non-T parity inside the cell (see top)."""
+    return coords[v, 0] > xright and ybelow < coords[v, 1] <= yabove
+
+
+@serial
+def _write_candidate(out, w, tv, lo, hi, coords, ring_offsets, box):
+    """Write one candidate's chains (T edges tv[lo:hi], sorted vertex ids) at out[w]."""
+    xright, ybelow, yabove = box[4], box[5], box[6]
+    head = w
+    w += 1
+    n_chains = 0
+    q = lo
+    while q < hi:
+        s = tv[q]
+        t = s
+        while q + 1 < hi and tv[q + 1] == t + 1:
+            q += 1
+            t += 1
+        q += 1
+        r = np.searchsorted(ring_offsets, s, side="right") - 1
+        ring_start = ring_offsets[r]
+        ring_end = ring_offsets[r + 1]  # the closing vertex is ring_end - 1
+        flags = 0
+        # the edge before s is outside T unless the chain wraps round the ring's closure
+        if s > ring_start or not _in_sorted(tv, lo, hi, ring_end - 2):
+            if _junction_flag(coords, s, xright, ybelow, yabove):
+                flags |= 2
+        if t + 2 < ring_end or not _in_sorted(tv, lo, hi, ring_start):
+            if _junction_flag(coords, t + 1, xright, ybelow, yabove):
+                flags |= 1
+        out[w] = s
+        out[w + 1] = ((t - s + 1) << 2) | flags
+        w += 2
+        n_chains += 1
+    out[head] = n_chains << 1
+    return w
+
+
+@serial
+def _segments_equal(coords, i, k):
+    """Whether edges i and k are the same segment, in either direction."""
+    a0, a1, a2, a3 = coords[i, 0], coords[i, 1], coords[i + 1, 0], coords[i + 1, 1]
+    b0, b1, b2, b3 = coords[k, 0], coords[k, 1], coords[k + 1, 0], coords[k + 1, 1]
+    return ((a0 == b0 and a1 == b1 and a2 == b2 and a3 == b3)
+            or (a0 == b2 and a1 == b3 and a2 == b0 and a3 == b1))
+
+
+@serial
+def _twins(park, out, b, coords, items):
+    """Whether the entries at park[0] and out[b] have the same edges and junction flips.
+
+    Then their parities differ by a constant everywhere in the cell: `edge_counts` orders
+    a segment's endpoints before testing it, so both copies of a shared edge give the
+    same bits, and equal flip heights flip alike. In a partition nearly every cell with
+    two candidates has such twins, and the second one needs no edges at all.
+    """
+    ea = items[0]   # edges, and flip vertices as -1 - id
+    eb = items[1]
+    na = _entry_items(park, 0, ea)
+    nb = _entry_items(out, b, eb)
+    if na != nb or na < 0:
+        return False
+    for q in range(nb):  # match each of b's items to an unused one of a's
+        matched = False
+        for r in range(na):
+            if ea[r] == _USED or (ea[r] < 0) != (eb[q] < 0):
+                continue
+            if eb[q] >= 0:
+                same = _segments_equal(coords, ea[r], eb[q])
+            else:
+                same = coords[-1 - ea[r], 1] == coords[-1 - eb[q], 1]
+            if same:
+                ea[r] = _USED
+                matched = True
+                break
+        if not matched:
+            return False
+    return True
+
+
+@serial
+def _entry_items(out, pos, items):
+    """An entry's edges (vertex ids) and flip vertices (as -1 - id); -1 if too many."""
+    count = 0
+    head = out[pos]
+    pos += 1
+    for _ in range(head >> 1):
+        s = out[pos]
+        w = out[pos + 1]
+        pos += 2
+        e = s + (w >> 2)
+        if count + (e - s) + 2 > items.shape[0]:
+            return -1
+        for i in range(s, e):
+            items[count] = i
+            count += 1
+        if (w & 2) != 0:
+            items[count] = -1 - s
+            count += 1
+        if (w & 1) != 0:
+            items[count] = -1 - e
+            count += 1
+    return count
+
+
+@serial
+def _fill_sub_table(out, rec, tv, coords, row_params, row_index, row_offsets, row_edges, box,
+                    code, stack):
+    """Mark sub-cells touched by any T edge as SUB_TEST, settle the others from a centre.
+
+    ``code`` and ``stack`` are SUB * SUB scratch.
+    """
+    xl, yb, cw, ch = box[0], box[1], box[2], box[3]
+    sw = cw / SUB
+    sh = ch / SUB
+    wx = sw * _WIDEN
+    wy = sh * _WIDEN
+    code[:SUB * SUB] = -1
+    for q in range(tv.shape[0]):
+        i = tv[q]
+        x1, y1, x2, y2 = coords[i, 0], coords[i, 1], coords[i + 1, 0], coords[i + 1, 1]
+        i0, i1 = _cell_span(min(x1, x2), max(x1, x2), xl, sw, SUB)
+        j0, j1 = _cell_span(min(y1, y2), max(y1, y2), yb, sh, SUB)
+        for sj in range(j0, j1 + 1):
+            for si in range(i0, i1 + 1):
+                bx0 = xl + si * sw - wx
+                by0 = yb + sj * sh - wy
+                if code[sj * SUB + si] == -1 and _segment_touches_box(
+                        x1, y1, x2, y2, bx0, by0, bx0 + sw + 2 * wx, by0 + sh + 2 * wy):
+                    code[sj * SUB + si] = SUB_TEST
+    # Untouched neighbours share an owner (their union is free of edges too): one test
+    # per connected group of them instead of one per sub-cell.
+    for first in range(SUB * SUB):
+        if code[first] != -1:
+            continue
+        sx = first % SUB
+        sy = first // SUB
+        c = _first_odd(out, rec, coords, row_params, row_index, row_offsets, row_edges,
+                       xl + (sx + 0.5) * sw, yb + (sy + 0.5) * sh)
+        code[first] = SUB_NONE if c < 0 else c
+        stack[0] = first
+        top = 1
+        while top > 0:
+            top -= 1
+            sub = stack[top]
+            for step in range(4):
+                nb = sub + (1, -1, SUB, -SUB)[step]
+                if ((step == 0 and sub % SUB == SUB - 1) or (step == 1 and sub % SUB == 0)
+                        or nb < 0 or nb >= SUB * SUB):
+                    continue
+                if code[nb] == -1:
+                    code[nb] = code[first]
+                    stack[top] = nb
+                    top += 1
+    for word in range(SUB_WORDS):
+        value = 0
+        for b in range(4):
+            value |= code[word * 4 + b] << (8 * b)
+        out[rec + word] = np.int32(value if value < (1 << 31) else value - (1 << 32))
+
+
+@serial
+def _write_record(out, w, cand_f, cand_lo, cand_hi, n, tv, coords, ring_offsets,
+                  row_params, row_index, row_offsets, row_edges, box, park, scratch):
+    """Append one mixed cell's record at out[w] (see the module docstring); returns its end.
+
+    Per candidate: a ROWS entry past CHAIN_EDGES_MAX edges; else its chains, then B from
+    the exact row-bucket parity at the reference point (X, Y0); then, if it is a twin of
+    the previous candidate, the constant in their place. ``out`` must have room; ``park``
+    holds the previous entry as written (1 + 2 * len(tv) words); ``scratch`` is 4 rows of
+    int64: two for `_twins`, two for `_fill_sub_table`.
+    """
+    rec = w
+    out[rec + SUB_WORDS] = n
+    for c in range(n):
+        out[rec + SUB_WORDS + 1 + c] = cand_f[c]
+    w = rec + SUB_WORDS + 1 + n
+    xq, yq = box[4], box[5]  # the reference point (X, Y0)
+    prev_b = -1  # the previous candidate's B; its entry as written is in park
+    for c in range(n):
+        head = w
+        if cand_hi[c] - cand_lo[c] > CHAIN_EDGES_MAX:
+            out[head] = ROWS
+            w = head + 1
+            prev_b = -1
+            continue
+        w = _write_candidate(out, w, tv, cand_lo[c], cand_hi[c], coords, ring_offsets, box)
+        t_share, _ = _candidate_parity(out, head, coords, xq, yq)
+        whole = point_in_feature(coords, row_params, row_index, row_offsets, row_edges,
+                                 cand_f[c], xq, yq)
+        b = 1 if whole != t_share else 0
+        out[head] |= b
+        twin = prev_b >= 0 and out[head] > 1 and _twins(park, out, head, coords, scratch)
+        park[:w - head] = out[head:w]
+        if twin:  # reached only when the previous one is even: a constant parity
+            out[head] = b ^ prev_b
+            w = head + 1
+        prev_b = b
+    if n < SUB_NONE:
+        _fill_sub_table(out, rec, tv, coords, row_params, row_index, row_offsets, row_edges,
+                        box, scratch[2], scratch[3])
+    else:
+        for word in range(SUB_WORDS):
+            out[rec + word] = -1  # every byte SUB_TEST
+    return w
+
+
+# ---------------------------------------------------------------- build: the sweep
+
+@serial
+def _centre_crossings(coords, edges, edge_feature, row_ks, yc):
+    """x and feature of each edge of ``row_ks`` crossing the line y = yc (half-open)."""
+    m = 0
+    for t in range(row_ks.shape[0]):
+        i = edges[row_ks[t]]
+        if min(coords[i, 1], coords[i + 1, 1]) <= yc < max(coords[i, 1], coords[i + 1, 1]):
+            m += 1
+    xints = np.empty(m, np.float64)
+    feats = np.empty(m, np.int32)
+    m = 0
+    for t in range(row_ks.shape[0]):
+        k = row_ks[t]
+        i = edges[k]
+        x1, y1, x2, y2 = coords[i, 0], coords[i, 1], coords[i + 1, 0], coords[i + 1, 1]
+        if y1 > y2:
+            x1, y1, x2, y2 = x2, y2, x1, y1
+        if y1 <= yc < y2:
+            xints[m] = x1 + (yc - y1) * (x2 - x1) / (y2 - y1)
+            feats[m] = edge_feature[k]
+            m += 1
+    return xints, feats
 
 
 @body
@@ -139,34 +492,94 @@ def _lowest_odd(parity, features, n, odd_count, odd_sum):
 
 
 @serial
-def classify_cells(coords, edges, edge_feature, n_features, grid, keys):
-    """Cell values and the mixed cells' candidate lists (see the module docstring)."""
+def _gather_candidates(cell_keys, key_base, edges, edge_feature, parity, feats, odd_count,
+                       odd_sum, tv, cand_f, cand_lo, cand_hi):
+    """A mixed cell's candidates in ascending order; returns their number.
+
+    The touching features, each with its T edges as ``tv[cand_lo:cand_hi]`` (vertex ids,
+    ascending: keys sort by edge, so by feature), merged with the features covering the
+    cell whole (odd at its right border, no T edges).
+    """
+    nt = cell_keys.shape[0]
+    n = 0
+    for q in range(nt):
+        k = cell_keys[q] - key_base
+        tv[q] = edges[k]
+        f = edge_feature[k]
+        if n == 0 or cand_f[n - 1] != f:
+            cand_f[n] = f
+            cand_lo[n] = q
+            n += 1
+        cand_hi[n - 1] = q + 1
+    n_touch = n
+    # most often one feature is odd and the running sum names it without a scan
+    for t in range(feats.shape[0] if odd_count > 1 else odd_count):
+        f = feats[t] if odd_count > 1 else odd_sum
+        if parity[f]:
+            seen = False
+            for c in range(n):
+                if cand_f[c] == f:
+                    seen = True
+                    break
+            if not seen:
+                cand_f[n] = f
+                cand_lo[n] = nt
+                cand_hi[n] = nt
+                n += 1
+    for c in range(n_touch, n):  # insertion sort of the few covering features
+        f = cand_f[c]
+        r = c - 1
+        while r >= 0 and cand_f[r] > f:
+            cand_f[r + 1] = cand_f[r]
+            cand_lo[r + 1] = cand_lo[r]
+            cand_hi[r + 1] = cand_hi[r]
+            r -= 1
+        cand_f[r + 1] = f
+        cand_lo[r + 1] = nt
+        cand_hi[r + 1] = nt
+    return n
+
+
+@serial
+def build_cells(coords, edges, edge_feature, ring_offsets, n_features, grid,
+                row_params, row_index, row_offsets, row_edges, cells, records, first_row,
+                total):
+    """Fill ``cells`` (nx * ny) and append the mixed cells' records to ``records``.
+
+    Row by row: the edges touching the row's cells, sorted by cell, and a right-to-left
+    sweep of the row's centre line that gives each cell the parity of every feature not
+    touching it. Starts at ``first_row`` with ``total`` words of ``records`` used; returns
+    (the row where ``records`` ran out of room, or ny; words used). The caller allocates
+    both arrays and grows ``records`` to resume: NumPy asks the kernel for huge pages on
+    large arrays, which saves TLB misses on random reads (10% of `locate`), and Numba's
+    allocator does not; pages of ``records`` never written cost no memory.
+    """
     gx0, gy0, cw, ch, nx, ny = grid[0], grid[1], grid[2], grid[3], int(grid[4]), int(grid[5])
-    cells = np.full(nx * ny, -1, np.int32)
-    row_off, row_edges = _edges_by_grid_row(coords, edges, grid)
+    n_edges = edges.shape[0]
+    row_off, row_list = _edges_by_row(coords, edges, grid)
     parity = np.zeros(n_features, np.bool_)
-    cand = np.empty(keys.shape[0] + 1024, np.int32)
-    cand_offsets = [0]
-    n_cand = 0
-    key_end = keys.shape[0]
-    key_cells = keys // n_features
-    for j in range(ny - 1, -1, -1):
+    keys = np.empty(1024, np.int64)
+    tv = np.empty(1024, np.int32)
+    cand_f = np.empty(64, np.int32)
+    cand_lo = np.empty(64, np.int64)
+    cand_hi = np.empty(64, np.int64)
+    box = np.empty(7, np.float64)
+    park = np.empty(2048, np.int32)
+    scratch = np.empty((4, max(_TWIN_ITEMS, SUB * SUB)), np.int64)
+    block = np.empty(4096, np.int32)  # the row's records, then copied to ``records``
+    for j in range(first_row, ny):
+        yb = gy0 + j * ch
         yc = gy0 + (j + 0.5) * ch
-        m = row_off[j + 1] - row_off[j]
-        xints = np.empty(m, np.float64)
-        feats = np.empty(m, np.int32)
-        for t in range(m):
-            k = row_edges[row_off[j] + t]
-            i = edges[k]
-            x1, y1, x2, y2 = coords[i, 0], coords[i, 1], coords[i + 1, 0], coords[i + 1, 1]
-            if y1 > y2:
-                x1, y1, x2, y2 = x2, y2, x1, y1
-            xints[t] = x1 + (yc - y1) * (x2 - x1) / (y2 - y1)
-            feats[t] = edge_feature[k]
+        row_ks = row_list[row_off[j]:row_off[j + 1]]
+        keys, row_keys = _row_touches(coords, edges, grid, j, row_ks, keys)
+        xints, feats = _centre_crossings(coords, edges, edge_feature, row_ks, yc)
+        m = xints.shape[0]
         order = np.argsort(xints)
         ptr = m - 1
         odd_count = 0
         odd_sum = 0
+        used = 0
+        key_end = row_keys.shape[0]
         for ii in range(nx - 1, -1, -1):
             xr = gx0 + (ii + 1) * cw
             while ptr >= 0 and xints[order[ptr]] > xr:
@@ -175,71 +588,54 @@ def classify_cells(coords, edges, edge_feature, n_features, grid, keys):
                 odd_count += 1 if parity[f] else -1
                 odd_sum += f if parity[f] else -f
                 ptr -= 1
-            cell = j * nx + ii
             key_start = key_end
-            while key_start > 0 and key_cells[key_start - 1] == cell:
+            while key_start > 0 and row_keys[key_start - 1] // n_edges == ii:
                 key_start -= 1
             if key_start == key_end:
-                cells[cell] = _lowest_odd(parity, feats, m, odd_count, odd_sum)
+                cells[j * nx + ii] = _lowest_odd(parity, feats, m, odd_count, odd_sum)
                 continue
-            # mixed: touching features (ascending) merged with features covering it whole
-            need = n_cand + (key_end - key_start) + odd_count
-            if need > cand.shape[0]:
-                grown = np.empty(max(need, cand.shape[0] * 2), np.int32)
-                grown[:n_cand] = cand[:n_cand]
-                cand = grown
-            first = n_cand
-            for q in range(key_start, key_end):
-                cand[n_cand] = keys[q] - cell * n_features
-                n_cand += 1
-            for t in range(m):
-                f = feats[t]
-                if parity[f]:
-                    seen = False
-                    for q in range(first, n_cand):
-                        if cand[q] == f:
-                            seen = True
-                            break
-                    if not seen:
-                        cand[n_cand] = f
-                        n_cand += 1
-            for q in range(first + 1, n_cand):  # insertion sort: lists are short
-                v = cand[q]
-                r = q - 1
-                while r >= first and cand[r] > v:
-                    cand[r + 1] = cand[r]
-                    r -= 1
-                cand[r + 1] = v
-            cells[cell] = -2 - (len(cand_offsets) - 1)
-            cand_offsets.append(n_cand)
+            nt = key_end - key_start  # mixed
+            if nt > tv.shape[0]:
+                tv = np.empty(2 * nt, np.int32)
+            if 1 + 2 * nt > park.shape[0]:
+                park = np.empty(2 + 4 * nt, np.int32)
+            need = nt + odd_count
+            if need > cand_f.shape[0]:
+                cand_f = np.empty(2 * need, np.int32)
+                cand_lo = np.empty(2 * need, np.int64)
+                cand_hi = np.empty(2 * need, np.int64)
+            n = _gather_candidates(row_keys[key_start:key_end], ii * n_edges, edges,
+                                   edge_feature, parity, feats, odd_count, odd_sum, tv,
+                                   cand_f, cand_lo, cand_hi)
+            room = used + SUB_WORDS + 1 + 2 * n + 2 * nt
+            if room > block.shape[0]:
+                grown = np.empty(max(room, 2 * block.shape[0]), np.int32)
+                grown[:used] = block[:used]
+                block = grown
+            box[0] = gx0 + ii * cw
+            box[1] = yb
+            box[2] = cw
+            box[3] = ch
+            box[4] = xr + 0.5 * cw * _WIDEN        # X: right of the cell, inside the widening
+            box[5] = yb - 0.5 * ch * _WIDEN        # Y0: below the cell, inside the widening
+            box[6] = yb + ch + 0.5 * ch * _WIDEN   # above every point of the cell
+            if total + used > _MAX_RECORDS:
+                raise ValueError("locate grid: mixed-cell records exceed 2**31 words")
+            cells[j * nx + ii] = -2 - (total + used)
+            used = _write_record(block, used, cand_f, cand_lo, cand_hi, n, tv[:nt], coords,
+                                 ring_offsets, row_params, row_index, row_offsets, row_edges,
+                                 box, park, scratch)
             key_end = key_start
         for t in range(m):
             parity[feats[t]] = False
-    # Mixed cells were numbered from the top-right corner; lists are in that order.
-    return cells, np.array(cand_offsets, np.int64), cand[:n_cand].copy()
+        if total + used > records.shape[0]:
+            return j, total
+        records[total:total + used] = block[:used]
+        total += used
+    return ny, total
 
 
-@body
-def _locate_point(cells, cand_offsets, cand, grid, coords, row_params, row_index,
-                  row_offsets, row_edges, x, y):
-    # One exit only: Numba's inliner turns early returns into a slow loop body (8x).
-    fx = (x - grid[0]) * grid[6]
-    fy = (y - grid[1]) * grid[7]
-    nx = int(grid[4])
-    found = -1
-    if fx >= 0.0 and fx < nx and fy >= 0.0 and fy < grid[5]:
-        v = cells[int(fy) * nx + int(fx)]
-        if v >= -1:
-            found = v
-        else:
-            m = -2 - v
-            for k in range(cand_offsets[m], cand_offsets[m + 1]):
-                if point_in_feature(coords, row_params, row_index, row_offsets, row_edges,
-                                    cand[k], x, y):
-                    found = cand[k]
-                    break
-    return found
-
+# ---------------------------------------------------------------- locate
 
 @body
 def _cell_value(cells, grid, x, y):
@@ -253,35 +649,74 @@ def _cell_value(cells, grid, x, y):
     return v
 
 
-@kernel
-def locate_points(cells, cand_offsets, cand, grid, coords, row_params, row_index,
-                  row_offsets, row_edges, xs, ys, out):
-    """Feature index of each point (or -1), one core.
+@body
+def _prefetch_cell(cells, grid, x, y):
+    """Prefetch the cell of (x, y), if it is in the grid."""
+    fx = (x - grid[0]) * grid[6]
+    fy = (y - grid[1]) * grid[7]
+    nx = int(grid[4])
+    if fx >= 0.0 and fx < nx and fy >= 0.0 and fy < grid[5]:
+        _prefetch(cells, int(fy) * nx + int(fx))
 
-    Two passes: the first only reads cells, a loop short enough for the processor to
-    keep many cache misses in flight on a large grid; the second resolves mixed cells.
+
+@body
+def _resolve(records, grid, coords, row_params, row_index, row_offsets, row_edges, rec, x, y):
+    """The answer for (x, y) in the mixed cell whose record starts at ``rec``."""
+    # One exit only: Numba's inliner turns early returns into a slow loop body (8x).
+    fx = (x - grid[0]) * grid[6]
+    fy = (y - grid[1]) * grid[7]
+    sub = int((fy - int(fy)) * SUB) * SUB + int((fx - int(fx)) * SUB)
+    code = (records[rec + (sub >> 2)] >> ((sub & 3) << 3)) & 0xFF
+    base = rec + SUB_WORDS + 1
+    found = -1
+    if code < SUB_NONE:
+        found = records[base + code]
+    elif code == SUB_TEST:
+        c = _first_odd(records, rec, coords, row_params, row_index, row_offsets, row_edges,
+                       x, y)
+        if c >= 0:
+            found = records[base + c]
+    return found
+
+
+@kernel
+def locate_range(cells, records, grid, coords, row_params, row_index, row_offsets, row_edges,
+                 xs, ys, out, lo, hi, mixed):
+    """Feature index (or -1) of points lo..hi, one core; ``mixed`` is CHUNK scratch.
+
+    Per block of CHUNK points: a first loop only reads cells (short enough for the
+    processor to keep many cache misses in flight, and prefetching CELL_AHEAD points
+    early keeps more) and lists the points in mixed cells; a second resolves those,
+    prefetching each record RECORD_AHEAD points early so that its DRAM miss overlaps too.
     """
-    for p in range(xs.shape[0]):
-        out[p] = _cell_value(cells, grid, xs[p], ys[p])
-    for p in range(xs.shape[0]):
-        v = out[p]
-        if v <= -2:
-            found = -1
-            for k in range(cand_offsets[-2 - v], cand_offsets[-1 - v]):
-                if point_in_feature(coords, row_params, row_index, row_offsets, row_edges,
-                                    cand[k], xs[p], ys[p]):
-                    found = cand[k]
-                    break
-            out[p] = found
+    for start in range(lo, hi, CHUNK):
+        stop = min(start + CHUNK, hi)
+        n = 0
+        for p in range(start, stop):
+            if p + CELL_AHEAD < hi:
+                _prefetch_cell(cells, grid, xs[p + CELL_AHEAD], ys[p + CELL_AHEAD])
+            v = _cell_value(cells, grid, xs[p], ys[p])
+            out[p] = v
+            mixed[n] = p
+            n += v <= -2
+        for q in range(n):
+            if q + RECORD_AHEAD < n:
+                _prefetch(records, -2 - out[mixed[q + RECORD_AHEAD]])
+            p = mixed[q]
+            out[p] = _resolve(records, grid, coords, row_params, row_index, row_offsets,
+                              row_edges, -2 - out[p], xs[p], ys[p])
 
 
 @parallel
-def locate_points_parallel(cells, cand_offsets, cand, grid, coords, row_params, row_index,
-                           row_offsets, row_edges, xs, ys, out):
-    """Feature index of each point (or -1), on every core."""
-    for p in numba.prange(xs.shape[0]):
-        out[p] = _locate_point(cells, cand_offsets, cand, grid, coords, row_params,
-                               row_index, row_offsets, row_edges, xs[p], ys[p])
+def locate_points_parallel(cells, records, grid, coords, row_params, row_index, row_offsets,
+                           row_edges, xs, ys, out, scratch):
+    """Feature index of each point (or -1), on every core: one slice per scratch row."""
+    n_slices = scratch.shape[0]
+    n = xs.shape[0]
+    for b in numba.prange(n_slices):
+        locate_range(cells, records, grid, coords, row_params, row_index, row_offsets,
+                     row_edges, xs, ys, out, b * n // n_slices, (b + 1) * n // n_slices,
+                     scratch[b])
 
 
 @kernel
