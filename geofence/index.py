@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from geofence._algorithms import crossing, grid, rows
+from geofence._algorithms import crossing, grid, grid_build, rows
 from geofence.errors import InputArrayError
 
 EDGES_PER_ROW = 2          # row height per feature: about this many edges per row
@@ -109,7 +109,7 @@ class LocateIndex:
         records = np.empty(RECORD_WORDS_PER_EDGE * len(edges) + RECORD_MIN_WORDS, np.int32)
         row = used = 0
         while True:
-            row, used = grid.build_cells(coords, edges, edge_feature, geometry.ring_offsets,
+            row, used = grid_build.build_cells(coords, edges, edge_feature, geometry.ring_offsets,
                                          geometry.n_features, params, row_params, row_index,
                                          row_offsets, row_edges, cells, records, row, used)
             if row == int(params[5]):

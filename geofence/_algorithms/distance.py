@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from geofence._algorithms.grid import _segment_touches_box
+from geofence._algorithms.grid_build import _segment_touches_box
 from geofence._jit import serial
 
 _FAR = 1e20  # "no touched cell in this line yet", finite so differences stay finite
