@@ -27,6 +27,10 @@ class EvaluationStore:
     def checkpoint(self) -> int:
         return self._db.execute("SELECT seq FROM checkpoint").fetchone()[0]
 
+    def start_after(self, seq: int) -> None:
+        """Begin a new partition's evaluation after `seq` (everything before it is done)."""
+        self._db.execute("UPDATE checkpoint SET seq = ?", (seq,))
+
     def commit(self, results: list[tuple[int, int, int, int, int, int]]) -> None:
         """Record (seq, fixes, in, unsure, out, evaluated_ms) rows and move the checkpoint."""
         if not results:

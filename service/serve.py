@@ -147,11 +147,52 @@ def check_bind(settings: Settings, insecure: bool) -> None:
     check_bind_allowed(settings.ingest.bind, bool(settings.ingest.curve_keys), insecure)
 
 
+def check_worker_count(paths: EnginePaths, workers: int) -> None:
+    """Refuse a worker count that would evaluate stored batches twice.
+
+    Workers partition subjects by ``subject % N`` and keep checkpoints per partition, so
+    a new N starts new evaluation files. That is safe only once every partition of the
+    old N has evaluated everything stored: then the new files start at the end.
+    """
+    import re
+
+    from service.config import ConfigError
+    from service.evaluation_store import EvaluationStore
+
+    old = {}
+    for path in paths.root.glob("evaluation-*-of-*.sqlite"):
+        k, n = map(int, re.findall(r"\d+", path.name)[-2:])
+        if n != workers:
+            store = EvaluationStore(path)
+            old[path] = store.checkpoint()
+            store.close()
+    if not old:
+        return
+    from ingest.store import StoreReader
+
+    last = 0
+    if paths.fixes_db.exists():
+        reader = StoreReader(paths.fixes_db)
+        last = reader.last_seq()
+        reader.close()
+    if min(old.values()) < last:
+        counts = sorted({int(re.findall(r"\d+", p.name)[-1]) for p in old})
+        raise ConfigError(f"stored fixes are still being evaluated by {counts[0]} worker(s); "
+                          f"start with --workers {counts[0]} until they are done, then change")
+    for path in old:  # caught up: the new partitions start after the last stored batch
+        path.rename(path.with_suffix(".retired"))
+    for k in range(workers):
+        store = EvaluationStore(paths.worker_db(k, workers))
+        if store.checkpoint() == 0:
+            store.start_after(last)
+        store.close()
+
+
 def serve(settings: Settings, workers: int = 1, insecure: bool = False,
           out: Callable[[str], None] = print, should_stop: Callable[[], bool] | None = None) -> None:
     """Run until Ctrl-C/SIGTERM (or `should_stop()`); prints the endpoints once ready."""
     check_bind(settings, insecure)
-    EnginePaths.create(settings.storage.path)
+    check_worker_count(EnginePaths.create(settings.storage.path), workers)
     spawn = mp.get_context("spawn")
     ready = spawn.Queue()
     stopping: list[int] = []

@@ -158,3 +158,27 @@ def test_busy_when_evaluation_falls_behind_and_nothing_is_lost(tmp_path):
     finally:
         carrier.close()
         engine.stop()
+
+
+def test_changing_the_worker_count_never_evaluates_a_batch_twice(engine_dir):
+    engine = Engine(engine_dir, workers=1)
+    carrier = Carrier(engine.endpoint)
+    rng = np.random.default_rng(19)
+    now = int(time.time() * 1000)
+    frames = {b: batch_frame(b, rng, now) for b in range(20)}
+    acks: dict[int, dict] = {}
+    try:
+        push(carrier, dict(list(frames.items())[:10]), acks)
+        wait_evaluated(engine, accepted(acks))
+    finally:
+        carrier.close()
+        engine.stop()
+    engine = Engine(engine_dir, workers=2)
+    carrier = Carrier(engine.endpoint)
+    try:
+        push(carrier, frames, acks)
+        totals = wait_evaluated(engine, 10 * BATCH_FIXES)  # the new partitions' share
+        assert totals["fixes"] == 10 * BATCH_FIXES  # batches 0-9 were not evaluated again
+    finally:
+        carrier.close()
+        engine.stop()
