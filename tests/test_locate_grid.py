@@ -110,7 +110,7 @@ def test_voronoi_partition_matches_reference_and_covers_once(seed, n, step):
     assert_exact(index, xs, ys)
     # inside the union, each vertex and midpoint has odd parity for exactly one feature
     xy = index.geometry.coords
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    hi = xy.max(axis=0)
     p = np.vstack([xy, (xy[:-1] + xy[1:]) / 2])
     p = p[(p[:, 0] < hi[0]) & (p[:, 1] < hi[1])]
     owners = index.locate(p[:, 0], p[:, 1])
