@@ -12,9 +12,19 @@ import math
 import numpy as np
 
 from geofence._algorithms.grid_build import _segment_touches_box
-from geofence._jit import serial
+from geofence._jit import body, serial
 
 _FAR = 1e20  # "no touched cell in this line yet", finite so differences stay finite
+
+
+@body
+def _bbox_cells(x1, y1, x2, y2, gx0, gy0, cw, ch, nx, ny):
+    """Column and row ranges (i0, i1, j0, j1) of the cells a segment's bbox covers."""
+    i0 = max(0, math.floor((min(x1, x2) - gx0) / cw))
+    i1 = min(nx - 1, math.floor((max(x1, x2) - gx0) / cw))
+    j0 = max(0, math.floor((min(y1, y2) - gy0) / ch))
+    j1 = min(ny - 1, math.floor((max(y1, y2) - gy0) / ch))
+    return i0, i1, j0, j1
 
 
 @serial
@@ -23,10 +33,7 @@ def touched_cells(segs, gx0, gy0, cw, ch, nx, ny):
     touched = np.zeros((ny, nx), np.bool_)
     for s in range(segs.shape[0]):
         x1, y1, x2, y2 = segs[s, 0], segs[s, 1], segs[s, 2], segs[s, 3]
-        i0 = max(0, math.floor((min(x1, x2) - gx0) / cw))
-        i1 = min(nx - 1, math.floor((max(x1, x2) - gx0) / cw))
-        j0 = max(0, math.floor((min(y1, y2) - gy0) / ch))
-        j1 = min(ny - 1, math.floor((max(y1, y2) - gy0) / ch))
+        i0, i1, j0, j1 = _bbox_cells(x1, y1, x2, y2, gx0, gy0, cw, ch, nx, ny)
         for j in range(j0, j1 + 1):
             for i in range(i0, i1 + 1):
                 bx = gx0 + i * cw
@@ -99,10 +106,7 @@ def bucket_segments(segs, gx0, gy0, cw, ch, nx, ny):
             fill = offsets[:-1].copy()
         for s in range(segs.shape[0]):
             x1, y1, x2, y2 = segs[s, 0], segs[s, 1], segs[s, 2], segs[s, 3]
-            i0 = max(0, math.floor((min(x1, x2) - gx0) / cw))
-            i1 = min(nx - 1, math.floor((max(x1, x2) - gx0) / cw))
-            j0 = max(0, math.floor((min(y1, y2) - gy0) / ch))
-            j1 = min(ny - 1, math.floor((max(y1, y2) - gy0) / ch))
+            i0, i1, j0, j1 = _bbox_cells(x1, y1, x2, y2, gx0, gy0, cw, ch, nx, ny)
             for j in range(j0, j1 + 1):
                 for i in range(i0, i1 + 1):
                     if pass_no == 0:
