@@ -41,6 +41,7 @@ def run(subjects: int = 2032, seed: int = 7, out=print) -> dict:
     area = np.array([area_of_county[c] for c in people.county], np.int32)[feed.subject]
     verdict = np.empty(len(feed), np.int8)
     where = np.empty(len(feed), np.int32)
+    engine.verdicts(feed.lon[:1], feed.lat[:1], feed.acc_m[:1], area[:1])  # tables ready
     t1 = time.perf_counter()
     for lo in range(0, len(feed), BATCH):
         hi = lo + BATCH
