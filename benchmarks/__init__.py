@@ -8,4 +8,6 @@ STAGES = {  # stage name -> module with run(quick) -> Report
     "locate": "benchmarks.locate",
     "verdict": "benchmarks.verdict",
     "ingest": "benchmarks.ingest",
+    "rules": "benchmarks.rules",
+    "alarm_quality": "benchmarks.alarm_quality",
 }
