@@ -103,6 +103,7 @@ class AreaSet:
         params[[vk.P_BX0, vk.P_BY0, vk.P_BW, vk.P_BH, vk.P_BNX, vk.P_BNY]] = (
             lo[0], lo[1], bw, bh, bnx, bny)
         params[[vk.P_BLOCK, vk.P_CNX]] = vk.BLOCK, math.ceil(nx / vk.BLOCK)
+        params[[vk.P_ICW, vk.P_ICH]] = 1.0 / cw, 1.0 / ch  # multiplications on the hot path
         params[vk.P_SLACK] = _frame_slack(lo[1], hi[1], (lo[1] + hi[1]) / 2)
         return _Area(member, np.array(zones, np.int32), segs, params, coarse, edt.reshape(-1),
                      offsets, ids)

@@ -25,8 +25,8 @@ OUT = 2
 # Columns of an area's parameter row.
 P_GX0, P_GY0, P_CW, P_CH, P_NX, P_NY, P_DIAG_M = 0, 1, 2, 3, 4, 5, 6
 P_BX0, P_BY0, P_BW, P_BH, P_BNX, P_BNY, P_PAD_M = 7, 8, 9, 10, 11, 12, 13
-P_BLOCK, P_CNX, P_SLACK = 14, 15, 16
-N_PARAMS = 17
+P_BLOCK, P_CNX, P_SLACK, P_ICW, P_ICH = 14, 15, 16, 17, 18
+N_PARAMS = 19
 BLOCK = 16  # a coarse cell covers BLOCK x BLOCK distance cells
 
 
@@ -41,8 +41,8 @@ def _distance_bounds(params, coarse, coarse_base, edt, edt_base, area, x, y, lim
     lo = np.inf
     hi = np.inf
     if nx > 0:
-        fx = (x - params[area, P_GX0]) / params[area, P_CW]
-        fy = (y - params[area, P_GY0]) / params[area, P_CH]
+        fx = (x - params[area, P_GX0]) * params[area, P_ICW]
+        fy = (y - params[area, P_GY0]) * params[area, P_ICH]
         if fx >= 0.0 and fx < nx and fy >= 0.0 and fy < params[area, P_NY]:
             ix = int(fx)
             iy = int(fy)
