@@ -1,9 +1,10 @@
 """A worker's own SQLite file: how far it has evaluated, and what, committed together.
 
 Each evaluation worker owns one file (no writer contention between workers). The
-checkpoint and the batch's results go in one transaction, so after a kill -9 a worker
-resumes right after the last batch whose results were committed: every batch is
-evaluated, and its results are recorded exactly once (`evaluated.seq` is the key).
+checkpoint, the batch's results and the alarms they raised go in one transaction, so
+after a kill -9 a worker resumes right after the last committed batch: every batch is
+evaluated, and its results and alarms are recorded exactly once (`evaluated.seq` and
+`alarms.id` are keys; a replay from an older rules snapshot inserts nothing new).
 """
 
 import sqlite3
@@ -14,6 +15,10 @@ CREATE TABLE IF NOT EXISTS checkpoint (id INTEGER PRIMARY KEY CHECK (id = 0), se
 CREATE TABLE IF NOT EXISTS evaluated (seq INTEGER PRIMARY KEY, fixes INTEGER,
     verdict_in INTEGER, verdict_unsure INTEGER, verdict_out INTEGER, evaluated_ms INTEGER);
 INSERT OR IGNORE INTO checkpoint VALUES (0, 0);
+CREATE TABLE IF NOT EXISTS alarms (id TEXT PRIMARY KEY, type TEXT, severity TEXT,
+    subject TEXT, office TEXT, office_path TEXT, t_ms INTEGER, seq INTEGER, doc TEXT);
+CREATE TABLE IF NOT EXISTS rule_state (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER,
+    state BLOB);
 """
 
 
@@ -28,21 +33,44 @@ class EvaluationStore:
         return self._db.execute("SELECT seq FROM checkpoint").fetchone()[0]
 
     def start_after(self, seq: int) -> None:
-        """Begin a new partition's evaluation after `seq` (everything before it is done)."""
+        """Begin a new partition's evaluation after `seq` (everything before it is done),
+        with fresh rules state (the old partitions' state is not carried over)."""
         self._db.execute("UPDATE checkpoint SET seq = ?", (seq,))
+        self._db.execute("INSERT OR REPLACE INTO rule_state VALUES (0, ?, NULL)", (seq,))
 
-    def commit(self, results: list[tuple[int, int, int, int, int, int]]) -> None:
-        """Record (seq, fixes, in, unsure, out, evaluated_ms) rows and move the checkpoint."""
+    def rule_snapshot(self) -> tuple[int, bytes | None]:
+        """(seq, rules state) of the last snapshot; (0, None) before the first."""
+        row = self._db.execute("SELECT seq, state FROM rule_state").fetchone()
+        return (row[0], row[1]) if row else (0, None)
+
+    def commit(self, results: list[tuple[int, int, int, int, int, int]], alarms=(),
+               snapshot: bytes | None = None) -> None:
+        """Record (seq, fixes, in, unsure, out, evaluated_ms) rows and their alarms (pairs of
+        seq and `alerts.alarms.Alarm`), move the checkpoint, optionally save the rules state."""
         if not results:
             return
+        last = results[-1][0]
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.executemany("INSERT INTO evaluated VALUES (?, ?, ?, ?, ?, ?)", results)
-            self._db.execute("UPDATE checkpoint SET seq = ?", (results[-1][0],))
+            self._db.executemany("INSERT OR IGNORE INTO evaluated VALUES (?, ?, ?, ?, ?, ?)",
+                                 results)
+            self._db.executemany(
+                "INSERT OR IGNORE INTO alarms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(a.id, a.type, a.severity, a.subject, a.office, a.office_path, a.t_ms, seq,
+                  a.json()) for seq, a in alarms])
+            if snapshot is not None:
+                self._db.execute("INSERT OR REPLACE INTO rule_state VALUES (0, ?, ?)",
+                                 (last, snapshot))
+            self._db.execute("UPDATE checkpoint SET seq = max(seq, ?)", (last,))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+    def alarms(self) -> list[dict]:
+        import json
+        return [json.loads(doc) for (doc,) in
+                self._db.execute("SELECT doc FROM alarms ORDER BY t_ms, id")]
 
     def totals(self) -> dict:
         row = self._db.execute("SELECT count(*), coalesce(sum(fixes), 0), coalesce(sum(verdict_in), 0),"

@@ -1,0 +1,78 @@
+"""Alarms raised by the running engine: a person leaves their county and comes back.
+
+Real processes and files: the worker runs verdicts and the compiled rules, and stores each
+alarm with its batch's checkpoint, so a kill -9 between the exit and the return leaves
+exactly one exit alarm and one return linked to it.
+"""
+
+import json
+import time
+
+import numpy as np
+import shapely
+
+from alerts.alarms import alarm_id
+from geofence import Layer
+from geofence.synthetic import zaozhuang_geojson
+from ingest.protocol import encode_cols
+from service.cli import main as cli
+from service.evaluation_store import EvaluationStore
+from tests.engine_harness import Carrier, Engine, population_document, write_config
+
+
+def test_exit_and_return_raise_one_alarm_each_even_across_a_worker_kill(tmp_path):
+    config = write_config(tmp_path)
+    doc = population_document(20)
+    subject = next(s for s in doc["subjects"] if s["risk"] == "normal")
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps(doc, ensure_ascii=False))
+    assert cli(["--config", str(config), "registry", "import", str(registry)]) == 0
+    layer = Layer.from_geojson(zaozhuang_geojson())
+    home = shapely.union_all(layer.geometries[layer.features_under(subject["home"][0])])
+    inside = home.representative_point()
+    device = np.array([int(subject["devices"][0])])
+    t0 = int(time.time() * 1000) - 600_000
+
+    def fix(batch, k, lon, lat):
+        return encode_cols("cmcc", batch, device, np.array([t0 + 60_000 * k]),
+                           np.array([lon]), np.array([lat]), np.array([20.0]))
+
+    engine = Engine(config)
+    carrier = Carrier(engine.endpoint)
+    try:
+        far = (115.5, 33.5)  # 100+ km from Zaozhuang, GPS accuracy
+        for k in range(3):
+            assert carrier.request(fix(k, k, *far))["status"] == "ok"
+        exit_alarm = wait_for_alarm(engine, "zone_exit")
+        engine.kill9("worker-0")
+        for k in range(3, 6):
+            assert carrier.request(fix(k, k, inside.x, inside.y))["status"] == "ok"
+        back = wait_for_alarm(engine, "zone_return")
+    finally:
+        carrier.close()
+        engine.stop()
+    alarms = all_alarms(engine)
+    assert [a["type"] for a in alarms] == ["zone_exit", "zone_return"]
+    assert exit_alarm["id"] == alarm_id(subject["id"], "zone_exit", t0 + 60_000)  # 2nd out fix
+    assert exit_alarm["severity"] == "high" and exit_alarm["office"] == subject["office"]
+    assert exit_alarm["where"] is None and exit_alarm["home"] == subject["home"]
+    assert back["details"]["exit_id"] == exit_alarm["id"]
+
+
+def all_alarms(engine: Engine) -> list[dict]:
+    found = []
+    for path in engine.root.glob("evaluation-*.sqlite"):
+        store = EvaluationStore(path)
+        found += store.alarms()
+        store.close()
+    return sorted(found, key=lambda a: a["t"])
+
+
+def wait_for_alarm(engine: Engine, kind: str, timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for alarm in all_alarms(engine):
+            if alarm["type"] == kind:
+                return alarm
+        time.sleep(0.1)
+    raise AssertionError(f"no {kind} alarm")
