@@ -1,7 +1,8 @@
 """`geofence serve`: the engine as one supervised tree of processes.
 
     supervisor (this process) ── ingest (ROUTER, store writer, metrics)
-                              └─ worker 0..N-1 (verdicts; more stages with the rules)
+                              ├─ worker 0..N-1 (verdicts, rules, alarms stored)
+                              └─ dispatcher (alarms published on PUB)
 
 Children are started with the "spawn" method (fresh interpreters: no ZeroMQ or SQLite
 state crosses a fork). A child that dies is restarted; whatever it had acknowledged or
@@ -136,6 +137,23 @@ def worker_main(settings: Settings, index: int, count: int) -> None:
     run_worker(settings, index, count, should_stop)
 
 
+def dispatcher_main(settings: Settings) -> None:
+    _logging()
+    should_stop = _child_stop_flag()
+    _write_pid(settings, "dispatcher")
+    import zmq
+
+    from service.dispatcher import Dispatcher
+
+    dispatcher = Dispatcher(EnginePaths.create(settings.storage.path), zmq.Context.instance(),
+                            settings.alerts.publish)
+    log.info("alarms published on %s", dispatcher.endpoint)
+    try:
+        dispatcher.run(should_stop)
+    finally:
+        dispatcher.close()
+
+
 def check_bind(settings: Settings, insecure: bool) -> None:
     """Refuse to start where carriers would be unauthenticated off this machine."""
     from ingest.auth import check_bind_allowed
@@ -145,6 +163,9 @@ def check_bind(settings: Settings, insecure: bool) -> None:
         raise ConfigError("[ingest] curve_keys (the engine's key pair) and curve_carriers (the "
                           "allowed carriers' public keys) go together: set both or neither")
     check_bind_allowed(settings.ingest.bind, bool(settings.ingest.curve_keys), insecure)
+    # Alarms carry personal data: the PUB socket has no CURVE yet, so it stays on loopback
+    # unless the operator says --insecure.
+    check_bind_allowed(settings.alerts.publish, False, insecure)
 
 
 def check_worker_count(paths: EnginePaths, workers: int) -> None:
@@ -204,13 +225,15 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
     def start(name: str):
         if name == "ingest":
             proc = spawn.Process(target=ingest_main, args=(settings, workers, ready), name=name)
+        elif name == "dispatcher":
+            proc = spawn.Process(target=dispatcher_main, args=(settings,), name=name)
         else:
             k = int(name.split("-")[1])
             proc = spawn.Process(target=worker_main, args=(settings, k, workers), name=name)
         proc.start()
         return proc
 
-    names = [f"worker-{k}" for k in range(workers)] + ["ingest"]
+    names = [f"worker-{k}" for k in range(workers)] + ["ingest", "dispatcher"]
     procs = {name: start(name) for name in names}
     restarts = {name: 0 for name in names}
     announced = False

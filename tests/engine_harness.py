@@ -30,6 +30,7 @@ def write_config(root: Path, **ingest) -> Path:
     lines = ["[storage]", f'path = "{root / "data"}"', "[ingest]",
              f'bind = "tcp://127.0.0.1:{port}"', 'metrics_bind = "127.0.0.1:0"']
     lines += [f"{k} = {json.dumps(v)}" for k, v in ingest.items()]
+    lines += ["[alerts]", f'publish = "tcp://127.0.0.1:{free_port()}"']
     path = root / "geofence.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

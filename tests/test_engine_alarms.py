@@ -8,8 +8,10 @@ exactly one exit alarm and one return linked to it.
 import json
 import time
 
+import msgpack
 import numpy as np
 import shapely
+import zmq
 
 from alerts.alarms import alarm_id
 from geofence import Layer
@@ -39,6 +41,14 @@ def test_exit_and_return_raise_one_alarm_each_even_across_a_worker_kill(tmp_path
 
     engine = Engine(config)
     carrier = Carrier(engine.endpoint)
+    publish = config.read_text().split('publish = "')[1].split('"')[0]
+    county_topic = f"3704/{subject['home'][0]}/".encode()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, county_topic)  # the county's whole subtree
+    sub.connect(publish)
+    time.sleep(0.5)  # PUB is live only: be connected before the alarm is published
     try:
         far = (115.5, 33.5)  # 100+ km from Zaozhuang, GPS accuracy
         for k in range(3):
@@ -48,9 +58,18 @@ def test_exit_and_return_raise_one_alarm_each_even_across_a_worker_kill(tmp_path
         for k in range(3, 6):
             assert carrier.request(fix(k, k, inside.x, inside.y))["status"] == "ok"
         back = wait_for_alarm(engine, "zone_return")
+        received = []
+        while len(received) < 2 and sub.poll(10_000):
+            topic, body = sub.recv_multipart()
+            received.append((topic, msgpack.unpackb(body)))
     finally:
+        sub.close()
+        ctx.term()
         carrier.close()
         engine.stop()
+    assert [doc["type"] for _, doc in received] == ["zone_exit", "zone_return"]
+    assert all(topic == f"3704/{subject['home'][0]}/{subject['office']}/".encode()
+               for topic, _ in received)
     alarms = all_alarms(engine)
     assert [a["type"] for a in alarms] == ["zone_exit", "zone_return"]
     assert exit_alarm["id"] == alarm_id(subject["id"], "zone_exit", t0 + 60_000)  # 2nd out fix
