@@ -156,3 +156,14 @@ def _fmt(value) -> str:
     v = abs(value)
     return (f"{value:,.0f}" if v >= 1000 else f"{value:.1f}" if v >= 100
             else f"{value:.2f}" if v >= 1 else f"{value:.3g}")
+
+
+def cold_and_warm(script: str) -> list[tuple[str, dict]]:
+    """Run `script` in fresh interpreters with an empty and with the warm kernel cache:
+    compile time, reported apart from the figures it would otherwise inflate."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as empty:
+        cold = run_child(script, {"NUMBA_CACHE_DIR": empty})
+    fill_kernel_cache()
+    return [("empty cache", cold), ("warm cache", run_child(script))]

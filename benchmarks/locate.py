@@ -20,14 +20,13 @@
 """
 
 import subprocess
-import tempfile
 
 import numpy as np
 import rtree
 import shapely
 
-from benchmarks.common import (GIB, ROOT, WARM_UP, Report, best_of, fill_kernel_cache, log,
-                               run_child, uniform_points)
+from benchmarks.common import (GIB, ROOT, WARM_UP, Report, best_of, cold_and_warm,
+                               fill_kernel_cache, log, run_child, uniform_points)
 from geofence import Layer
 from geofence.synthetic import national_layer, zaozhuang_geojson
 
@@ -83,11 +82,7 @@ def run(quick: bool) -> Report:
 
 def first_calls(rep: Report) -> None:
     """Layer build and first locate calls in fresh interpreters, empty and warm cache."""
-    with tempfile.TemporaryDirectory() as empty:
-        cold = run_child(FIRST_CALLS, {"NUMBA_CACHE_DIR": empty})
-    fill_kernel_cache()
-    warm = run_child(FIRST_CALLS)
-    for label, res in (("empty cache", cold), ("warm cache", warm)):
+    for label, res in cold_and_warm(FIRST_CALLS):
         group = f"first calls, {label}"
         rep.add(group, "Zaozhuang layer build", res["build_s"], "s")
         rep.add(group, "first locate, serial", res["serial_s"], "s")

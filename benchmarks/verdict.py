@@ -18,12 +18,11 @@ locate the township, so ours does more work per fix. Agreement: verdicts should 
 where d is within the projection error (one frame for the whole city: < 1 %) of the threshold.
 """
 
-import tempfile
 
 import numpy as np
 import shapely
 
-from benchmarks.common import Report, best_of, fill_kernel_cache, run_child
+from benchmarks.common import Report, best_of, cold_and_warm
 from geofence import EXIT_MARGIN_M, IN, OUT, UNSURE, Layer, VerdictEngine
 from geofence.metric import metres_per_degree
 from geofence.synthetic import ZAOZHUANG_COUNTIES, zaozhuang_geojson
@@ -90,11 +89,7 @@ def run(quick: bool) -> Report:
 
 
 def first_calls(rep: Report) -> None:
-    with tempfile.TemporaryDirectory() as empty:
-        cold = run_child(FIRST_CALLS, {"NUMBA_CACHE_DIR": empty})
-    fill_kernel_cache()
-    warm = run_child(FIRST_CALLS)
-    for label, res in (("empty cache", cold), ("warm cache", warm)):
+    for label, res in cold_and_warm(FIRST_CALLS):
         group = f"first calls, {label}"
         rep.add(group, "layer build", res["layer_s"], "s")
         rep.add(group, "6 county areas", res["areas_s"], "s")
