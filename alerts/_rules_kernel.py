@@ -40,6 +40,7 @@ NONIN_UNSURE = 4          # the current run of non-`in` fixes holds an `unsure`
 POSSIBLE_EXIT_DONE = 8    # possible_exit raised in the current episode
 EXCLUSION_OPEN = 16       # an exclusion_entry is open (until a fix out of every zone)
 POSSIBLE_EXCL_DONE = 32   # possible_exclusion raised in the current episode
+OUTAGE_SILENT = 64        # silent while its carrier's feed is down: no signal_lost of its own
 
 # Columns of the thresholds array `limits` (names as in `service.config.Rules`).
 LIMIT_NAMES = ("exit_fixes", "exit_fixes_key", "return_fixes", "possible_exit_fixes",
@@ -200,6 +201,7 @@ def apply_fixes(newest_t_ms, exit_t_ms, verdict, flags, out_run, in_run, nonin_r
                     n_ev = _emit(ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms,
                                  ev_zone, n_ev, SIGNAL_RESTORED, s, f, t, NO_TIME, NO_ZONE)
                     fl &= ~SIGNAL_LOST_SET
+                fl &= ~OUTAGE_SILENT
                 fl, n_ev = _area_rules(exit_t_ms, out_run, in_run, nonin_run, fl, s, f, t,
                                        v, key[s], limits, ev_type, ev_subject, ev_fix,
                                        ev_t_ms, ev_linked_t_ms, ev_zone, n_ev)

@@ -1,18 +1,22 @@
 """Alarm documents (SPEC §6) from rule events: stable ids, routing, the stored form.
 
-An alarm's id is derived from its subject, type and triggering fix time, so the same
-fixes evaluated again after a crash (replayed from a rules snapshot) give the same id, and
-storing with "insert or ignore" keeps exactly one alarm.
+An alarm's id is derived from its subject, type and triggering fix time (for the clock
+rules: the newest fix before the silence, the permit's end, the carrier's newest fix), so
+the same fixes evaluated again after a crash give the same id, and storing with "insert
+or ignore" keeps exactly one alarm.
 """
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from alerts.registry import Registry
+from alerts.registry import Subject
 from alerts.rules import EVENT_TYPES, NO_TIME, severity
 
 SOURCE_NAMES = ("gps", "wifi", "cell")
+# (subject id, t) -> supervising office, copies, home codes (a delegation changes all three)
+Route = Callable[[str, int], tuple[str, tuple[str, ...], tuple[str, ...]]]
 
 
 def alarm_id(subject_id: str, kind: str, t_ms: int) -> str:
@@ -25,59 +29,73 @@ class Alarm:
     id: str
     type: str
     severity: str
-    subject: str
+    subject: str | None
     office: str
-    office_path: str        # the PUB topic: office codes from the root, "/"-joined and ended
     t_ms: int
     document: dict
+    received_ms: int | None = None   # when ingest received the triggering fix
 
     def json(self) -> str:
         return json.dumps(self.document, ensure_ascii=False, separators=(",", ":"))
 
 
-def alarms_from_events(events, fixes, subject_ids: list[str], registry: Registry,
-                       where_codes: list[str | None], where_names: list[str | None],
-                       raised_at_ms: int) -> list[Alarm]:
-    """One alarm per event. `fixes` are the batch's FixColumns (events index them);
-    `where_*` per fix of the batch (None outside every jurisdiction)."""
+def fix_document(t_ms, lon, lat, acc_m, src) -> dict | None:
+    """The alarm's `fix` member; None when the subject never sent one."""
+    if int(t_ms) == NO_TIME:
+        return None
+    src = int(src)
+    return {"t": int(t_ms), "lon": float(lon), "lat": float(lat), "acc": float(acc_m),
+            "src": SOURCE_NAMES[src] if 0 <= src < 3 else None}
+
+
+def make_alarm(kind: str, subject: Subject | None, route: tuple | None, t_ms: int,
+               id_t_ms: int, fix: dict | None, where: dict | None, raised_at_ms: int,
+               details: dict, received_ms: int | None = None, office: str = "") -> Alarm:
+    """One alarm document. `route` is (office, copies, home) of the subject at the event
+    (None: no subject, then `office`); `id_t_ms` the time its id derives from (the trigger)."""
+    office, copies, home = route if route is not None else (office, (), ())
+    key = subject.id if subject is not None else f"carrier:{details.get('carrier', '')}"
+    details = dict(details)
+    if copies:
+        details["copy_to"] = list(copies)
+    doc = {
+        "id": alarm_id(key, kind, id_t_ms),
+        "type": kind,
+        "severity": severity(kind, subject is not None and subject.risk == "key"),
+        "subject": subject.id if subject is not None else None,
+        "office": office,
+        "t": int(t_ms),
+        "raised_at": int(raised_at_ms),
+        "fix": fix,
+        "where": where,
+        "home": list(home),
+        "status": "open",
+        "details": details,
+    }
+    return Alarm(doc["id"], kind, doc["severity"], doc["subject"], office, doc["t"], doc,
+                 received_ms)
+
+
+def alarms_from_events(events, fixes, subjects: list[Subject | None], route: Route,
+                       where: list[dict | None], raised_at_ms: int,
+                       received_ms: int | None = None, zone_codes=None) -> list[Alarm]:
+    """One alarm per event. `fixes` are the batch's FixColumns (events index them),
+    `subjects` by subject index, `where` per fix of the batch (None outside every
+    jurisdiction), `zone_codes` the zone layer's codes (exclusion events name their zone)."""
     alarms = []
     for k in range(len(events)):
         kind = EVENT_TYPES[int(events.type[k])]
         i = int(events.fix[k])
-        subject = registry.subjects[subject_ids[int(events.subject[k])]]
-        office = _supervising_office(registry, subject.id, int(events.t_ms[k]))
-        path = registry.office_path(office)
-        src = int(fixes.src[i])
+        t = int(events.t_ms[k])
+        subject = subjects[int(events.subject[k])]
         details = {}
         if int(events.linked_t_ms[k]) != NO_TIME:
             details["exit_id"] = alarm_id(subject.id, "zone_exit", int(events.linked_t_ms[k]))
         if int(events.zone[k]) >= 0:
-            details["zone_index"] = int(events.zone[k])
-        doc = {
-            "id": alarm_id(subject.id, kind, int(events.t_ms[k])),
-            "type": kind,
-            "severity": severity(kind, subject.risk == "key"),
-            "subject": subject.id,
-            "office": office,
-            "t": int(events.t_ms[k]),
-            "raised_at": raised_at_ms,
-            "fix": {"t": int(fixes.t_ms[i]), "lon": float(fixes.lon[i]),
-                    "lat": float(fixes.lat[i]), "acc": float(fixes.acc_m[i]),
-                    "src": SOURCE_NAMES[src] if 0 <= src < 3 else None},
-            "where": ({"code": where_codes[i], "name": where_names[i]}
-                      if where_codes[i] is not None else None),
-            "home": list(subject.home),
-            "status": "open",
-            "details": details,
-        }
-        alarms.append(Alarm(doc["id"], kind, doc["severity"], subject.id, office,
-                            "/".join(path) + "/", doc["t"], doc))
+            zone = int(events.zone[k])
+            details["zone"] = str(zone_codes[zone]) if zone_codes is not None else zone
+        fix = fix_document(fixes.t_ms[i], fixes.lon[i], fixes.lat[i], fixes.acc_m[i],
+                           fixes.src[i])
+        alarms.append(make_alarm(kind, subject, route(subject.id, t), t, t, fix, where[i],
+                                 raised_at_ms, details, received_ms))
     return alarms
-
-
-def _supervising_office(registry: Registry, subject_id: str, t_ms: int) -> str:
-    """The delegate's office during an active delegation (异地委托), else the subject's."""
-    for d in registry.delegations.values():
-        if d.subject == subject_id and d.start_ms <= t_ms and (d.end_ms is None or t_ms < d.end_ms):
-            return d.office
-    return registry.subjects[subject_id].office

@@ -38,7 +38,19 @@ _SEVERITY = {"zone_return": "info", "possible_exit": "medium", "exclusion_entry"
              "permit_overstay": "high", "feed_outage": "critical"}
 
 SNAPSHOT_MAGIC = b"GFRULES\x00"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+# What the clock-driven rules need of each subject's newest fix, besides the kernel's state:
+# where it was (alarm positions, permit_overstay's home check) and which carrier sent it
+# (feed_outage). Kept by `apply` with numpy, outside the kernel.
+LAST_FIX_FIELDS = (
+    ("last_lon", np.float64, np.nan),
+    ("last_lat", np.float64, np.nan),
+    ("last_acc_m", np.float32, np.nan),
+    ("last_src", np.int8, -1),
+    ("carrier", np.int16, -1),
+)
+ALL_FIELDS = rk.STATE_FIELDS + LAST_FIX_FIELDS
+BYTES_PER_SUBJECT = sum(np.dtype(dt).itemsize for _, dt, _ in ALL_FIELDS)
 _HEADER = struct.Struct("<8sHHQ")   # magic, version, number of fields, number of subjects
 _TRAILER = struct.Struct("<I")      # CRC-32 of everything before it
 
@@ -131,7 +143,7 @@ class RuleState:
 
     def __init__(self, n_subjects: int, rules):
         self.limits = _limits(rules)
-        self._arrays = {name: np.full(0, init, dt) for name, dt, init in rk.STATE_FIELDS}
+        self._arrays = {name: np.full(0, init, dt) for name, dt, init in ALL_FIELDS}
         self.grow(n_subjects)
 
     @property
@@ -142,7 +154,7 @@ class RuleState:
         """Make room for subjects up to n-1 (new ones start with no fix); never shrinks."""
         extra = int(n) - self.n_subjects
         if extra > 0:
-            for name, dt, init in rk.STATE_FIELDS:
+            for name, dt, init in ALL_FIELDS:
                 self._arrays[name] = np.concatenate([self._arrays[name], np.full(extra, init, dt)])
 
     # -- what the clock-driven rules read --------------------------------------------------
@@ -174,8 +186,7 @@ class RuleState:
 
     def mark_signal_lost(self, subjects) -> None:
         """Record a signal_lost raised for these subjects: their next fix raises signal_restored."""
-        idx = self._subjects(subjects)
-        self._arrays["flags"][idx] |= rk.SIGNAL_LOST_SET
+        self.set_flags(subjects, rk.SIGNAL_LOST_SET)
 
     def view(self, subject: int) -> SubjectView:
         a = {name: arr[subject] for name, arr in self._arrays.items()}
@@ -191,7 +202,7 @@ class RuleState:
     # -- batches ---------------------------------------------------------------------------
 
     def apply(self, subject, t_ms, verdict, excl_verdict, excl_zone, key=None, *,
-              capacity: int | None = None) -> Events:
+              fixes=None, carrier: int = -1, capacity: int | None = None) -> Events:
         """Apply one batch of evaluated fixes (any order) and return its events.
 
         `excl_verdict` is the worst exclusion verdict per fix (OUT when the subject has no
@@ -199,6 +210,8 @@ class RuleState:
         `key` is per subject (risk key), None for nobody. `capacity` is the initial size
         of the event outputs (default n + 16: most fixes raise nothing); if the kernel
         runs out it stops, and the outputs are grown and the kernel resumed.
+        `fixes` (anything with `lon`, `lat`, `acc_m`, `src` columns in batch order) and
+        `carrier` (the batch's carrier id) are remembered for each subject's newest fix.
         """
         s, t, v, xv, xz = self._batch(subject, t_ms, verdict, excl_verdict, excl_zone)
         keys = self._keys(key)
@@ -212,17 +225,58 @@ class RuleState:
                              *out, late, progress) < 0:
             written, left = int(progress[1]), n - int(progress[0])
             out = _outputs(written + rk.MAX_EVENTS_PER_FIX * left, keep=out, n_keep=written)
+        if fixes is not None:
+            self._remember_last(s, order, late.view(bool), fixes, carrier)
         m = int(progress[1])
         return Events(*(a[:m].copy() for a in out), late=np.sort(order[late.view(bool)]))
+
+    def _remember_last(self, s_sorted, order, late, fixes, carrier: int) -> None:
+        """Newest fix per subject: the last accepted one of each subject in sorted order."""
+        taken = ~late
+        s_taken, rows = s_sorted[taken], order[taken]
+        if not len(rows):
+            return
+        last = np.r_[s_taken[1:] != s_taken[:-1], True]
+        who, rows = s_taken[last], rows[last]
+        a = self._arrays
+        a["last_lon"][who] = fixes.lon[rows]
+        a["last_lat"][who] = fixes.lat[rows]
+        a["last_acc_m"][who] = fixes.acc_m[rows]
+        a["last_src"][who] = fixes.src[rows]
+        a["carrier"][who] = carrier
+
+    def last_fix(self, subjects) -> dict[str, np.ndarray]:
+        """Newest fix of each subject: t_ms, lon, lat, acc_m, src, carrier (NaN / -1: none)."""
+        idx = self._subjects(subjects)
+        names = ("newest_t_ms", "last_lon", "last_lat", "last_acc_m", "last_src", "carrier")
+        keys = ("t_ms", "lon", "lat", "acc_m", "src", "carrier")
+        return {k: self._arrays[n][idx] for k, n in zip(keys, names)}
+
+    @property
+    def carrier(self) -> np.ndarray:
+        """Per subject, the carrier id of the newest fix (-1 before any); read-only."""
+        return _read_only(self._arrays["carrier"])
+
+    @property
+    def flags(self) -> np.ndarray:
+        """Per subject, the kernel's flag bits (`_rules_kernel`); read-only."""
+        return _read_only(self._arrays["flags"])
+
+    def set_flags(self, subjects, bits: int) -> None:
+        """Set flag bits (e.g. `_rules_kernel.OUTAGE_SILENT`) for these subjects."""
+        self._arrays["flags"][self._subjects(subjects)] |= np.uint8(bits)
+
+    def clear_flags(self, subjects, bits: int) -> None:
+        self._arrays["flags"][self._subjects(subjects)] &= np.uint8(~bits & 0xFF)
 
     # -- persistence -----------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
         """All state as bytes: header (magic, version, fields, subjects), arrays, CRC-32."""
-        parts = [_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(rk.STATE_FIELDS),
+        parts = [_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(ALL_FIELDS),
                               self.n_subjects)]
         parts += [self._arrays[name].astype(np.dtype(dt).newbyteorder("<")).tobytes()
-                  for name, dt, _ in rk.STATE_FIELDS]
+                  for name, dt, _ in ALL_FIELDS]
         body = b"".join(parts)
         return body + _TRAILER.pack(zlib.crc32(body))
 
@@ -234,10 +288,10 @@ class RuleState:
         magic, version, n_fields, n = _HEADER.unpack_from(data)
         if magic != SNAPSHOT_MAGIC:
             raise SnapshotError("not a rule-state snapshot (bad magic)")
-        if version != SNAPSHOT_VERSION or n_fields != len(rk.STATE_FIELDS):
+        if version != SNAPSHOT_VERSION or n_fields != len(ALL_FIELDS):
             raise SnapshotError(f"snapshot version {version} with {n_fields} fields; this "
                                 f"build reads version {SNAPSHOT_VERSION}")
-        expected = _HEADER.size + n * rk.BYTES_PER_SUBJECT + _TRAILER.size
+        expected = _HEADER.size + n * BYTES_PER_SUBJECT + _TRAILER.size
         if len(data) != expected:
             raise SnapshotError(f"snapshot of {n} subjects has {len(data)} bytes, "
                                 f"expected {expected} (truncated?)")
@@ -245,7 +299,7 @@ class RuleState:
         if zlib.crc32(data[:-_TRAILER.size]) != crc:
             raise SnapshotError("snapshot checksum mismatch (damaged)")
         arrays, offset = {}, _HEADER.size
-        for name, dt, _ in rk.STATE_FIELDS:
+        for name, dt, _ in ALL_FIELDS:
             wire = np.dtype(dt).newbyteorder("<")
             arrays[name] = np.frombuffer(data, wire, n, offset).astype(dt)
             offset += n * wire.itemsize

@@ -13,7 +13,7 @@ Timed, per batch, on fresh state each pass so that no fix is late:
   before the clock starts, then `_rules_kernel.apply_fixes` alone;
 - sort alone: `sort_batch` on the batch.
 Figures are total fixes / total time over all batches of the best of `REPEAT` passes.
-State per subject: `_rules_kernel.BYTES_PER_SUBJECT` and the bytes actually held.
+State per subject: `alerts.rules.BYTES_PER_SUBJECT` and the bytes actually held.
 """
 
 import time
@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from alerts import _rules_kernel as rk
-from alerts.rules import EVENT_TYPES, RuleState, _outputs, sort_batch, warm_up
+from alerts.rules import BYTES_PER_SUBJECT, EVENT_TYPES, RuleState, _outputs, sort_batch, warm_up
 from benchmarks.common import Report
 from geofence.verdict import IN, OUT, UNSURE
 from service.config import Rules
@@ -62,8 +62,8 @@ def run(quick: bool) -> Report:
     rep.add(group, "  apply per batch of 100,000", best["apply"] / n_batches * 1e3, "ms")
 
     state = RuleState(n, Rules())
-    held = sum(a.nbytes for a in state._state())
-    rep.add("state", "BYTES_PER_SUBJECT", rk.BYTES_PER_SUBJECT, "bytes", at_most=256)
+    held = sum(a.nbytes for a in state._arrays.values())
+    rep.add("state", "BYTES_PER_SUBJECT", BYTES_PER_SUBJECT, "bytes", at_most=256)
     rep.add("state", "held / subjects", held / n, "bytes", at_most=256)
     rep.add("state", "snapshot size", len(state.snapshot()) / 2**20, "MiB")
 

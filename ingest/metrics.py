@@ -48,6 +48,9 @@ class IngestMetrics:
                                         buckets=_SECONDS_BUCKETS, registry=r)
         self.evaluated = Counter("geofence_fixes_evaluated", "Fixes run through the verdicts",
                                  registry=r)
+        self.late_fixes = Counter("geofence_late_fixes",
+                                  "Fixes older than their subject's newest evaluated fix: stored, "
+                                  "never change rule state", registry=r)
         self.worker_restarts = Counter("geofence_worker_restarts",
                                        "Engine processes restarted after they died", registry=r)
         self._carriers: set[str] = set()

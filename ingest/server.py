@@ -263,6 +263,8 @@ class IngestServer:
                 self.metrics.evaluated.inc(sum(counts))
             if report.get("kernel_s") is not None:
                 self.metrics.kernel_seconds.observe(report["kernel_s"])
+            if report.get("late"):
+                self.metrics.late_fixes.inc(report["late"])
 
     def evaluated_seq(self) -> int:
         """Every worker has evaluated every batch up to this seq (0 until all reported)."""

@@ -72,6 +72,14 @@ CREATE INDEX IF NOT EXISTS acks_at_ms ON acks (at_ms);
 """
 
 
+@dataclass(frozen=True)
+class StoredBatch:
+    seq: int
+    carrier: str
+    received_ms: int     # when ingest received the frame (fix-to-alarm latency starts here)
+    fixes: FixColumns
+
+
 class StoreError(GeofenceError):
     """The store file cannot be opened, read or written; the message says why (disk, schema)."""
 
@@ -209,6 +217,15 @@ class StoreReader:
                 "SELECT seq, fixes FROM batches WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit)).fetchall()
         return [(seq, FixColumns.from_bytes(blob)) for seq, blob in rows]
+
+    def read_records(self, after_seq: int, limit: int) -> list["StoredBatch"]:
+        """As `read_batches`, with each batch's carrier and arrival time (for the rules)."""
+        with _sqlite_errors(self.path, "read_records"):
+            rows = self._conn().execute(
+                "SELECT seq, carrier, received_ms, fixes FROM batches WHERE seq > ? "
+                "ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
+        return [StoredBatch(seq, carrier, received_ms, FixColumns.from_bytes(blob))
+                for seq, carrier, received_ms, blob in rows]
 
     def last_seq(self) -> int:
         """The highest seq ever assigned (0 for none), even if that batch was purged."""

@@ -45,7 +45,9 @@ class Ingest:
 @dataclass(frozen=True)
 class Alerts:
     publish: str = "tcp://127.0.0.1:5556"
-    webhooks: dict = field(default_factory=dict)
+    curve_keys: str = ""               # directory with server.key_secret (CURVE on PUB when set)
+    curve_subscribers: str = ""        # directory of allowed subscribers' public keys
+    webhooks: dict = field(default_factory=dict)  # office code -> {url, secret, timeout_s}
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,14 @@ class Rules:
     signal_lost_after_s: int = 3600
     permit_overstay_after_s: int = 1800
     feed_outage_share: float = 0.5
+    feed_outage_silence_s: int = 900   # a carrier's subject counts as silent for feed_outage
+    feed_outage_min_subjects: int = 10  # fewer subjects on a carrier: signal_lost each
     escalate_critical_s: int = 600
     escalate_high_s: int = 1800
     escalate_medium_s: int = 7200
+    clock: str = "wall"                # "feed": event time (newest fix, then wall time since):
+                                       # for replays of recorded days and the demo
+    check_every_s: float = 1.0         # how often the clock-driven rules run
 
 
 @dataclass(frozen=True)
@@ -125,4 +132,12 @@ def _section(default, table: dict[str, Any], where: str):
     result = replace(default, **changes)
     if isinstance(result, Storage) and result.sync not in ("normal", "full"):
         raise ConfigError(f"{where} sync must be one of normal, full; not {result.sync!r}")
+    if isinstance(result, Alerts) and result.webhooks:
+        from alerts.webhooks import parse_webhooks
+        try:
+            parse_webhooks(result.webhooks)
+        except ValueError as e:
+            raise ConfigError(f"{where} {e}") from e
+    if isinstance(result, Rules) and result.clock not in ("wall", "feed"):
+        raise ConfigError(f"{where} clock must be one of wall, feed; not {result.clock!r}")
     return result

@@ -1,14 +1,25 @@
-"""The dispatcher: publishes every stored alarm on the ZeroMQ PUB socket (SPEC §7).
+"""The dispatcher: takes the alarms workers raised and delivers them (SPEC §6, §7).
 
-Workers store alarms in their own SQLite files; this process follows each file's `alarms`
-table in insertion order and publishes two frames per alarm: the topic (the office path
-from the root, ``3704/370402/370402001/``, so a county subscribes to its whole subtree with
-a prefix) and the msgpack alarm document. An alarm is stored before it is published
-anywhere. PUB is live only: a subscriber that was away catches up over HTTP (the desk).
-Positions are kept in the dispatcher's own file, so a restart does not publish the whole
-history again (at most the last few alarms twice: receivers de-duplicate by `id`).
+Workers store alarms in their own SQLite files and nudge this process over an ipc socket;
+it also polls, so a lost nudge only costs a few milliseconds. For each new alarm it
+
+1. imports it into the engine's alarm store (`alerts.alarm_store`): routing to the
+   supervising office and its copies, folding repeats into the open alarm of the same
+   subject and type, enqueueing webhook deliveries: one transaction, together with how
+   far each worker file has been read, so an alarm is stored before it goes anywhere;
+2. publishes every change on the ZeroMQ PUB socket, two frames: the topic (the office
+   path from the root, ``3704/370402/370402001/``: a county subscribes to its whole
+   subtree with a prefix) and the msgpack alarm. How far publishing got is kept too, so a
+   restart resumes there (at most the last few changes twice: receivers de-duplicate by
+   id and status). PUB is live only; a subscriber that was away catches up over HTTP.
+   With `[alerts] curve_keys`, only subscribers with an allowed key connect (CURVE).
+
+About once a second it escalates alarms nobody acknowledged in time (SPEC §6 timers) to
+the parent office. Webhooks are posted by `alerts.webhooks.WebhookSender` threads from the
+durable outbox, retried with backoff until the receiver accepts.
 """
 
+import json
 import logging
 import re
 import sqlite3
@@ -18,53 +29,114 @@ from pathlib import Path
 import msgpack
 import zmq
 
+from alerts.alarm_store import AlarmStore, Incoming
+from alerts.registry import Registry, RegistryStore
+from alerts.webhooks import WebhookSender, parse_webhooks
+from service.config import Settings
 from service.paths import EnginePaths
 
 log = logging.getLogger("geofence.dispatcher")
 
-POLL_S = 0.02
+POLL_MS = 20
 READ_ALARMS = 500
+ESCALATE_EVERY_S = 1.0
+PUBLISHED = "published"
+ZAP_DOMAIN = "geofence.alarms"
 
 
 class Dispatcher:
-    def __init__(self, paths: EnginePaths, ctx: zmq.Context, publish: str):
+    def __init__(self, paths: EnginePaths, ctx: zmq.Context, settings: Settings,
+                 pub_socket: zmq.Socket | None = None):
         self.paths = paths
-        self.pub = ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub.setsockopt(zmq.SNDHWM, 100_000)
-        self.pub.bind(publish)
+        rules = settings.rules
+        self.alarms = AlarmStore(paths.alarms_db, settings.storage.sync, {
+            "critical": rules.escalate_critical_s, "high": rules.escalate_high_s,
+            "medium": rules.escalate_medium_s})
+        self.registry_store = RegistryStore(paths.registry_db)
+        self.registry = Registry()
+        self.authenticator = None
+        self.pub = pub_socket or self._bind_pub(ctx, settings)
         self.endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._db = sqlite3.connect(str(paths.root / "dispatcher.sqlite"), isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS published (source TEXT PRIMARY KEY, "
-                         "rowid INTEGER)")
+        self.nudges = ctx.socket(zmq.PULL)
+        self.nudges.setsockopt(zmq.LINGER, 0)
+        self.nudges.bind(paths.alarms_endpoint)
+        self.webhooks = parse_webhooks(settings.alerts.webhooks)
+        self.sender = WebhookSender(paths.alarms_db, self.webhooks)
         self._sources: dict[str, sqlite3.Connection] = {}
+        self._published = self.alarms.position(PUBLISHED)
+        self._next_escalation = 0.0
 
     def run(self, should_stop) -> None:
-        while not should_stop():
-            if not self.publish_new():
-                time.sleep(POLL_S)
+        self.sender.start()
+        try:
+            while not should_stop():
+                if self.nudges.poll(POLL_MS):
+                    while self.nudges.poll(0):
+                        self.nudges.recv()
+                self.step()
+        finally:
+            self.sender.stop()
 
-    def publish_new(self) -> int:
-        """Publish alarms stored since the last call; returns how many."""
-        sent = 0
+    def step(self) -> int:
+        """Import, escalate, publish; returns how many changes were published."""
+        self._refresh_registry()
+        while self.import_new() == READ_ALARMS:
+            pass
+        now = time.monotonic()
+        if now >= self._next_escalation:
+            self._next_escalation = now + ESCALATE_EVERY_S
+            self.alarms.escalate_due(_wall_ms(), self._parent_path, set(self.webhooks))
+        return self.publish_changes()
+
+    def import_new(self) -> int:
+        """Import alarms workers stored since the last call; returns how many were read."""
+        read = 0
         for path in sorted(self.paths.root.glob("evaluation-*-of-*.sqlite")):
             source = self._source(path)
             if source is None:
                 continue
-            done = self._position(path.name)
             try:
-                rows = source.execute("SELECT rowid, office_path, doc FROM alarms WHERE rowid > ?"
-                                      " ORDER BY rowid LIMIT ?", (done, READ_ALARMS)).fetchall()
+                rows = source.execute(
+                    "SELECT rowid, doc, received_ms FROM alarms WHERE rowid > ? ORDER BY rowid "
+                    "LIMIT ?", (self.alarms.position(path.name), READ_ALARMS)).fetchall()
             except sqlite3.OperationalError:  # the worker has not created its tables yet
                 continue
-            for _, topic, doc in rows:
-                self.pub.send_multipart([topic.encode(), msgpack.packb(_json(doc))])
-            if rows:
-                self._db.execute("INSERT OR REPLACE INTO published VALUES (?, ?)",
-                                 (path.name, rows[-1][0]))
-                sent += len(rows)
-        return sent
+            if not rows:
+                continue
+            incoming = [self._incoming(json.loads(doc), received) for _, doc, received in rows]
+            self.alarms.add(incoming, _wall_ms(), set(self.webhooks),
+                            positions={path.name: rows[-1][0]})
+            read = max(read, len(rows))
+        return read
+
+    def publish_changes(self) -> int:
+        sent = 0
+        while True:
+            changes = self.alarms.changes_after(self._published)
+            if not changes:
+                return sent
+            for change in changes:
+                body = msgpack.packb(change.doc)
+                for topic in change.topics:
+                    self.pub.send_multipart([topic.encode(), body])
+            self._published = changes[-1].seq
+            self.alarms.set_position(PUBLISHED, self._published)
+            sent += len(changes)
+
+    def _incoming(self, doc: dict, received_ms: int | None) -> Incoming:
+        offices = [doc["office"], *doc.get("details", {}).get("copy_to", [])]
+        return Incoming(doc, tuple(tuple(self.registry.office_path(o)) for o in offices),
+                        received_ms)
+
+    def _parent_path(self, office: str) -> tuple[str, ...] | None:
+        parent = self.registry.offices.get(office)
+        if parent is None or not parent.parent:
+            return None
+        return tuple(self.registry.office_path(parent.parent))
+
+    def _refresh_registry(self) -> None:
+        if self.registry_store.version() != self.registry.version:
+            self.registry = self.registry_store.load()
 
     def _source(self, path: Path) -> sqlite3.Connection | None:
         if path.name not in self._sources:
@@ -74,17 +146,34 @@ class Dispatcher:
                                                        uri=True, isolation_level=None)
         return self._sources[path.name]
 
-    def _position(self, name: str) -> int:
-        row = self._db.execute("SELECT rowid FROM published WHERE source = ?", (name,)).fetchone()
-        return row[0] if row else 0
+    def _bind_pub(self, ctx: zmq.Context, settings: Settings) -> zmq.Socket:
+        """The PUB socket; with `[alerts] curve_keys`, a CURVE server admitting only the
+        subscribers whose public keys are in `curve_subscribers` (fail-closed ZAP)."""
+        pub = ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        pub.setsockopt(zmq.SNDHWM, 100_000)
+        if settings.alerts.curve_keys:
+            from ingest.auth import CarrierAuthenticator, secure_router
+            from ingest.keys import load_allowed_carriers, load_server_keys
+
+            keys = load_server_keys(settings.alerts.curve_keys)
+            allowed = load_allowed_carriers(settings.alerts.curve_subscribers)
+            self.authenticator = CarrierAuthenticator(ctx, allowed, domain=ZAP_DOMAIN)
+            self.authenticator.start()
+            secure_router(pub, self.authenticator, keys)
+        pub.bind(settings.alerts.publish)
+        return pub
 
     def close(self) -> None:
         self.pub.close(linger=0)
+        if self.authenticator is not None:
+            self.authenticator.stop()
+        self.nudges.close(linger=0)
         for db in self._sources.values():
             db.close()
-        self._db.close()
+        self.alarms.close()
+        self.registry_store.close()
 
 
-def _json(doc: str) -> dict:
-    import json
-    return json.loads(doc)
+def _wall_ms() -> int:
+    return int(time.time() * 1000)

@@ -16,9 +16,10 @@ CREATE TABLE IF NOT EXISTS evaluated (seq INTEGER PRIMARY KEY, fixes INTEGER,
     verdict_in INTEGER, verdict_unsure INTEGER, verdict_out INTEGER, evaluated_ms INTEGER);
 INSERT OR IGNORE INTO checkpoint VALUES (0, 0);
 CREATE TABLE IF NOT EXISTS alarms (id TEXT PRIMARY KEY, type TEXT, severity TEXT,
-    subject TEXT, office TEXT, office_path TEXT, t_ms INTEGER, seq INTEGER, doc TEXT);
+    subject TEXT, office TEXT, t_ms INTEGER, seq INTEGER, received_ms INTEGER, doc TEXT);
 CREATE TABLE IF NOT EXISTS rule_state (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER,
-    state BLOB);
+    state BLOB, checked_until_ms INTEGER);
+CREATE TABLE IF NOT EXISTS carriers (name TEXT PRIMARY KEY, id INTEGER, newest_t_ms INTEGER);
 """
 
 
@@ -36,32 +37,42 @@ class EvaluationStore:
         """Begin a new partition's evaluation after `seq` (everything before it is done),
         with fresh rules state (the old partitions' state is not carried over)."""
         self._db.execute("UPDATE checkpoint SET seq = ?", (seq,))
-        self._db.execute("INSERT OR REPLACE INTO rule_state VALUES (0, ?, NULL)", (seq,))
+        self._db.execute("INSERT OR REPLACE INTO rule_state VALUES (0, ?, NULL, NULL)", (seq,))
 
-    def rule_snapshot(self) -> tuple[int, bytes | None]:
-        """(seq, rules state) of the last snapshot; (0, None) before the first."""
-        row = self._db.execute("SELECT seq, state FROM rule_state").fetchone()
-        return (row[0], row[1]) if row else (0, None)
+    def rule_snapshot(self) -> tuple[int, bytes | None, int | None]:
+        """(seq, rules state, clock rules checked until) of the last snapshot;
+        (0, None, None) before the first."""
+        row = self._db.execute("SELECT seq, state, checked_until_ms FROM rule_state").fetchone()
+        return (row[0], row[1], row[2]) if row else (0, None, None)
+
+    def carriers(self) -> list[tuple[str, int, int]]:
+        """(name, id, newest fix t) of every carrier seen."""
+        return self._db.execute("SELECT name, id, newest_t_ms FROM carriers").fetchall()
 
     def commit(self, results: list[tuple[int, int, int, int, int, int]], alarms=(),
-               snapshot: bytes | None = None) -> None:
-        """Record (seq, fixes, in, unsure, out, evaluated_ms) rows and their alarms (pairs of
-        seq and `alerts.alarms.Alarm`), move the checkpoint, optionally save the rules state."""
-        if not results:
+               snapshot: bytes | None = None, carriers=(), checked_until_ms: int | None = None,
+               position: int | None = None) -> None:
+        """Record (seq, fixes, in, unsure, out, evaluated_ms) rows and the alarms raised
+        (pairs of seq and `alerts.alarms.Alarm`), move the checkpoint; optionally save the
+        rules state (as of `position`, default the last row's seq) with the clock rules'
+        progress and the carriers seen."""
+        if not results and not alarms and snapshot is None:
             return
-        last = results[-1][0]
+        last = results[-1][0] if results else position
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.executemany("INSERT OR IGNORE INTO evaluated VALUES (?, ?, ?, ?, ?, ?)",
                                  results)
             self._db.executemany(
                 "INSERT OR IGNORE INTO alarms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(a.id, a.type, a.severity, a.subject, a.office, a.office_path, a.t_ms, seq,
+                [(a.id, a.type, a.severity, a.subject, a.office, a.t_ms, seq, a.received_ms,
                   a.json()) for seq, a in alarms])
             if snapshot is not None:
-                self._db.execute("INSERT OR REPLACE INTO rule_state VALUES (0, ?, ?)",
-                                 (last, snapshot))
-            self._db.execute("UPDATE checkpoint SET seq = max(seq, ?)", (last,))
+                self._db.execute("INSERT OR REPLACE INTO rule_state VALUES (0, ?, ?, ?)",
+                                 (last, snapshot, checked_until_ms))
+                self._db.executemany("INSERT OR REPLACE INTO carriers VALUES (?, ?, ?)", carriers)
+            if results:
+                self._db.execute("UPDATE checkpoint SET seq = max(seq, ?)", (last,))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")

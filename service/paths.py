@@ -26,6 +26,14 @@ class EnginePaths:
         return self.root / f"evaluation-{index}-of-{count}.sqlite"
 
     @property
+    def alarms_db(self) -> Path:
+        return self.root / "alarms.sqlite"
+
+    @property
+    def alarms_endpoint(self) -> str:
+        return f"ipc://{self.root / 'alarms.sock'}"
+
+    @property
     def notify_endpoint(self) -> str:
         return f"ipc://{self.root / 'seq.sock'}"
 

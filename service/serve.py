@@ -82,6 +82,8 @@ def ingest_main(settings: Settings, workers: int, ready) -> None:
         return cache["snapshot"]
 
     metrics = IngestMetrics()
+    from alerts.alarm_metrics import AlarmMetrics
+    metrics.registry.register(AlarmMetrics(paths.alarms_db))
     metrics_port = _start_metrics(settings.ingest.metrics_bind, metrics)
     authenticator, server_keys = _curve(ctx, settings, metrics)
     s = settings.ingest
@@ -146,7 +148,7 @@ def dispatcher_main(settings: Settings) -> None:
     from service.dispatcher import Dispatcher
 
     dispatcher = Dispatcher(EnginePaths.create(settings.storage.path), zmq.Context.instance(),
-                            settings.alerts.publish)
+                            settings)
     log.info("alarms published on %s", dispatcher.endpoint)
     try:
         dispatcher.run(should_stop)
@@ -163,9 +165,12 @@ def check_bind(settings: Settings, insecure: bool) -> None:
         raise ConfigError("[ingest] curve_keys (the engine's key pair) and curve_carriers (the "
                           "allowed carriers' public keys) go together: set both or neither")
     check_bind_allowed(settings.ingest.bind, bool(settings.ingest.curve_keys), insecure)
-    # Alarms carry personal data: the PUB socket has no CURVE yet, so it stays on loopback
-    # unless the operator says --insecure.
-    check_bind_allowed(settings.alerts.publish, False, insecure)
+    if bool(settings.alerts.curve_keys) != bool(settings.alerts.curve_subscribers):
+        raise ConfigError("[alerts] curve_keys (the engine's key pair) and curve_subscribers "
+                          "(the allowed subscribers' public keys) go together: set both or "
+                          "neither")
+    # Alarms carry personal data: off loopback the PUB socket needs CURVE too.
+    check_bind_allowed(settings.alerts.publish, bool(settings.alerts.curve_keys), insecure)
 
 
 def check_worker_count(paths: EnginePaths, workers: int) -> None:

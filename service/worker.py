@@ -5,7 +5,12 @@ Worker k of N evaluates the fixes of subjects with ``subject % N == k``, so one 
 fixes always meet the same worker, in store order. It warms every kernel before it
 takes traffic, resumes after its checkpoint on start (nothing acknowledged is skipped,
 nothing recorded twice), and reports each checkpoint to the ingest process, which turns
-the reports into metrics and flow control.
+the reports into metrics and flow control. About once a second it also runs the
+clock-driven rules (`alerts.clock_rules`), whether fixes arrive or not.
+
+Each fix is judged against the subject's allowed area *at the fix's time* (home or the
+delegation's home, plus active permits: `alerts.schedule`); registry changes are picked
+up within a second, without a restart.
 """
 
 import logging
@@ -16,8 +21,12 @@ import numpy as np
 import zmq
 
 import geofence
-from alerts.registry import RegistryStore
-from ingest.store import StoreReader
+from alerts.alarms import Alarm, alarms_from_events, fix_document, make_alarm
+from alerts.clock_rules import SilenceWatch, permit_overstays
+from alerts.registry import Registry, RegistryStore, Subject
+from alerts.rules import NO_TIME, RuleState
+from alerts.schedule import AreaSchedule
+from ingest.store import StoredBatch, StoreReader
 from service.config import Settings
 from service.evaluation_store import EvaluationStore
 from service.layers import load_layers
@@ -31,19 +40,25 @@ REGISTRY_POLL_S = 1.0
 SNAPSHOT_EVERY_S = 2.0
 
 
-class SubjectAreas:
-    """Per subject index: allowed-area id (home codes), exclusion set, key flag, id."""
+class SubjectBook:
+    """What the worker needs of the registry, by subject index; rebuilt on every change."""
 
     def __init__(self, engine: geofence.VerdictEngine, registry_store: RegistryStore):
         self.engine = engine
         self.registry_store = registry_store
         self.version = -1
-        self.registry = None
-        self.area_of = np.zeros(0, np.int32)
+        self.registry = Registry()
+        self.schedule = AreaSchedule.build(self.registry, engine.area_id)
         self.exclusions_of = np.zeros(0, np.int32)
         self.key = np.zeros(0, np.bool_)
-        self.ids: list[str] = []
+        self.registered = np.zeros(0, np.bool_)
+        self.subjects: list[Subject | None] = []
+        self.index_of: dict[str, int] = {}
         self._next_poll = 0.0
+
+    @property
+    def size(self) -> int:
+        return len(self.subjects)
 
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -53,99 +68,233 @@ class SubjectAreas:
         if self.registry_store.version() == self.version:
             return
         registry = self.registry_store.load()
-        size = max((s.index for s in registry.subjects.values()), default=-1) + 1
-        area_of = np.zeros(size, np.int32)
+        schedule = AreaSchedule.build(registry, self.engine.area_id)
+        size = schedule.n_subjects
         exclusions_of = np.zeros(size, np.int32)
         key = np.zeros(size, np.bool_)
-        ids = [""] * size
+        subjects: list[Subject | None] = [None] * size
         for s in registry.subjects.values():
-            area_of[s.index] = self.engine.area_id(s.home)
             exclusions_of[s.index] = self.engine.exclusion_set_id(s.exclusions)
             key[s.index] = s.risk == "key"
-            ids[s.index] = s.id
-        self.area_of, self.exclusions_of, self.key, self.ids = area_of, exclusions_of, key, ids
+            subjects[s.index] = s
+        self.schedule, self.exclusions_of, self.key, self.subjects = (
+            schedule, exclusions_of, key, subjects)
+        self.registered = np.array([s is not None for s in subjects], np.bool_)
+        self.index_of = {s.id: s.index for s in registry.subjects.values()}
         self.registry, self.version = registry, registry.version
 
-    def of(self, subjects: np.ndarray) -> np.ndarray:
-        if len(subjects) and subjects.max() >= len(self.area_of):
+    def areas_at(self, subject: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
+        if len(subject) and subject.max() >= self.size:
             self.refresh(force=True)
-        return self.area_of[subjects]
+        return self.schedule.areas_at(subject, t_ms)
+
+    def root_office(self) -> str:
+        roots = sorted(o.code for o in self.registry.offices.values() if not o.parent)
+        return roots[0] if roots else ""
+
+
+class RulesClock:
+    """The rules' notion of now: wall time, or (`clock = "feed"`) the newest fix time seen
+    plus the wall time since it was seen, so a replay runs the clock rules in its own time."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.feed_t_ms = NO_TIME
+        self._seen_at_ms = 0
+
+    def observe(self, t_ms: int) -> None:
+        if t_ms > self.feed_t_ms:
+            self.feed_t_ms, self._seen_at_ms = t_ms, _wall_ms()
+
+    def now_ms(self) -> int | None:
+        """Now, or None while a feed clock has seen no fix yet (it has no time to tell)."""
+        wall = _wall_ms()
+        if self.mode == "wall":
+            return wall
+        if self.feed_t_ms == NO_TIME:
+            return None
+        return self.feed_t_ms + (wall - self._seen_at_ms)
 
 
 class Evaluation:
-    """Verdicts, then rules, for one partition's share of a batch."""
+    """Verdicts, then rules, for one partition; the clock rules for the same partition."""
 
-    def __init__(self, engine: geofence.VerdictEngine, areas: SubjectAreas, rules_settings,
-                 snapshot: bytes | None):
-        from alerts.rules import RuleState
-
+    def __init__(self, engine: geofence.VerdictEngine, book: SubjectBook, settings: Settings,
+                 index: int, count: int, snapshot: bytes | None):
         self.engine = engine
-        self.areas = areas
-        self.rules = RuleState(max(len(areas.area_of), 1), rules_settings)
+        self.book = book
+        self.rules_settings = settings.rules
+        self.index, self.count = index, count
+        self.rules = RuleState(max(book.size, 1), settings.rules)
         if snapshot is not None:
             self.rules.restore(snapshot)
+        self.silence = SilenceWatch(settings.rules)
         layer = engine.jurisdictions
         self._codes = [str(c) for c in layer.codes]
         self._names = [str(n) for n in layer.names]
+        self._zone_codes = [str(c) for c in engine.zones.codes] if engine.zones else None
 
-    def run(self, seq: int, mine):
-        """(verdict counts, alarms of this batch, kernel seconds)."""
-        from geofence import OUT
-        from alerts.alarms import alarms_from_events
-
+    def run(self, batch: StoredBatch, mine, carrier: int):
+        """(verdict counts, alarms, kernel seconds, late fixes) of this partition's share."""
         started = time.perf_counter()
-        area = self.areas.of(mine.subject)
+        area = self.book.areas_at(mine.subject, mine.t_ms)
         lon, lat, acc = mine.lon, mine.lat, mine.acc_m.astype(np.float64)
         verdicts = self.engine.verdicts(lon, lat, acc, area)
-        sets = self.areas.exclusions_of[mine.subject]
+        sets = self.book.exclusions_of[mine.subject]
         if sets.any():
             worst, zone = self.engine.exclusion_verdicts(lon, lat, acc, sets).worst()
         else:
-            worst, zone = np.full(len(mine), OUT, np.int8), np.full(len(mine), -1, np.int32)
-        if self.rules.n_subjects < len(self.areas.area_of):
-            self.rules.grow(len(self.areas.area_of))
+            worst = np.full(len(mine), geofence.OUT, np.int8)
+            zone = np.full(len(mine), -1, np.int32)
+        self._grow()
         events = self.rules.apply(mine.subject, mine.t_ms, verdicts.verdict, worst, zone,
-                                  self.areas.key)
+                                  self.book.key, fixes=mine, carrier=carrier)
         kernel_s = time.perf_counter() - started
         alarms = []
         if len(events):
-            where = verdicts.where
-            codes = [self._codes[w] if w >= 0 else None for w in where[events.fix]]
-            names = [self._names[w] if w >= 0 else None for w in where[events.fix]]
-            sub = mine.take(events.fix)
-            remapped = _Reindexed(events, np.arange(len(events.fix)))
-            alarms = [(seq, a) for a in alarms_from_events(
-                remapped, sub, self.areas.ids, self.areas.registry, codes, names,
-                int(time.time() * 1000))]
-        return np.bincount(verdicts.verdict, minlength=3), alarms, kernel_s
+            where = {int(i): self._where(verdicts.where[i]) for i in np.unique(events.fix)}
+            alarms = alarms_from_events(events, mine, self.book.subjects,
+                                        self.book.schedule.routing_at,
+                                        _Lookup(where), _wall_ms(), batch.received_ms,
+                                        self._zone_codes)
+        return np.bincount(verdicts.verdict, minlength=3), alarms, kernel_s, events.n_late
+
+    def clock_rules(self, now_ms: int, checked_until_ms: int, carriers: "Carriers") -> list[Alarm]:
+        """signal_lost, feed_outage and permit_overstay as of `now_ms`."""
+        self._grow()
+        book, rules = self.book, self.rules
+        n = rules.n_subjects
+        mine = np.zeros(n, np.bool_)
+        mine[:book.size] = book.registered
+        mine &= np.arange(n) % self.count == self.index
+        events = self.silence.check(rules, mine, now_ms, carriers.newest_by_id())
+        raised_at = _wall_ms()
+        alarms = []
+        lost_after = int(self.rules_settings.signal_lost_after_s) * 1000
+        for s, since in zip(events.signal_lost, events.since_ms):
+            fix, where = self._last_fix(int(s))
+            subject = book.subjects[int(s)]
+            t = int(since) + lost_after
+            alarms.append(make_alarm("signal_lost", subject,
+                                     book.schedule.routing_at(subject.id, t), t,
+                                     fix["t"] if fix else 0, fix, where, raised_at,
+                                     {"silent_since": int(since),
+                                      "silent_for_s": (now_ms - int(since)) // 1000}))
+        for outage in events.outages:
+            name = carriers.name_of(outage.carrier)
+            alarms.append(make_alarm(
+                "feed_outage", None, None, now_ms, outage.newest_t_ms, None, None, raised_at,
+                {"carrier": name, "silent_subjects": outage.silent,
+                 "subjects": outage.subjects, "last_fix_t": outage.newest_t_ms},
+                office=book.root_office()))
+        grace = int(self.rules_settings.permit_overstay_after_s) * 1000
+        ending = book.schedule.permits_ending(checked_until_ms - grace, now_ms - grace)
+        for permit, s in permit_overstays(ending, self._watched, rules, self._verdict_after):
+            fix, where = self._last_fix(s)
+            subject = book.subjects[s]
+            t = permit.end_ms + grace
+            alarms.append(make_alarm("permit_overstay", subject,
+                                     book.schedule.routing_at(subject.id, t), t,
+                                     permit.end_ms, fix, where, raised_at,
+                                     {"permit": permit.id, "destinations": list(permit.destinations),
+                                      "permit_end": permit.end_ms}))
+        return alarms
+
+    def _watched(self, subject_id: str) -> int | None:
+        s = self.book.index_of.get(subject_id)
+        return s if s is not None and s % self.count == self.index else None
+
+    def _verdict_after(self, s: int, last: dict, permit) -> int:
+        """The newest fix judged against where the subject may be once the grace is over."""
+        at = permit.end_ms + int(self.rules_settings.permit_overstay_after_s) * 1000
+        area = self.book.schedule.areas_at(np.array([s], np.int32), np.array([at], np.int64))
+        v = self.engine.verdicts(np.array([last["lon"]]), np.array([last["lat"]]),
+                                 np.array([float(last["acc_m"])]), area)
+        return int(v.verdict[0])
+
+    def _last_fix(self, s: int) -> tuple[dict | None, dict | None]:
+        last = self.rules.last_fix([s])
+        fix = fix_document(last["t_ms"][0], last["lon"][0], last["lat"][0], last["acc_m"][0],
+                           last["src"][0])
+        if fix is None:
+            return None, None
+        w = self.engine.jurisdictions.locate(np.array([fix["lon"]]), np.array([fix["lat"]]))
+        return fix, self._where(w[0])
+
+    def _where(self, feature: int) -> dict | None:
+        feature = int(feature)
+        return {"code": self._codes[feature], "name": self._names[feature]} if feature >= 0 else None
+
+    def _grow(self) -> None:
+        if self.rules.n_subjects < self.book.size:
+            self.rules.grow(self.book.size)
 
 
-class _Reindexed:
-    """Events whose `fix` points into a sub-batch of the triggering fixes only."""
+class _Lookup:
+    """`where` per batch fix, for the few fixes that raised something."""
 
-    def __init__(self, events, fix):
-        self.type, self.subject, self.t_ms = events.type, events.subject, events.t_ms
-        self.linked_t_ms, self.zone, self.fix = events.linked_t_ms, events.zone, fix
+    def __init__(self, where: dict[int, dict | None]):
+        self._where = where
 
-    def __len__(self) -> int:
-        return len(self.fix)
+    def __getitem__(self, i: int):
+        return self._where[int(i)]
+
+
+class Carriers:
+    """Carrier names as small ids (subjects remember the carrier of their newest fix) and
+    each carrier's newest fix time (feed_outage); persisted with the worker's checkpoint."""
+
+    def __init__(self, rows: list[tuple[str, int, int]]):
+        self._ids = {name: cid for name, cid, _ in rows}
+        self._names = {cid: name for name, cid, _ in rows}
+        self._newest = {cid: t for _, cid, t in rows}
+
+    def id_of(self, name: str) -> int:
+        if name not in self._ids:
+            cid = len(self._ids)
+            self._ids[name], self._names[cid], self._newest[cid] = cid, name, NO_TIME
+        return self._ids[name]
+
+    def saw(self, cid: int, t_ms: int) -> None:
+        self._newest[cid] = max(self._newest[cid], t_ms)
+
+    def name_of(self, cid: int) -> str:
+        return self._names.get(cid, "")
+
+    def newest_by_id(self) -> dict[int, int]:
+        return dict(self._newest)
+
+    def rows(self) -> list[tuple[str, int, int]]:
+        return [(name, cid, self._newest[cid]) for name, cid in self._ids.items()]
 
 
 def run_worker(settings: Settings, index: int, count: int, should_stop) -> None:
     paths = EnginePaths.create(settings.storage.path)
     geofence.warm_up()
+    from alerts.rules import warm_up as warm_rules
+    from alerts.schedule import warm_up as warm_schedule
+    warm_rules()
+    warm_schedule()
     jurisdictions, zones = load_layers(settings)
     engine = geofence.VerdictEngine(jurisdictions, zones, settings.rules.exit_margin_m)
-    areas = SubjectAreas(engine, RegistryStore(paths.registry_db))
-    areas.refresh(force=True)
+    book = SubjectBook(engine, RegistryStore(paths.registry_db))
+    book.refresh(force=True)
     results = EvaluationStore(paths.worker_db(index, count), settings.storage.sync)
-    snapshot_seq, snapshot = results.rule_snapshot()
-    evaluation = Evaluation(engine, areas, settings.rules, snapshot)
+    snapshot_seq, snapshot, checked_until = results.rule_snapshot()
+    evaluation = Evaluation(engine, book, settings, index, count, snapshot)
+    carriers = Carriers(results.carriers())
+    clock = RulesClock(settings.rules.clock)
+    for _, _, t in carriers.rows():
+        clock.observe(t)
     ctx = zmq.Context.instance()
     report = ctx.socket(zmq.PUSH)
     report.setsockopt(zmq.LINGER, 1000)
     report.setsockopt(zmq.SNDHWM, 10_000)
     report.connect(paths.done_endpoint)
+    alarms_ready = ctx.socket(zmq.PUSH)    # wakes the dispatcher; it also polls, so best effort
+    alarms_ready.setsockopt(zmq.LINGER, 0)
+    alarms_ready.setsockopt(zmq.SNDHWM, 16)
+    alarms_ready.connect(paths.alarms_endpoint)
     wake = ctx.socket(zmq.SUB)
     wake.setsockopt(zmq.LINGER, 0)
     wake.setsockopt(zmq.CONFLATE, 1)
@@ -158,42 +307,72 @@ def run_worker(settings: Settings, index: int, count: int, should_stop) -> None:
     # again (their results and alarms are already stored and are not inserted twice).
     position = min(snapshot_seq, done)
     next_snapshot = 0.0
+    next_clock = 0.0
+    check_every = float(settings.rules.check_every_s)
     log.info("worker %d/%d ready, resuming after seq %d (rules from seq %d)",
              index, count, done, position)
     while not should_stop():
         if reader is None:
             reader = _open_reader(paths, should_stop)
             continue
-        batches = reader.read_batches(position, READ_BATCHES)
-        if not batches:
-            if wake.poll(IDLE_POLL_MS):
-                wake.recv()
-            areas.refresh()
-            continue
+        book.refresh()
+        batches = reader.read_records(position, READ_BATCHES)
         rows, alarms = [], []
         totals = np.zeros(3, np.int64)
-        kernel_s = 0.0
-        for seq, cols in batches:
-            mine = cols.take(cols.subject % count == index)
+        kernel_s, late = 0.0, 0
+        for batch in batches:
+            fixes = batch.fixes
+            cid = carriers.id_of(batch.carrier)
+            if len(fixes):
+                newest = int(fixes.t_ms.max())
+                carriers.saw(cid, newest)
+                clock.observe(newest)
+            mine = fixes.take(fixes.subject % count == index)
             counts = np.zeros(3, np.int64)
             if len(mine):
-                counts, raised, seconds = evaluation.run(seq, mine)
-                alarms += raised
+                counts, raised, seconds, n_late = evaluation.run(batch, mine, cid)
+                alarms += [(batch.seq, a) for a in raised]
                 kernel_s += seconds
-            rows.append((seq, len(mine), *map(int, counts), int(time.time() * 1000)))
+                late += n_late
+            rows.append((batch.seq, len(mine), *map(int, counts), _wall_ms()))
             totals += counts
         now = time.monotonic()
+        if now >= next_clock:
+            next_clock = now + check_every
+            now_ms = clock.now_ms()
+            if now_ms is not None:
+                if checked_until is None:    # the first check ever: permits from now on
+                    checked_until = now_ms
+                alarms += [(position, a) for a in evaluation.clock_rules(now_ms, checked_until,
+                                                                         carriers)]
+                checked_until = max(checked_until, now_ms)
         snapshot = None
-        if now >= next_snapshot:
+        if now >= next_snapshot or (alarms and not rows):
             snapshot, next_snapshot = evaluation.rules.snapshot(), now + SNAPSHOT_EVERY_S
-        results.commit(rows, alarms, snapshot)
-        position = rows[-1][0]
-        if position > done:
-            done = position
-            report.send(msgpack.packb({"worker": index, "seq": done,
-                                       "verdicts": totals.tolist(), "kernel_s": kernel_s}))
+        if rows or alarms or snapshot is not None:
+            results.commit(rows, alarms, snapshot, carriers.rows(), checked_until,
+                           position=rows[-1][0] if rows else position)
+        if alarms:
+            try:
+                alarms_ready.send(b"", zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        if rows:
+            position = rows[-1][0]
+            if position > done:
+                done = position
+                report.send(msgpack.packb({"worker": index, "seq": done, "late": late,
+                                           "verdicts": totals.tolist(), "kernel_s": kernel_s}))
+        if not batches:
+            if wake.poll(min(IDLE_POLL_MS, int(check_every * 1000))):
+                wake.recv()
     report.close()
+    alarms_ready.close()
     wake.close()
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _open_reader(paths: EnginePaths, should_stop) -> StoreReader | None:

@@ -25,12 +25,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(root: Path, **ingest) -> Path:
+def write_config(root: Path, webhooks: dict | None = None, rules: dict | None = None,
+                 **ingest) -> Path:
     port = ingest.pop("port", free_port())
     lines = ["[storage]", f'path = "{root / "data"}"', "[ingest]",
              f'bind = "tcp://127.0.0.1:{port}"', 'metrics_bind = "127.0.0.1:0"']
     lines += [f"{k} = {json.dumps(v)}" for k, v in ingest.items()]
     lines += ["[alerts]", f'publish = "tcp://127.0.0.1:{free_port()}"']
+    for office, hook in (webhooks or {}).items():
+        lines += [f'[alerts.webhooks."{office}"]'] + [f"{k} = {json.dumps(v)}"
+                                                        for k, v in hook.items()]
+    if rules:
+        lines += ["[rules]"] + [f"{k} = {json.dumps(v)}" for k, v in rules.items()]
     path = root / "geofence.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -83,6 +89,13 @@ class Engine:
     def kill9(self, name: str) -> None:
         os.kill(self.pid(name), signal.SIGKILL)
 
+    def kill_tree(self) -> None:
+        """kill -9 of every engine process at once (they share a process group)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self._reader.join(10)
+        self.proc.stdout.close()
+
     def stop(self, sig=signal.SIGTERM) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -93,6 +106,11 @@ class Engine:
                 self.proc.wait(10)
         self._reader.join(10)
         self.proc.stdout.close()
+
+    def alarm_store(self):
+        from alerts.alarm_store import AlarmStore
+
+        return AlarmStore(self.root / "alarms.sqlite")
 
     def evaluation_totals(self) -> dict:
         from service.evaluation_store import EvaluationStore

@@ -127,3 +127,11 @@ def test_registry_import_reports_every_problem_and_changes_nothing(tmp_path, cap
         assert problem in err
     assert main(["--config", str(config), "registry", "export"]) == 0
     assert json.loads(capsys.readouterr().out)["subjects"] == []
+
+
+def test_a_bad_webhook_in_the_config_is_a_one_line_error(tmp_path, capsys):
+    config = tmp_path / "geofence.toml"
+    config.write_text('[alerts.webhooks."370402001"]\nurl = "ftp://x"\nsecret = "s"\n')
+    assert main(["--config", str(config), "registry", "export"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "370402001" in err and "url" in err

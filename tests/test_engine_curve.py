@@ -1,5 +1,6 @@
 """CURVE on the carrier feed (SPEC §4 Security): only known keys get in, each carrier
-speaks only for itself, and the engine will not listen off-machine unauthenticated."""
+speaks only for itself, and the engine will not listen off-machine unauthenticated.
+The alarm PUB socket takes CURVE the same way: only allowed subscribers hear alarms."""
 
 import json
 import shutil
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import msgpack
 import numpy as np
 import pytest
 import zmq
@@ -94,3 +96,47 @@ def test_refusals_are_counted(secured):
     while total(metrics(engine), "geofence_auth_refusals_total") <= before:
         assert time.monotonic() < deadline, "refusal not counted"
         time.sleep(0.1)
+
+
+def test_alarms_on_a_curve_pub_socket_reach_allowed_subscribers_only(tmp_path):
+    keys = tmp_path / "keys"
+    generate(keys, ["desk", "stranger"])
+    allowed = tmp_path / "subscribers"
+    allowed.mkdir()
+    shutil.copy(keys / "desk.key", allowed / "desk.key")
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + f'curve_keys = "{keys}"\n'
+                      f'curve_subscribers = "{allowed}"\n')
+    doc = population_document(20)
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps(doc, ensure_ascii=False))
+    assert cli(["--config", str(config), "registry", "import", str(registry)]) == 0
+    publish = config.read_text().split('publish = "')[1].split('"')[0]
+    subject = doc["subjects"][0]
+    engine = Engine(config)
+    ctx = zmq.Context()
+    subscribers = {}
+    try:
+        for name in ("desk", "stranger"):
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            me = load_keypair(keys / f"{name}.key_secret")
+            configure_client(sub, load_public_key(keys / "server.key"), me.public, me.secret)
+            sub.setsockopt(zmq.SUBSCRIBE, b"3704/")
+            sub.connect(publish)
+            subscribers[name] = sub
+        time.sleep(0.5)
+        t = int(time.time() * 1000) - 60_000
+        frame = encode_cols("cmcc", 1, np.array([int(subject["devices"][0])] * 2),
+                            np.array([t, t + 1000]), np.array([115.5, 115.5]),
+                            np.array([33.5, 33.5]), np.array([20.0, 20.0]))
+        assert ask(engine.endpoint, frame)["status"] == "ok"
+        assert subscribers["desk"].poll(30_000)
+        topic, body = subscribers["desk"].recv_multipart()
+        assert msgpack.unpackb(body)["type"] == "zone_exit"
+        assert not subscribers["stranger"].poll(1000)
+    finally:
+        for sub in subscribers.values():
+            sub.close()
+        ctx.term()
+        engine.stop()

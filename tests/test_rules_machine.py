@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from alerts import _rules_kernel as rk
-from alerts.rules import (EVENT_TYPES, RuleState, RulesError, SnapshotError, mark_signal_lost,
+from alerts.rules import (BYTES_PER_SUBJECT, EVENT_TYPES, RuleState, RulesError, SnapshotError, mark_signal_lost,
                           sort_batch)
 from alerts.rules_reference import ReferenceRules
 from geofence.verdict import IN, OUT, UNSURE
@@ -142,11 +142,11 @@ def test_snapshot_rejects_damage_and_foreign_bytes():
     state = RuleState(4, Rules())
     state.apply([0, 1], [1, 2], [OUT, IN], [IN, OUT], [3, -1])
     data = state.snapshot()
-    assert len(data) == 4 * rk.BYTES_PER_SUBJECT + 24
+    assert len(data) == 4 * BYTES_PER_SUBJECT + 24
     fresh = RuleState(0, Rules())
     for bad, message in [(data[:-1], "truncated"), (b"x" * 40, "magic"), (b"", "too short"),
                          (data[:30] + bytes([data[30] ^ 1]) + data[31:], "checksum"),
-                         (data[:8] + b"\x02" + data[9:], "version")]:
+                         (data[:8] + b"\x09" + data[9:], "version")]:
         with pytest.raises(SnapshotError, match=message):
             fresh.restore(bad)
     assert fresh.n_subjects == 0
@@ -183,6 +183,6 @@ def test_sort_batch_keeps_batch_order_for_ties_and_handles_wide_spans():
 
 
 def test_state_fits_the_budget():
-    assert rk.BYTES_PER_SUBJECT <= 64
+    assert BYTES_PER_SUBJECT <= 64
     assert [rk.ZONE_EXIT, rk.SIGNAL_RESTORED, rk.FEED_OUTAGE] == [
         EVENT_TYPES.index(n) for n in ("zone_exit", "signal_restored", "feed_outage")]

@@ -1,0 +1,382 @@
+"""The engine's alarms, in one SQLite file: lifecycle, history, change log, outbox.
+
+Workers store the alarms they raise in their own files; the dispatcher imports them here,
+where people and timers act on them:
+
+- one open alarm per subject and type (SPEC §6): an alarm raised while an earlier one of
+  the same subject and type is not yet resolved is folded into it (``details.repeats``,
+  ``details.last``) instead of opening a second one; the raised id is still recorded in
+  `raised`, so a replay after a crash is recognised and adds nothing;
+- status ``open`` → ``acknowledged`` → ``resolved``, or ``escalated`` when nobody
+  acknowledged in time (SPEC §6 timers): the alarm then goes to the parent office, and
+  on up the tree while it stays unacknowledged; every change is kept in `history`;
+- every change is appended to `changes` (what PUB and the desk's live stream follow) and
+  the webhook deliveries it causes are enqueued in the same transaction (`alerts.outbox`),
+  so an alarm is stored before it goes anywhere and is never lost between the two.
+
+Counters for the metrics (raised by type and severity, fix-to-alarm latency) are kept in
+the same file, so they survive restarts and any process can read them.
+"""
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from alerts import outbox
+
+STATUSES = ("open", "acknowledged", "resolved", "escalated")
+UNRESOLVED = ("open", "acknowledged", "escalated")
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS alarms (
+    id TEXT PRIMARY KEY, type TEXT NOT NULL, severity TEXT NOT NULL,
+    fold_key TEXT NOT NULL, subject TEXT, office TEXT NOT NULL, offices TEXT NOT NULL,
+    t_ms INTEGER NOT NULL, raised_at_ms INTEGER NOT NULL, status TEXT NOT NULL,
+    escalation_level INTEGER NOT NULL DEFAULT 0, escalate_at_ms INTEGER,
+    updated_ms INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS alarms_fold ON alarms (fold_key, type, status);
+CREATE INDEX IF NOT EXISTS alarms_escalate ON alarms (escalate_at_ms)
+    WHERE escalate_at_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS alarms_status ON alarms (status);
+CREATE TABLE IF NOT EXISTS raised (id TEXT PRIMARY KEY, alarm_id TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history (alarm_id TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    action TEXT NOT NULL, user TEXT, office TEXT, note TEXT);
+CREATE INDEX IF NOT EXISTS history_alarm ON history (alarm_id);
+CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    alarm_id TEXT NOT NULL, at_ms INTEGER NOT NULL, action TEXT NOT NULL, topics TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS raised_counts (type TEXT, severity TEXT, n INTEGER NOT NULL,
+    PRIMARY KEY (type, severity)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS latency (le REAL PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
+"""
+
+
+class AlarmStateError(ValueError):
+    """The alarm cannot take this action in its current status (e.g. resolving twice)."""
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """An alarm as a worker raised it, with where it goes.
+
+    `offices` are the receiving offices' paths from the root (the supervising office's
+    first, then copies, e.g. the origin office during a delegation); `received_ms` is when
+    ingest received the triggering fix (None for clock-driven alarms).
+    """
+
+    doc: dict
+    offices: tuple[tuple[str, ...], ...]
+    received_ms: int | None = None
+
+    @property
+    def fold_key(self) -> str:
+        details = self.doc.get("details") or {}
+        if self.doc.get("subject"):
+            return self.doc["subject"]
+        return f"carrier:{details.get('carrier', '')}"
+
+
+@dataclass(frozen=True)
+class Change:
+    seq: int
+    alarm_id: str
+    action: str
+    topics: tuple[str, ...]
+    doc: dict
+
+
+def topic(path: Iterable[str]) -> str:
+    """The PUB topic of an office path: codes from the root, "/"-joined and "/"-ended."""
+    return "".join(f"{code}/" for code in path)
+
+
+class AlarmStore:
+    """One connection to the alarms file. Several processes may open it (WAL)."""
+
+    def __init__(self, path: str | Path, sync: str = "normal",
+                 escalation_s: dict[str, int] | None = None):
+        """`escalation_s`: seconds an alarm of each severity may stay unacknowledged
+        (severities without one never escalate)."""
+        self.path = Path(path)
+        self.escalation_s = dict(escalation_s or {})
+        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30,
+                                   check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={sync.upper()}")
+        self._db.executescript(SCHEMA)
+        outbox.create_tables(self._db)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- raising ---------------------------------------------------------------------------
+
+    def add(self, alarms: Iterable[Incoming], now_ms: int, webhook_offices: set[str] = frozenset(),
+            positions: dict[str, int] | None = None) -> list[str]:
+        """Store new alarms (folding repeats), enqueue their webhooks; returns new alarm ids.
+
+        `positions` (source name → last imported row) are saved in the same transaction,
+        so an import interrupted by a crash is repeated whole, and adds nothing twice.
+        """
+        opened = []
+        with self._transaction():
+            for alarm in alarms:
+                if self._add_one(alarm, now_ms, webhook_offices):
+                    opened.append(alarm.doc["id"])
+            for source, position in (positions or {}).items():
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                 (f"position:{source}", position))
+        return opened
+
+    def _add_one(self, alarm: Incoming, now_ms: int, webhook_offices) -> bool:
+        doc = alarm.doc
+        if self._db.execute("SELECT 1 FROM raised WHERE id = ?", (doc["id"],)).fetchone():
+            return False  # seen before: a replay after a crash
+        self._count_raised(doc, alarm.received_ms, now_ms)
+        row = self._db.execute(
+            "SELECT id, doc FROM alarms WHERE fold_key = ? AND type = ? AND status IN "
+            "('open', 'acknowledged', 'escalated') ORDER BY t_ms DESC LIMIT 1",
+            (alarm.fold_key, doc["type"])).fetchone()
+        if row is not None:
+            self._fold(row[0], json.loads(row[1]), doc, now_ms)
+            return False
+        offices = [path[-1] for path in alarm.offices]
+        escalate_at = self._escalate_at(doc["severity"], now_ms)
+        self._db.execute(
+            "INSERT INTO alarms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', 0, ?, ?, ?)",
+            (doc["id"], doc["type"], doc["severity"], alarm.fold_key, doc.get("subject"),
+             doc["office"], json.dumps(offices), doc["t"], now_ms, escalate_at, now_ms,
+             _dumps(doc)))
+        self._db.execute("INSERT INTO raised VALUES (?, ?)", (doc["id"], doc["id"]))
+        self._history(doc["id"], now_ms, "raised", None, doc["office"], None)
+        self._change(doc["id"], now_ms, "raised", [topic(p) for p in alarm.offices])
+        body = _dumps(doc).encode()
+        for n, office in enumerate(offices):
+            if office in webhook_offices:
+                outbox.enqueue(self._db, doc["id"], office, "raised" if n == 0 else "copy",
+                               body, now_ms)
+        return True
+
+    def _fold(self, alarm_id: str, doc: dict, repeat: dict, now_ms: int) -> None:
+        details = doc.setdefault("details", {})
+        details["repeats"] = details.get("repeats", 0) + 1
+        details["last"] = {k: repeat.get(k) for k in ("id", "t", "fix", "where", "details")}
+        self._db.execute("UPDATE alarms SET doc = ?, updated_ms = ? WHERE id = ?",
+                         (_dumps(doc), now_ms, alarm_id))
+        self._db.execute("INSERT INTO raised VALUES (?, ?)", (repeat["id"], alarm_id))
+        self._history(alarm_id, now_ms, "repeated", None, None, None)
+        self._change(alarm_id, now_ms, "repeated", self._topics(alarm_id))
+
+    # -- people ----------------------------------------------------------------------------
+
+    def acknowledge(self, alarm_id: str, user: str, office: str, note: str, now_ms: int) -> dict:
+        return self._act(alarm_id, "acknowledged", ("open", "escalated"), user, office, note,
+                         now_ms)
+
+    def resolve(self, alarm_id: str, user: str, office: str, note: str, now_ms: int) -> dict:
+        return self._act(alarm_id, "resolved", UNRESOLVED, user, office, note, now_ms)
+
+    def _act(self, alarm_id, status, allowed, user, office, note, now_ms) -> dict:
+        with self._transaction():
+            doc = self._doc(alarm_id)
+            if doc is None:
+                raise KeyError(alarm_id)
+            if doc["status"] not in allowed:
+                raise AlarmStateError(f"alarm is {doc['status']}; cannot mark it {status}")
+            doc["status"] = status
+            self._db.execute("UPDATE alarms SET status = ?, escalate_at_ms = NULL, doc = ?, "
+                             "updated_ms = ? WHERE id = ?", (status, _dumps(doc), now_ms, alarm_id))
+            self._history(alarm_id, now_ms, status, user, office, note)
+            self._change(alarm_id, now_ms, status, self._topics(alarm_id))
+        return doc
+
+    # -- timers ----------------------------------------------------------------------------
+
+    def escalate_due(self, now_ms: int, parent_path: Callable[[str], tuple[str, ...] | None],
+                     webhook_offices: set[str] = frozenset()) -> int:
+        """Escalate every alarm unacknowledged past its timer to the next office up.
+
+        `parent_path(office)` is the path of the office's parent (None at the root: the
+        alarm then stays escalated there, with no further timer). Returns how many.
+        """
+        due = self._db.execute("SELECT id FROM alarms WHERE escalate_at_ms <= ? "
+                               "ORDER BY escalate_at_ms", (now_ms,)).fetchall()
+        for (alarm_id,) in due:
+            with self._transaction():
+                doc = self._doc(alarm_id)
+                if doc is None or doc["status"] not in ("open", "escalated"):
+                    continue
+                details = doc.setdefault("details", {})
+                current = details.get("escalated_to", doc["office"])
+                path = parent_path(current)
+                if path is None:
+                    self._db.execute("UPDATE alarms SET escalate_at_ms = NULL WHERE id = ?",
+                                     (alarm_id,))
+                    continue
+                level = details.get("escalation_level", 0) + 1
+                details.update(escalated_to=path[-1], escalation_level=level)
+                doc["status"] = "escalated"
+                next_at = self._escalate_at(doc["severity"], now_ms) if len(path) > 1 else None
+                offices = json.loads(self._db.execute(
+                    "SELECT offices FROM alarms WHERE id = ?", (alarm_id,)).fetchone()[0])
+                self._db.execute(
+                    "UPDATE alarms SET status = 'escalated', escalation_level = ?, "
+                    "escalate_at_ms = ?, offices = ?, doc = ?, updated_ms = ? WHERE id = ?",
+                    (level, next_at, json.dumps(offices + [path[-1]]), _dumps(doc), now_ms,
+                     alarm_id))
+                self._history(alarm_id, now_ms, "escalated", None, path[-1], None)
+                self._change(alarm_id, now_ms, "escalated", [topic(path)])
+                if path[-1] in webhook_offices:
+                    outbox.enqueue(self._db, alarm_id, path[-1], f"escalated-{level}",
+                                   _dumps(doc).encode(), now_ms)
+        return len(due)
+
+    def _escalate_at(self, severity: str, now_ms: int) -> int | None:
+        seconds = self.escalation_s.get(severity)
+        return None if seconds is None else now_ms + int(seconds) * 1000
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, alarm_id: str) -> dict | None:
+        """The alarm document with its history (who, when, what, note), or None."""
+        doc = self._doc(alarm_id)
+        if doc is None:
+            return None
+        doc["history"] = [
+            {"at": at, "action": action, "user": user, "office": office, "note": note}
+            for at, action, user, office, note in self._db.execute(
+                "SELECT at_ms, action, user, office, note FROM history WHERE alarm_id = ? "
+                "ORDER BY rowid", (alarm_id,))]
+        return doc
+
+    def offices_of(self, alarm_id: str) -> list[str]:
+        """The offices an alarm went to: supervising, copies, escalation targets."""
+        row = self._db.execute("SELECT offices FROM alarms WHERE id = ?", (alarm_id,)).fetchone()
+        return json.loads(row[0]) if row else []
+
+    def query(self, *, status: str | None = None, type: str | None = None,
+              offices: Iterable[str] | None = None, since_ms: int | None = None,
+              limit: int = 100) -> list[dict]:
+        """Alarms newest first; `offices` restricts to alarms that went to any of them."""
+        where, args = [], []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if type:
+            where.append("type = ?")
+            args.append(type)
+        if since_ms is not None:
+            where.append("updated_ms >= ?")
+            args.append(since_ms)
+        if offices is not None:
+            codes = list(offices)
+            where.append("EXISTS (SELECT 1 FROM json_each(alarms.offices) WHERE value IN "
+                         f"({','.join('?' * len(codes))}))" if codes else "0")
+            args += codes
+        sql = "SELECT doc FROM alarms"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY t_ms DESC, id LIMIT ?"
+        return [json.loads(doc) for (doc,) in self._db.execute(sql, (*args, int(limit)))]
+
+    def changes_after(self, seq: int, limit: int = 500) -> list[Change]:
+        rows = self._db.execute(
+            "SELECT c.seq, c.alarm_id, c.action, c.topics, a.doc FROM changes c "
+            "JOIN alarms a ON a.id = c.alarm_id WHERE c.seq > ? ORDER BY c.seq LIMIT ?",
+            (seq, limit)).fetchall()
+        return [Change(s, a, act, tuple(json.loads(t)), json.loads(d))
+                for s, a, act, t, d in rows]
+
+    def last_change(self) -> int:
+        row = self._db.execute("SELECT max(seq) FROM changes").fetchone()
+        return row[0] or 0
+
+    def position(self, source: str) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?",
+                               (f"position:{source}",)).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_position(self, source: str, value: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"position:{source}", value))
+
+    def raised_ids(self) -> dict[str, str]:
+        """Every raised alarm id → the alarm it opened or was folded into."""
+        return dict(self._db.execute("SELECT id, alarm_id FROM raised"))
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def raised_counts(self) -> dict[tuple[str, str], int]:
+        return {(t, s): n for t, s, n in self._db.execute("SELECT type, severity, n FROM raised_counts")}
+
+    def status_counts(self) -> dict[tuple[str, str], int]:
+        """(status, severity) → number of alarms, for the open/unacknowledged gauges."""
+        return {(st, sev): n for st, sev, n in self._db.execute(
+            "SELECT status, severity, count(*) FROM alarms WHERE status != 'resolved' "
+            "GROUP BY status, severity")}
+
+    def latency_histogram(self) -> tuple[list[tuple[float, int]], float]:
+        """Cumulative (le, count) buckets of fix-to-alarm latency in seconds, and the sum."""
+        rows = dict(self._db.execute("SELECT le, n FROM latency"))
+        total = rows.pop(-1.0, 0) / 1000.0
+        buckets = [(le, rows.get(le, 0)) for le in (*LATENCY_BUCKETS_S, float("inf"))]
+        return buckets, total
+
+    def _count_raised(self, doc: dict, received_ms: int | None, now_ms: int) -> None:
+        self._db.execute("INSERT INTO raised_counts VALUES (?, ?, 1) ON CONFLICT DO UPDATE "
+                         "SET n = n + 1", (doc["type"], doc["severity"]))
+        if received_ms is None:
+            return
+        seconds = max(0, now_ms - received_ms) / 1000.0
+        for le in (*LATENCY_BUCKETS_S, float("inf")):
+            if seconds <= le:
+                self._db.execute("INSERT INTO latency VALUES (?, 1) ON CONFLICT DO UPDATE "
+                                 "SET n = n + 1", (le,))
+        self._db.execute("INSERT INTO latency VALUES (-1.0, ?) ON CONFLICT DO UPDATE "
+                         "SET n = n + excluded.n", (max(0, now_ms - received_ms),))
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _doc(self, alarm_id: str) -> dict | None:
+        row = self._db.execute("SELECT doc FROM alarms WHERE id = ?", (alarm_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def _topics(self, alarm_id: str) -> list[str]:
+        row = self._db.execute("SELECT topics FROM changes WHERE alarm_id = ? AND action = "
+                               "'raised'", (alarm_id,)).fetchone()
+        return json.loads(row[0]) if row else []
+
+    def _history(self, alarm_id, at_ms, action, user, office, note) -> None:
+        self._db.execute("INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)",
+                         (alarm_id, at_ms, action, user, office, note))
+
+    def _change(self, alarm_id: str, at_ms: int, action: str, topics: list[str]) -> None:
+        self._db.execute("INSERT INTO changes (alarm_id, at_ms, action, topics) VALUES "
+                         "(?, ?, ?, ?)", (alarm_id, at_ms, action, json.dumps(topics)))
+
+    def _transaction(self):
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any error (nested use joins the outer one)."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+        self._outer = False
+
+    def __enter__(self):
+        self._outer = not self._db.in_transaction
+        if self._outer:
+            self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind, *_):
+        if not self._outer:
+            return
+        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def _dumps(doc: dict) -> str:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,559 @@
+"""The worker's rules end to end (SPEC §2, §5, §6): registry, schedule, verdicts, alarms.
+
+A real Zaozhuang layer, a real registry in SQLite, and the worker's own classes
+(`SubjectBook`, `Evaluation`, `Carriers`) fed by hand, one batch at a time; the clock
+rules are called with an explicit `now`, as the worker calls them about once a second.
+Each test is a case a supervisor would recognise. Times are minutes from T0; the first
+clock check of a world (the worker starting to watch) is at T0 unless a test says so.
+
+Places: HOME (inside Shizhong 370402, every subject's home unless said), XUECHENG (inside
+370403), TENGZHOU (inside 370481), each at least 2 km from its county's border, and FAR
+(115.5, 33.5), outside every jurisdiction.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import shapely
+
+from alerts.alarms import Alarm
+from alerts.registry import RegistryStore
+from geofence import Layer, VerdictEngine
+from geofence.synthetic import zaozhuang_geojson
+from ingest.fixes import FixColumns
+from ingest.store import StoredBatch
+from service.config import Rules, Settings
+from service.layers import code_checkers
+from service.worker import Carriers, Evaluation, SubjectBook
+
+T0 = 1_700_000_000_000          # 2023-11-14T22:13:20Z
+MIN_MS = 60_000
+HOUR_MS = 60 * MIN_MS
+CITY, SHIZHONG, XUECHENG, TENGZHOU = "3704", "370402", "370403", "370481"
+SHIZHONG_OFFICE, XUECHENG_OFFICE, TENGZHOU_OFFICE = "370402001", "370403001", "370481001"
+FAR = (115.5, 33.5)
+ACC_M = 20.0
+
+
+def minutes(m: float) -> int:
+    return T0 + int(m * MIN_MS)
+
+
+def rfc3339(t_ms: int) -> str:
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(t_ms / 1000, timezone.utc).isoformat()
+
+
+# --- the world: layer, engine, registry --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine() -> VerdictEngine:
+    layer = Layer.from_geojson(zaozhuang_geojson())
+    return VerdictEngine(layer, None, Rules().exit_margin_m)
+
+
+@pytest.fixture(scope="module")
+def places(engine) -> dict[str, tuple[float, float]]:
+    layer = engine.jurisdictions
+
+    def inside(code: str) -> tuple[float, float]:
+        county = shapely.union_all(layer.geometries[layer.features_under(code)])
+        p = county.buffer(-0.02).representative_point()   # ~2 km from the border
+        assert layer.locate([p.x], [p.y])[0] in layer.features_under(code)
+        return p.x, p.y
+
+    return {"HOME": inside(SHIZHONG), "XUECHENG": inside(XUECHENG),
+            "TENGZHOU": inside(TENGZHOU), "FAR": FAR}
+
+
+def offices() -> list[dict]:
+    return [
+        {"code": CITY, "name": "枣庄市司法局"},
+        {"code": SHIZHONG, "name": "市中区司法局", "parent": CITY},
+        {"code": XUECHENG, "name": "薛城区司法局", "parent": CITY},
+        {"code": TENGZHOU, "name": "滕州市司法局", "parent": CITY},
+        {"code": SHIZHONG_OFFICE, "name": "中心街街道司法所", "parent": SHIZHONG},
+        {"code": XUECHENG_OFFICE, "name": "临城街道司法所", "parent": XUECHENG},
+        {"code": TENGZHOU_OFFICE, "name": "荆河街道司法所", "parent": TENGZHOU},
+    ]
+
+
+def subject(sid: str, risk: str = "normal", office: str = SHIZHONG_OFFICE,
+            home: str = SHIZHONG) -> dict:
+    return {"id": sid, "devices": [f"139{sid}"], "office": office, "home": [home],
+            "risk": risk, "category": "probation"}
+
+
+def permit(sid: str, start_ms: int, end_ms: int, to: str = XUECHENG, pid: str = "p1") -> dict:
+    return {"id": pid, "subject": sid, "start": rfc3339(start_ms), "end": rfc3339(end_ms),
+            "destinations": [to], "office": SHIZHONG}
+
+
+def register(engine: VerdictEngine, store: RegistryStore, doc: dict) -> None:
+    store.import_document(doc, *code_checkers(engine.jurisdictions, None))
+
+
+@dataclass
+class World:
+    """One worker (partition 0 of 1) over a registry of its own."""
+
+    engine: VerdictEngine
+    places: dict
+    store: RegistryStore
+    rules: Rules = Rules()
+    book: SubjectBook = field(init=False)
+    ev: Evaluation = field(init=False)
+    carriers: Carriers = field(init=False)
+    checked_until: int | None = None
+    seq: int = 0
+
+    def __post_init__(self):
+        self.book = SubjectBook(self.engine, self.store)
+        self.book.refresh(force=True)
+        self.restart()
+
+    def restart(self) -> None:
+        """A fresh Evaluation and Carriers, as after a crash with no snapshot."""
+        self.ev = Evaluation(self.engine, self.book, Settings(rules=self.rules), index=0,
+                             count=1, snapshot=None)
+        self.carriers = Carriers([])
+        self.checked_until = None
+
+    def register(self, doc: dict) -> None:
+        register(self.engine, self.store, doc)
+
+    def fixes(self, rows, carrier: str = "cmcc") -> tuple[list[Alarm], int]:
+        """One batch: rows of (subject id, t_ms, place name or (lon, lat)); (alarms, late)."""
+        xy = [self.places[p] if isinstance(p, str) else p for _, _, p in rows]
+        index = np.array([self.book.index_of[sid] for sid, _, _ in rows], np.int32)
+        cols = FixColumns(device=index.copy(), subject=index,
+                          t_ms=np.array([t for _, t, _ in rows], np.int64),
+                          lon=np.array([x for x, _ in xy], np.float64),
+                          lat=np.array([y for _, y in xy], np.float64),
+                          acc_m=np.full(len(rows), ACC_M, np.float32),
+                          src=np.zeros(len(rows), np.int8))
+        cid = self.carriers.id_of(carrier)
+        self.carriers.saw(cid, int(cols.t_ms.max()))
+        self.seq += 1
+        batch = StoredBatch(self.seq, carrier, int(cols.t_ms.max()) + 1000, cols)
+        counts, alarms, _, late = self.ev.run(batch, cols, cid)
+        assert counts.sum() == len(rows)
+        return alarms, late
+
+    def fix(self, sid: str, t_ms: int, place, carrier: str = "cmcc") -> list[Alarm]:
+        return self.fixes([(sid, t_ms, place)], carrier)[0]
+
+    def clock(self, now_ms: int) -> list[Alarm]:
+        """The clock rules as the worker runs them: each check covers (last check, now]."""
+        if self.checked_until is None:
+            self.checked_until = now_ms
+        alarms = self.ev.clock_rules(now_ms, self.checked_until, self.carriers)
+        self.checked_until = max(self.checked_until, now_ms)
+        return alarms
+
+
+@pytest.fixture
+def world(engine, places, tmp_path):
+    """`world(subjects, permits=(), delegations=(), rules=Rules())` -> a World."""
+    stores = []
+
+    def make(subjects, permits=(), delegations=(), rules=Rules()) -> World:
+        store = RegistryStore(tmp_path / f"registry-{len(stores)}.sqlite")
+        stores.append(store)
+        register(engine, store, {"offices": offices(), "subjects": list(subjects),
+                                 "permits": list(permits), "delegations": list(delegations)})
+        return World(engine, places, store, rules)
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+def types(alarms: list[Alarm]) -> list[str]:
+    return [a.type for a in alarms]
+
+
+def only(alarms: list[Alarm], kind: str) -> Alarm:
+    assert types(alarms) == [kind], types(alarms)
+    return alarms[0]
+
+
+def where_of(engine, place) -> dict:
+    layer = engine.jurisdictions
+    i = int(layer.locate([place[0]], [place[1]])[0])
+    return {"code": str(layer.codes[i]), "name": str(layer.names[i])}
+
+
+# --- zone_exit and zone_return ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("risk, severity, outs_to_exit", [
+    ("normal", "high", 2),
+    ("key", "critical", 1),
+], ids=["two fixes outside, then one inside", "key person: one fix outside is enough"])
+def test_two_fixes_outside_then_one_inside(world, engine, places, risk, severity, outs_to_exit):
+    w = world([subject("s1", risk)])
+    w.clock(T0)
+    assert w.fix("s1", minutes(0), "HOME") == []
+    raised = []
+    for k in range(outs_to_exit):
+        raised = w.fix("s1", minutes(1 + k), "XUECHENG")
+        assert raised == [] or k == outs_to_exit - 1
+    exit_ = only(raised, "zone_exit")
+    doc = exit_.document
+    t_exit = minutes(outs_to_exit)
+    assert (doc["severity"], doc["subject"], doc["office"], doc["t"], doc["status"]) == (
+        severity, "s1", SHIZHONG_OFFICE, t_exit, "open")
+    x, y = places["XUECHENG"]
+    assert doc["fix"] == {"t": t_exit, "lon": x, "lat": y, "acc": ACC_M, "src": "gps"}
+    assert doc["where"] == where_of(engine, places["XUECHENG"])
+    assert doc["where"]["code"].startswith(XUECHENG)
+    assert doc["home"] == [SHIZHONG]
+    assert exit_.id == doc["id"] and exit_.severity == severity
+    assert w.fix("s1", minutes(10), "HOME") == [], "one fix inside is not yet a return"
+    back = only(w.fix("s1", minutes(11), "HOME"), "zone_return")
+    assert back.document["severity"] == "info"
+    assert back.document["details"]["exit_id"] == exit_.id
+    assert back.document["office"] == SHIZHONG_OFFICE
+
+
+def test_exit_outside_every_jurisdiction_has_no_where(world):
+    w = world([subject("s1")])
+    w.fix("s1", minutes(0), "FAR")
+    exit_ = only(w.fix("s1", minutes(1), "FAR"), "zone_exit")
+    assert exit_.document["where"] is None
+    assert exit_.document["fix"]["lon"] == FAR[0]
+
+
+def test_one_fix_outside_between_fixes_inside_raises_nothing(world):
+    w = world([subject("s1")])
+    story = ["HOME", "FAR", "HOME", "FAR", "HOME"]
+    assert [w.fix("s1", minutes(k), p) for k, p in enumerate(story)] == [[]] * len(story)
+
+
+# --- signal_lost and signal_restored -----------------------------------------------------
+
+
+def test_phone_silent_for_61_minutes(world, engine, places):
+    w = world([subject("s1")])
+    w.clock(T0)
+    w.fix("s1", minutes(0), "HOME")
+    assert w.clock(minutes(30)) == []
+    assert w.clock(minutes(59)) == [], "59 minutes of silence is not yet lost"
+    lost = only(w.clock(minutes(61)), "signal_lost")
+    doc = lost.document
+    assert (doc["severity"], doc["subject"], doc["office"]) == ("high", "s1", SHIZHONG_OFFICE)
+    x, y = places["HOME"]
+    assert doc["fix"] == {"t": minutes(0), "lon": x, "lat": y, "acc": ACC_M, "src": "gps"}
+    assert doc["where"] == where_of(engine, places["HOME"])
+    assert doc["t"] == minutes(60)
+    assert doc["details"]["silent_for_s"] == 61 * 60   # how long it had been silent when noticed
+    assert w.clock(minutes(62)) == []
+    assert w.clock(minutes(180)) == [], "checking again later raises nothing new"
+    restored = only(w.fix("s1", minutes(190), "HOME"), "signal_restored")
+    assert restored.document["severity"] == "info"
+    assert restored.document["t"] == minutes(190)
+    assert w.fix("s1", minutes(191), "HOME") == []
+    assert w.clock(minutes(240)) == []
+    again = only(w.clock(minutes(252)), "signal_lost")
+    assert again.id != lost.id, "a second silence is a second alarm"
+
+
+def test_never_reported_is_lost_an_hour_after_first_watched(world):
+    w = world([subject("s1")])
+    started = minutes(5)
+    assert w.clock(started) == []
+    assert w.clock(started + HOUR_MS) == []
+    lost = only(w.clock(started + HOUR_MS + 1000), "signal_lost")
+    assert lost.document["fix"] is None and lost.document["where"] is None
+    assert lost.document["office"] == SHIZHONG_OFFICE
+    assert w.clock(started + 3 * HOUR_MS) == []
+    # the first fix ever restores
+    assert types(w.fix("s1", started + 4 * HOUR_MS, "HOME")) == ["signal_restored"]
+
+
+def test_subject_registered_later_is_watched_from_its_first_check(world):
+    w = world([subject("s1")])
+    w.clock(T0)
+    w.fix("s1", minutes(0), "HOME")
+    w.register({"subjects": [subject("s2")]})
+    w.book.refresh(force=True)
+    assert w.clock(minutes(30)) == []           # s2 watched from here
+    w.fix("s1", minutes(50), "HOME")
+    assert w.clock(minutes(89)) == []
+    assert [a.subject for a in w.clock(minutes(91))] == ["s2"]
+
+
+# --- feed_outage -------------------------------------------------------------------------
+
+
+def carrier_world(world, n: int = 12, extra=()):
+    ids = [f"c{k:02d}" for k in range(n)]
+    w = world([subject(s) for s in ids] + list(extra))
+    w.clock(T0)
+    assert w.fixes([(s, T0, "HOME") for s in ids])[0] == []
+    return w, ids
+
+
+def test_carrier_silent_one_feed_outage_no_signal_lost_flood(world):
+    w, ids = carrier_world(world)
+    assert w.clock(minutes(15)) == []
+    outage = only(w.clock(minutes(16)), "feed_outage")
+    doc = outage.document
+    assert (doc["severity"], doc["office"], doc["subject"]) == ("critical", CITY, None)
+    assert doc["details"]["carrier"] == "cmcc"
+    assert doc["details"]["silent_subjects"] == doc["details"]["subjects"] == len(ids)
+    for m in (20, 45, 61, 90, 180, 600):
+        assert w.clock(minutes(m)) == [], f"nothing more at {m} min"
+
+
+@pytest.mark.parametrize("resumed", [3, 8], ids=[
+    "3 of 12 resume: the 9 others are not a new outage",
+    "8 of 12 resume: the 4 others are lost only an hour later"])
+def test_carrier_resumes_for_some_the_rest_count_afresh(world, resumed):
+    w, ids = carrier_world(world)
+    assert types(w.clock(minutes(16))) == ["feed_outage"]
+    assert w.clock(minutes(61)) == []
+    back, rest = ids[:resumed], ids[resumed:]
+    resume = minutes(70)
+    assert w.fixes([(s, resume, "HOME") for s in back])[0] == [], "no signal_restored flood"
+    assert w.clock(resume + 1000) == [], "the feed coming back raises nothing at once"
+    if resumed < len(ids) / 2:
+        return    # most of the carrier's subjects are still missing: a new outage may follow
+    for k in range(1, 7):   # those back keep reporting every 10 minutes
+        now = resume + k * 10 * MIN_MS
+        assert w.fixes([(s, now, "HOME") for s in back])[0] == []
+        assert w.clock(now + 1000) == [], f"{k * 10} min after the feed resumed"
+    assert w.clock(resume + 59 * MIN_MS) == []
+    lost = w.clock(resume + 61 * MIN_MS)
+    assert types(lost) == ["signal_lost"] * len(rest)
+    assert sorted(a.subject for a in lost) == rest
+
+
+def test_second_carrier_keeps_working_during_the_first_ones_outage(world):
+    w, ids = carrier_world(world, extra=[subject("u1"), subject("u2")])
+    w.fixes([("u1", T0, "HOME"), ("u2", T0, "HOME")], carrier="cucc")
+    raised = []
+    for m in range(10, 70, 10):      # u1 keeps reporting on cucc; u2 falls silent
+        w.fix("u1", minutes(m), "HOME", carrier="cucc")
+        raised += w.clock(minutes(m) + 1000)
+    raised += w.clock(minutes(61))
+    assert types(raised) == ["feed_outage", "signal_lost"]
+    assert raised[0].document["details"]["carrier"] == "cmcc"
+    assert raised[1].subject == "u2"
+
+
+def test_fewer_subjects_than_the_minimum_get_signal_lost_each(world):
+    w, ids = carrier_world(world, n=9)
+    assert w.clock(minutes(16)) == []
+    lost = w.clock(minutes(61))
+    assert types(lost) == ["signal_lost"] * 9
+
+
+# --- permits -----------------------------------------------------------------------------
+
+
+END = minutes(240)                       # the permit: T0 .. T0 + 4 h to Xuecheng
+GRACE_MS = Rules().permit_overstay_after_s * 1000
+
+
+def permit_world(world, **kw):
+    w = world([subject("s1")], [permit("s1", T0, END)], **kw)
+    w.clock(minutes(-10))
+    assert w.fix("s1", minutes(-10), "HOME") == []
+    return w
+
+
+def test_permit_to_xuecheng_back_two_hours_late(world, engine, places):
+    w = permit_world(world)
+    for m in (60, 120, 180, 230):
+        assert w.fix("s1", minutes(m), "XUECHENG") == [], f"permitted at {m} min"
+    assert w.clock(minutes(235)) == []
+    assert w.fix("s1", END + 10 * MIN_MS, "XUECHENG") == []
+    exit_ = only(w.fix("s1", END + 20 * MIN_MS, "XUECHENG"), "zone_exit")
+    assert exit_.document["severity"] == "high"
+    assert w.clock(END + GRACE_MS - 1000) == []
+    over = only(w.clock(END + GRACE_MS), "permit_overstay")
+    doc = over.document
+    assert (doc["severity"], doc["subject"], doc["office"]) == ("high", "s1", SHIZHONG_OFFICE)
+    assert doc["details"]["permit"] == "p1"
+    assert doc["details"]["destinations"] == [XUECHENG]
+    assert doc["t"] == END + GRACE_MS
+    assert doc["fix"]["t"] == END + 20 * MIN_MS
+    assert doc["where"] == where_of(engine, places["XUECHENG"])
+    assert w.clock(END + GRACE_MS + 1000) == [], "raised once"
+    assert w.clock(END + HOUR_MS) == []
+    # checking the same window again (a restart from the checkpoint) gives the same id
+    again = w.ev.clock_rules(END + GRACE_MS, END, w.carriers)
+    assert [a.id for a in again] == [over.id]
+    w.fix("s1", END + 2 * HOUR_MS, "HOME")
+    back = only(w.fix("s1", END + 2 * HOUR_MS + MIN_MS, "HOME"), "zone_return")
+    assert back.document["details"]["exit_id"] == exit_.id
+
+
+@pytest.mark.parametrize("home_at_min", [-10, 10, 29], ids=[
+    "home 10 min before the end", "home 10 min after the end", "home 29 min after the end"])
+def test_permit_to_xuecheng_back_in_time(world, home_at_min):
+    w = permit_world(world)
+    w.fix("s1", minutes(120), "XUECHENG")
+    w.fix("s1", END + home_at_min * MIN_MS, "HOME")
+    assert w.clock(END + GRACE_MS) == []
+    assert "permit_overstay" not in types(w.clock(END + 2 * GRACE_MS))
+
+
+def test_permit_ended_and_never_a_fix_is_an_overstay(world):
+    w = world([subject("s1")], [permit("s1", T0, END)])
+    w.clock(minutes(220))
+    assert types(w.clock(END + GRACE_MS)) == ["permit_overstay"]
+
+
+def test_permit_extended_no_overstay_while_the_extension_runs(world):
+    """续假: a second permit to the same place starts when the first ends. While it is
+    active Xuecheng counts as home (SPEC §2), so the first one's end is no overstay."""
+    extension = permit("s1", END, END + 24 * HOUR_MS, pid="p2")
+    w = world([subject("s1")], [permit("s1", T0, END), extension])
+    w.clock(minutes(-10))
+    for m in (60, 120, 180, 240, 250, 260):
+        assert w.fix("s1", minutes(m), "XUECHENG") == [], f"permitted at {m} min"
+    assert w.clock(END + GRACE_MS) == []
+
+
+# --- delegation --------------------------------------------------------------------------
+
+
+def delegation(sid: str, start_ms: int) -> dict:
+    return {"id": f"d-{sid}", "subject": sid, "start": rfc3339(start_ms),
+            "office": TENGZHOU_OFFICE, "home": [TENGZHOU]}
+
+
+def delegated_world(world):
+    return world([subject("d1"), subject("d2")], delegations=[delegation("d1", T0),
+                                                               delegation("d2", T0)])
+
+
+def test_delegated_to_tengzhou(world):
+    w = delegated_world(world)
+    for m in (0, 10, 20, 30):
+        assert w.fix("d1", minutes(m), "TENGZHOU") == [], f"in Tengzhou at {m} min"
+    assert w.fix("d1", minutes(40), "HOME") == []
+    exit_ = only(w.fix("d1", minutes(50), "HOME"), "zone_exit")
+    assert exit_.document["office"] == TENGZHOU_OFFICE
+    assert exit_.document["details"]["copy_to"] == [SHIZHONG_OFFICE]
+
+
+def test_delegated_to_tengzhou_before_the_start_the_origin_office_supervises(world):
+    w = delegated_world(world)
+    assert w.fix("d2", minutes(-120), "TENGZHOU") == []
+    exit_ = only(w.fix("d2", minutes(-110), "TENGZHOU"), "zone_exit")
+    assert exit_.document["office"] == SHIZHONG_OFFICE
+    assert "copy_to" not in exit_.document["details"]
+    # from the start Tengzhou is home: the exit closes, reported to the delegate
+    assert w.fix("d2", minutes(0), "TENGZHOU") == []
+    back = only(w.fix("d2", minutes(10), "TENGZHOU"), "zone_return")
+    assert back.document["office"] == TENGZHOU_OFFICE
+    assert back.document["details"]["copy_to"] == [SHIZHONG_OFFICE]
+
+
+def test_delegated_to_tengzhou_signal_lost_goes_to_the_delegate(world):
+    w = delegated_world(world)
+    w.clock(T0)
+    w.fixes([("d1", minutes(1), "TENGZHOU"), ("d2", minutes(1), "TENGZHOU")])
+    lost = w.clock(minutes(62))
+    assert types(lost) == ["signal_lost", "signal_lost"]
+    for a in lost:
+        assert a.document["office"] == TENGZHOU_OFFICE
+        assert a.document["details"]["copy_to"] == [SHIZHONG_OFFICE]
+
+
+def test_delegated_alarm_names_the_home_it_was_judged_against(world):
+    """The Tengzhou office reads `home` beside `where`: an exit from Tengzhou found in
+    Shizhong must not say home = Shizhong."""
+    w = delegated_world(world)
+    w.fix("d1", minutes(40), "HOME")
+    exit_ = only(w.fix("d1", minutes(50), "HOME"), "zone_exit")
+    assert exit_.document["home"] == [TENGZHOU]
+
+
+# --- late fixes --------------------------------------------------------------------------
+
+
+def test_late_fix_never_flips_state(world):
+    w = world([subject("s1")])
+    w.clock(T0)
+    assert w.fixes([("s1", minutes(0), "HOME"), ("s1", minutes(10), "HOME")]) == ([], 0)
+    assert w.fixes([("s1", minutes(5), "FAR"), ("s1", minutes(6), "FAR"),
+                    ("s1", minutes(10), "FAR")]) == ([], 3)
+    assert w.fix("s1", minutes(20), "FAR") == [], "late fixes did not count towards an exit"
+    assert types(w.fix("s1", minutes(21), "FAR")) == ["zone_exit"]
+
+
+def test_late_fix_after_signal_lost_does_not_restore(world):
+    w = world([subject("s1")])
+    w.clock(T0)
+    w.fix("s1", minutes(30), "HOME")
+    assert types(w.clock(minutes(91))) == ["signal_lost"]
+    assert w.fixes([("s1", minutes(20), "HOME")]) == ([], 1)
+    assert w.clock(minutes(200)) == [], "a late fix does not restart the silence either"
+    assert types(w.fix("s1", minutes(201), "HOME")) == ["signal_restored"]
+
+
+# --- registry changes, restarts ----------------------------------------------------------
+
+
+def test_registry_change_without_restart(world):
+    w = world([subject("s1")])
+    w.clock(T0)
+    w.fix("s1", minutes(0), "HOME")
+    version = w.book.version
+    w.register({"permits": [permit("s1", minutes(30), minutes(300))]})
+    w.book.refresh(force=True)
+    assert w.book.version > version
+    for m in (60, 70, 80):
+        assert w.fix("s1", minutes(m), "XUECHENG") == [], "judged with the new permit"
+    # and a subject registered while running is judged too
+    w.register({"subjects": [subject("s2")]})
+    w.book.refresh(force=True)
+    w.fix("s2", minutes(90), "FAR")
+    assert [a.subject for a in w.fix("s2", minutes(91), "FAR")] == ["s2"]
+
+
+def story(w: World) -> list[Alarm]:
+    """Exit, return, silence, restore, permit overstay: every kind a subject can raise."""
+    alarms = w.clock(minutes(-10))
+    for k, place in enumerate(["HOME", "FAR", "FAR", "HOME", "HOME"]):
+        alarms += w.fix("s1", minutes(k), place)
+    alarms += w.fix("s2", minutes(0), "HOME")
+    alarms += w.clock(minutes(65))
+    alarms += w.fix("s1", minutes(100), "XUECHENG")
+    alarms += w.fix("s1", minutes(230), "XUECHENG")
+    alarms += w.clock(END + GRACE_MS)
+    return alarms
+
+
+def test_alarm_ids_are_stable_when_the_same_fixes_are_evaluated_again(world):
+    w = world([subject("s1"), subject("s2")], [permit("s1", minutes(60), END)])
+    first = story(w)
+    assert types(first) == ["zone_exit", "zone_return", "signal_lost", "signal_lost",
+                            "signal_restored", "permit_overstay"]
+    w.restart()
+    second = story(w)
+    assert [a.id for a in second] == [a.id for a in first]
+    assert len({a.id for a in first}) == len(first)
+
+    def without_raised_at(a: Alarm) -> dict:
+        return {k: v for k, v in a.document.items() if k != "raised_at"}
+
+    assert [without_raised_at(a) for a in second] == [without_raised_at(a) for a in first]
+
+
+def test_carriers_remember_names_ids_and_newest_fix():
+    carriers = Carriers([])
+    cmcc, cucc = carriers.id_of("cmcc"), carriers.id_of("cucc")
+    assert (cmcc, cucc) == (0, 1) and carriers.id_of("cmcc") == cmcc
+    carriers.saw(cmcc, T0)
+    carriers.saw(cmcc, T0 - 1)          # an older batch never moves the newest back
+    restored = Carriers(carriers.rows())
+    assert restored.newest_by_id()[cmcc] == T0
+    assert restored.name_of(cucc) == "cucc" and restored.id_of("ctcc") == 2
