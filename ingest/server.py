@@ -42,6 +42,7 @@ ROUTER_MAX_FRAME_BYTES = 2 * 16 * 1024 * 1024  # bigger frames drop the peer (2x
 BACKLOG_REFRESH_S = 0.05
 DEVICES_REFRESH_S = 1.0
 ACK_PURGE_EVERY_S = 600.0
+PURGE_BATCHES_PER_PASS = 5_000
 ROUTER_RCVHWM = 32               # frames queued per carrier before ZeroMQ pushes back
 REBUILD_RECENT_BATCHES = 2000    # on start, remember fixes of this many last batches
 
@@ -53,6 +54,7 @@ class IngestOptions:
     max_backlog_fixes: int = 2_000_000
     default_acc_m: tuple[float, float, float, float] = (30.0, 80.0, 1500.0, 1500.0)  # gps, wifi, cell, none
     workers: int = 1
+    keep_fixes_ms: int = 7 * 24 * 3600 * 1000   # evaluated fixes older than this are purged
 
 
 # What `devices_source()` returns: (version, device ids, subject index per device).
@@ -280,7 +282,12 @@ class IngestServer:
         if now >= self._next_devices_s:
             self._refresh_devices()
         if now >= self._next_purge_s:
-            self.store.purge_acks(int(time.time() * 1000) - 2 * 24 * 3600 * 1000)
+            now_ms = int(time.time() * 1000)
+            self.store.purge_acks(now_ms - 2 * 24 * 3600 * 1000)
+            # Fixes every worker has evaluated, older than the retention (the desk's tracks
+            # read the last 24 h): a few thousand batches per pass keep the loop responsive.
+            self.store.purge_batches_before(now_ms - self.options.keep_fixes_ms,
+                                            self.evaluated_seq(), PURGE_BATCHES_PER_PASS)
             self._next_purge_s = now + ACK_PURGE_EVERY_S
 
     def _refresh_devices(self, force: bool = False) -> None:

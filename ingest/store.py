@@ -364,6 +364,15 @@ class Store(StoreReader):
         with _sqlite_errors(self.path, "purge_batches"), self._transaction() as db:
             return db.execute("DELETE FROM batches WHERE seq <= ?", (up_to_seq,)).rowcount
 
+    def purge_batches_before(self, received_before_ms: int, up_to_seq: int, limit: int) -> int:
+        """Delete up to `limit` batches received before `received_before_ms` with
+        seq <= up_to_seq (the lowest checkpoint of every worker); returns how many."""
+        with _sqlite_errors(self.path, "purge_batches"), self._transaction() as db:
+            return db.execute(
+                "DELETE FROM batches WHERE seq IN (SELECT seq FROM batches WHERE seq <= ? "
+                "AND received_ms < ? ORDER BY seq LIMIT ?)",
+                (up_to_seq, received_before_ms, limit)).rowcount
+
 
 def _check_record(r: BatchRecord) -> tuple[bytes | None, bytes]:
     """The record's fix blob (None if no fix) and packed rejected list; ValueError if invalid."""

@@ -20,6 +20,7 @@ class ConfigError(ValueError):
 class Storage:
     path: str = "geofence-data"        # directory holding the SQLite files
     sync: str = "normal"               # "normal": survives kill -9; "full": also power loss
+    keep_fixes_days: int = 7           # evaluated fixes are purged after this (tracks: 24 h)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,11 @@
 
     supervisor (this process) ── ingest (ROUTER, store writer, metrics)
                               ├─ worker 0..N-1 (verdicts, rules, alarms stored)
-                              └─ dispatcher (alarms published on PUB)
+                              ├─ dispatcher (alarm store, escalation, PUB, webhooks)
+                              └─ desk (HTTP API, live stream, the page)
+
+"ready" is printed once every child has said it is ready: the workers after their kernels
+are compiled or loaded and warmed, so the first fixes meet no compile pause.
 
 Children are started with the "spawn" method (fresh interpreters: no ZeroMQ or SQLite
 state crosses a fork). A child that dies is restarted; whatever it had acknowledged or
@@ -14,6 +18,7 @@ vanished (kill -9) stops by itself.
 import logging
 import multiprocessing as mp
 import os
+import queue
 import signal
 import time
 from collections.abc import Callable
@@ -89,7 +94,8 @@ def ingest_main(settings: Settings, workers: int, ready) -> None:
     s = settings.ingest
     options = IngestOptions(s.bind, s.max_fix_age_s * 1000, s.max_backlog_fixes,
                             (s.default_acc_gps_m, s.default_acc_wifi_m, s.default_acc_cell_m,
-                             s.default_acc_unknown_m), workers)
+                             s.default_acc_unknown_m), workers,
+                            settings.storage.keep_fixes_days * 24 * 3600 * 1000)
     server = IngestServer(ctx, store, devices_source, options, metrics, paths.notify_endpoint,
                           paths.done_endpoint, authenticator, server_keys)
     endpoint = server.bind()
@@ -130,16 +136,26 @@ def _curve(ctx, settings: Settings, metrics):
     return auth, keys
 
 
-def worker_main(settings: Settings, index: int, count: int) -> None:
+def worker_main(settings: Settings, index: int, count: int, ready) -> None:
     _logging()
     should_stop = _child_stop_flag()
     _write_pid(settings, f"worker-{index}")
     from service.worker import run_worker
 
-    run_worker(settings, index, count, should_stop)
+    run_worker(settings, index, count, should_stop,
+               on_ready=lambda: ready.put((f"worker-{index}",)))
 
 
-def dispatcher_main(settings: Settings) -> None:
+def desk_main(settings: Settings, ready) -> None:
+    _logging()
+    should_stop = _child_stop_flag()
+    _write_pid(settings, "desk")
+    from service.desk.app import run_desk
+
+    run_desk(settings, should_stop, on_ready=lambda url: ready.put(("desk", url)))
+
+
+def dispatcher_main(settings: Settings, ready) -> None:
     _logging()
     should_stop = _child_stop_flag()
     _write_pid(settings, "dispatcher")
@@ -150,6 +166,7 @@ def dispatcher_main(settings: Settings) -> None:
     dispatcher = Dispatcher(EnginePaths.create(settings.storage.path), zmq.Context.instance(),
                             settings)
     log.info("alarms published on %s", dispatcher.endpoint)
+    ready.put(("dispatcher", dispatcher.endpoint))
     try:
         dispatcher.run(should_stop)
     finally:
@@ -171,6 +188,9 @@ def check_bind(settings: Settings, insecure: bool) -> None:
                           "neither")
     # Alarms carry personal data: off loopback the PUB socket needs CURVE too.
     check_bind_allowed(settings.alerts.publish, bool(settings.alerts.curve_keys), insecure)
+    # The desk speaks plain HTTP: off loopback, only behind a TLS proxy (--insecure).
+    if settings.desk.bind:
+        check_bind_allowed(f"tcp://{settings.desk.bind}", False, insecure)
 
 
 def check_worker_count(paths: EnginePaths, workers: int) -> None:
@@ -231,30 +251,34 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
         if name == "ingest":
             proc = spawn.Process(target=ingest_main, args=(settings, workers, ready), name=name)
         elif name == "dispatcher":
-            proc = spawn.Process(target=dispatcher_main, args=(settings,), name=name)
+            proc = spawn.Process(target=dispatcher_main, args=(settings, ready), name=name)
+        elif name == "desk":
+            proc = spawn.Process(target=desk_main, args=(settings, ready), name=name)
         else:
             k = int(name.split("-")[1])
-            proc = spawn.Process(target=worker_main, args=(settings, k, workers), name=name)
+            proc = spawn.Process(target=worker_main, args=(settings, k, workers, ready),
+                                 name=name)
         proc.start()
         return proc
 
     names = [f"worker-{k}" for k in range(workers)] + ["ingest", "dispatcher"]
+    if settings.desk.bind:
+        names.append("desk")
     procs = {name: start(name) for name in names}
     restarts = {name: 0 for name in names}
-    announced = False
+    waiting = set(names)
     try:
         while not should_stop():
-            if not announced:
-                try:
-                    _, endpoint, metrics_port = ready.get(timeout=0.2)
-                    out(f"geofence: ingest listening on {endpoint}; metrics on "
-                        f"http://127.0.0.1:{metrics_port}/metrics; {workers} worker(s)")
+            try:
+                message = ready.get(timeout=0.2)
+            except queue.Empty:
+                message = None
+            if message is not None:
+                waiting.discard(message[0])
+                _announce(message, workers, out)
+                if not waiting:
                     out("geofence: ready")
-                    announced = True
-                except Exception:
-                    pass
-            else:
-                time.sleep(0.2)
+                    waiting.add("-")   # announce "ready" once
             for name, proc in procs.items():
                 if not proc.is_alive() and not should_stop():
                     delay = RESTART_BACKOFF_S[min(restarts[name], len(RESTART_BACKOFF_S) - 1)]
@@ -262,11 +286,21 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
                     time.sleep(delay)
                     restarts[name] += 1
                     procs[name] = start(name)
-                    if name == "ingest":
-                        announced = False
     finally:
         _stop_all(procs)
         out("geofence: stopped")
+
+
+def _announce(message: tuple, workers: int, out: Callable[[str], None]) -> None:
+    """One line per endpoint as each child comes up (tests and operators read them)."""
+    if message[0] == "ingest":
+        _, endpoint, metrics_port = message
+        out(f"geofence: ingest listening on {endpoint}; metrics on "
+            f"http://127.0.0.1:{metrics_port}/metrics; {workers} worker(s)")
+    elif message[0] == "dispatcher":
+        out(f"geofence: alarms published on {message[1]}")
+    elif message[0] == "desk":
+        out(f"geofence: desk on {message[1]}")
 
 
 def _stop_all(procs: dict) -> None:

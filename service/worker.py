@@ -15,6 +15,7 @@ up within a second, without a restart.
 
 import logging
 import time
+from collections.abc import Callable
 
 import msgpack
 import numpy as np
@@ -268,7 +269,8 @@ class Carriers:
         return [(name, cid, self._newest[cid]) for name, cid in self._ids.items()]
 
 
-def run_worker(settings: Settings, index: int, count: int, should_stop) -> None:
+def run_worker(settings: Settings, index: int, count: int, should_stop,
+               on_ready: Callable[[], None] = lambda: None) -> None:
     paths = EnginePaths.create(settings.storage.path)
     geofence.warm_up()
     from alerts.rules import warm_up as warm_rules
@@ -311,6 +313,7 @@ def run_worker(settings: Settings, index: int, count: int, should_stop) -> None:
     check_every = float(settings.rules.check_every_s)
     log.info("worker %d/%d ready, resuming after seq %d (rules from seq %d)",
              index, count, done, position)
+    on_ready()
     while not should_stop():
         if reader is None:
             reader = _open_reader(paths, should_stop)

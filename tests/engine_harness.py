@@ -26,7 +26,8 @@ def free_port() -> int:
 
 
 def write_config(root: Path, webhooks: dict | None = None, rules: dict | None = None,
-                 **ingest) -> Path:
+                 desk: bool = False, **ingest) -> Path:
+    """A config on free loopback ports in `root`; the desk only when asked (port 0)."""
     port = ingest.pop("port", free_port())
     lines = ["[storage]", f'path = "{root / "data"}"', "[ingest]",
              f'bind = "tcp://127.0.0.1:{port}"', 'metrics_bind = "127.0.0.1:0"']
@@ -35,6 +36,7 @@ def write_config(root: Path, webhooks: dict | None = None, rules: dict | None = 
     for office, hook in (webhooks or {}).items():
         lines += [f'[alerts.webhooks."{office}"]'] + [f"{k} = {json.dumps(v)}"
                                                         for k, v in hook.items()]
+    lines += ["[desk]", f'bind = "{"127.0.0.1:0" if desk else ""}"']
     if rules:
         lines += ["[rules]"] + [f"{k} = {json.dumps(v)}" for k, v in rules.items()]
     path = root / "geofence.toml"

@@ -221,6 +221,17 @@ def test_purge(tmp_path):
         assert store.commit([record(10)])[0].seq == 7
 
 
+def test_retention_purges_only_old_batches_every_worker_evaluated(tmp_path):
+    with Store(tmp_path / "s.db") as store:
+        for k in range(6):
+            store.commit([record(k, received_ms=1_000 * k)])       # seqs 1..6
+        assert store.purge_batches_before(3_500, up_to_seq=2, limit=100) == 2  # not evaluated: kept
+        assert store.purge_batches_before(3_500, up_to_seq=6, limit=1) == 1    # a pass's limit
+        assert store.purge_batches_before(3_500, up_to_seq=6, limit=100) == 1  # seq 4 is old enough
+        assert [r.seq for r in store.read_records(0, 10)] == [5, 6]
+        assert [r.received_ms for r in store.read_records(0, 10)] == [4_000, 5_000]
+
+
 # --- Readers beside the writer ----------------------------------------------------------
 
 def test_reader_sees_whole_commits_in_order_while_the_writer_writes(tmp_path):

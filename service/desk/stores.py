@@ -1,0 +1,75 @@
+"""The desk's SQLite connections, all owned by one thread.
+
+SQLite calls block, so the event loop never makes them itself: every read or write goes
+through `Stores.run`, which hands a function to a single dedicated thread. One thread
+means each connection is only ever used from the thread that opened it, and the desk's
+own writes (acknowledge, resolve, sessions) never race each other. Reads are quick
+(indexed, WAL lets them run beside the dispatcher's writes); an acknowledge waits at
+most the alarm store's busy timeout for the dispatcher's write lock.
+"""
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from alerts.alarm_store import AlarmStore
+from alerts.registry import RegistryStore
+from service.desk.scope import Scope
+from service.desk.users import UserStore
+from service.paths import EnginePaths
+
+T = TypeVar("T")
+
+
+def desk_db(paths: EnginePaths) -> Path:
+    """`<storage>/desk.sqlite`: users, sessions, failed logins."""
+    return paths.root / "desk.sqlite"
+
+
+class Stores:
+    """The alarm store, the registry and the desk's users, behind one thread."""
+
+    def __init__(self, paths: EnginePaths, sync: str = "normal"):
+        self.paths = paths
+        self.sync = sync
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="desk-db")
+        self.alarms: AlarmStore | None = None
+        self.registry: RegistryStore | None = None
+        self.users: UserStore | None = None
+        self._scope: Scope | None = None
+
+    async def run(self, fn: Callable[..., T], *args) -> T:
+        """`fn(*args)` on the database thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    async def open(self) -> None:
+        await self.run(self._open)
+
+    def _open(self) -> None:
+        self.alarms = AlarmStore(self.paths.alarms_db, self.sync)
+        self.registry = RegistryStore(self.paths.registry_db)
+        self.users = UserStore(desk_db(self.paths))
+
+    def scope(self) -> Scope:
+        """The current registry's scope (database thread only): reloaded when the
+        registry's version changes, checked with one small query."""
+        version = self.registry.version()
+        if self._scope is None or self._scope.version != version:
+            self._scope = Scope(self.registry.load())
+        return self._scope
+
+    async def close(self) -> None:
+        try:
+            await self.run(self._close)
+        finally:
+            self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        for store in (self.alarms, self.registry, self.users):
+            if store is not None:
+                store.close()
+        self.alarms = self.registry = self.users = None
