@@ -319,9 +319,12 @@ class AlarmStore:
 
     def latency_histogram(self) -> tuple[list[tuple[float, int]], float]:
         """Cumulative (le, count) buckets of fix-to-alarm latency in seconds, and the sum."""
-        rows = dict(self._db.execute("SELECT le, n FROM latency"))
+        rows = dict(self._db.execute("SELECT le, n FROM latency"))   # one row per bucket hit
         total = rows.pop(-1.0, 0) / 1000.0
-        buckets = [(le, rows.get(le, 0)) for le in (*LATENCY_BUCKETS_S, float("inf"))]
+        buckets, running = [], 0
+        for le in (*LATENCY_BUCKETS_S, float("inf")):
+            running += rows.get(le, 0)
+            buckets.append((le, running))
         return buckets, total
 
     def _count_raised(self, doc: dict, received_ms: int | None, now_ms: int) -> None:
@@ -330,10 +333,9 @@ class AlarmStore:
         if received_ms is None:
             return
         seconds = max(0, now_ms - received_ms) / 1000.0
-        for le in (*LATENCY_BUCKETS_S, float("inf")):
-            if seconds <= le:
-                self._db.execute("INSERT INTO latency VALUES (?, 1) ON CONFLICT DO UPDATE "
-                                 "SET n = n + 1", (le,))
+        le = next((b for b in LATENCY_BUCKETS_S if seconds <= b), float("inf"))
+        self._db.execute("INSERT INTO latency VALUES (?, 1) ON CONFLICT DO UPDATE "
+                         "SET n = n + 1", (le,))
         self._db.execute("INSERT INTO latency VALUES (-1.0, ?) ON CONFLICT DO UPDATE "
                          "SET n = n + excluded.n", (max(0, now_ms - received_ms),))
 

@@ -10,4 +10,5 @@ STAGES = {  # stage name -> module with run(quick) -> Report
     "ingest": "benchmarks.ingest",
     "rules": "benchmarks.rules",
     "alarm_quality": "benchmarks.alarm_quality",
+    "alarm_latency": "benchmarks.alarm_latency",
 }

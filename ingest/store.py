@@ -35,6 +35,7 @@ that uses it (after fork or spawn); using one from another process raises `Store
 
 import os
 import sqlite3
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,10 +53,13 @@ ACK_MEMORY_MS = 24 * 3600 * 1000                 # SPEC minimum; purge_acks no e
 BUSY_TIMEOUT_MS = 10_000
 # Measured on a 2-core dev VM (ext4): 4 KiB pages beat 16/64 KiB for small
 # batches (a 64 KiB page half-wasted by a 37 KB blob) and are within noise for 10,000-fix
-# batches. A checkpoint copies the WAL into the database inside some commit: 16 MiB
-# between checkpoints keeps that stall near 30 ms (64 MiB: 80 ms) at no throughput cost.
+# batches. SQLite's own checkpoints copy the WAL into the database inside some commit,
+# stalling the ingest loop 20-50 ms (hundreds on a busy machine): the ack and
+# fix-to-alarm tails. So the writer never checkpoints; a thread with its own connection
+# runs PASSIVE checkpoints (which never block the writer) once the WAL passes 16 MiB.
 PAGE_SIZE_BYTES = 4096
 WAL_AUTOCHECKPOINT_BYTES = 16 * 1024 * 1024
+CHECKPOINT_POLL_S = 0.25
 JOURNAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024    # truncate the WAL file back after a checkpoint
 
 _SCHEMA = """
@@ -256,6 +260,8 @@ class StoreReader:
 
     def close(self) -> None:
         if self._pid == os.getpid():   # a forked copy must not touch the parent's handle
+            if getattr(self, "_checkpointer", None) is not None:
+                self._checkpointer.stop()
             self._db.close()
 
     def __enter__(self):
@@ -281,6 +287,7 @@ class Store(StoreReader):
             self._db = db = sqlite3.connect(self.path, isolation_level=None)
             with _closing_on_error(db):
                 self._set_up(sync)
+        self._checkpointer = _Checkpointer(self.path)
 
     def _set_up(self, sync: str) -> None:
         """Pragmas (per connection), then the schema if the file is new."""
@@ -295,7 +302,7 @@ class Store(StoreReader):
         if mode.lower() != "wal":
             raise StoreError(f"store {self.path}: cannot use WAL mode (got {mode})")
         db.execute(f"PRAGMA synchronous = {sync.upper()}")
-        db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_BYTES // PAGE_SIZE_BYTES}")
+        db.execute("PRAGMA wal_autocheckpoint = 0")   # `_Checkpointer` does it, off the loop
         db.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
         with self._transaction():
             for statement in _SCHEMA.split(";"):
@@ -372,6 +379,31 @@ class Store(StoreReader):
                 "DELETE FROM batches WHERE seq IN (SELECT seq FROM batches WHERE seq <= ? "
                 "AND received_ms < ? ORDER BY seq LIMIT ?)",
                 (up_to_seq, received_before_ms, limit)).rowcount
+
+
+class _Checkpointer:
+    """PASSIVE WAL checkpoints on a thread of their own, so commits never wait for one."""
+
+    def __init__(self, path: str):
+        self._wal = path + "-wal"
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(CHECKPOINT_POLL_S):
+            try:
+                if os.path.getsize(self._wal) >= WAL_AUTOCHECKPOINT_BYTES:
+                    self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except (OSError, sqlite3.Error):
+                pass   # no WAL yet, or busy: the next poll tries again
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._db.close()
 
 
 def _check_record(r: BatchRecord) -> tuple[bytes | None, bytes]:
