@@ -13,6 +13,7 @@ Places: HOME (inside Shizhong 370402, every subject's home unless said), XUECHEN
 
 from dataclasses import dataclass, field
 
+import time
 import numpy as np
 import pytest
 import shapely
@@ -557,3 +558,16 @@ def test_carriers_remember_names_ids_and_newest_fix():
     restored = Carriers(carriers.rows())
     assert restored.newest_by_id()[cmcc] == T0
     assert restored.name_of(cucc) == "cucc" and restored.id_of("ctcc") == 2
+
+
+def test_a_feed_clock_tells_no_time_before_the_first_fix_then_follows_the_feed():
+    from service.worker import RulesClock
+
+    clock = RulesClock("feed")
+    assert clock.now_ms() is None          # a replay's clock rules wait for its first fix
+    clock.observe(1_000_000)
+    assert 1_000_000 <= clock.now_ms() < 1_000_000 + 5_000
+    clock.observe(500)                     # an older fix does not turn the clock back
+    assert clock.now_ms() >= 1_000_000
+    wall = RulesClock("wall")
+    assert abs(wall.now_ms() - time.time() * 1000) < 5_000
