@@ -54,6 +54,15 @@ class Alerts:
 @dataclass(frozen=True)
 class Desk:
     bind: str = "127.0.0.1:8080"
+    session_hours: float = 12.0        # a session ends after this long unused (sliding)
+    login_attempts: int = 5            # failures per user name or address in 15 min, then 429
+    cookie_secure: bool = False        # Secure cookie flag: set true behind HTTPS
+
+    def __post_init__(self):
+        if not self.session_hours > 0:
+            raise ConfigError(f"[desk] session_hours must be > 0, not {self.session_hours!r}")
+        if self.login_attempts < 1:
+            raise ConfigError(f"[desk] login_attempts must be >= 1, not {self.login_attempts!r}")
 
 
 @dataclass(frozen=True)

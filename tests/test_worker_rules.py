@@ -11,9 +11,9 @@ Places: HOME (inside Shizhong 370402, every subject's home unless said), XUECHEN
 (115.5, 33.5), outside every jurisdiction.
 """
 
+import time
 from dataclasses import dataclass, field
 
-import time
 import numpy as np
 import pytest
 import shapely

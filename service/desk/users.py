@@ -250,10 +250,17 @@ class UserStore:
             expires = slid
         return Session(user, office, hashed, expires)
 
-    def is_live(self, hashed: bytes, now_ms: int) -> bool:
+    def touch(self, hashed: bytes, session_hours: float, now_ms: int) -> bool:
+        """Whether the session (by token hash) is live; slides it like `session`."""
         row = self._db.execute("SELECT expires_ms FROM sessions WHERE token_hash = ?",
                                (hashed,)).fetchone()
-        return row is not None and row[0] > now_ms
+        if row is None or row[0] <= now_ms:
+            return False
+        slid = now_ms + int(session_hours * 3600_000)
+        if slid - row[0] >= SLIDE_EVERY_MS:
+            self._db.execute("UPDATE sessions SET expires_ms = ? WHERE token_hash = ?",
+                             (slid, hashed))
+        return True
 
     def end_session(self, hashed: bytes) -> None:
         self._db.execute("DELETE FROM sessions WHERE token_hash = ?", (hashed,))
