@@ -64,7 +64,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -187,14 +186,7 @@ class Running:
             time.sleep(0.05)
 
     def metrics(self) -> dict[str, float]:
-        """The engine's /metrics as {series: value} (labels kept in the series name)."""
-        text = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                series, _, value = line.rpartition(" ")
-                out[series] = float(value)
-        return out
+        return self.engine.metrics()
 
     def cpu_s(self) -> dict[str, float]:
         return {name: _cpu_s(pid) for name, pid in self.pids.items()}

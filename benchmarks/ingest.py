@@ -58,7 +58,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,14 +231,7 @@ class Running:
         return {name: _status_kib(pid, key) * 1024 for name, pid in self.pids.items()}
 
     def metrics(self) -> dict[str, float]:
-        """The engine's /metrics as {series: value} (labels kept in the series name)."""
-        text = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                series, _, value = line.rpartition(" ")
-                out[series] = float(value)
-        return out
+        return self.engine.metrics()
 
     def close(self) -> None:
         for db in self._evaluation:

@@ -85,6 +85,23 @@ class Engine:
             time.sleep(0.05)
         raise TimeoutError(f"no {prefix!r} in:\n" + "\n".join(self.lines[-30:]))
 
+    @property
+    def metrics_url(self) -> str:
+        line = next(x for x in self.lines if "metrics on " in x)
+        return line.split("metrics on ")[1].split(";")[0]
+
+    def metrics(self) -> dict[str, float]:
+        """The engine's /metrics as {series: value} (labels kept in the series name)."""
+        import urllib.request
+
+        text = urllib.request.urlopen(self.metrics_url, timeout=10).read().decode()
+        values = {}
+        for row in text.splitlines():
+            if row and not row.startswith("#"):
+                series, _, value = row.rpartition(" ")
+                values[series] = float(value)
+        return values
+
     def pid(self, name: str) -> int:
         return int((self.root / f"{name}.pid").read_text())
 

@@ -11,7 +11,6 @@ import hmac
 import json
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -115,7 +114,7 @@ def test_kill9_of_the_whole_engine_mid_stream_leaves_every_expected_alarm_once(t
         mine = {a for a in expected if _office_of(engine, a) == office}
         posted = wait_for(lambda: {json.loads(b)["id"] for b, _ in receiver.posts},
                           lambda got: mine <= got)
-        metrics = scrape(engine)
+        metrics = engine.metrics()
     finally:
         engine.stop()
         receiver.close()
@@ -138,15 +137,6 @@ def test_kill9_of_the_whole_engine_mid_stream_leaves_every_expected_alarm_once(t
         digest = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
         assert headers["X-Geofence-Signature"] == f"sha256={digest}"
         assert headers["X-Geofence-Alarm"] == json.loads(body)["id"]
-
-
-def scrape(engine: Engine) -> dict[str, float]:
-    """The engine's /metrics as {series: value}."""
-    line = next(x for x in engine.lines if "metrics on" in x)
-    url = line.split("metrics on ")[1].split(";")[0]
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    return {k: float(v) for k, v in (row.rsplit(" ", 1) for row in text.splitlines()
-                                     if row and not row.startswith("#"))}
 
 
 def _raised(engine: Engine) -> dict[str, str]:
