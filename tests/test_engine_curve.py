@@ -104,9 +104,8 @@ def test_alarms_on_a_curve_pub_socket_reach_allowed_subscribers_only(tmp_path):
     allowed = tmp_path / "subscribers"
     allowed.mkdir()
     shutil.copy(keys / "desk.key", allowed / "desk.key")
-    config = write_config(tmp_path)
-    config.write_text(config.read_text() + f'curve_keys = "{keys}"\n'
-                      f'curve_subscribers = "{allowed}"\n')
+    config = write_config(tmp_path, alerts={"curve_keys": str(keys),
+                                            "curve_subscribers": str(allowed)})
     doc = population_document(20)
     registry = tmp_path / "registry.json"
     registry.write_text(json.dumps(doc, ensure_ascii=False))

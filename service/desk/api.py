@@ -1,0 +1,227 @@
+"""The desk's data endpoints (SPEC §8): alarms, people, tracks, the map, the live stream.
+
+Every answer is cut to the user's office subtree (`service.desk.scope`). Anything outside
+it answers 404 exactly as a missing id does, so nobody can learn that it exists.
+"""
+
+import asyncio
+
+from aiohttp import web
+
+from alerts.alarm_store import STATUSES, AlarmStateError
+from alerts.rules import EVENT_TYPES
+from service.desk import events, tracks
+from service.desk.context import SESSION, ApiError, desk_of
+from service.desk.http import json_body, json_response
+from service.desk.mapdata import build_map_layer
+from service.desk.metrics import CONTENT_TYPE
+
+DEFAULT_LIMIT = 200
+MAX_LIMIT = 1_000
+MAX_NOTE_CHARS = 2_000
+MAX_ID_CHARS = 128
+MAX_MS = 2**53
+NO_ALARM = "no such alarm"
+NO_SUBJECT = "no such subject"
+
+
+def _int(query, name: str, lo: int, hi: int, default: int | None = None) -> int | None:
+    text = query.get(name, "")
+    if text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a whole number") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"{name} must be in {lo}..{hi}")
+    return value
+
+
+def _choice(query, name: str, allowed) -> str | None:
+    value = query.get(name, "")
+    if value and value not in allowed:
+        raise ApiError(400, f"{name} must be one of {', '.join(allowed)}")
+    return value or None
+
+
+# -- alarms ------------------------------------------------------------------------------
+
+async def list_alarms(request: web.Request) -> web.Response:
+    desk, session, q = desk_of(request), request[SESSION], request.query
+    status = _choice(q, "status", STATUSES)
+    kind = _choice(q, "type", EVENT_TYPES)
+    since = _int(q, "since", 0, MAX_MS)
+    limit = _int(q, "limit", 1, MAX_LIMIT, DEFAULT_LIMIT)
+    office = q.get("office", "")
+
+    def read():
+        alarms = desk.stores.alarms
+        seq = alarms.last_change()   # before the query: a change in between is sent twice,
+        scope = desk.stores.scope()  # never lost, to a page that follows ?after=seq
+        subtree = scope.subtree(session.office)
+        if office and office not in subtree:
+            return [], seq
+        offices = scope.subtree(office) if office else subtree
+        return alarms.query(status=status, type=kind, offices=offices, since_ms=since,
+                            limit=limit), seq
+
+    found, seq = await desk.stores.run(read)
+    return json_response({"alarms": found, "seq": seq})
+
+
+def _visible(desk, session, alarm_id: str) -> bool:
+    """Database thread: whether the alarm exists and the user may see it."""
+    subtree = desk.stores.scope().subtree(session.office)
+    return any(code in subtree for code in desk.stores.alarms.offices_of(alarm_id))
+
+
+def _alarm_id(request: web.Request) -> str:
+    alarm_id = request.match_info["id"]
+    if not 0 < len(alarm_id) <= MAX_ID_CHARS:
+        raise ApiError(404, NO_ALARM)
+    return alarm_id
+
+
+async def get_alarm(request: web.Request) -> web.Response:
+    desk, session, alarm_id = desk_of(request), request[SESSION], _alarm_id(request)
+
+    def read():
+        return desk.stores.alarms.get(alarm_id) if _visible(desk, session, alarm_id) else None
+
+    doc = await desk.stores.run(read)
+    if doc is None:
+        raise ApiError(404, NO_ALARM)
+    return json_response(doc)
+
+
+async def acknowledge(request: web.Request) -> web.Response:
+    return await _act(request, "acknowledge")
+
+
+async def resolve(request: web.Request) -> web.Response:
+    return await _act(request, "resolve")
+
+
+async def _act(request: web.Request, action: str) -> web.Response:
+    desk, session, alarm_id = desk_of(request), request[SESSION], _alarm_id(request)
+    body = await json_body(request)
+    note = body.get("note", "")
+    if note is None:
+        note = ""
+    if not isinstance(note, str) or len(note) > MAX_NOTE_CHARS:
+        raise ApiError(400, f"note must be text of at most {MAX_NOTE_CHARS} characters")
+    now = desk.now_ms()
+
+    def write():
+        if not _visible(desk, session, alarm_id):
+            raise KeyError(alarm_id)
+        act = getattr(desk.stores.alarms, action)
+        act(alarm_id, session.user, session.office, note.strip(), now)
+        return desk.stores.alarms.get(alarm_id)
+
+    try:
+        doc = await desk.stores.run(write)
+    except KeyError:
+        raise ApiError(404, NO_ALARM) from None
+    except AlarmStateError as e:
+        raise ApiError(409, str(e)) from None
+    return json_response(doc)
+
+
+# -- subjects ----------------------------------------------------------------------------
+
+async def list_subjects(request: web.Request) -> web.Response:
+    desk, session = desk_of(request), request[SESSION]
+    now = desk.now_ms()
+
+    def read():
+        scope = desk.stores.scope()
+        subjects = scope.visible_subjects(scope.subtree(session.office), now)
+        return [scope.subject_document(s, now) for s in sorted(subjects, key=lambda s: s.id)]
+
+    return json_response({"subjects": await desk.stores.run(read)})
+
+
+async def track(request: web.Request) -> web.Response:
+    desk, session, q = desk_of(request), request[SESSION], request.query
+    subject_id = request.match_info["id"]
+    now = desk.now_ms()
+    until = _int(q, "until", 0, MAX_MS, now)
+    since = _int(q, "since", 0, MAX_MS, until - tracks.DEFAULT_WINDOW_MS)
+    if since > until:
+        raise ApiError(400, "since must not be after until")
+    if until - since > tracks.MAX_WINDOW_MS:
+        raise ApiError(400, f"a track spans at most {tracks.MAX_WINDOW_MS // 86_400_000} days")
+
+    def subject_index():
+        scope = desk.stores.scope()
+        subject = scope.registry.subjects.get(subject_id)
+        if subject is None or not scope.sees_subject(scope.subtree(session.office), subject,
+                                                     now):
+            return None
+        return subject.index
+
+    index = await desk.stores.run(subject_index)
+    if index is None:
+        raise ApiError(404, NO_SUBJECT)
+    async with desk.track_reads:
+        fixes, truncated = await asyncio.get_running_loop().run_in_executor(
+            None, tracks.read_track, desk.paths.fixes_db, index, since, until)
+    return json_response({"subject": subject_id, "since": since, "until": until,
+                          "fixes": fixes, "truncated": truncated})
+
+
+# -- the map -----------------------------------------------------------------------------
+
+async def layer(request: web.Request) -> web.Response:
+    desk, session = desk_of(request), request[SESSION]
+    if desk.map_layer is None:
+        async with desk.map_lock:
+            if desk.map_layer is None:
+                desk.map_layer = await asyncio.get_running_loop().run_in_executor(
+                    None, _build_map, desk.settings)
+    map_layer = desk.map_layer
+    zones: list[str] = []
+    if map_layer.zone_layer is not None:
+        now = desk.now_ms()
+
+        def exclusions():
+            scope = desk.stores.scope()
+            return {code for s in scope.visible_subjects(scope.subtree(session.office), now)
+                    for code in s.exclusions}
+
+        zones = map_layer.zone_features_for(await desk.stores.run(exclusions))
+    response = web.Response(text=map_layer.geojson(zones), content_type="application/json")
+    response.enable_compression()
+    return response
+
+
+def _build_map(settings):
+    from service.layers import load_layers
+
+    return build_map_layer(*load_layers(settings))
+
+
+# -- the live stream ---------------------------------------------------------------------
+
+async def event_stream(request: web.Request) -> web.StreamResponse:
+    desk, session = desk_of(request), request[SESSION]
+    subtree = await desk.stores.run(lambda: desk.stores.scope().subtree(session.office))
+    client = events.Client(subtree, session.token_hash)
+
+    async def is_live() -> bool:
+        return await desk.stores.run(desk.stores.users.touch, session.token_hash,
+                                     desk.settings.desk.session_hours, desk.now_ms())
+
+    return await events.stream(request, desk.feed, client, is_live)
+
+
+async def health(_request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    desk = desk_of(request)
+    body = await desk.stores.run(desk.metrics.render)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -1,0 +1,117 @@
+"""The desk's web application, and running it as one of the engine's processes.
+
+    make_app(settings, paths)  -> aiohttp Application (tests serve it on port 0)
+    run_desk(settings, should_stop, on_ready)  blocks: binds [desk] bind, calls
+        on_ready(url) once listening, returns after should_stop() turns true
+
+Routes (SPEC §8): /api/login, /api/logout, /api/me, /api/alarms[/{id}[/ack|/resolve]],
+/api/subjects[/{id}/track], /api/events, /api/layer; /healthz and /metrics without a
+session; the page at / and /static/.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from service.config import Settings
+from service.desk import api, auth, static
+from service.desk.context import DESK, DeskState
+from service.desk.events import ChangeFeed
+from service.desk.http import RouteAccessLogger, outer_middleware, session_middleware
+from service.desk.metrics import DeskMetrics
+from service.desk.stores import Stores
+from service.paths import EnginePaths
+
+log = logging.getLogger("geofence.desk")
+
+LOGIN_CHECKS_AT_ONCE = 2
+SHUTDOWN_TIMEOUT_S = 5.0
+STOP_POLL_S = 0.2
+
+
+def make_app(settings: Settings, paths: EnginePaths, *,
+             clock: Callable[[], float] = time.time) -> web.Application:
+    """The desk application; its SQLite files open on startup and close on cleanup.
+
+    `clock` (seconds, like time.time) is for tests of session expiry.
+    """
+    from service.desk.tracks import TRACK_READS_AT_ONCE
+
+    app = web.Application(middlewares=[outer_middleware, session_middleware],
+                          client_max_size=64 * 1024)
+    stores = Stores(paths, settings.storage.sync)
+    metrics = DeskMetrics(paths.alarms_db)
+    feed = ChangeFeed(stores, on_clients=metrics.sse_clients.set)
+    app[DESK] = DeskState(settings, paths, stores, feed, metrics, clock,
+                          asyncio.Semaphore(LOGIN_CHECKS_AT_ONCE),
+                          asyncio.Semaphore(TRACK_READS_AT_ONCE), asyncio.Lock())
+
+    async def start(_app):
+        await stores.open()
+        await feed.start()
+
+    async def stop_streams(_app):
+        await feed.stop()
+
+    async def close(_app):
+        await stores.run(metrics.close)
+        await stores.close()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(stop_streams)
+    app.on_cleanup.append(close)
+
+    r = app.router
+    r.add_post("/api/login", auth.login)
+    r.add_post("/api/logout", auth.logout)
+    r.add_get("/api/me", auth.me)
+    r.add_get("/api/alarms", api.list_alarms)
+    r.add_get("/api/alarms/{id}", api.get_alarm)
+    r.add_post("/api/alarms/{id}/ack", api.acknowledge)
+    r.add_post("/api/alarms/{id}/resolve", api.resolve)
+    r.add_get("/api/subjects", api.list_subjects)
+    r.add_get("/api/subjects/{id}/track", api.track)
+    r.add_get("/api/events", api.event_stream)
+    r.add_get("/api/layer", api.layer)
+    r.add_get("/healthz", api.health)
+    r.add_get("/metrics", api.metrics)
+    static.add_routes(app)
+    return app
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """("host", port) of `[desk] bind` ("127.0.0.1:8080", "[::1]:8080"; port 0: any)."""
+    host, sep, port = bind.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"[desk] bind must be HOST:PORT, e.g. 127.0.0.1:8080; not {bind!r}")
+    return host, int(port)
+
+
+def run_desk(settings: Settings, should_stop: Callable[[], bool],
+             on_ready: Callable[[str], None]) -> None:
+    """Serve the desk until `should_stop()`; `on_ready(url)` once it is listening."""
+    asyncio.run(serve_desk(settings, should_stop, on_ready))
+
+
+async def serve_desk(settings: Settings, should_stop: Callable[[], bool],
+                     on_ready: Callable[[str], None], paths: EnginePaths | None = None) -> None:
+    host, port = parse_bind(settings.desk.bind)
+    paths = paths or EnginePaths.create(settings.storage.path)
+    runner = web.AppRunner(make_app(settings, paths), access_log_class=RouteAccessLogger,
+                           shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0][1]
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{bound}"
+        log.info("desk listening on %s", url)
+        on_ready(url)
+        while not should_stop():
+            await asyncio.sleep(STOP_POLL_S)
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,52 @@
+"""What the desk's handlers share: typed keys on the application and the request."""
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from service.config import Settings
+from service.desk.events import ChangeFeed
+from service.desk.mapdata import MapLayer
+from service.desk.metrics import DeskMetrics
+from service.desk.stores import Stores
+from service.desk.users import Session
+from service.paths import EnginePaths
+
+
+@dataclass
+class DeskState:
+    """Everything one desk application holds (one per process)."""
+
+    settings: Settings
+    paths: EnginePaths
+    stores: Stores
+    feed: ChangeFeed
+    metrics: DeskMetrics
+    clock: Callable[[], float]
+    login_checks: asyncio.Semaphore      # scrypt runs at once (CPU and 16 MiB each)
+    track_reads: asyncio.Semaphore
+    map_lock: asyncio.Lock
+    map_layer: MapLayer | None = None
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+
+DESK = web.AppKey("desk", DeskState)
+SESSION = web.RequestKey("session", Session)
+
+
+class ApiError(Exception):
+    """An API answer other than success: rendered as {"error": message} with `status`."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def desk_of(request: web.Request) -> DeskState:
+    return request.app[DESK]

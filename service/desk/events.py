@@ -1,0 +1,195 @@
+"""The live alarm stream (`GET /api/events`, Server-Sent Events).
+
+One shared task follows the alarm store's change log (`AlarmStore.changes_after`, every
+POLL_S) for all clients, and hands each change to the clients allowed to see it (any
+office the alarm went to lies in the client's subtree). Each client has a bounded queue;
+a client that falls QUEUE_SIZE changes behind is disconnected rather than buffered
+without limit: its browser reconnects with `Last-Event-ID` and resumes from the store.
+
+Wire format, per change a user may see::
+
+    event: alarm
+    id: <change seq>
+    data: <the alarm document, one line of JSON>
+
+and a comment line every HEARTBEAT_S, which is also when the session is checked again:
+a stream whose session was logged out or expired ends. An open stream counts as use of
+the session (it slides), so a patrol screen that only watches stays logged in.
+
+A client names where to resume with the `Last-Event-ID` header (or `?after=` on a
+fresh connection, e.g. the `seq` of `GET /api/alarms`); otherwise it starts at the end.
+Resuming replays the missed changes from the store first, then joins the live feed
+without a gap or a repeat: the client is registered before the replay and skips the
+live changes the replay already covered.
+"""
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from service.desk.scope import Scope
+
+log = logging.getLogger("geofence.desk")
+
+POLL_S = 0.2
+HEARTBEAT_S = 15.0
+QUEUE_SIZE = 1_000
+REPLAY_PAGE = 500
+RETRY_MS = 3_000
+
+
+@dataclass(eq=False)
+class Client:
+    subtree: frozenset[str]
+    session: bytes
+    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
+    ended: str | None = None   # why the stream must end: "slow", "logout", "shutdown"
+
+    def end(self, why: str) -> None:
+        if self.ended is None:
+            self.ended = why
+            try:
+                self.queue.put_nowait(None)   # wake the writer
+            except asyncio.QueueFull:
+                pass                          # it is not waiting: the queue is full
+
+
+class ChangeFeed:
+    """The shared follower of the change log and its clients."""
+
+    def __init__(self, stores, on_clients: Callable[[int], None] = lambda n: None,
+                 poll_s: float = POLL_S):
+        self.stores = stores
+        self.poll_s = poll_s
+        self.position = 0
+        self.clients: set[Client] = set()
+        self._on_clients = on_clients
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.position = await self.stores.run(lambda: self.stores.alarms.last_change())
+        self._task = asyncio.create_task(self._follow(), name="desk-change-feed")
+
+    async def stop(self) -> None:
+        for client in list(self.clients):
+            client.end("shutdown")
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def add(self, client: Client) -> int:
+        """Register a client; returns the position it will be fed after."""
+        self.clients.add(client)
+        self._on_clients(len(self.clients))
+        return self.position
+
+    def remove(self, client: Client) -> None:
+        self.clients.discard(client)
+        self._on_clients(len(self.clients))
+
+    def end_session(self, session: bytes) -> None:
+        for client in list(self.clients):
+            if client.session == session:
+                client.end("logout")
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                changes = await self.stores.run(_changes_with_offices, self.stores,
+                                                self.position, REPLAY_PAGE)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:   # a locked or briefly missing file: try again
+                log.warning("alarm change feed: %s", type(e).__name__)
+                changes = []
+            for seq, offices, doc in changes:
+                self.dispatch(seq, offices, doc)
+            if len(changes) < REPLAY_PAGE:
+                await asyncio.sleep(self.poll_s)
+
+    def dispatch(self, seq: int, offices: list[str], doc: dict) -> None:
+        """Hand one change to every client that may see it; drop clients that lag."""
+        self.position = seq
+        data = _event(seq, doc)
+        for client in list(self.clients):
+            if client.ended or not Scope.sees_alarm(client.subtree, offices):
+                continue
+            try:
+                client.queue.put_nowait((seq, data))
+            except asyncio.QueueFull:
+                log.info("event stream dropped: client %d changes behind", QUEUE_SIZE)
+                self.remove(client)
+                client.end("slow")
+
+
+def _changes_with_offices(stores, after: int, limit: int) -> list[tuple[int, list[str], dict]]:
+    """Changes after `after` with the offices each alarm has gone to (database thread)."""
+    return [(c.seq, stores.alarms.offices_of(c.alarm_id), c.doc)
+            for c in stores.alarms.changes_after(after, limit)]
+
+
+def _event(seq: int, doc: dict) -> bytes:
+    body = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    return f"event: alarm\nid: {seq}\ndata: {body}\n\n".encode()
+
+
+def resume_point(request: web.Request) -> int | None:
+    """The seq to resume after (Last-Event-ID, else ?after=), None to start at the end."""
+    text = request.headers.get("Last-Event-ID") or request.query.get("after")
+    if text is None or not text.strip().isdigit() or len(text) > 18:
+        return None
+    return int(text)
+
+
+async def stream(request: web.Request, feed: ChangeFeed, client: Client,
+                 is_live: Callable[[], Awaitable[bool]]) -> web.StreamResponse:
+    """Serve one client until it goes, lags, logs out or the desk stops.
+
+    `is_live()` checks (and slides) the session at every heartbeat."""
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream; charset=utf-8",
+        "Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no"})
+    after = resume_point(request)
+    position = feed.add(client)
+    try:
+        await response.prepare(request)
+        await response.write(f"retry: {RETRY_MS}\n: connected\n\n".encode())
+        replayed = position if after is None or after > position else after
+        while replayed < position:   # replay what the client missed, from the store
+            page = await feed.stores.run(_changes_with_offices, feed.stores, replayed,
+                                         REPLAY_PAGE)
+            page = [change for change in page if change[0] <= position]
+            if not page:
+                break
+            for seq, offices, doc in page:
+                if Scope.sees_alarm(client.subtree, offices):
+                    await response.write(_event(seq, doc))
+            replayed = page[-1][0]
+        sent = position   # the queue holds the changes after it
+        while client.ended is None:
+            try:
+                item = await asyncio.wait_for(client.queue.get(), HEARTBEAT_S)
+            except asyncio.TimeoutError:
+                if not await is_live():
+                    break
+                await response.write(b": keepalive\n\n")
+                continue
+            if item is None:
+                break
+            seq, data = item
+            if seq > sent:
+                await response.write(data)
+                sent = seq
+    except ConnectionResetError:
+        pass   # the client went away
+    finally:
+        feed.remove(client)
+    return response

@@ -1,0 +1,119 @@
+"""The desk's request plumbing: sessions, JSON errors, security headers, metrics, logs.
+
+- Every path under /api/ except /api/login needs a live session cookie: 401 otherwise.
+- Under /api/, every error is `{"error": "one line"}`; an unexpected exception is a 500
+  whose log line names the route and the exception type, never its message (which may
+  hold an alarm or subject id).
+- Access log lines name the route template (``/api/subjects/{id}/track``), never the
+  path: subject and alarm ids are personal data.
+"""
+
+import json
+import logging
+import traceback
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from service.desk.context import SESSION, ApiError, desk_of
+
+log = logging.getLogger("geofence.desk")
+
+COOKIE = "geofence_session"
+PUBLIC_API = frozenset({"/api/login"})
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    # The page works offline: everything from this origin, nothing from the internet.
+    "Content-Security-Policy": ("default-src 'self'; img-src 'self' data: blob:; "
+                                "media-src 'self' data: blob:; style-src 'self' "
+                                "'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; "
+                                "form-action 'self'"),
+}
+
+
+def route_of(request: web.Request) -> str:
+    """The route template that matched (no ids), or "unmatched"."""
+    info = request.match_info
+    resource = info.route.resource if info.http_exception is None else None
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def json_dumps(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def json_response(obj, status: int = 200, headers: dict | None = None) -> web.Response:
+    return web.json_response(obj, status=status, headers=headers, dumps=json_dumps)
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> web.Response:
+    return json_response({"error": message}, status, headers)
+
+
+@web.middleware
+async def outer_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """JSON errors under /api/, security headers everywhere, requests counted."""
+    api = request.path.startswith("/api/") or request.path == "/api"
+    try:
+        response = await handler(request)
+    except ApiError as e:
+        response = error_response(e.status, e.message, e.headers)
+    except web.HTTPException as e:
+        if not api or e.status < 400:
+            _count(request, e.status)
+            raise
+        headers = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
+        response = error_response(e.status, e.reason or "error", headers)
+    except Exception as e:
+        frames = "".join(traceback.format_tb(e.__traceback__))
+        log.error("unhandled %s in %s %s\n%s", type(e).__name__, request.method,
+                  route_of(request), frames)
+        response = error_response(500, "internal error")
+    if not response.prepared:
+        response.headers.update(SECURITY_HEADERS)
+        if api:
+            response.headers.setdefault("Cache-Control", "no-store")
+    _count(request, response.status)
+    return response
+
+
+def _count(request: web.Request, status: int) -> None:
+    desk_of(request).metrics.requests.labels(route_of(request), str(status)).inc()
+
+
+@web.middleware
+async def session_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Attach the live session, or answer 401 for anything private under /api/."""
+    if (request.path.startswith("/api/") or request.path == "/api") and \
+            request.path not in PUBLIC_API:
+        desk = desk_of(request)
+        token = request.cookies.get(COOKIE, "")
+        session = None
+        if token:
+            session = await desk.stores.run(desk.stores.users.session, token,
+                                            desk.settings.desk.session_hours, desk.now_ms())
+        if session is None:
+            raise ApiError(401, "not logged in")
+        request[SESSION] = session
+    return await handler(request)
+
+
+async def json_body(request: web.Request) -> dict:
+    """The request's JSON object body; 400 if it is not one."""
+    try:
+        body = await request.json(loads=json.loads)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+class RouteAccessLogger(AbstractAccessLogger):
+    """One line per request with the route template instead of the path."""
+
+    def log(self, request, response, time):
+        self.logger.info("%s %s %s %d %.3fs", request.remote, request.method,
+                         route_of(request), response.status, time)

@@ -1,0 +1,154 @@
+"""Desk users: scrypt password hashes, failed-login limits by name and by address, and
+`geofence user add/list` on the command line (password from stdin or a prompt)."""
+
+import hashlib
+import io
+import sqlite3
+
+import pytest
+
+from alerts.registry import RegistryStore
+from service import cli
+from service.desk.users import (LOGIN_WINDOW_S, SALT_BYTES, UserError, UserStore,
+                                hash_password, verify_password)
+
+OFFICES = {"offices": [{"code": "3704", "name": "枣庄市社区矫正中心"},
+                       {"code": "370402001", "name": "中心街司法所", "parent": "3704"}]}
+
+
+def test_passwords_are_stored_as_salted_scrypt_and_only_the_right_one_verifies(tmp_path):
+    with UserStore(tmp_path / "desk.sqlite") as users:
+        users.add("wang", "370402001", "correct horse", now_ms=1)
+        users.add("li", "370402001", "correct horse", now_ms=1)
+    db = sqlite3.connect(tmp_path / "desk.sqlite")
+    rows = {name: (salt, key, n, r, p) for name, salt, key, n, r, p in
+            db.execute("SELECT name, salt, hash, n, r, p FROM users")}
+    db.close()
+    salt, key, n, r, p = rows["wang"]
+    assert (n, r, p, len(salt)) == (2**14, 8, 1, SALT_BYTES)
+    assert key == hashlib.scrypt(b"correct horse", salt=salt, n=n, r=r, p=p, dklen=len(key))
+    assert b"correct horse" not in salt + key
+    assert rows["li"][:2] != rows["wang"][:2]                    # a salt of its own
+    stored = hash_password("correct horse")
+    assert verify_password("correct horse", stored)
+    assert not verify_password("correct hors", stored)
+    assert not verify_password("Correct horse", stored)
+
+
+def test_names_and_passwords_are_checked(tmp_path):
+    with UserStore(tmp_path / "desk.sqlite") as users:
+        for name, password in (("", "long enough"), ("two words", "long enough"),
+                               ("wang", ""), ("wang", "short")):
+            with pytest.raises(UserError):
+                users.add(name, "370402001", password)
+        users.add("wang", "370402001", "long enough")
+        with pytest.raises(UserError, match="exists"):
+            users.add("wang", "370402001", "another one")
+        assert [u.name for u in users.list()] == ["wang"]
+
+
+def test_failures_are_limited_by_user_name_and_by_address_and_success_clears_the_name(tmp_path):
+    window_ms = LOGIN_WINDOW_S * 1000
+    with UserStore(tmp_path / "desk.sqlite") as users:
+        users.add("wang", "370402001", "long enough")
+        for k in range(3):   # three addresses, one name
+            assert users.begin_login("wang", f"10.0.0.{k}", 3, now_ms=1_000 + k)[0] == 0
+        wait_s, _ = users.begin_login("wang", "10.0.0.9", 3, now_ms=2_000)
+        assert wait_s == 899   # seconds until the first failure (t=1 s) leaves the window
+        for k in range(3):   # three names, one address
+            assert users.begin_login(f"guess{k}", "10.9.9.9", 3, now_ms=3_000)[0] == 0
+        assert users.begin_login("li", "10.9.9.9", 3, now_ms=3_000)[0] > 0
+        assert users.begin_login("li", "10.1.1.1", 3, now_ms=3_000)[0] == 0
+        # the window passes: allowed again; a success clears that name's failures
+        later = 1_000 + window_ms + 3
+        assert users.begin_login("wang", "10.0.0.9", 3, now_ms=later)[0] == 0
+        users.login_succeeded("wang", 12, now_ms=later)
+        for _ in range(2):
+            assert users.begin_login("wang", "10.0.0.8", 3, now_ms=later)[0] == 0
+
+
+def test_a_session_token_is_stored_only_as_its_hash(tmp_path):
+    with UserStore(tmp_path / "desk.sqlite") as users:
+        users.add("wang", "370402001", "long enough")
+        token, session = users.login_succeeded("wang", 12, now_ms=0)
+        live = users.session(token, 12, now_ms=1)
+        assert (live.user, live.office, live.token_hash) == ("wang", "370402001",
+                                                             session.token_hash)
+        db = sqlite3.connect(tmp_path / "desk.sqlite")
+        (stored,), = db.execute("SELECT token_hash FROM sessions").fetchall()
+        db.close()
+        assert stored == hashlib.sha256(token.encode()).digest() and token.encode() != stored
+        assert users.session("x" + token, 12, now_ms=1) is None
+        assert users.session(token, 12, now_ms=13 * 3600_000) is None   # expired
+
+
+# -- the command line --------------------------------------------------------------------
+
+@pytest.fixture
+def engine(tmp_path):
+    """An engine directory with two offices, and a config pointing at it."""
+    config = tmp_path / "geofence.toml"
+    config.write_text(f'[storage]\npath = "{tmp_path / "data"}"\n')
+    (tmp_path / "data").mkdir()
+    registry = RegistryStore(tmp_path / "data" / "registry.sqlite")
+    registry.import_document(OFFICES, lambda code: True, lambda code: False)
+    registry.close()
+    return config
+
+
+class FakeStdin(io.StringIO):
+    def __init__(self, text: str, tty: bool = False):
+        super().__init__(text)
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def geofence(monkeypatch, capsys, stdin: str, *argv: str) -> tuple[int, str, str]:
+    monkeypatch.setattr("sys.stdin", FakeStdin(stdin))
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_user_add_reads_the_password_from_stdin_and_user_list_shows_it(engine, monkeypatch,
+                                                                       capsys):
+    code, out, err = geofence(monkeypatch, capsys, "s3cret pass\n", "--config", str(engine),
+                              "user", "add", "wang", "--office", "370402001")
+    assert (code, err) == (0, "") and "wang" in out and "中心街司法所" in out
+    code, out, _ = geofence(monkeypatch, capsys, "", "--config", str(engine), "user", "list")
+    assert code == 0 and out.startswith("wang\t370402001\t")
+    with UserStore(engine.parent / "data" / "desk.sqlite") as users:
+        assert verify_password("s3cret pass", users.password_hash("wang"))
+    code, _, err = geofence(monkeypatch, capsys, "other pass\n", "--config", str(engine),
+                            "user", "add", "wang", "--office", "3704")
+    assert code == 2 and "exists" in err
+    code, _, _ = geofence(monkeypatch, capsys, "other pass\n", "--config", str(engine),
+                          "user", "add", "wang", "--office", "3704", "--replace")
+    assert code == 0
+
+
+@pytest.mark.parametrize("stdin, argv, reason", [
+    ("s3cret pass\n", ["--office", "999"], "unknown office '999'"),
+    ("\n", ["--office", "3704"], "the password is empty"),
+    ("", ["--office", "3704"], "the password is empty"),
+    ("short\n", ["--office", "3704"], "at least 8 characters"),
+])
+def test_user_add_refuses_bad_input_with_one_line_and_exit_2(engine, monkeypatch, capsys,
+                                                             stdin, argv, reason):
+    code, out, err = geofence(monkeypatch, capsys, stdin, "--config", str(engine), "user",
+                              "add", "wang", *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("geofence: error: ") and reason in err and err.count("\n") == 1
+    with UserStore(engine.parent / "data" / "desk.sqlite") as users:
+        assert users.list() == []
+
+
+def test_user_add_on_a_terminal_asks_twice(engine, monkeypatch, capsys):
+    answers = iter(["first pass", "other pass", "same pass1", "same pass1"])
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": next(answers))
+    monkeypatch.setattr("sys.stdin", FakeStdin("", tty=True))
+    assert cli.main(["--config", str(engine), "user", "add", "wang", "--office", "3704"]) == 2
+    assert "differ" in capsys.readouterr().err
+    assert cli.main(["--config", str(engine), "user", "add", "wang", "--office", "3704"]) == 0
