@@ -1,0 +1,43 @@
+// The desk API over fetch: JSON in and out, errors as HttpError (status 0: no connection).
+// A 401 on any call but the login, while logged in, calls the handler set by the page.
+
+import { state } from "./state.js";
+
+export class HttpError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+let onUnauthorized = () => {};
+
+/** What to do when the session turns out to be gone (show the login form). */
+export function setUnauthorizedHandler(handler) {
+  onUnauthorized = handler;
+}
+
+export async function api(path, { method = "GET", body } = {}) {
+  const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch (e) {
+    throw new HttpError(0, "无法连接服务器");
+  }
+  let data = null;
+  if ((res.headers.get("Content-Type") || "").includes("json")) {
+    try {
+      data = await res.json();
+    } catch (e) {
+      data = null;
+    }
+  }
+  if (res.status === 401 && path !== "/api/login" && state.me) onUnauthorized();
+  if (!res.ok) throw new HttpError(res.status, (data && data.error) || `HTTP ${res.status}`);
+  return data;
+}

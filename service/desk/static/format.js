@@ -1,0 +1,75 @@
+// What the desk shows for the engine's codes (Chinese labels), and times, durations,
+// accuracies and fixes as text. Pure functions: no DOM, no state.
+
+export const TYPE_NAMES = {
+  zone_exit: "越界",
+  zone_return: "返回",
+  possible_exit: "疑似越界",
+  exclusion_entry: "进入禁止区域",
+  possible_exclusion: "疑似进入禁止区域",
+  signal_lost: "失联",
+  signal_restored: "恢复联系",
+  permit_overstay: "外出逾期",
+  feed_outage: "数据中断",
+};
+export const SEVERITIES = ["critical", "high", "medium", "info"];
+export const SEVERITY_NAMES = { critical: "严重", high: "高", medium: "中", info: "提示" };
+export const STATUS_NAMES = {
+  open: "待处理", acknowledged: "已确认", resolved: "已处理", escalated: "已升级",
+};
+export const ACTION_NAMES = {
+  raised: "产生", repeated: "重复", acknowledged: "确认", resolved: "处理", escalated: "升级",
+};
+export const SRC_NAMES = { gps: "GPS", wifi: "WiFi", cell: "基站" };
+export const RISK_NAMES = { normal: "一般", key: "重点人员" };
+export const CATEGORY_NAMES = {
+  probation: "缓刑", parole: "假释", medical_parole: "暂予监外执行", control: "管制",
+};
+
+export const typeName = (t) => TYPE_NAMES[t] || t;
+
+const pad2 = (n) => String(n).padStart(2, "0");
+
+/** Local 24 h time, MM-DD HH:mm:ss. */
+export function fmtTime(ms) {
+  if (ms === null || ms === undefined || !Number.isFinite(Number(ms))) return "—";
+  const d = new Date(Number(ms));
+  return `${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} ` +
+    `${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`;
+}
+
+export function fmtDuration(seconds) {
+  const s = Math.max(0, Math.round(Number(seconds)));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  if (h >= 24) return `${Math.floor(h / 24)} 天 ${h % 24} 小时`;
+  if (h > 0) return `${h} 小时 ${pad2(m)} 分`;
+  return `${m} 分 ${pad2(s % 60)} 秒`;
+}
+
+export function fmtAcc(acc) {
+  if (acc === null || acc === undefined) return "精度未知";
+  const m = Number(acc);
+  return m >= 1000 ? `±${(m / 1000).toFixed(1)} km` : `±${Math.round(m)} m`;
+}
+
+/** "lon, lat · ±acc · source" of a fix. */
+export function fixText(fix) {
+  const parts = [`${Number(fix.lon).toFixed(5)}, ${Number(fix.lat).toFixed(5)}`, fmtAcc(fix.acc)];
+  parts.push(SRC_NAMES[fix.src] || "来源未知");
+  return parts.join(" · ");
+}
+
+/** "name code", the code alone without a name, "—" without a code. */
+export function withCode(name, code) {
+  if (code === null || code === undefined || code === "") return "—";
+  return name ? `${name} ${code}` : String(code);
+}
+
+/** Any JSON value as one line of text. */
+export function plain(v) {
+  if (v === null || v === undefined) return "—";
+  if (typeof v !== "object") return String(v);
+  if (Array.isArray(v)) return v.map(plain).join("、");
+  return Object.entries(v).map(([k, x]) => `${k}: ${plain(x)}`).join("；");
+}

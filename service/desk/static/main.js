@@ -1,0 +1,51 @@
+// The patrol desk page (SPEC §8): log in, live alarm list over SSE, SVG map of the
+// jurisdictions, alarm detail with acknowledge / resolve, a subject's 24 h track.
+// Vanilla JS modules, no build step, nothing loaded from the internet. Data never goes
+// through innerHTML: every text is set with textContent.
+//
+// This module only wires the page together:
+//   session.js      boot, login, logout; starting and stopping the desk
+//   api.js          fetch wrapper (JSON, errors, 401)     live.js   the SSE stream
+//   alarms.js       list snapshot, redraw of every view   filters.js  the three filters
+//   alarm-list.js   the list rows                         counters.js open counts, title
+//   detail.js       selection, detail panel, history      actions.js  ack / resolve
+//   track.js        the track buttons                     sound.js  beep and its toggle
+//   map.js          SVG view, zoom, pan, scale    map-areas.js  jurisdictions and zones
+//   map-alarms.js   alarm dots on the map         map-track.js  a track on the map
+//   state.js, names.js, format.js, dom.js: shared state, names, labels, DOM builders
+
+import { act } from "./actions.js";
+import { setupAlarmList } from "./alarm-list.js";
+import { loadAlarms, renderAll } from "./alarms.js";
+import { setUnauthorizedHandler } from "./api.js";
+import { select } from "./detail.js";
+import { $ } from "./dom.js";
+import { setupMap } from "./map.js";
+import { boot, onLogin, onLogout, onUnauthorized } from "./session.js";
+import { renderSoundToggle, toggleSound, unlockAudio } from "./sound.js";
+import { clearTrack, showTrack } from "./track.js";
+
+function init() {
+  setUnauthorizedHandler(onUnauthorized);
+  setupMap((id) => select(id, { center: false }));
+  $("login-form").addEventListener("submit", onLogin);
+  $("logout").addEventListener("click", onLogout);
+  $("sound-toggle").addEventListener("click", toggleSound);
+  for (const id of ["filter-office", "filter-type", "filter-status"])
+    $(id).addEventListener("change", () => {
+      renderAll();
+      loadAlarms();
+    });
+  setupAlarmList(select);
+  $("ack-button").addEventListener("click", () => act("ack"));
+  $("resolve-button").addEventListener("click", () => act("resolve"));
+  $("track-show").addEventListener("click", showTrack);
+  $("track-clear").addEventListener("click", clearTrack);
+  // Browsers allow audio only after a user gesture: the first click or key enables it.
+  document.addEventListener("pointerdown", unlockAudio, true);
+  document.addEventListener("keydown", unlockAudio, true);
+  renderSoundToggle();
+  boot();
+}
+
+init();
