@@ -37,7 +37,7 @@ from ingest.carrier import CarrierClient, CarrierStats, load_curve
 from ingest.feed import DAY_MS, SOURCES, Population, make_day, make_population
 from ingest.protocol import encode_cols, encode_rows
 
-COUNTIES = list(ZAOZHUANG_COUNTIES)   # the order `service.core_demo` uses: the same draws
+COUNTIES = list(ZAOZHUANG_COUNTIES)
 FORMS = ("cols", "rows")
 SPOILS = ("lon_nan", "lon_range", "acc", "src")   # how a bad fix is bad, drawn evenly
 PROGRESS_EVERY_S = 5.0

@@ -35,11 +35,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="TOML configuration (default: ./geofence.toml if present)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", parents=[common], help="run the engine on built-in Zaozhuang data",
-                          description="Simulate a day of fixes for Zaozhuang's supervised "
-                          "people on the built-in layer and report what the engine finds.")
-    demo.add_argument("--subjects", type=_positive_int, default=2032)
-    demo.add_argument("--seed", type=int, default=7)
+    demo = sub.add_parser("demo", help="run the whole engine on built-in Zaozhuang data",
+                          description="Start the whole engine (ingest, workers, dispatcher, "
+                          "desk) on the built-in Zaozhuang layer with 2,032 simulated people, "
+                          "replay a day of carrier fixes fast with planted exits, permitted "
+                          "trips, overstays, silences and injunction breaches, then keep a live "
+                          "feed; prints the desk's URL and a demo login. It writes its own "
+                          "config into --data (no --config).")
+    from service.demo import add_demo_arguments
+    add_demo_arguments(demo)
     demo.set_defaults(run=_demo)
 
     layer = sub.add_parser("layer", parents=[common], help="jurisdiction and zone layers")
@@ -123,9 +127,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo(args) -> int:
-    from service import core_demo
+    from service.demo import demo_options, run_demo
 
-    core_demo.run(subjects=args.subjects, seed=args.seed)
+    run_demo(**demo_options(args))
     return 0
 
 
