@@ -5,6 +5,7 @@ and evaluated exactly once even if any engine process is killed with kill -9.
 """
 
 import json
+import os
 import time
 
 import numpy as np
@@ -182,3 +183,36 @@ def test_changing_the_worker_count_never_evaluates_a_batch_twice(engine_dir):
     finally:
         carrier.close()
         engine.stop()
+
+
+def test_sigterm_stops_every_process_cleanly_and_loses_nothing_acknowledged(engine_dir):
+    engine = Engine(engine_dir, workers=2)
+    engine.wait_for("geofence: ready")   # after every worker warmed its kernels
+    pids = {name: engine.pid(name) for name in ("ingest", "worker-0", "worker-1", "dispatcher")}
+    carrier = Carrier(engine.endpoint)
+    rng = np.random.default_rng(23)
+    now = int(time.time() * 1000)
+    frames = {b: batch_frame(b, rng, now) for b in range(20)}
+    acks: dict[int, dict] = {}
+    try:
+        push(carrier, frames, acks)     # and stop at once, evaluation still under way
+    finally:
+        carrier.close()
+        engine.stop()                   # SIGTERM to the supervisor
+    assert engine.proc.returncode == 0 and engine.lines[-1] == "geofence: stopped"
+    for pid in pids.values():
+        assert not _alive(pid)
+    engine = Engine(engine_dir, workers=2)
+    try:
+        totals = wait_evaluated(engine, accepted(acks))
+        assert totals["fixes"] == accepted(acks) == 20 * BATCH_FIXES
+    finally:
+        engine.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
