@@ -62,7 +62,7 @@ class Dispatcher:
         self.nudges.bind(paths.alarms_endpoint)
         self.webhooks = parse_webhooks(settings.alerts.webhooks)
         self.sender = WebhookSender(paths.alarms_db, self.webhooks)
-        self._sources: dict[str, sqlite3.Connection] = {}
+        self._sources: dict[tuple[str, int], sqlite3.Connection] = {}
         self._published = self.alarms.position(PUBLISHED)
         self._next_escalation = 0.0
 
@@ -96,16 +96,17 @@ class Dispatcher:
             if source is None:
                 continue
             try:
+                (file_id,), = source.execute("SELECT value FROM meta WHERE key = 'file_id'")
                 rows = source.execute(
                     "SELECT rowid, doc, received_ms FROM alarms WHERE rowid > ? ORDER BY rowid "
-                    "LIMIT ?", (self.alarms.position(path.name), READ_ALARMS)).fetchall()
-            except sqlite3.OperationalError:  # the worker has not created its tables yet
+                    "LIMIT ?", (self.alarms.position(file_id), READ_ALARMS)).fetchall()
+            except (sqlite3.OperationalError, ValueError):   # not set up by its worker yet
                 continue
             if not rows:
                 continue
             incoming = [self._incoming(json.loads(doc), received) for _, doc, received in rows]
             self.alarms.add(incoming, _wall_ms(), set(self.webhooks),
-                            positions={path.name: rows[-1][0]})
+                            positions={file_id: rows[-1][0]})
             read = max(read, len(rows))
         return read
 
@@ -139,12 +140,16 @@ class Dispatcher:
             self.registry = self.registry_store.load()
 
     def _source(self, path: Path) -> sqlite3.Connection | None:
-        if path.name not in self._sources:
+        try:
+            key = (path.name, path.stat().st_ino)   # a retired file's successor is new
+        except OSError:                             # retired between glob and stat
+            return None
+        if key not in self._sources:
             if not re.fullmatch(r"evaluation-\d+-of-\d+\.sqlite", path.name):
                 return None
-            self._sources[path.name] = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro",
-                                                       uri=True, isolation_level=None)
-        return self._sources[path.name]
+            self._sources[key] = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro",
+                                                 uri=True, isolation_level=None)
+        return self._sources[key]
 
     def _bind_pub(self, ctx: zmq.Context, settings: Settings) -> zmq.Socket:
         """The PUB socket; with `[alerts] curve_keys`, a CURVE server admitting only the

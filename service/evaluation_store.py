@@ -8,6 +8,7 @@ evaluated, and its results and alarms are recorded exactly once (`evaluated.seq`
 """
 
 import sqlite3
+import uuid
 from pathlib import Path
 
 SCHEMA = """
@@ -20,6 +21,7 @@ CREATE TABLE IF NOT EXISTS alarms (id TEXT PRIMARY KEY, type TEXT, severity TEXT
 CREATE TABLE IF NOT EXISTS rule_state (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER,
     state BLOB, checked_until_ms INTEGER);
 CREATE TABLE IF NOT EXISTS carriers (name TEXT PRIMARY KEY, id INTEGER, newest_t_ms INTEGER);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 """
 
 
@@ -29,6 +31,11 @@ class EvaluationStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={sync.upper()}")
         self._db.executescript(SCHEMA)
+        # A name for this file that a new file of the same path never shares (the
+        # dispatcher keeps its reading position per file, and files are retired when the
+        # worker count changes).
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('file_id', ?)",
+                         (uuid.uuid4().hex,))
 
     def checkpoint(self) -> int:
         return self._db.execute("SELECT seq FROM checkpoint").fetchone()[0]
