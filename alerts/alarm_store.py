@@ -4,9 +4,11 @@ Workers store the alarms they raise in their own files; the dispatcher imports t
 where people and timers act on them:
 
 - one open alarm per subject and type (SPEC §6): an alarm raised while an earlier one of
-  the same subject and type is not yet resolved is folded into it (``details.repeats``,
-  ``details.last``) instead of opening a second one; the raised id is still recorded in
-  `raised`, so a replay after a crash is recognised and adds nothing;
+  the same subject and type is still open (or escalated) at the same office is folded
+  into it (``details.repeats``, ``details.last``) instead of opening a second one; once
+  somebody acknowledged it, or the person is supervised elsewhere, a new event opens a
+  new alarm. The raised id is recorded in `raised` either way, so a replay after a crash
+  is recognised and adds nothing;
 - status ``open`` → ``acknowledged`` → ``resolved``, or ``escalated`` when nobody
   acknowledged in time (SPEC §6 timers): the alarm then goes to the parent office, and
   on up the tree while it stays unacknowledged; every change is kept in `history`;
@@ -41,12 +43,14 @@ CREATE INDEX IF NOT EXISTS alarms_fold ON alarms (fold_key, type, status);
 CREATE INDEX IF NOT EXISTS alarms_escalate ON alarms (escalate_at_ms)
     WHERE escalate_at_ms IS NOT NULL;
 CREATE INDEX IF NOT EXISTS alarms_status ON alarms (status);
+CREATE INDEX IF NOT EXISTS alarms_t ON alarms (t_ms);
 CREATE TABLE IF NOT EXISTS raised (id TEXT PRIMARY KEY, alarm_id TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS history (alarm_id TEXT NOT NULL, at_ms INTEGER NOT NULL,
     action TEXT NOT NULL, user TEXT, office TEXT, note TEXT);
 CREATE INDEX IF NOT EXISTS history_alarm ON history (alarm_id);
 CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT,
     alarm_id TEXT NOT NULL, at_ms INTEGER NOT NULL, action TEXT NOT NULL, topics TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS changes_alarm ON changes (alarm_id);
 CREATE TABLE IF NOT EXISTS raised_counts (type TEXT, severity TEXT, n INTEGER NOT NULL,
     PRIMARY KEY (type, severity)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS latency (le REAL PRIMARY KEY, n INTEGER NOT NULL);
@@ -136,10 +140,13 @@ class AlarmStore:
         if self._db.execute("SELECT 1 FROM raised WHERE id = ?", (doc["id"],)).fetchone():
             return False  # seen before: a replay after a crash
         self._count_raised(doc, alarm.received_ms, now_ms)
+        # Fold only into an alarm nobody has taken up yet, at the same office: after an
+        # acknowledgement a new event must reach people again, and after a transfer or a
+        # delegation it belongs to the new office.
         row = self._db.execute(
-            "SELECT id, doc FROM alarms WHERE fold_key = ? AND type = ? AND status IN "
-            "('open', 'acknowledged', 'escalated') ORDER BY t_ms DESC LIMIT 1",
-            (alarm.fold_key, doc["type"])).fetchone()
+            "SELECT id, doc FROM alarms WHERE fold_key = ? AND type = ? AND office = ? AND "
+            "status IN ('open', 'escalated') ORDER BY t_ms DESC LIMIT 1",
+            (alarm.fold_key, doc["type"], doc["office"])).fetchone()
         if row is not None:
             self._fold(row[0], json.loads(row[1]), doc, now_ms)
             return False

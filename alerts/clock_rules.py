@@ -5,9 +5,11 @@ even when no fix arrives at all. They read the fix-driven state (`alerts.rules.R
 newest fix time, position, carrier and flags) and run as numpy over all subjects at once.
 
 Silence (失联) is counted from the subject's newest fix, or from when this worker started
-watching the subject (after a start or a registration), whichever is later: a restart
-never raises a flood for people whose last fix predates it, and a subject who never
-reported is lost `signal_lost_after_s` after the worker first saw them.
+watching the subject (after a start or a registration), whichever is later: a start after
+a long stop never raises a flood for people whose last fix predates it, and a subject who
+never reported is lost `signal_lost_after_s` after the worker first saw them. After a
+short stop (`resume`: the worker's last clock check was minutes ago) silence keeps
+counting from the newest fix, so a restart postpones no one's alarm.
 
 A carrier that stops pushing would make all its subjects silent together. The outage is
 recognised early, when at least `feed_outage_share` of the carrier's subjects (and at least
@@ -53,17 +55,29 @@ class SilenceWatch:
         self.outage_min = int(rules.feed_outage_min_subjects)
         self.watch_ms = np.zeros(0, np.int64)
         self.down: dict[int, int] = {}   # carrier id -> its newest fix t when it went down
+        # Set by a worker that restarts soon after its last check (`resume`): silence then
+        # keeps counting from each subject's newest fix instead of from the restart.
+        self.resume_ms: int | None = None
+
+    def resume(self, last_check_ms: int) -> None:
+        """This partition was watched until `last_check_ms` (shortly before a restart)."""
+        self.resume_ms = int(last_check_ms)
 
     def check(self, state: RuleState, mine: np.ndarray, now_ms: int,
               carrier_newest_ms: dict[int, int]) -> SilenceEvents:
         """Mark and return what the clock says now; `mine`: per subject, watched here."""
         n = state.n_subjects
         if len(self.watch_ms) < n:
-            self.watch_ms = np.concatenate(
-                [self.watch_ms, np.full(n - len(self.watch_ms), now_ms, np.int64)])
+            fill = np.full(n - len(self.watch_ms), now_ms, np.int64)
+            if self.resume_ms is not None:   # back after a short stop: nothing postponed
+                newest = state.newest_t_ms[len(self.watch_ms):n]
+                fill = np.where(newest == NO_TIME, self.resume_ms, NO_TIME)
+                self.resume_ms = None
+            self.watch_ms = np.concatenate([self.watch_ms, fill])
         mine = np.asarray(mine[:n], np.bool_)
         carrier = state.carrier
         self._feeds_back(state, carrier, mine, now_ms, carrier_newest_ms)
+        self._forget_stale_outages(state, carrier, mine, now_ms)
         since = np.maximum(state.newest_t_ms, self.watch_ms[:n])
         quiet_for = now_ms - since
         outages = self._outages(carrier, mine, quiet_for, carrier_newest_ms)
@@ -83,6 +97,19 @@ class SilenceWatch:
                                          & ((state.flags & rk.OUTAGE_SILENT) != 0))
                 state.clear_flags(waiting, rk.OUTAGE_SILENT)
                 self.watch_ms[waiting] = now_ms
+
+    def _forget_stale_outages(self, state, carrier, mine, now_ms) -> None:
+        """Marks whose outage this watch does not know of (it was restarted, and the list
+        of carriers down is not kept) are cleared, silence counting afresh from now; an
+        outage still going on is recognised again after `feed_outage_silence_s`, well
+        before anyone's signal_lost."""
+        marked = mine & ((state.flags & rk.OUTAGE_SILENT) != 0)
+        if self.down:
+            marked &= ~np.isin(carrier, list(self.down))
+        stale = np.flatnonzero(marked)
+        if len(stale):
+            state.clear_flags(stale, rk.OUTAGE_SILENT)
+            self.watch_ms[stale] = now_ms
 
     def _outages(self, carrier, mine, quiet_for, carrier_newest_ms) -> list[Outage]:
         known = mine & (carrier >= 0)

@@ -91,7 +91,9 @@ class Dispatcher:
     def import_new(self) -> int:
         """Import alarms workers stored since the last call; returns how many were read."""
         read = 0
-        for path in sorted(self.paths.root.glob("evaluation-*-of-*.sqlite")):
+        # Retired files too (a change of the worker count retires them): alarms committed
+        # in a worker's last moments may not have been imported yet.
+        for path in sorted(self.paths.root.glob("evaluation-*-of-*.*")):
             source = self._source(path)
             if source is None:
                 continue
@@ -145,7 +147,7 @@ class Dispatcher:
         except OSError:                             # retired between glob and stat
             return None
         if key not in self._sources:
-            if not re.fullmatch(r"evaluation-\d+-of-\d+\.sqlite", path.name):
+            if not re.fullmatch(r"evaluation-\d+-of-\d+\.(sqlite|retired)", path.name):
                 return None
             self._sources[key] = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro",
                                                  uri=True, isolation_level=None)

@@ -25,7 +25,7 @@ import geofence
 from alerts.alarms import Alarm, alarms_from_events, fix_document, make_alarm
 from alerts.clock_rules import SilenceWatch, permit_overstays
 from alerts.registry import Registry, RegistryStore, Subject
-from alerts.rules import NO_TIME, RuleState
+from alerts.rules import NO_TIME, RuleState, SnapshotError
 from alerts.schedule import AreaSchedule
 from ingest.store import StoredBatch, StoreReader
 from service.config import Settings
@@ -39,6 +39,8 @@ READ_BATCHES = 64
 IDLE_POLL_MS = 200
 REGISTRY_POLL_S = 1.0
 SNAPSHOT_EVERY_S = 2.0
+RESUME_WITHIN_MS = 10 * 60 * 1000   # a restart this soon after the last clock check resumes
+                                    # silence counting; after longer, it starts afresh
 
 
 class SubjectBook:
@@ -128,7 +130,10 @@ class Evaluation:
         self.index, self.count = index, count
         self.rules = RuleState(max(book.size, 1), settings.rules)
         if snapshot is not None:
-            self.rules.restore(snapshot)
+            try:
+                self.rules.restore(snapshot)
+            except SnapshotError as e:   # another build's format, or damaged: start afresh
+                log.warning("rules state not restored (%s); starting with fresh state", e)
         self.silence = SilenceWatch(settings.rules)
         layer = engine.jurisdictions
         self._codes = [str(c) for c in layer.codes]
@@ -310,6 +315,7 @@ def run_worker(settings: Settings, index: int, count: int, should_stop,
     position = min(snapshot_seq, done)
     next_snapshot = 0.0
     next_clock = 0.0
+    first_check = True
     check_every = float(settings.rules.check_every_s)
     log.info("worker %d/%d ready, resuming after seq %d (rules from seq %d)",
              index, count, done, position)
@@ -346,6 +352,9 @@ def run_worker(settings: Settings, index: int, count: int, should_stop,
             if now_ms is not None:
                 if checked_until is None:    # the first check ever: permits from now on
                     checked_until = now_ms
+                elif first_check and now_ms - checked_until <= RESUME_WITHIN_MS:
+                    evaluation.silence.resume(checked_until)
+                first_check = False
                 alarms += [(position, a) for a in evaluation.clock_rules(now_ms, checked_until,
                                                                          carriers)]
                 checked_until = max(checked_until, now_ms)

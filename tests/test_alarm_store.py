@@ -45,6 +45,23 @@ def test_second_exit_while_the_first_is_unresolved_is_folded_not_a_new_alarm(sto
     assert store.add([alarm(4, kind="signal_lost", t=9_500)], now_ms=9_500) == ["a4"]  # other type
 
 
+def test_a_new_event_after_an_acknowledgement_is_a_new_alarm_that_reaches_people(store):
+    store.add([alarm(1, severity="critical", kind="exclusion_entry")], now_ms=0)
+    store.acknowledge("a1", "li", "370402001", "calling him", now_ms=MIN)
+    assert store.add([alarm(2, severity="critical", kind="exclusion_entry", t=9_000)],
+                     now_ms=60 * MIN, webhook_offices={"370402001"}) == ["a2"]
+    assert store.get("a2")["status"] == "open"
+    assert store.escalate_due(70 * MIN, parent_path) == 1          # its own timer runs
+
+
+def test_after_a_transfer_a_new_event_goes_to_the_new_office_not_into_the_old_alarm(store):
+    store.add([alarm(1)], now_ms=0)                                        # at 370402001
+    elsewhere = (("3704", "370481", "370481001"),)
+    assert store.add([alarm(2, t=5_000, offices=elsewhere)], now_ms=5_000) == ["a2"]
+    assert store.offices_of("a2") == ["370481001"]
+    assert store.get("a1")["details"] == {}                                # nothing leaked
+
+
 def test_a_replay_after_a_crash_adds_nothing(store):
     store.add([alarm(1), alarm(2, kind="zone_return", severity="info")], now_ms=1_000)
     before = (store.last_change(), store.raised_counts())

@@ -571,3 +571,31 @@ def test_a_feed_clock_tells_no_time_before_the_first_fix_then_follows_the_feed()
     assert clock.now_ms() >= 1_000_000
     wall = RulesClock("wall")
     assert abs(wall.now_ms() - time.time() * 1000) < 5_000
+
+
+def test_a_restart_soon_after_the_last_check_postpones_no_signal_lost(world):
+    w = world([subject("s1")])
+    w.clock(T0)
+    w.fix("s1", minutes(0), "HOME")
+    assert w.clock(minutes(50)) == []
+    restarted = Evaluation(w.engine, w.book, Settings(rules=w.rules), 0, 1,
+                           w.ev.rules.snapshot())
+    restarted.silence.resume(minutes(50))     # the worker's last clock check, 0 min ago
+    w.ev = restarted
+    assert w.clock(minutes(59)) == []
+    assert types(w.clock(minutes(61))) == ["signal_lost"]   # as if nothing had happened
+
+
+def test_after_a_restart_during_an_outage_a_phone_that_stays_off_is_still_lost(world):
+    w, ids = carrier_world(world)
+    assert types(w.clock(minutes(16))) == ["feed_outage"]
+    snapshot, rows = w.ev.rules.snapshot(), w.carriers.rows()
+    w.ev = Evaluation(w.engine, w.book, Settings(rules=w.rules), 0, 1, snapshot)
+    w.carriers = Carriers(rows)           # the worker restarted; the feed is still down
+    raised = []
+    for k in range(30):                   # the feed is back at 25 min, but one phone is off
+        now = minutes(25 + 10 * k)
+        w.fixes([(s, now, "HOME") for s in ids[:-1]])
+        raised += w.clock(now + 1000)
+    lost = [a for a in raised if a.type == "signal_lost"]
+    assert [a.subject for a in lost] == [ids[-1]]
