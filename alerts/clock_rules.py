@@ -48,11 +48,13 @@ class SilenceEvents:
 class SilenceWatch:
     """signal_lost and feed_outage over one partition's subjects."""
 
-    def __init__(self, rules):
+    def __init__(self, rules, partitions: int = 1):
+        """`partitions`: how many workers share the subjects (each sees about 1/N of a
+        carrier's subjects, so the minimum for an outage is divided among them)."""
         self.lost_after_ms = int(rules.signal_lost_after_s) * 1000
         self.outage_silence_ms = int(rules.feed_outage_silence_s) * 1000
         self.outage_share = float(rules.feed_outage_share)
-        self.outage_min = int(rules.feed_outage_min_subjects)
+        self.outage_min = max(1, -(-int(rules.feed_outage_min_subjects) // partitions))
         self.watch_ms = np.zeros(0, np.int64)
         self.down: dict[int, int] = {}   # carrier id -> its newest fix t when it went down
         # Set by a worker that restarts soon after its last check (`resume`): silence then

@@ -134,7 +134,7 @@ class Evaluation:
                 self.rules.restore(snapshot)
             except SnapshotError as e:   # another build's format, or damaged: start afresh
                 log.warning("rules state not restored (%s); starting with fresh state", e)
-        self.silence = SilenceWatch(settings.rules)
+        self.silence = SilenceWatch(settings.rules, partitions=count)
         layer = engine.jurisdictions
         self._codes = [str(c) for c in layer.codes]
         self._names = [str(n) for n in layer.names]
