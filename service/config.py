@@ -55,8 +55,12 @@ class Alerts:
 class Desk:
     bind: str = "127.0.0.1:8080"
     session_hours: float = 12.0        # a session ends after this long unused (sliding)
-    login_attempts: int = 5            # failures per user name or address in 15 min, then 429
+    login_attempts: int = 5            # failures per user name and address in 15 min (10x per
+                                       # address for any names), then 429
     cookie_secure: bool = False        # Secure cookie flag: set true behind HTTPS
+    trust_forwarded_for: bool = False  # behind a reverse proxy: the client address is the last
+                                       # X-Forwarded-For entry, and the page's origin is taken
+                                       # from X-Forwarded-Proto and -Host when present
 
     def __post_init__(self):
         if not self.session_hours > 0:

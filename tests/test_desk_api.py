@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 import shutil
+import sqlite3
 import threading
 import time
 import urllib.request
@@ -376,6 +377,62 @@ def test_login_sets_a_strict_http_only_cookie_and_logout_ends_the_session(world)
     run(scenario())
 
 
+def test_cross_site_requests_and_posts_that_are_not_json_are_refused(world):
+    settings, paths = world
+    json_type = {"Content-Type": "application/json"}
+
+    async def scenario():
+        async with serving(settings, paths) as server, logged_in(server, "town1") as town1:
+            own = f"http://{server.host}:{server.port}"
+
+            async def ack(headers):
+                async with town1.post(server.make_url("/api/alarms/a1/ack"),
+                                      data=b'{"note": "x"}', headers=headers) as r:
+                    return r.status, set(await r.json())
+
+            # what a cross-site form or a fetch without preflight can send
+            for headers in ({"Content-Type": "text/plain"}, {},
+                            {"Content-Type": "application/x-www-form-urlencoded"},
+                            {"Content-Type": "multipart/form-data; boundary=x"}):
+                assert await ack(headers) == (415, {"error"}), headers
+            for headers in ({"Origin": "http://127.0.0.1:9999"}, {"Origin": "null"},
+                            {"Origin": own, "Sec-Fetch-Site": "same-site"},
+                            {"Sec-Fetch-Site": "cross-site"}):
+                assert await ack({**json_type, **headers}) == (403, {"error"}), headers
+            assert (await get(town1, server, "/api/alarms/a1"))[1]["status"] == "open"
+            async with town1.get(server.make_url("/api/events"),
+                                 headers={"Origin": "http://evil.example"}) as r:
+                assert r.status == 403
+            # the page's own requests
+            status, _ = await ack({"Content-Type": "application/json; charset=utf-8",
+                                   "Origin": own, "Sec-Fetch-Site": "same-origin"})
+            assert status == 200
+            assert (await get(town1, server, "/api/alarms/a1"))[1]["status"] == "acknowledged"
+            async with client() as anonymous:
+                async with anonymous.post(server.make_url("/api/login"), data=json.dumps(
+                        {"user": "town1", "password": PASSWORD}).encode()) as r:
+                    assert r.status == 415 and "Set-Cookie" not in r.headers
+            async with town1.post(server.make_url("/api/logout")) as r:
+                assert r.status == 415
+            async with town1.post(server.make_url("/api/logout"), headers=json_type) as r:
+                assert r.status == 204
+
+    async def behind_a_tls_proxy(trusted: bool) -> int:
+        desk = replace(settings.desk, trust_forwarded_for=trusted)
+        async with serving(replace(settings, desk=desk), paths) as server, \
+                client() as session:
+            async with session.post(server.make_url("/api/login"),
+                                    json={"user": "town1", "password": PASSWORD},
+                                    headers={"Origin": "https://desk.example",
+                                             "X-Forwarded-Proto": "https",
+                                             "X-Forwarded-Host": "desk.example"}) as r:
+                return r.status
+
+    run(scenario())
+    assert run(behind_a_tls_proxy(trusted=True)) == 200
+    assert run(behind_a_tls_proxy(trusted=False)) == 403
+
+
 def test_cookie_secure_adds_the_secure_flag(world):
     settings, paths = world
     settings = replace(settings, desk=replace(settings.desk, cookie_secure=True))
@@ -418,8 +475,8 @@ def test_too_many_failures_are_429_even_with_the_right_password_and_after_a_rest
                 assert (await attempt(server, session, "town1", f"guess {n}"))[0] == 401
             status, retry = await attempt(server, session, "town1", PASSWORD)
             assert status == 429 and 0 < int(retry) <= 15 * 60
-            # the same address, another user name: limited by address too
-            assert (await attempt(server, session, "town2", PASSWORD))[0] == 429
+            # the same address (say, everyone's reverse proxy), another user: not locked out
+            assert (await attempt(server, session, "town2", PASSWORD))[0] == 200
         async with serving(*world, clock=clock) as server, client() as session:
             assert (await attempt(server, session, "town1", PASSWORD))[0] == 429
             clock.t += 15 * 60 + 1
@@ -428,6 +485,33 @@ def test_too_many_failures_are_429_even_with_the_right_password_and_after_a_rest
                 text = await r.text()
             assert 'geofence_desk_logins_total{result="limited"} 1.0' in text
     run(scenario())
+
+
+def test_a_name_is_limited_per_client_address_which_a_trusted_proxy_may_name(world):
+    settings, paths = world
+
+    async def attempt(server, session, user, password, forwarded_for):
+        async with session.post(server.make_url("/api/login"),
+                                json={"user": user, "password": password},
+                                headers={"X-Forwarded-For": forwarded_for}) as r:
+            return r.status
+
+    async def scenario(trusted: bool):
+        desk = replace(settings.desk, trust_forwarded_for=trusted)
+        async with serving(replace(settings, desk=desk), paths) as server, \
+                client() as session:
+            for n in range(5):       # someone at 198.51.100.7 guesses town1's password
+                assert await attempt(server, session, "town1", f"guess {n}",
+                                     f"10.1.1.1, 198.51.100.{n if not trusted else 7}") == 401
+            limited = await attempt(server, session, "town1", PASSWORD, "198.51.100.7")
+            elsewhere = await attempt(server, session, "town1", PASSWORD,
+                                      "10.1.1.1, 203.0.113.9")
+            return limited, elsewhere
+
+    # behind a proxy: the guesser is locked out, the real town1 elsewhere still logs in
+    assert run(scenario(trusted=True)) == (429, 200)
+    # not trusted: X-Forwarded-For is ignored, so varying it does not escape the limit
+    assert run(scenario(trusted=False)) == (429, 429)
 
 
 def test_sessions_expire_after_session_hours_unused_and_slide_with_use(world):
@@ -533,6 +617,98 @@ def test_a_stream_sends_heartbeats_and_ends_when_its_session_expires(world, monk
                 clock.t += 13 * HOUR_S         # then nobody watched for longer than 12 h
                 with pytest.raises(EOFError):
                     await next_event(stream)
+    run(scenario())
+
+
+def visible_to_town1(k: int) -> Incoming:
+    """A new alarm of a new subject of township T1 (so it never folds into another)."""
+    base = alarm("a1", int(time.time() * 1000))
+    return Incoming({**base.doc, "id": f"n{k}", "subject": f"X{k}"}, base.offices, None)
+
+
+def test_a_busy_stream_ends_when_its_session_is_revoked_or_the_users_office_changes(
+        world, monkeypatch):
+    monkeypatch.setattr(events, "HEARTBEAT_S", 0.3)
+    settings, paths = world
+    counter = iter(range(10_000))
+
+    async def events_until_the_end(stream, writer) -> int:
+        """Raise an alarm the stream shows every 0.1 s; how many came before it ended."""
+        for n in range(30):                   # 3 s: ten times HEARTBEAT_S
+            writer.add([visible_to_town1(next(counter))], int(time.time() * 1000))
+            await asyncio.sleep(0.1)
+            try:
+                await next_event(stream, timeout=2)
+            except EOFError:
+                return n
+        raise AssertionError("the stream outlived its session")
+
+    async def scenario():
+        writer = AlarmStore(paths.alarms_db)  # the dispatcher keeps raising alarms
+        try:
+            async with serving(settings, paths) as server, \
+                    logged_in(server, "city", "town1") as (city, town1):
+                async with city.get(server.make_url("/api/events")) as stream:
+                    with UserStore(desk_db(paths)) as users:   # geofence user add --replace
+                        users.add("city", CITY, "a-new-password", replace=True)
+                    assert (await get(city, server, "/api/me"))[0] == 401
+                    assert await events_until_the_end(stream, writer) < 6
+                async with town1.get(server.make_url("/api/events")) as stream:
+                    with sqlite3.connect(desk_db(paths)) as db:  # town1 moves to T2
+                        db.execute("UPDATE users SET office = ? WHERE name = 'town1'", (T2,))
+                    assert (await get(town1, server, "/api/me"))[1]["office"] == T2
+                    assert await events_until_the_end(stream, writer) < 6
+        finally:
+            writer.close()
+    run(scenario())
+
+
+def test_a_resume_from_too_far_back_starts_at_the_end_with_one_reset_event(world,
+                                                                           monkeypatch):
+    monkeypatch.setattr(events, "MAX_REPLAY_CHANGES", 3)
+
+    async def scenario():
+        async with serving(*world) as server, \
+                logged_in(server, "town1", "city") as (town1, city):
+            end = (await get(city, server, "/api/alarms"))[1]["seq"]   # 5 alarms raised
+            async with town1.get(server.make_url("/api/events"),
+                                 headers={"Last-Event-ID": "0"}) as stream:
+                event = await next_event(stream)
+                assert (event["event"], event["id"], event["data"]) == ("reset", str(end), "{}")
+                await post(city, server, "/api/alarms/a4/ack", {"note": "z"})
+                event = await next_event(stream)     # then live, nothing replayed
+                assert json.loads(event["data"])["id"] == "a4" and int(event["id"]) > end
+            async with town1.get(server.make_url("/api/events"),
+                                 params={"after": str(end)}) as stream:
+                event = await next_event(stream)     # near enough: replayed
+                assert event["event"] == "alarm" and int(event["id"]) > end
+                assert json.loads(event["data"])["id"] == "a4"
+    run(scenario())
+
+
+def test_a_session_has_at_most_four_open_streams(world, monkeypatch):
+    monkeypatch.setattr(events, "HEARTBEAT_S", 0.05)
+
+    async def scenario():
+        async with serving(*world) as server, \
+                logged_in(server, "town1", "town1") as (tab, other_login):
+            streams = [await tab.get(server.make_url("/api/events")) for _ in range(4)]
+            try:
+                assert [r.status for r in streams] == [200] * 4
+                async with tab.get(server.make_url("/api/events")) as r:
+                    assert r.status == 429 and set(await r.json()) == {"error"}
+                async with other_login.get(server.make_url("/api/events")) as r:
+                    assert r.status == 200                # the limit is per session
+                streams.pop().close()
+                for _ in range(100):                      # gone by the next heartbeat
+                    async with tab.get(server.make_url("/api/events")) as r:
+                        if r.status == 200:
+                            break
+                    await asyncio.sleep(0.02)
+                assert r.status == 200
+            finally:
+                for r in streams:
+                    r.close()
     run(scenario())
 
 

@@ -4,7 +4,8 @@
 form. A subject then leaves their county (fixes sent over the carrier protocol), and the
 zone_exit alarm must appear in the open page over Server-Sent Events, without a reload.
 The user opens it, acknowledges it with a note, and sees 已确认 in the list and the
-detail. A full-page screenshot is kept in tests/output/desk.png.
+detail, then logs out: a reload shows the login form. A full-page screenshot is kept in
+tests/output/desk.png.
 
 Needs Debian's Chromium (`apt-get install -y chromium fonts-noto-cjk`; the fonts only
 make the screenshot readable): skipped without it, a failure when CI is set.
@@ -127,6 +128,12 @@ def test_an_exit_appears_live_and_is_acknowledged_in_the_page(tmp_path, monkeypa
                 expect(page.locator("[data-testid=map] .track-dot")).to_have_count(len(plan))
                 page.wait_for_timeout(300)      # let the map settle before the picture
                 page.screenshot(path=str(shot), full_page=True)
+
+                page.get_by_test_id("logout").click()     # the session ends on the server too
+                expect(page.get_by_test_id("login-user")).to_be_visible()
+                page.reload()
+                expect(page.get_by_test_id("login-user")).to_be_visible()
+                expect(page.get_by_test_id("me-office")).not_to_be_visible()
                 assert not errors, errors
             finally:
                 browser.close()

@@ -1,4 +1,4 @@
-"""Desk users: scrypt password hashes, failed-login limits by name and by address, and
+"""Desk users: scrypt password hashes, failed-login limits per name and address, and
 `geofence user add/list` on the command line (password from stdin or a prompt)."""
 
 import hashlib
@@ -9,8 +9,8 @@ import pytest
 
 from alerts.registry import RegistryStore
 from service import cli
-from service.desk.users import (LOGIN_WINDOW_S, SALT_BYTES, UserError, UserStore,
-                                hash_password, verify_password)
+from service.desk.users import (ADDRESS_ATTEMPTS_FACTOR, LOGIN_WINDOW_S, SALT_BYTES,
+                                UserError, UserStore, hash_password, verify_password)
 
 OFFICES = {"offices": [{"code": "3704", "name": "枣庄市社区矫正中心"},
                        {"code": "370402001", "name": "中心街司法所", "parent": "3704"}]}
@@ -47,30 +47,47 @@ def test_names_and_passwords_are_checked(tmp_path):
         assert [u.name for u in users.list()] == ["wang"]
 
 
-def test_failures_are_limited_by_user_name_and_by_address_and_success_clears_the_name(tmp_path):
+def test_failures_are_limited_per_name_and_address_and_success_clears_that_pair(tmp_path):
     window_ms = LOGIN_WINDOW_S * 1000
     with UserStore(tmp_path / "desk.sqlite") as users:
         users.add("wang", "370402001", "long enough")
-        for k in range(3):   # three addresses, one name
-            assert users.begin_login("wang", f"10.0.0.{k}", 3, now_ms=1_000 + k)[0] == 0
-        wait_s, _ = users.begin_login("wang", "10.0.0.9", 3, now_ms=2_000)
+        for k in range(3):   # one name from one address
+            assert users.begin_login("wang", "10.0.0.1", 3, now_ms=1_000 + k)[0] == 0
+        wait_s, _ = users.begin_login("wang", "10.0.0.1", 3, now_ms=2_000)
         assert wait_s == 899   # seconds until the first failure (t=1 s) leaves the window
-        for k in range(3):   # three names, one address
-            assert users.begin_login(f"guess{k}", "10.9.9.9", 3, now_ms=3_000)[0] == 0
-        assert users.begin_login("li", "10.9.9.9", 3, now_ms=3_000)[0] > 0
-        assert users.begin_login("li", "10.1.1.1", 3, now_ms=3_000)[0] == 0
-        # the window passes: allowed again; a success clears that name's failures
+        # nobody else is locked out: the name from elsewhere, other names from there
+        assert users.begin_login("wang", "10.0.0.2", 3, now_ms=2_000)[0] == 0
+        assert users.begin_login("li", "10.0.0.1", 3, now_ms=2_000)[0] == 0
+        # the window passes: allowed again; a success clears that name's failures from
+        # that address only
         later = 1_000 + window_ms + 3
-        assert users.begin_login("wang", "10.0.0.9", 3, now_ms=later)[0] == 0
-        users.login_succeeded("wang", 12, now_ms=later)
+        assert users.begin_login("wang", "10.0.0.1", 3, now_ms=later)[0] == 0
+        users.login_succeeded("wang", "10.0.0.1", 12, now_ms=later)
+        for _ in range(3):
+            assert users.begin_login("wang", "10.0.0.1", 3, now_ms=later)[0] == 0
         for _ in range(2):
-            assert users.begin_login("wang", "10.0.0.8", 3, now_ms=later)[0] == 0
+            assert users.begin_login("wang", "10.0.0.2", 3, now_ms=later)[0] == 0
+        users.login_succeeded("wang", "10.0.0.1", 12, now_ms=later)
+        assert users.begin_login("wang", "10.0.0.2", 3, now_ms=later)[0] > 0
+
+
+def test_users_behind_one_proxy_do_not_lock_each_other_out_but_spraying_is_capped(tmp_path):
+    with UserStore(tmp_path / "desk.sqlite") as users:
+        users.add("city_desk", "3704", "correct horse", now_ms=0)
+        for k in range(5):   # five users' typos, all through the proxy at 127.0.0.1
+            assert users.begin_login(f"user{k}", "127.0.0.1", 5, now_ms=1_000 + k)[0] == 0
+        assert users.begin_login("city_desk", "127.0.0.1", 5, now_ms=2_000)[0] == 0
+        ceiling = 5 * ADDRESS_ATTEMPTS_FACTOR
+        for k in range(ceiling):   # one guess at each of many names, from one address
+            assert users.begin_login(f"spray{k}", "10.6.6.6", 5, now_ms=3_000)[0] == 0
+        assert users.begin_login("city_desk", "10.6.6.6", 5, now_ms=3_000)[0] > 0
+        assert users.begin_login("city_desk", "127.0.0.1", 5, now_ms=3_000)[0] == 0
 
 
 def test_a_session_token_is_stored_only_as_its_hash(tmp_path):
     with UserStore(tmp_path / "desk.sqlite") as users:
         users.add("wang", "370402001", "long enough")
-        token, session = users.login_succeeded("wang", 12, now_ms=0)
+        token, session = users.login_succeeded("wang", "10.0.0.1", 12, now_ms=0)
         live = users.session(token, 12, now_ms=1)
         assert (live.user, live.office, live.token_hash) == ("wang", "370402001",
                                                              session.token_hash)

@@ -210,9 +210,13 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     subtree = await desk.stores.run(lambda: desk.stores.scope().subtree(session.office))
     client = events.Client(subtree, session.token_hash)
 
+    def still_live() -> bool:   # the session, and the scope the stream was opened with
+        office = desk.stores.users.touch(session.token_hash, desk.settings.desk.session_hours,
+                                         desk.now_ms())
+        return office == session.office and desk.stores.scope().subtree(office) == subtree
+
     async def is_live() -> bool:
-        return await desk.stores.run(desk.stores.users.touch, session.token_hash,
-                                     desk.settings.desk.session_hours, desk.now_ms())
+        return await desk.stores.run(still_live)
 
     return await events.stream(request, desk.feed, client, is_live)
 

@@ -20,7 +20,8 @@ from service.config import Settings
 from service.desk import api, auth, static
 from service.desk.context import DESK, DeskState
 from service.desk.events import ChangeFeed
-from service.desk.http import RouteAccessLogger, outer_middleware, session_middleware
+from service.desk.http import (RouteAccessLogger, outer_middleware, same_origin_middleware,
+                               session_middleware)
 from service.desk.metrics import DeskMetrics
 from service.desk.stores import Stores
 from service.paths import EnginePaths
@@ -40,7 +41,8 @@ def make_app(settings: Settings, paths: EnginePaths, *,
     """
     from service.desk.tracks import TRACK_READS_AT_ONCE
 
-    app = web.Application(middlewares=[outer_middleware, session_middleware],
+    app = web.Application(middlewares=[outer_middleware, same_origin_middleware,
+                                       session_middleware],
                           client_max_size=64 * 1024)
     stores = Stores(paths, settings.storage.sync)
     metrics = DeskMetrics(paths.alarms_db)

@@ -3,8 +3,10 @@
 The session cookie `geofence_session` holds a random 32-byte token: HttpOnly,
 SameSite=Strict, Path=/, and Secure when `[desk] cookie_secure` (set it whenever the
 desk is reached over HTTPS). Unknown user and wrong password get the same answer in the
-same time; too many failures (`users.UserStore.begin_login`) get 429 with Retry-After,
-even for the right password.
+same time; too many failures of a name from one client address, or from one address in
+all (`users.UserStore.begin_login`), get 429 with Retry-After, even for the right
+password. The client address is the peer's, or with `[desk] trust_forwarded_for` the
+last `X-Forwarded-For` entry (the one the reverse proxy added).
 """
 
 import asyncio
@@ -12,7 +14,7 @@ import asyncio
 from aiohttp import web
 
 from service.desk.context import SESSION, ApiError, desk_of
-from service.desk.http import COOKIE, json_body, json_response
+from service.desk.http import COOKIE, client_address, json_body, json_response
 from service.desk.users import MAX_NAME_CHARS, MAX_PASSWORD_CHARS, verify_password
 
 BAD_CREDENTIALS = "wrong user name or password"
@@ -28,7 +30,8 @@ async def login(request: web.Request) -> web.Response:
         desk.metrics.logins.labels("failed").inc()
         raise ApiError(401, BAD_CREDENTIALS)
     users = desk.stores.users
-    wait_s, stored = await desk.stores.run(users.begin_login, name, request.remote or "",
+    address = client_address(request, desk.settings.desk.trust_forwarded_for)
+    wait_s, stored = await desk.stores.run(users.begin_login, name, address,
                                            desk.settings.desk.login_attempts, desk.now_ms())
     if wait_s:
         desk.metrics.logins.labels("limited").inc()
@@ -40,7 +43,7 @@ async def login(request: web.Request) -> web.Response:
     if not ok:
         desk.metrics.logins.labels("failed").inc()
         raise ApiError(401, BAD_CREDENTIALS)
-    token, session = await desk.stores.run(users.login_succeeded, name,
+    token, session = await desk.stores.run(users.login_succeeded, name, address,
                                            desk.settings.desk.session_hours, desk.now_ms())
     office_name = await desk.stores.run(lambda: desk.stores.scope().office_name(session.office))
     desk.metrics.logins.labels("ok").inc()

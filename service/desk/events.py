@@ -12,15 +12,25 @@ Wire format, per change a user may see::
     id: <change seq>
     data: <the alarm document, one line of JSON>
 
-and a comment line every HEARTBEAT_S, which is also when the session is checked again:
-a stream whose session was logged out or expired ends. An open stream counts as use of
-the session (it slides), so a patrol screen that only watches stays logged in.
+and a comment line when nothing was sent for HEARTBEAT_S. The session is checked again
+every HEARTBEAT_S, however busy the stream: a stream ends once its session was logged
+out, expired or revoked (the user reset), or once the user's office or its subtree
+(fixed when the stream opened) changed; the browser then reconnects with the new scope.
+An open stream counts as use of the session (it slides), so a patrol screen that only
+watches stays logged in. A session has at most STREAMS_PER_SESSION open streams; one
+more is refused with 429.
 
 A client names where to resume with the `Last-Event-ID` header (or `?after=` on a
 fresh connection, e.g. the `seq` of `GET /api/alarms`); otherwise it starts at the end.
 Resuming replays the missed changes from the store first, then joins the live feed
 without a gap or a repeat: the client is registered before the replay and skips the
-live changes the replay already covered.
+live changes the replay already covered. A client more than MAX_REPLAY_CHANGES behind
+is not replayed: it starts at the end and gets one event first that says to reload the
+list (`GET /api/alarms`)::
+
+    event: reset
+    id: <change seq it starts after>
+    data: {}
 """
 
 import asyncio
@@ -40,6 +50,9 @@ HEARTBEAT_S = 15.0
 QUEUE_SIZE = 1_000
 REPLAY_PAGE = 500
 RETRY_MS = 3_000
+MAX_REPLAY_CHANGES = 10_000
+STREAMS_PER_SESSION = 4
+_HEARTBEAT = object()   # a queue wait that timed out
 
 
 @dataclass(eq=False)
@@ -94,6 +107,9 @@ class ChangeFeed:
     def remove(self, client: Client) -> None:
         self.clients.discard(client)
         self._on_clients(len(self.clients))
+
+    def streams_of(self, session: bytes) -> int:
+        return sum(client.session == session for client in self.clients)
 
     def end_session(self, session: bytes) -> None:
         for client in list(self.clients):
@@ -153,7 +169,10 @@ async def stream(request: web.Request, feed: ChangeFeed, client: Client,
                  is_live: Callable[[], Awaitable[bool]]) -> web.StreamResponse:
     """Serve one client until it goes, lags, logs out or the desk stops.
 
-    `is_live()` checks (and slides) the session at every heartbeat."""
+    `is_live()` checks (and slides) the session, and that its scope is still the
+    client's, every HEARTBEAT_S."""
+    if feed.streams_of(client.session) >= STREAMS_PER_SESSION:
+        raise web.HTTPTooManyRequests(reason="too many open streams for this session")
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream; charset=utf-8",
         "Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no"})
@@ -162,6 +181,9 @@ async def stream(request: web.Request, feed: ChangeFeed, client: Client,
     try:
         await response.prepare(request)
         await response.write(f"retry: {RETRY_MS}\n: connected\n\n".encode())
+        if after is not None and position - after > MAX_REPLAY_CHANGES:
+            after = None
+            await response.write(f"event: reset\nid: {position}\ndata: {{}}\n\n".encode())
         replayed = position if after is None or after > position else after
         while replayed < position:   # replay what the client missed, from the store
             page = await feed.stores.run(_changes_with_offices, feed.stores, replayed,
@@ -174,16 +196,23 @@ async def stream(request: web.Request, feed: ChangeFeed, client: Client,
                     await response.write(_event(seq, doc))
             replayed = page[-1][0]
         sent = position   # the queue holds the changes after it
+        loop = asyncio.get_running_loop()
+        check_at = loop.time() + HEARTBEAT_S
         while client.ended is None:
             try:
-                item = await asyncio.wait_for(client.queue.get(), HEARTBEAT_S)
+                item = await asyncio.wait_for(client.queue.get(),
+                                              max(0.0, check_at - loop.time()))
             except asyncio.TimeoutError:
+                item = _HEARTBEAT
+            if item is _HEARTBEAT or loop.time() >= check_at:   # busy or not
                 if not await is_live():
                     break
-                await response.write(b": keepalive\n\n")
-                continue
+                check_at = loop.time() + HEARTBEAT_S
             if item is None:
                 break
+            if item is _HEARTBEAT:
+                await response.write(b": keepalive\n\n")
+                continue
             seq, data = item
             if seq > sent:
                 await response.write(data)

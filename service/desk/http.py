@@ -1,6 +1,10 @@
 """The desk's request plumbing: sessions, JSON errors, security headers, metrics, logs.
 
 - Every path under /api/ except /api/login needs a live session cookie: 401 otherwise.
+- Against cross-site requests (CSRF), under /api/: a request whose `Origin` is not the
+  desk's own scheme://host, or whose `Sec-Fetch-Site` is neither same-origin nor none,
+  is refused with 403; a POST (any method but GET and HEAD) must be `Content-Type:
+  application/json` (else 415), which a cross-site form or no-preflight fetch cannot send.
 - Under /api/, every error is `{"error": "one line"}`; an unexpected exception is a 500
   whose log line names the route and the exception type, never its message (which may
   hold an alarm or subject id).
@@ -81,6 +85,44 @@ async def outer_middleware(request: web.Request, handler) -> web.StreamResponse:
 
 def _count(request: web.Request, status: int) -> None:
     desk_of(request).metrics.requests.labels(route_of(request), str(status)).inc()
+
+
+def _last_entry(request: web.Request, header: str) -> str:
+    """The last comma-separated entry of the last `header` line ("" if none)."""
+    lines = request.headers.getall(header, [])
+    return lines[-1].rsplit(",", 1)[-1].strip() if lines else ""
+
+
+def client_address(request: web.Request, trust_forwarded_for: bool) -> str:
+    """The client's address: the peer, or when the desk sits behind a reverse proxy
+    (`trust_forwarded_for`) the last X-Forwarded-For entry, the one the proxy added."""
+    forwarded = _last_entry(request, "X-Forwarded-For") if trust_forwarded_for else ""
+    return forwarded or request.remote or ""
+
+
+def own_origin(request: web.Request, trust_forwarded_for: bool) -> str:
+    """The desk's scheme://host as the browser sees it (lower case)."""
+    scheme, host = request.scheme, request.host
+    if trust_forwarded_for:
+        scheme = _last_entry(request, "X-Forwarded-Proto") or scheme
+        host = _last_entry(request, "X-Forwarded-Host") or host
+    return f"{scheme}://{host}".lower()
+
+
+@web.middleware
+async def same_origin_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Under /api/: 403 for a cross-site request, 415 for a POST that is not JSON."""
+    if request.path.startswith("/api/") or request.path == "/api":
+        trust = desk_of(request).settings.desk.trust_forwarded_for
+        origin = request.headers.get("Origin")
+        site = request.headers.get("Sec-Fetch-Site")
+        if (origin is not None and origin.lower() != own_origin(request, trust)) or \
+                (site is not None and site not in ("same-origin", "none")):
+            raise ApiError(403, "cross-site request refused")
+        if request.method not in ("GET", "HEAD") and \
+                request.content_type != "application/json":
+            raise ApiError(415, "the body must be application/json")
+    return await handler(request)
 
 
 @web.middleware

@@ -7,10 +7,13 @@
   SHA-256, so a copy of the file does not let anyone in. Sessions slide: each use moves
   the expiry `session_hours` ahead (written at most once a minute).
 - Failed logins are rows (user name, client address, time). A login is refused with
-  "too many attempts" once `attempts` failures for that name, or from that address,
-  fall in the last LOGIN_WINDOW_S, even with the right password. An attempt is counted
-  as a failure *before* its password is checked and cleared once it succeeds, so a
-  burst of parallel guesses cannot slip past the limit. The rows survive restarts.
+  "too many attempts" once `attempts` failures for that name from that address, or
+  ADDRESS_ATTEMPTS_FACTOR times as many from that address for any names (spraying),
+  fall in the last LOGIN_WINDOW_S, even with the right password. Nobody elsewhere can
+  lock a name out, and the users behind one proxy address do not lock each other out.
+  An attempt is counted as a failure *before* its password is checked and cleared once
+  it succeeds, so a burst of parallel guesses cannot slip past the limit. The rows
+  survive restarts.
 
 One `UserStore` is one SQLite connection: use it from one thread (the desk's database
 thread, or the command line).
@@ -33,6 +36,7 @@ MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024
 MAX_NAME_CHARS = 64
 LOGIN_WINDOW_S = 15 * 60
+ADDRESS_ATTEMPTS_FACTOR = 10     # failures from one address, for any names: this x attempts
 SLIDE_EVERY_MS = 60_000          # write a session's new expiry at most this often
 
 _SCHEMA = """
@@ -191,35 +195,40 @@ class UserStore:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM login_failures WHERE at_ms < ?", (window_start,))
-            wait_ms = max(self._wait_ms("user", name, attempts, window_start),
-                          self._wait_ms("address", address, attempts, window_start))
+            wait_ms = max(self._wait_ms("user = ? AND address = ?", (name, address),
+                                        attempts, window_start),
+                          self._wait_ms("address = ?", (address,),
+                                        attempts * ADDRESS_ATTEMPTS_FACTOR, window_start))
             if wait_ms > 0:
                 return max(1, -(-wait_ms // 1000)), _DUMMY
             self._db.execute("INSERT INTO login_failures VALUES (?, ?, ?)",
                              (name, address, now_ms))
         return 0, self.password_hash(name) or _DUMMY
 
-    def _wait_ms(self, column: str, value: str, attempts: int, window_start: int) -> int:
-        """How long until fewer than `attempts` failures of this name/address are in the
+    def _wait_ms(self, where: str, args: tuple, attempts: int, window_start: int) -> int:
+        """How long until fewer than `attempts` failures matching `where` are in the
         window (0: not limited now)."""
-        n, = self._db.execute(f"SELECT count(*) FROM login_failures WHERE {column} = ? "
-                              "AND at_ms >= ?", (value, window_start)).fetchone()
+        n, = self._db.execute(f"SELECT count(*) FROM login_failures WHERE {where} "
+                              "AND at_ms >= ?", (*args, window_start)).fetchone()
         if n < attempts:
             return 0
         # the failure whose ageing out brings the count below the limit
-        at, = self._db.execute(f"SELECT at_ms FROM login_failures WHERE {column} = ? AND "
+        at, = self._db.execute(f"SELECT at_ms FROM login_failures WHERE {where} AND "
                                "at_ms >= ? ORDER BY at_ms LIMIT 1 OFFSET ?",
-                               (value, window_start, n - attempts)).fetchone()
+                               (*args, window_start, n - attempts)).fetchone()
         return at - window_start
 
-    def login_succeeded(self, name: str, session_hours: float, now_ms: int) -> tuple[str, Session]:
-        """Clear the name's failures and open a session: (token for the cookie, session)."""
+    def login_succeeded(self, name: str, address: str, session_hours: float,
+                        now_ms: int) -> tuple[str, Session]:
+        """Clear the name's failures from this address and open a session: (token for
+        the cookie, session)."""
         token = secrets.token_urlsafe(TOKEN_BYTES)
         hashed = token_hash(token)
         expires = now_ms + int(session_hours * 3600_000)
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("DELETE FROM login_failures WHERE user = ?", (name,))
+            self._db.execute("DELETE FROM login_failures WHERE user = ? AND address = ?",
+                             (name, address))
             self._db.execute("DELETE FROM sessions WHERE expires_ms < ?", (now_ms,))
             self._db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)",
                              (hashed, name, now_ms, expires))
@@ -250,17 +259,19 @@ class UserStore:
             expires = slid
         return Session(user, office, hashed, expires)
 
-    def touch(self, hashed: bytes, session_hours: float, now_ms: int) -> bool:
-        """Whether the session (by token hash) is live; slides it like `session`."""
-        row = self._db.execute("SELECT expires_ms FROM sessions WHERE token_hash = ?",
-                               (hashed,)).fetchone()
+    def touch(self, hashed: bytes, session_hours: float, now_ms: int) -> str | None:
+        """The office of the session's user if the session (by token hash) is live, else
+        None; slides it like `session`."""
+        row = self._db.execute(
+            "SELECT s.expires_ms, u.office FROM sessions s JOIN users u ON u.name = s.user "
+            "WHERE s.token_hash = ?", (hashed,)).fetchone()
         if row is None or row[0] <= now_ms:
-            return False
+            return None
         slid = now_ms + int(session_hours * 3600_000)
         if slid - row[0] >= SLIDE_EVERY_MS:
             self._db.execute("UPDATE sessions SET expires_ms = ? WHERE token_hash = ?",
                              (slid, hashed))
-        return True
+        return row[1]
 
     def end_session(self, hashed: bytes) -> None:
         self._db.execute("DELETE FROM sessions WHERE token_hash = ?", (hashed,))

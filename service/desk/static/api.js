@@ -1,4 +1,5 @@
-// The desk API over fetch: JSON in and out, errors as HttpError (status 0: no connection).
+// The desk API over fetch: JSON in and out (every POST is application/json), errors as
+// HttpError (status 0: no connection).
 // A 401 on any call but the login, while logged in, calls the handler set by the page.
 
 import { state } from "./state.js";
@@ -19,9 +20,10 @@ export function setUnauthorizedHandler(handler) {
 
 export async function api(path, { method = "GET", body } = {}) {
   const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
-  if (body !== undefined) {
+  if (method !== "GET") {
+    // The desk refuses a POST that is not JSON (415), even one without a body.
     init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+    init.body = JSON.stringify(body === undefined ? {} : body);
   }
   let res;
   try {

@@ -33,6 +33,11 @@ export function openEvents(after = null) {
     if (e.lastEventId) state.lastEventId = e.lastEventId;
     onAlarmEvent(doc);
   });
+  // Too far behind to replay: the stream starts at the end, so fetch the list afresh.
+  es.addEventListener("reset", (e) => {
+    if (e.lastEventId) state.lastEventId = e.lastEventId;
+    loadAlarms();
+  });
   es.addEventListener("error", () => {
     state.sseBroken = true;
     if (es.readyState === EventSource.CLOSED) {
