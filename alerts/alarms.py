@@ -8,7 +8,7 @@ or ignore" keeps exactly one alarm.
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from alerts.registry import Subject
@@ -77,11 +77,11 @@ def make_alarm(kind: str, subject: Subject | None, route: tuple | None, t_ms: in
 
 
 def alarms_from_events(events, fixes, subjects: list[Subject | None], route: Route,
-                       where: list[dict | None], raised_at_ms: int,
+                       where: Mapping[int, dict | None], raised_at_ms: int,
                        received_ms: int | None = None, zone_codes=None) -> list[Alarm]:
     """One alarm per event. `fixes` are the batch's FixColumns (events index them),
-    `subjects` by subject index, `where` per fix of the batch (None outside every
-    jurisdiction), `zone_codes` the zone layer's codes (exclusion events name their zone)."""
+    `subjects` by subject index, `where` maps each triggering fix's batch index to its
+    jurisdiction {code, name} (None outside every jurisdiction), `zone_codes` the zone layer's codes (exclusion events name their zone)."""
     alarms = []
     for k in range(len(events)):
         kind = EVENT_TYPES[int(events.type[k])]

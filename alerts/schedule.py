@@ -141,13 +141,8 @@ class AreaSchedule:
 
     def office_at(self, subject_id: str, t_ms: int) -> tuple[str, tuple[str, ...]]:
         """(supervising office, offices that get a copy) for an alarm of this subject at t."""
-        subject = self._subjects.get(subject_id)
-        if subject is None:
-            raise ScheduleError(f"unknown subject {subject_id!r}")
-        delegation = _active_delegation(self._delegations.get(subject_id, ()), t_ms)
-        if delegation is None:
-            return subject.office, ()
-        return delegation.office, (subject.office,)
+        office, copies, _home = self.routing_at(subject_id, t_ms)
+        return office, copies
 
     def routing_at(self, subject_id: str, t_ms: int) -> tuple[str, tuple[str, ...],
                                                                 tuple[str, ...]]:

@@ -163,7 +163,7 @@ class Evaluation:
             where = {int(i): self._where(verdicts.where[i]) for i in np.unique(events.fix)}
             alarms = alarms_from_events(events, mine, self.book.subjects,
                                         self.book.schedule.routing_at,
-                                        _Lookup(where), _wall_ms(), batch.received_ms,
+                                        where, _wall_ms(), batch.received_ms,
                                         self._zone_codes)
         return np.bincount(verdicts.verdict, minlength=3), alarms, kernel_s, events.n_late
 
@@ -236,16 +236,6 @@ class Evaluation:
     def _grow(self) -> None:
         if self.rules.n_subjects < self.book.size:
             self.rules.grow(self.book.size)
-
-
-class _Lookup:
-    """`where` per batch fix, for the few fixes that raised something."""
-
-    def __init__(self, where: dict[int, dict | None]):
-        self._where = where
-
-    def __getitem__(self, i: int):
-        return self._where[int(i)]
 
 
 class Carriers:
