@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS alarms (
     id TEXT PRIMARY KEY, type TEXT NOT NULL, severity TEXT NOT NULL,
     fold_key TEXT NOT NULL, subject TEXT, office TEXT NOT NULL, offices TEXT NOT NULL,
     t_ms INTEGER NOT NULL, raised_at_ms INTEGER NOT NULL, status TEXT NOT NULL,
-    escalation_level INTEGER NOT NULL DEFAULT 0, escalate_at_ms INTEGER,
+    escalate_at_ms INTEGER,
     updated_ms INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS alarms_fold ON alarms (fold_key, type, status);
 CREATE INDEX IF NOT EXISTS alarms_escalate ON alarms (escalate_at_ms)
@@ -153,7 +153,7 @@ class AlarmStore:
         offices = [path[-1] for path in alarm.offices]
         escalate_at = self._escalate_at(doc["severity"], now_ms)
         self._db.execute(
-            "INSERT INTO alarms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', 0, ?, ?, ?)",
+            "INSERT INTO alarms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?, ?)",
             (doc["id"], doc["type"], doc["severity"], alarm.fold_key, doc.get("subject"),
              doc["office"], json.dumps(offices), doc["t"], now_ms, escalate_at, now_ms,
              _dumps(doc)))
@@ -230,9 +230,9 @@ class AlarmStore:
                 offices = json.loads(self._db.execute(
                     "SELECT offices FROM alarms WHERE id = ?", (alarm_id,)).fetchone()[0])
                 self._db.execute(
-                    "UPDATE alarms SET status = 'escalated', escalation_level = ?, "
+                    "UPDATE alarms SET status = 'escalated', "
                     "escalate_at_ms = ?, offices = ?, doc = ?, updated_ms = ? WHERE id = ?",
-                    (level, next_at, json.dumps(offices + [path[-1]]), _dumps(doc), now_ms,
+                    (next_at, json.dumps(offices + [path[-1]]), _dumps(doc), now_ms,
                      alarm_id))
                 self._history(alarm_id, now_ms, "escalated", None, path[-1], None)
                 self._change(alarm_id, now_ms, "escalated", [topic(path)])
