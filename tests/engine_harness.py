@@ -25,6 +25,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid still exists (for "everything stopped" checks)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def write_config(root: Path, webhooks: dict | None = None, rules: dict | None = None,
                  desk: bool = False, alerts: dict | None = None, **ingest) -> Path:
     """A config on free loopback ports in `root`; the desk only when asked (port 0)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from service.demo import add_demo_arguments, demo_options, run_demo
+from tests.engine_harness import process_alive
 
 TIMEOUT_S = 150
 
@@ -69,19 +70,11 @@ class Demo:
         return [int(p.read_text()) for p in (self.data / "data").glob("*.pid")]
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(alive(p) for p in pids):
+    while time.monotonic() < deadline and any(process_alive(p) for p in pids):
         time.sleep(0.1)
-    return [p for p in pids if alive(p)]
+    return [p for p in pids if process_alive(p)]
 
 
 def found(lines: list[str], label: str) -> dict[str, tuple[int, int]]:

@@ -5,7 +5,6 @@ and evaluated exactly once even if any engine process is killed with kill -9.
 """
 
 import json
-import os
 import time
 
 import numpy as np
@@ -13,7 +12,8 @@ import pytest
 
 from ingest.protocol import encode_cols, encode_rows
 from service.cli import main as cli
-from tests.engine_harness import Carrier, Engine, population_document, write_config
+from tests.engine_harness import (Carrier, Engine, population_document, process_alive,
+                                  write_config)
 
 SUBJECTS = 200
 BATCH_FIXES = 500
@@ -201,7 +201,7 @@ def test_sigterm_stops_every_process_cleanly_and_loses_nothing_acknowledged(engi
         engine.stop()                   # SIGTERM to the supervisor
     assert engine.proc.returncode == 0 and engine.lines[-1] == "geofence: stopped"
     for pid in pids.values():
-        assert not _alive(pid)
+        assert not process_alive(pid)
     engine = Engine(engine_dir, workers=2)
     try:
         totals = wait_evaluated(engine, accepted(acks))
@@ -209,10 +209,3 @@ def test_sigterm_stops_every_process_cleanly_and_loses_nothing_acknowledged(engi
     finally:
         engine.stop()
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
