@@ -42,7 +42,7 @@ EXCLUSION_OPEN = 16       # an exclusion_entry is open (until a fix out of every
 POSSIBLE_EXCL_DONE = 32   # possible_exclusion raised in the current episode
 OUTAGE_SILENT = 64        # silent while its carrier's feed is down: no signal_lost of its own
 
-# Columns of the thresholds array `limits` (names as in `service.config.Rules`).
+# Columns of the thresholds array `limits` (names as in `engine.config.Rules`).
 LIMIT_NAMES = ("exit_fixes", "exit_fixes_key", "return_fixes", "possible_exit_fixes",
                "exclusion_fixes", "possible_exclusion_fixes")
 L_EXIT, L_EXIT_KEY, L_RETURN, L_POSSIBLE_EXIT, L_EXCLUSION, L_POSSIBLE_EXCL = range(6)

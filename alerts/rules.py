@@ -135,7 +135,7 @@ def sort_batch(subject: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
 
 
 class RuleState:
-    """Rule state of subjects 0..n-1 and the thresholds from `rules` (a `service.config.Rules`).
+    """Rule state of subjects 0..n-1 and the thresholds from `rules` (a `engine.config.Rules`).
 
     One writer at a time: `apply`, `mark_signal_lost`, `grow` and `restore` change the
     state in place (the kernel releases the GIL, so readers must not rely on the GIL).

@@ -79,7 +79,7 @@ from ingest.feed import registry_document
 from ingest.protocol import encode_cols
 from ingest.simulate import population
 from service.cli import main as cli
-from service.config import load as load_settings
+from engine.config import load as load_settings
 from tests.engine_harness import Engine, write_config
 
 SEED = 1

@@ -5,7 +5,7 @@ population (`ingest.feed.make_population`: 2,032 subjects, 5 % key) and consecut
 of fixes (`make_day`, a different seed each day, 2 % of subjects a day make a planted
 excursion 0.5-20 km beyond their county's border for 15 min-6 h). Every fix gets the
 verdict of its subject's county (`VerdictEngine.verdicts`), then all fixes go through one
-`RuleState` (default `service.config.Rules()`, no exclusion zones) in time order, in
+`RuleState` (default `engine.config.Rules()`, no exclusion zones) in time order, in
 batches of `BATCH`, and the zone_exit events are collected.
 
 Truth, from what `make_day` planted:
@@ -36,7 +36,7 @@ from benchmarks.common import Report, log
 from geofence import IN, OUT, UNSURE, Layer, VerdictEngine
 from geofence.synthetic import ZAOZHUANG_COUNTIES, zaozhuang_geojson
 from ingest.feed import DAY_MS, make_day, make_population
-from service.config import Rules
+from engine.config import Rules
 
 SEED = 20240612
 BATCH = 10_000
@@ -52,7 +52,7 @@ def run(quick: bool) -> Report:
     sizes = QUICK if quick else FULL
     counties = list(ZAOZHUANG_COUNTIES)
     rep = Report("alarm_quality", {"seed": SEED, **sizes, "excursion_share": EXCURSION_SHARE,
-                                   "batch": BATCH, "rules": "service.config.Rules() defaults",
+                                   "batch": BATCH, "rules": "engine.config.Rules() defaults",
                                    "qualifying excursion": ">= 1 km beyond, >= 20 min"})
     warm_up()
     layer = Layer.from_geojson(zaozhuang_geojson())

@@ -1,7 +1,7 @@
 """Rules: fixes per second of `RuleState.apply` on one core, and rule state per subject.
 
 A `RuleState` of 1,000,000 registered subjects (quick: 100,000) with the default
-thresholds (`service.config.Rules()`). Seeded batches of 100,000 fixes: subjects drawn
+thresholds (`engine.config.Rules()`). Seeded batches of 100,000 fixes: subjects drawn
 at random (so each batch touches a random tenth of the state, in random order), times
 increasing from batch to batch and random within one, verdicts ~90 % in, 6 % unsure,
 4 % out, no exclusion zones (excl verdict OUT, zone -1); 5 % of subjects are key
@@ -24,7 +24,7 @@ from alerts import _rules_kernel as rk
 from alerts.rules import BYTES_PER_SUBJECT, EVENT_TYPES, RuleState, _outputs, sort_batch, warm_up
 from benchmarks.common import Report
 from geofence.verdict import IN, OUT, UNSURE
-from service.config import Rules
+from engine.config import Rules
 
 SEED = 20240611
 REPEAT = 3
@@ -40,7 +40,7 @@ def run(quick: bool) -> Report:
     n, n_batches = sizes["subjects"], sizes["batches"]
     rep = Report("rules", {"seed": SEED, "repeat": REPEAT, "batch": BATCH, **sizes,
                            "verdict_share": "in 0.90, unsure 0.06, out 0.04",
-                           "key_share": KEY_SHARE, "rules": "service.config.Rules() defaults"})
+                           "key_share": KEY_SHARE, "rules": "engine.config.Rules() defaults"})
     warm_up()
     rng = np.random.default_rng(SEED)
     key = rng.random(n) < KEY_SHARE

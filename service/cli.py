@@ -134,7 +134,7 @@ def _demo(args) -> int:
 
 
 def _settings(args):
-    from service.config import load
+    from engine.config import load
 
     return load(args.config)
 
@@ -148,13 +148,13 @@ def _serve(args) -> int:
 
 def _registry_store(settings):
     from alerts.registry import RegistryStore
-    from service.paths import EnginePaths
+    from engine.paths import EnginePaths
 
     return RegistryStore(EnginePaths.create(settings.storage.path).registry_db)
 
 
 def _registry_import(args) -> int:
-    from service.layers import code_checkers, load_layers
+    from engine.layers import code_checkers, load_layers
 
     settings = _settings(args)
     try:
@@ -176,15 +176,15 @@ def _registry_export(args) -> int:
 
 
 def _user_store(settings):
-    from service.desk.stores import desk_db
-    from service.desk.users import UserStore
-    from service.paths import EnginePaths
+    from desk.stores import desk_db
+    from desk.users import UserStore
+    from engine.paths import EnginePaths
 
     return UserStore(desk_db(EnginePaths.create(settings.storage.path)))
 
 
 def _user_add(args) -> int:
-    from service.desk.users import check_name, check_password
+    from desk.users import check_name, check_password
 
     settings = _settings(args)
     check_name(args.name)
@@ -246,7 +246,7 @@ def _simulate(args) -> int:
 def _register_simulated(args) -> None:
     from ingest.feed import registry_document
     from ingest.simulate import population
-    from service.layers import code_checkers, load_layers
+    from engine.layers import code_checkers, load_layers
 
     settings = _settings(args)
     jurisdictions, zones = load_layers(settings)

@@ -188,7 +188,7 @@ def _check_desk_bind(bind: str) -> None:
 
 
 def _write_config(root: Path, desk_bind: str, scenario):
-    from service.config import load
+    from engine.config import load
 
     _check_desk_bind(desk_bind)
     (root / "zones.geojson").write_text(json.dumps(scenario.zones, ensure_ascii=False))
@@ -209,10 +209,10 @@ def _prepare(root: Path, settings, scenario, resume: bool) -> list[tuple[str, st
     """Import the registry (unless resuming), write the truth, set the desk users' fresh
     passwords; the logins as (user, password, office)."""
     from alerts.registry import RegistryStore
-    from service.desk.stores import desk_db
-    from service.desk.users import UserStore
-    from service.layers import code_checkers, load_layers
-    from service.paths import EnginePaths
+    from desk.stores import desk_db
+    from desk.users import UserStore
+    from engine.layers import code_checkers, load_layers
+    from engine.paths import EnginePaths
 
     paths = EnginePaths.create(settings.storage.path)
     if not resume:
@@ -363,7 +363,7 @@ def _follow(out, feeder, engine: _Engine, scenario, resume: bool, duration: floa
     """Progress lines until the end; the summary once the day is evaluated."""
     from alerts.alarm_store import AlarmStore
     from service.demo_truth import alarm_table, score, summary_lines
-    from service.paths import EnginePaths
+    from engine.paths import EnginePaths
 
     paths = EnginePaths.create(engine.settings.storage.path)
     alarms = AlarmStore(paths.alarms_db)

@@ -32,8 +32,8 @@ import zmq
 from alerts.alarm_store import AlarmStore, Incoming
 from alerts.registry import Registry, RegistryStore
 from alerts.webhooks import WebhookSender, parse_webhooks
-from service.config import Settings
-from service.paths import EnginePaths
+from engine.config import Settings
+from engine.paths import EnginePaths
 
 log = logging.getLogger("geofence.dispatcher")
 

@@ -23,8 +23,8 @@ import signal
 import time
 from collections.abc import Callable
 
-from service.config import Settings
-from service.paths import EnginePaths
+from engine.config import Settings
+from engine.paths import EnginePaths
 
 log = logging.getLogger("geofence.serve")
 
@@ -150,7 +150,7 @@ def desk_main(settings: Settings, ready) -> None:
     _logging()
     should_stop = _child_stop_flag()
     _write_pid(settings, "desk")
-    from service.desk.app import run_desk
+    from desk.app import run_desk
 
     run_desk(settings, should_stop, on_ready=lambda url: ready.put(("desk", url)))
 
@@ -176,7 +176,7 @@ def dispatcher_main(settings: Settings, ready) -> None:
 def check_bind(settings: Settings, insecure: bool) -> None:
     """Refuse to start where carriers would be unauthenticated off this machine."""
     from ingest.auth import check_bind_allowed
-    from service.config import ConfigError
+    from engine.config import ConfigError
 
     if bool(settings.ingest.curve_keys) != bool(settings.ingest.curve_carriers):
         raise ConfigError("[ingest] curve_keys (the engine's key pair) and curve_carriers (the "
@@ -202,7 +202,7 @@ def check_worker_count(paths: EnginePaths, workers: int) -> None:
     """
     import re
 
-    from service.config import ConfigError
+    from engine.config import ConfigError
     from service.evaluation_store import EvaluationStore
 
     old = {}

@@ -28,10 +28,10 @@ from alerts.registry import Registry, RegistryStore, Subject
 from alerts.rules import NO_TIME, RuleState, SnapshotError
 from alerts.schedule import AreaSchedule
 from ingest.store import StoredBatch, StoreReader
-from service.config import Settings
+from engine.config import Settings
 from service.evaluation_store import EvaluationStore
-from service.layers import load_layers
-from service.paths import EnginePaths
+from engine.layers import load_layers
+from engine.paths import EnginePaths
 
 log = logging.getLogger("geofence.worker")
 

@@ -28,12 +28,12 @@ from alerts.alarm_store import AlarmStore, Incoming
 from alerts.registry import RegistryStore
 from ingest.fixes import FixColumns
 from ingest.store import BatchRecord, Store
-from service.config import Desk, Settings, Storage
-from service.desk import events, make_app, run_desk
-from service.desk.stores import desk_db
-from service.desk.tracks import read_track
-from service.desk.users import UserStore
-from service.paths import EnginePaths
+from engine.config import Desk, Settings, Storage
+from desk import events, make_app, run_desk
+from desk.stores import desk_db
+from desk.tracks import read_track
+from desk.users import UserStore
+from engine.paths import EnginePaths
 
 PASSWORD = "correct horse"
 CITY, C402, C403 = "3704", "370402", "370403"
@@ -84,7 +84,7 @@ def alarm(alarm_id: str, t_ms: int) -> Incoming:
 
 @cache
 def code_checkers():
-    from service.layers import code_checkers, load_layers
+    from engine.layers import code_checkers, load_layers
     return code_checkers(*load_layers(Settings()))
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from alerts.registry import RegistryStore
 from service import cli
-from service.desk.users import (ADDRESS_ATTEMPTS_FACTOR, LOGIN_WINDOW_S, SALT_BYTES,
+from desk.users import (ADDRESS_ATTEMPTS_FACTOR, LOGIN_WINDOW_S, SALT_BYTES,
                                 UserError, UserStore, hash_password, verify_password)
 
 OFFICES = {"offices": [{"code": "3704", "name": "枣庄市社区矫正中心"},

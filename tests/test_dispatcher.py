@@ -5,10 +5,10 @@ import zmq
 
 from alerts.alarms import make_alarm
 from alerts.registry import Subject
-from service.config import Alerts, Settings, Storage
+from engine.config import Alerts, Settings, Storage
 from service.dispatcher import Dispatcher
 from service.evaluation_store import EvaluationStore
-from service.paths import EnginePaths
+from engine.paths import EnginePaths
 from tests.engine_harness import free_port
 
 

@@ -19,7 +19,7 @@ from alerts.rules import (BYTES_PER_SUBJECT, EVENT_TYPES, RuleState, RulesError,
                           sort_batch)
 from alerts.rules_reference import ReferenceRules
 from geofence.verdict import IN, OUT, UNSURE
-from service.config import Rules
+from engine.config import Rules
 
 VERDICTS = st.sampled_from([IN, UNSURE, OUT])
 SMALL_RULES = st.builds(

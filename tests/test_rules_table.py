@@ -16,7 +16,7 @@ import pytest
 from alerts.rules import EVENT_TYPES, RuleState, RulesError, severity
 from alerts.rules_reference import ReferenceRules
 from geofence.verdict import IN, OUT, UNSURE
-from service.config import Rules
+from engine.config import Rules
 
 VERDICTS = {"in": IN, "unsure": UNSURE, "out": OUT}
 ZONE = 7  # the index of the person's exclusion zone in these cases

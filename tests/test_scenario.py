@@ -13,7 +13,7 @@ from geofence.datum import to_wgs84
 from geofence.synthetic import zaozhuang_geojson
 from ingest.scenario import (CARRIERS, LIVE_INTERVAL_MS, MINUTE_MS, Ground, build_scenario,
                              to_metres)
-from service.layers import code_checkers
+from engine.layers import code_checkers
 
 END_MS = 1_750_000_000_000
 DAY_MS = 24 * 3600 * 1000

@@ -24,8 +24,8 @@ from geofence import Layer, VerdictEngine
 from geofence.synthetic import zaozhuang_geojson
 from ingest.fixes import FixColumns
 from ingest.store import StoredBatch
-from service.config import Rules, Settings
-from service.layers import code_checkers
+from engine.config import Rules, Settings
+from engine.layers import code_checkers
 from service.worker import Carriers, Evaluation, SubjectBook
 
 T0 = 1_700_000_000_000          # 2023-11-14T22:13:20Z

@@ -1,4 +1,4 @@
-"""The page: `service/desk/static/` served at `/` (index.html) and `/static/`.
+"""The page: `desk/static/` served at `/` (index.html) and `/static/`.
 
 Files are looked up on each request, so a page installed after the desk started is
 served; paths that would leave the directory answer 404. Without an index.html a small
@@ -14,7 +14,7 @@ PLACEHOLDER = """<!doctype html>
 <html lang="zh-CN"><head><meta charset="utf-8"><title>geofence desk</title></head>
 <body><h1>geofence desk</h1>
 <p>The desk's API is running; its page is not installed
-(<code>service/desk/static/index.html</code>).</p></body></html>
+(<code>desk/static/index.html</code>).</p></body></html>
 """
 
 

@@ -17,9 +17,9 @@ from typing import TypeVar
 
 from alerts.alarm_store import AlarmStore
 from alerts.registry import RegistryStore
-from service.desk.scope import Scope
-from service.desk.users import UserStore
-from service.paths import EnginePaths
+from desk.scope import Scope
+from desk.users import UserStore
+from engine.paths import EnginePaths
 
 T = TypeVar("T")
 

@@ -21,6 +21,6 @@ __all__ = ["make_app", "run_desk"]
 
 def __getattr__(name: str):
     if name in __all__:
-        from service.desk import app
+        from desk import app
         return getattr(app, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,7 @@
 import warnings
 
 from geofence import Layer, LayerWarning
-from service.config import Settings
+from engine.config import Settings
 
 
 def load_layers(settings: Settings) -> tuple[Layer, Layer | None]:

@@ -1,6 +1,6 @@
 """The map's GeoJSON: townships, counties dissolved from them, and injunction zones.
 
-Built once per process from the layers the engine runs on (`service.layers`), then
+Built once per process from the layers the engine runs on (`engine.layers`), then
 cached as one JSON text per feature:
 
 - every jurisdiction feature, level "township";

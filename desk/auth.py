@@ -13,9 +13,9 @@ import asyncio
 
 from aiohttp import web
 
-from service.desk.context import SESSION, ApiError, desk_of
-from service.desk.http import COOKIE, client_address, json_body, json_response
-from service.desk.users import MAX_NAME_CHARS, MAX_PASSWORD_CHARS, verify_password
+from desk.context import SESSION, ApiError, desk_of
+from desk.http import COOKIE, client_address, json_body, json_response
+from desk.users import MAX_NAME_CHARS, MAX_PASSWORD_CHARS, verify_password
 
 BAD_CREDENTIALS = "wrong user name or password"
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from service.desk.scope import Scope
+from desk.scope import Scope
 
 log = logging.getLogger("geofence.desk")
 

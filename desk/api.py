@@ -1,6 +1,6 @@
 """The desk's data endpoints (SPEC §8): alarms, people, tracks, the map, the live stream.
 
-Every answer is cut to the user's office subtree (`service.desk.scope`). Anything outside
+Every answer is cut to the user's office subtree (`desk.scope`). Anything outside
 it answers 404 exactly as a missing id does, so nobody can learn that it exists.
 """
 
@@ -10,11 +10,11 @@ from aiohttp import web
 
 from alerts.alarm_store import STATUSES, AlarmStateError
 from alerts.rules import EVENT_TYPES
-from service.desk import events, tracks
-from service.desk.context import SESSION, ApiError, desk_of
-from service.desk.http import json_body, json_response
-from service.desk.mapdata import build_map_layer
-from service.desk.metrics import CONTENT_TYPE
+from desk import events, tracks
+from desk.context import SESSION, ApiError, desk_of
+from desk.http import json_body, json_response
+from desk.mapdata import build_map_layer
+from desk.metrics import CONTENT_TYPE
 
 DEFAULT_LIMIT = 200
 MAX_LIMIT = 1_000
@@ -198,7 +198,7 @@ async def layer(request: web.Request) -> web.Response:
 
 
 def _build_map(settings):
-    from service.layers import load_layers
+    from engine.layers import load_layers
 
     return build_map_layer(*load_layers(settings))
 

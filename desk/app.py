@@ -16,15 +16,15 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from service.config import Settings
-from service.desk import api, auth, static
-from service.desk.context import DESK, DeskState
-from service.desk.events import ChangeFeed
-from service.desk.http import (RouteAccessLogger, outer_middleware, same_origin_middleware,
+from engine.config import Settings
+from desk import api, auth, static
+from desk.context import DESK, DeskState
+from desk.events import ChangeFeed
+from desk.http import (RouteAccessLogger, outer_middleware, same_origin_middleware,
                                session_middleware)
-from service.desk.metrics import DeskMetrics
-from service.desk.stores import Stores
-from service.paths import EnginePaths
+from desk.metrics import DeskMetrics
+from desk.stores import Stores
+from engine.paths import EnginePaths
 
 log = logging.getLogger("geofence.desk")
 
@@ -39,7 +39,7 @@ def make_app(settings: Settings, paths: EnginePaths, *,
 
     `clock` (seconds, like time.time) is for tests of session expiry.
     """
-    from service.desk.tracks import TRACK_READS_AT_ONCE
+    from desk.tracks import TRACK_READS_AT_ONCE
 
     app = web.Application(middlewares=[outer_middleware, same_origin_middleware,
                                        session_middleware],

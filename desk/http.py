@@ -19,7 +19,7 @@ import traceback
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from service.desk.context import SESSION, ApiError, desk_of
+from desk.context import SESSION, ApiError, desk_of
 
 log = logging.getLogger("geofence.desk")
 

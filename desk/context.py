@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from service.config import Settings
-from service.desk.events import ChangeFeed
-from service.desk.mapdata import MapLayer
-from service.desk.metrics import DeskMetrics
-from service.desk.stores import Stores
-from service.desk.users import Session
-from service.paths import EnginePaths
+from engine.config import Settings
+from desk.events import ChangeFeed
+from desk.mapdata import MapLayer
+from desk.metrics import DeskMetrics
+from desk.stores import Stores
+from desk.users import Session
+from engine.paths import EnginePaths
 
 
 @dataclass

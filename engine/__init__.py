@@ -1,0 +1,1 @@
+"""What the engine's processes share: the settings, where files live, the layers they run on."""
