@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alerts import outbox
+from alerts.alarms import STATUSES, UNRESOLVED, Alarm
+from engine.messages import topic
+from geofence.errors import GeofenceError
 
-STATUSES = ("open", "acknowledged", "resolved", "escalated")
-UNRESOLVED = ("open", "acknowledged", "escalated")
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 SCHEMA = """
@@ -58,29 +59,22 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 """
 
 
-class AlarmStateError(ValueError):
+class AlarmStateError(GeofenceError, ValueError):
     """The alarm cannot take this action in its current status (e.g. resolving twice)."""
+
+
+class UnknownAlarmError(GeofenceError, LookupError):
+    """No alarm has this id."""
 
 
 @dataclass(frozen=True)
 class Incoming:
-    """An alarm as a worker raised it, with where it goes.
+    """An alarm as a worker raised it, with where it goes: `offices` are the receiving
+    offices' paths from the root (the supervising office's first, then copies, e.g. the
+    origin office during a delegation)."""
 
-    `offices` are the receiving offices' paths from the root (the supervising office's
-    first, then copies, e.g. the origin office during a delegation); `received_ms` is when
-    ingest received the triggering fix (None for clock-driven alarms).
-    """
-
-    doc: dict
+    alarm: Alarm
     offices: tuple[tuple[str, ...], ...]
-    received_ms: int | None = None
-
-    @property
-    def fold_key(self) -> str:
-        details = self.doc.get("details") or {}
-        if self.doc.get("subject"):
-            return self.doc["subject"]
-        return f"carrier:{details.get('carrier', '')}"
 
 
 @dataclass(frozen=True)
@@ -89,12 +83,7 @@ class Change:
     alarm_id: str
     action: str
     topics: tuple[str, ...]
-    doc: dict
-
-
-def topic(path: Iterable[str]) -> str:
-    """The PUB topic of an office path: codes from the root, "/"-joined and "/"-ended."""
-    return "".join(f"{code}/" for code in path)
+    alarm: Alarm
 
 
 class AlarmStore:
@@ -127,78 +116,79 @@ class AlarmStore:
         """
         opened = []
         with self._transaction():
-            for alarm in alarms:
-                if self._add_one(alarm, now_ms, webhook_offices):
-                    opened.append(alarm.doc["id"])
+            for incoming in alarms:
+                if self._add_one(incoming, now_ms, webhook_offices):
+                    opened.append(incoming.alarm.id)
             for source, position in (positions or {}).items():
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                  (f"position:{source}", position))
         return opened
 
-    def _add_one(self, alarm: Incoming, now_ms: int, webhook_offices) -> bool:
-        doc = alarm.doc
-        if self._db.execute("SELECT 1 FROM raised WHERE id = ?", (doc["id"],)).fetchone():
+    def _add_one(self, incoming: Incoming, now_ms: int, webhook_offices) -> bool:
+        alarm = incoming.alarm
+        if self._db.execute("SELECT 1 FROM raised WHERE id = ?", (alarm.id,)).fetchone():
             return False  # seen before: a replay after a crash
-        self._count_raised(doc, alarm.received_ms, now_ms)
+        self._count_raised(alarm, now_ms)
         # Fold only into an alarm nobody has taken up yet, at the same office: after an
         # acknowledgement a new event must reach people again, and after a transfer or a
         # delegation it belongs to the new office.
         row = self._db.execute(
-            "SELECT id, doc FROM alarms WHERE fold_key = ? AND type = ? AND office = ? AND "
+            "SELECT doc FROM alarms WHERE fold_key = ? AND type = ? AND office = ? AND "
             "status IN ('open', 'escalated') ORDER BY t_ms DESC LIMIT 1",
-            (alarm.fold_key, doc["type"], doc["office"])).fetchone()
+            (alarm.fold_key, alarm.type, alarm.office)).fetchone()
         if row is not None:
-            self._fold(row[0], json.loads(row[1]), doc, now_ms)
+            self._fold(Alarm.from_json(row[0]), alarm, now_ms)
             return False
-        offices = [path[-1] for path in alarm.offices]
-        escalate_at = self._escalate_at(doc["severity"], now_ms)
+        offices = [path[-1] for path in incoming.offices]
+        escalate_at = self._escalate_at(alarm.severity, now_ms)
+        text = alarm.to_json()   # the worker's text, stored and posted as it came
         self._db.execute(
             "INSERT INTO alarms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?, ?)",
-            (doc["id"], doc["type"], doc["severity"], alarm.fold_key, doc.get("subject"),
-             doc["office"], json.dumps(offices), doc["t"], now_ms, escalate_at, now_ms,
-             _dumps(doc)))
-        self._db.execute("INSERT INTO raised VALUES (?, ?)", (doc["id"], doc["id"]))
-        self._history(doc["id"], now_ms, "raised", None, doc["office"], None)
-        self._change(doc["id"], now_ms, "raised", [topic(p) for p in alarm.offices])
-        body = _dumps(doc).encode()
+            (alarm.id, alarm.type, alarm.severity, alarm.fold_key, alarm.subject,
+             alarm.office, json.dumps(offices), alarm.t_ms, now_ms, escalate_at, now_ms,
+             text))
+        self._db.execute("INSERT INTO raised VALUES (?, ?)", (alarm.id, alarm.id))
+        self._history(alarm.id, now_ms, "raised", None, alarm.office, None)
+        self._change(alarm.id, now_ms, "raised", [topic(p) for p in incoming.offices])
+        body = text.encode()
         for n, office in enumerate(offices):
             if office in webhook_offices:
-                outbox.enqueue(self._db, doc["id"], office, "raised" if n == 0 else "copy",
+                outbox.enqueue(self._db, alarm.id, office, "raised" if n == 0 else "copy",
                                body, now_ms)
         return True
 
-    def _fold(self, alarm_id: str, doc: dict, repeat: dict, now_ms: int) -> None:
-        details = doc.setdefault("details", {})
-        details["repeats"] = details.get("repeats", 0) + 1
-        details["last"] = {k: repeat.get(k) for k in ("id", "t", "fix", "where", "details")}
+    def _fold(self, alarm: Alarm, repeat: Alarm, now_ms: int) -> None:
+        folded = alarm.folded(repeat)
         self._db.execute("UPDATE alarms SET doc = ?, updated_ms = ? WHERE id = ?",
-                         (_dumps(doc), now_ms, alarm_id))
-        self._db.execute("INSERT INTO raised VALUES (?, ?)", (repeat["id"], alarm_id))
-        self._history(alarm_id, now_ms, "repeated", None, None, None)
-        self._change(alarm_id, now_ms, "repeated", self._topics(alarm_id))
+                         (folded.to_json(), now_ms, alarm.id))
+        self._db.execute("INSERT INTO raised VALUES (?, ?)", (repeat.id, alarm.id))
+        self._history(alarm.id, now_ms, "repeated", None, None, None)
+        self._change(alarm.id, now_ms, "repeated", self._topics(alarm.id))
 
     # -- people ----------------------------------------------------------------------------
 
-    def acknowledge(self, alarm_id: str, user: str, office: str, note: str, now_ms: int) -> dict:
+    def acknowledge(self, alarm_id: str, user: str, office: str, note: str,
+                    now_ms: int) -> Alarm:
         return self._act(alarm_id, "acknowledged", ("open", "escalated"), user, office, note,
                          now_ms)
 
-    def resolve(self, alarm_id: str, user: str, office: str, note: str, now_ms: int) -> dict:
+    def resolve(self, alarm_id: str, user: str, office: str, note: str, now_ms: int) -> Alarm:
         return self._act(alarm_id, "resolved", UNRESOLVED, user, office, note, now_ms)
 
-    def _act(self, alarm_id, status, allowed, user, office, note, now_ms) -> dict:
+    def _act(self, alarm_id, status, allowed, user, office, note, now_ms) -> Alarm:
         with self._transaction():
-            doc = self._doc(alarm_id)
-            if doc is None:
-                raise KeyError(alarm_id)
-            if doc["status"] not in allowed:
-                raise AlarmStateError(f"alarm is {doc['status']}; cannot mark it {status}")
-            doc["status"] = status
+            alarm = self._alarm(alarm_id)
+            if alarm is None:
+                raise UnknownAlarmError(f"no alarm {alarm_id!r}")
+            if alarm.status not in allowed:
+                raise AlarmStateError(f"alarm is {alarm.status}; cannot mark it {status}")
+            alarm = alarm.with_status(status)
             self._db.execute("UPDATE alarms SET status = ?, escalate_at_ms = NULL, doc = ?, "
-                             "updated_ms = ? WHERE id = ?", (status, _dumps(doc), now_ms, alarm_id))
+                             "updated_ms = ? WHERE id = ?",
+                             (status, alarm.to_json(), now_ms, alarm_id))
             self._history(alarm_id, now_ms, status, user, office, note)
             self._change(alarm_id, now_ms, status, self._topics(alarm_id))
-        return doc
+        return alarm
 
     # -- timers ----------------------------------------------------------------------------
 
@@ -213,32 +203,29 @@ class AlarmStore:
                                "ORDER BY escalate_at_ms", (now_ms,)).fetchall()
         for (alarm_id,) in due:
             with self._transaction():
-                doc = self._doc(alarm_id)
-                if doc is None or doc["status"] not in ("open", "escalated"):
+                alarm = self._alarm(alarm_id)
+                if alarm is None or alarm.status not in ("open", "escalated"):
                     continue
-                details = doc.setdefault("details", {})
-                current = details.get("escalated_to", doc["office"])
-                path = parent_path(current)
+                path = parent_path(alarm.escalated_to)
                 if path is None:
                     self._db.execute("UPDATE alarms SET escalate_at_ms = NULL WHERE id = ?",
                                      (alarm_id,))
                     continue
-                level = details.get("escalation_level", 0) + 1
-                details.update(escalated_to=path[-1], escalation_level=level)
-                doc["status"] = "escalated"
-                next_at = self._escalate_at(doc["severity"], now_ms) if len(path) > 1 else None
+                alarm = alarm.escalated(path[-1])
+                next_at = self._escalate_at(alarm.severity, now_ms) if len(path) > 1 else None
                 offices = json.loads(self._db.execute(
                     "SELECT offices FROM alarms WHERE id = ?", (alarm_id,)).fetchone()[0])
                 self._db.execute(
                     "UPDATE alarms SET status = 'escalated', "
                     "escalate_at_ms = ?, offices = ?, doc = ?, updated_ms = ? WHERE id = ?",
-                    (next_at, json.dumps(offices + [path[-1]]), _dumps(doc), now_ms,
+                    (next_at, json.dumps(offices + [path[-1]]), alarm.to_json(), now_ms,
                      alarm_id))
                 self._history(alarm_id, now_ms, "escalated", None, path[-1], None)
                 self._change(alarm_id, now_ms, "escalated", [topic(path)])
                 if path[-1] in webhook_offices:
-                    outbox.enqueue(self._db, alarm_id, path[-1], f"escalated-{level}",
-                                   _dumps(doc).encode(), now_ms)
+                    outbox.enqueue(self._db, alarm_id, path[-1],
+                                   f"escalated-{alarm.escalation_level}",
+                                   alarm.to_json().encode(), now_ms)
         return len(due)
 
     def _escalate_at(self, severity: str, now_ms: int) -> int | None:
@@ -247,17 +234,15 @@ class AlarmStore:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def get(self, alarm_id: str) -> dict | None:
-        """The alarm document with its history (who, when, what, note), or None."""
-        doc = self._doc(alarm_id)
-        if doc is None:
-            return None
-        doc["history"] = [
-            {"at": at, "action": action, "user": user, "office": office, "note": note}
-            for at, action, user, office, note in self._db.execute(
-                "SELECT at_ms, action, user, office, note FROM history WHERE alarm_id = ? "
-                "ORDER BY rowid", (alarm_id,))]
-        return doc
+    def get(self, alarm_id: str) -> Alarm | None:
+        return self._alarm(alarm_id)
+
+    def history(self, alarm_id: str) -> list[dict]:
+        """Every step of an alarm, oldest first: who, when, what, note."""
+        return [{"at": at, "action": action, "user": user, "office": office, "note": note}
+                for at, action, user, office, note in self._db.execute(
+                    "SELECT at_ms, action, user, office, note FROM history WHERE alarm_id = ? "
+                    "ORDER BY rowid", (alarm_id,))]
 
     def offices_of(self, alarm_id: str) -> list[str]:
         """The offices an alarm went to: supervising, copies, escalation targets."""
@@ -266,7 +251,7 @@ class AlarmStore:
 
     def query(self, *, status: str | None = None, type: str | None = None,
               offices: Iterable[str] | None = None, since_ms: int | None = None,
-              limit: int = 100) -> list[dict]:
+              limit: int = 100) -> list[Alarm]:
         """Alarms newest first; `offices` restricts to alarms that went to any of them."""
         where, args = [], []
         if status:
@@ -287,14 +272,14 @@ class AlarmStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY t_ms DESC, id LIMIT ?"
-        return [json.loads(doc) for (doc,) in self._db.execute(sql, (*args, int(limit)))]
+        return [Alarm.from_json(doc) for (doc,) in self._db.execute(sql, (*args, int(limit)))]
 
     def changes_after(self, seq: int, limit: int = 500) -> list[Change]:
         rows = self._db.execute(
             "SELECT c.seq, c.alarm_id, c.action, c.topics, a.doc FROM changes c "
             "JOIN alarms a ON a.id = c.alarm_id WHERE c.seq > ? ORDER BY c.seq LIMIT ?",
             (seq, limit)).fetchall()
-        return [Change(s, a, act, tuple(json.loads(t)), json.loads(d))
+        return [Change(s, a, act, tuple(json.loads(t)), Alarm.from_json(d))
                 for s, a, act, t, d in rows]
 
     def last_change(self) -> int:
@@ -334,9 +319,10 @@ class AlarmStore:
             buckets.append((le, running))
         return buckets, total
 
-    def _count_raised(self, doc: dict, received_ms: int | None, now_ms: int) -> None:
+    def _count_raised(self, alarm: Alarm, now_ms: int) -> None:
         self._db.execute("INSERT INTO raised_counts VALUES (?, ?, 1) ON CONFLICT DO UPDATE "
-                         "SET n = n + 1", (doc["type"], doc["severity"]))
+                         "SET n = n + 1", (alarm.type, alarm.severity))
+        received_ms = alarm.received_ms
         if received_ms is None:
             return
         seconds = max(0, now_ms - received_ms) / 1000.0
@@ -348,9 +334,9 @@ class AlarmStore:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _doc(self, alarm_id: str) -> dict | None:
+    def _alarm(self, alarm_id: str) -> Alarm | None:
         row = self._db.execute("SELECT doc FROM alarms WHERE id = ?", (alarm_id,)).fetchone()
-        return json.loads(row[0]) if row else None
+        return Alarm.from_json(row[0]) if row else None
 
     def _topics(self, alarm_id: str) -> list[str]:
         row = self._db.execute("SELECT topics FROM changes WHERE alarm_id = ? AND action = "
@@ -385,7 +371,3 @@ class _Transaction:
         if not self._outer:
             return
         self._db.execute("COMMIT" if kind is None else "ROLLBACK")
-
-
-def _dumps(doc: dict) -> str:
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))

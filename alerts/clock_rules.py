@@ -18,15 +18,27 @@ the root office, and the carrier's silent subjects are marked so that they raise
 signal_lost of their own. When the carrier's fixes flow again, the marks are cleared and
 silence counts afresh from that moment. Subjects are attributed to the carrier of their
 newest fix.
+
+permit_overstay: a permit ended `permit_overstay_after_s` ago and the subject's newest fix
+is not `in` the area they may be in now (home, plus any permit still active: an extension
+that follows the first permit is not an overstay). A fix taken after the permit ended was
+already judged against that area by the fix-driven rules, and its verdict is reused; an
+older fix (the person has been silent since) is judged again, all such fixes in one call.
+A subject with no fix at all is not known to be home: overstay.
+
+`ClockRules` turns all three into alarms; `RulesClock` says what time it is for them.
 """
 
-from collections.abc import Callable, Iterable
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
+import geofence
 from alerts import _rules_kernel as rk
+from alerts.alarms import Alarm, AlarmFix, Places, new_alarm
 from alerts.rules import NO_TIME, RuleState
+from alerts.subject_book import SubjectBook
 from geofence.verdict import IN
 
 
@@ -130,22 +142,150 @@ class SilenceWatch:
         return outages
 
 
-def permit_overstays(permits: Iterable, subject_index: Callable[[str], int | None],
-                     state: RuleState, verdict_now: Callable[[int, dict, object], int]) -> list:
-    """Permits (already ended `permit_overstay_after_s` ago) whose subject is not back.
+class RulesClock:
+    """The rules' notion of now: wall time, or (`clock = "feed"`) the newest fix time seen
+    plus the wall time since it was seen, so a replay runs the clock rules in its own time."""
 
-    `subject_index(id)` is the subject's index if this worker watches it, else None;
-    `verdict_now(index, last_fix, permit)` the verdict of the newest fix against the area
-    the subject may be in *now* (home, plus any permit still active: an extension that
-    follows the first permit is not an overstay). A subject with no fix at all is not
-    known to be home: overstay.
-    """
-    over = []
-    for permit in permits:
-        s = subject_index(permit.subject)
-        if s is None or s >= state.n_subjects:
-            continue
-        last = {k: v[0] for k, v in state.last_fix([s]).items()}
-        if last["t_ms"] == NO_TIME or verdict_now(s, last, permit) != IN:
-            over.append((permit, s))
-    return over
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.feed_t_ms = NO_TIME
+        self._seen_at_ms = 0
+
+    def observe(self, t_ms: int) -> None:
+        if t_ms > self.feed_t_ms:
+            self.feed_t_ms, self._seen_at_ms = t_ms, wall_ms()
+
+    def now_ms(self) -> int | None:
+        """Now, or None while a feed clock has seen no fix yet (it has no time to tell)."""
+        wall = wall_ms()
+        if self.mode == "wall":
+            return wall
+        if self.feed_t_ms == NO_TIME:
+            return None
+        return self.feed_t_ms + (wall - self._seen_at_ms)
+
+
+class Carriers:
+    """Carrier names as small ids (subjects remember the carrier of their newest fix) and
+    each carrier's newest fix time (feed_outage); persisted with the worker's checkpoint."""
+
+    def __init__(self, rows: list[tuple[str, int, int]]):
+        self._ids = {name: cid for name, cid, _ in rows}
+        self._names = {cid: name for name, cid, _ in rows}
+        self._newest = {cid: t for _, cid, t in rows}
+
+    def id_of(self, name: str) -> int:
+        if name not in self._ids:
+            cid = len(self._ids)
+            self._ids[name], self._names[cid], self._newest[cid] = cid, name, NO_TIME
+        return self._ids[name]
+
+    def saw(self, cid: int, t_ms: int) -> None:
+        self._newest[cid] = max(self._newest[cid], t_ms)
+
+    def name_of(self, cid: int) -> str:
+        return self._names.get(cid, "")
+
+    def newest_by_id(self) -> dict[int, int]:
+        return dict(self._newest)
+
+    def rows(self) -> list[tuple[str, int, int]]:
+        return [(name, cid, self._newest[cid]) for name, cid in self._ids.items()]
+
+
+class ClockRules:
+    """The clock-driven alarms of one partition (subjects with ``index % count == k``)."""
+
+    def __init__(self, engine: geofence.VerdictEngine, book: SubjectBook, rules_settings,
+                 index: int = 0, count: int = 1):
+        self.engine = engine
+        self.book = book
+        self.index, self.count = index, count
+        self.silence = SilenceWatch(rules_settings, partitions=count)
+        self.lost_after_ms = int(rules_settings.signal_lost_after_s) * 1000
+        self.overstay_after_ms = int(rules_settings.permit_overstay_after_s) * 1000
+        self.places = Places.of(engine.jurisdictions)
+
+    def check(self, state: RuleState, now_ms: int, checked_until_ms: int,
+              carriers: Carriers) -> list[Alarm]:
+        """signal_lost, feed_outage and permit_overstay as of `now_ms`; permits that ended
+        in (checked_until_ms, now_ms] (less the grace) are looked at once each."""
+        book, n = self.book, state.n_subjects
+        mine = np.zeros(n, np.bool_)
+        known = min(n, book.size)
+        mine[:known] = book.registered[:known]
+        mine &= np.arange(n) % self.count == self.index
+        events = self.silence.check(state, mine, now_ms, carriers.newest_by_id())
+        raised_at = wall_ms()
+        alarms = []
+        lost = [int(s) for s in events.signal_lost]
+        fixes, places = self._newest_fixes(state, lost)
+        for s, since, fix, where in zip(lost, events.since_ms.tolist(), fixes, places):
+            subject = book.subjects[s]
+            t = since + self.lost_after_ms
+            alarms.append(new_alarm(
+                "signal_lost", subject=subject, route=book.schedule.routing_at(subject.id, t),
+                t_ms=t, trigger_t_ms=fix.t_ms if fix else 0, fix=fix, where=where,
+                raised_at_ms=raised_at,
+                details={"silent_since": since, "silent_for_s": (now_ms - since) // 1000}))
+        for outage in events.outages:
+            alarms.append(new_alarm(
+                "feed_outage", subject=None, route=None, t_ms=now_ms,
+                trigger_t_ms=outage.newest_t_ms, fix=None, where=None, raised_at_ms=raised_at,
+                details={"carrier": carriers.name_of(outage.carrier),
+                         "silent_subjects": outage.silent, "subjects": outage.subjects,
+                         "last_fix_t": outage.newest_t_ms},
+                office=book.root_office()))
+        return alarms + self._permit_overstays(state, now_ms, checked_until_ms, raised_at)
+
+    def _permit_overstays(self, state: RuleState, now_ms: int, checked_until_ms: int,
+                          raised_at: int) -> list[Alarm]:
+        grace, book = self.overstay_after_ms, self.book
+        ending = [(p, book.index_of.get(p.subject)) for p in
+                  book.schedule.permits_ending(checked_until_ms - grace, now_ms - grace)]
+        ending = [(p, s) for p, s in ending
+                  if s is not None and s % self.count == self.index and s < state.n_subjects]
+        if not ending:
+            return []
+        subjects = np.array([s for _, s in ending], np.int32)
+        at_ms = np.array([p.end_ms + grace for p, _ in ending], np.int64)
+        last = state.last_fix(subjects)
+        verdict = state.latest_verdict[subjects].copy()
+        stale = (last["t_ms"] < at_ms - grace) & (last["t_ms"] != NO_TIME)
+        if stale.any():   # silent since before the permit ended: judge the newest fix again
+            area = book.schedule.areas_at(subjects[stale], at_ms[stale])
+            verdict[stale] = self.engine.verdicts(
+                last["lon"][stale], last["lat"][stale],
+                last["acc_m"][stale].astype(np.float64), area).verdict
+        over = [k for k in range(len(ending))
+                if last["t_ms"][k] == NO_TIME or verdict[k] != IN]
+        fixes, places = self._newest_fixes(state, [ending[k][1] for k in over])
+        alarms = []
+        for k, fix, where in zip(over, fixes, places):
+            permit, s = ending[k]
+            subject = book.subjects[s]
+            t = permit.end_ms + grace
+            alarms.append(new_alarm(
+                "permit_overstay", subject=subject,
+                route=book.schedule.routing_at(subject.id, t), t_ms=t,
+                trigger_t_ms=permit.end_ms, fix=fix, where=where, raised_at_ms=raised_at,
+                details={"permit": permit.id, "destinations": list(permit.destinations),
+                         "permit_end": permit.end_ms}))
+        return alarms
+
+    def _newest_fixes(self, state: RuleState, subjects: list[int]):
+        """Each subject's newest fix and where it was, with one locate call for all."""
+        if not subjects:
+            return [], []
+        last = state.last_fix(np.array(subjects, np.int32))
+        fixes = [AlarmFix.of(*row) for row in zip(last["t_ms"], last["lon"], last["lat"],
+                                                   last["acc_m"], last["src"])]
+        has = last["t_ms"] != NO_TIME
+        features = np.full(len(subjects), -1, np.int32)
+        if has.any():
+            features[has] = self.engine.jurisdictions.locate(last["lon"][has], last["lat"][has])
+        return fixes, [self.places[f] for f in features.tolist()]
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)

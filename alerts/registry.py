@@ -16,13 +16,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from geofence.errors import GeofenceError
+from ingest.protocol import MAX_DEVICE_CHARS
+
 RISKS = ("normal", "key")
 CATEGORIES = ("probation", "parole", "medical_parole", "control")
 KINDS = ("offices", "subjects", "permits", "delegations")
-MAX_DEVICE_CHARS = 32
 
 
-class RegistryError(ValueError):
+class RegistryError(GeofenceError, ValueError):
     """A registry document has problems; `problems` lists them all. Nothing was changed."""
 
     def __init__(self, problems: list[str]):
@@ -69,6 +71,18 @@ class Delegation:
     end_ms: int | None
     office: str
     home: tuple[str, ...]
+
+    def active_at(self, t_ms: int) -> bool:
+        """Half-open: from `start_ms` up to, not including, `end_ms` (None: no end)."""
+        return self.start_ms <= t_ms and (self.end_ms is None or t_ms < self.end_ms)
+
+
+def active_delegation(delegations: Iterable[Delegation], t_ms: int) -> Delegation | None:
+    """The delegation of one subject in force at `t_ms`: of overlapping ones, the latest
+    started; of those starting together, the larger id. Alarm routing and the desk's view
+    of who supervises a person both ask this one function."""
+    active = [d for d in delegations if d.active_at(t_ms)]
+    return max(active, key=lambda d: (d.start_ms, d.id)) if active else None
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ The allowed area at time t is home ∪ the destinations of permits active at t; 
 active delegation the delegation's home replaces the subject's and its office supervises,
 with a copy of each alarm to the origin office. Every interval is half-open,
 ``start_ms <= t < end_ms``: at the instant a permit ends its destinations no longer count.
-Overlapping delegations of one subject: the later start wins, ties go to the larger id.
+Overlapping delegations of one subject: `alerts.registry.active_delegation` decides.
 
 Most subjects have neither permits nor delegations, so the timeline is stored as a base
 area per subject index plus, only for the others, a CSR of non-overlapping time pieces
@@ -21,11 +21,13 @@ from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
-from alerts.registry import Delegation, Permit, Registry, Subject
+from alerts.registry import Delegation, Permit, Registry, Subject, active_delegation
 from geofence._jit import body, kernel
+from geofence.errors import GeofenceError
 
 NO_END_MS = np.iinfo(np.int64).max  # end of an open-ended delegation
 NO_AREA = -1                        # area of a subject index no subject holds
@@ -33,7 +35,15 @@ NO_AREA = -1                        # area of a subject index no subject holds
 AreaId = Callable[[Iterable[str]], int]
 
 
-class ScheduleError(ValueError):
+class Route(NamedTuple):
+    """Where a subject's alarms at some time go (a delegation changes all three)."""
+
+    office: str                  # the supervising office
+    copies: tuple[str, ...]      # offices that get a copy (the origin during a delegation)
+    home: tuple[str, ...]        # the home codes the alarm names
+
+
+class ScheduleError(GeofenceError, ValueError):
     """Bad input to the schedule: pass 1-D integer arrays of registered subject indices and
     int64 unix-ms times, of equal length."""
 
@@ -122,7 +132,7 @@ class AreaSchedule:
             _read_only(table[:, 0].copy()), _read_only(table[:, 1].copy()),
             _read_only(table[:, 2].astype(np.int32)), _read_only(table[:, 3].astype(np.int32)),
             dict(registry.subjects),
-            {sid: sorted(ds, key=_precedence) for sid, ds in delegations.items()},
+            dict(delegations),
             by_end, [p.end_ms for p in by_end])
 
     @property
@@ -139,21 +149,15 @@ class AreaSchedule:
         the subject is back home, not merely inside some still-allowed area."""
         return self._values_at(subject, t_ms, self.home_area, self.base_home)
 
-    def office_at(self, subject_id: str, t_ms: int) -> tuple[str, tuple[str, ...]]:
-        """(supervising office, offices that get a copy) for an alarm of this subject at t."""
-        office, copies, _home = self.routing_at(subject_id, t_ms)
-        return office, copies
-
-    def routing_at(self, subject_id: str, t_ms: int) -> tuple[str, tuple[str, ...],
-                                                                tuple[str, ...]]:
-        """(supervising office, copies, home codes) at t: what an alarm document names."""
+    def routing_at(self, subject_id: str, t_ms: int) -> Route:
+        """Where an alarm of this subject at t goes, and the home it names."""
         subject = self._subjects.get(subject_id)
         if subject is None:
             raise ScheduleError(f"unknown subject {subject_id!r}")
-        delegation = _active_delegation(self._delegations.get(subject_id, ()), t_ms)
+        delegation = active_delegation(self._delegations.get(subject_id, ()), t_ms)
         if delegation is None:
-            return subject.office, (), subject.home
-        return delegation.office, (subject.office,), delegation.home
+            return Route(subject.office, (), subject.home)
+        return Route(delegation.office, (subject.office,), delegation.home)
 
     def permits_ending(self, after_ms: int, upto_ms: int) -> list[Permit]:
         """Permits with ``after_ms < end_ms <= upto_ms``, by (end_ms, id): a clock that
@@ -189,7 +193,7 @@ def _pieces(subject: Subject, permits: list[Permit], delegations: list[Delegatio
                   | {_end(d) for d in delegations})
     merged: list[list[int]] = []
     for start, end in zip(cuts, cuts[1:]):
-        delegation = _active_delegation(delegations, start)
+        delegation = active_delegation(delegations, start)
         home = delegation.home if delegation is not None else subject.home
         destinations = [p.destinations for p in permits if p.start_ms <= start < p.end_ms]
         area, home_area = area_of(home, *destinations), area_of(home)
@@ -202,15 +206,6 @@ def _pieces(subject: Subject, permits: list[Permit], delegations: list[Delegatio
 
 def _end(d: Delegation) -> int:
     return int(NO_END_MS) if d.end_ms is None else d.end_ms
-
-
-def _precedence(d: Delegation) -> tuple[int, str]:
-    return d.start_ms, d.id
-
-
-def _active_delegation(delegations: Iterable[Delegation], t_ms: int) -> Delegation | None:
-    active = [d for d in delegations if d.start_ms <= t_ms < _end(d)]
-    return max(active, key=_precedence) if active else None
 
 
 def _integers(values, name: str, dtype) -> np.ndarray:

@@ -8,7 +8,8 @@ import asyncio
 
 from aiohttp import web
 
-from alerts.alarm_store import STATUSES, AlarmStateError
+from alerts.alarm_store import AlarmStateError, UnknownAlarmError
+from alerts.alarms import STATUSES
 from alerts.rules import EVENT_TYPES
 from desk import events, tracks
 from desk.context import SESSION, ApiError, desk_of
@@ -67,7 +68,7 @@ async def list_alarms(request: web.Request) -> web.Response:
                             limit=limit), seq
 
     found, seq = await desk.stores.run(read)
-    return json_response({"alarms": found, "seq": seq})
+    return json_response({"alarms": [a.to_document() for a in found], "seq": seq})
 
 
 def _visible(desk, session, alarm_id: str) -> bool:
@@ -87,12 +88,16 @@ async def get_alarm(request: web.Request) -> web.Response:
     desk, session, alarm_id = desk_of(request), request[SESSION], _alarm_id(request)
 
     def read():
-        return desk.stores.alarms.get(alarm_id) if _visible(desk, session, alarm_id) else None
+        if not _visible(desk, session, alarm_id):
+            raise ApiError(404, NO_ALARM)
+        return _with_history(desk, desk.stores.alarms.get(alarm_id))
 
-    doc = await desk.stores.run(read)
-    if doc is None:
-        raise ApiError(404, NO_ALARM)
-    return json_response(doc)
+    return json_response(await desk.stores.run(read))
+
+
+def _with_history(desk, alarm) -> dict:
+    """Database thread: the alarm document and every step taken on it."""
+    return {**alarm.to_document(), "history": desk.stores.alarms.history(alarm.id)}
 
 
 async def acknowledge(request: web.Request) -> web.Response:
@@ -115,14 +120,14 @@ async def _act(request: web.Request, action: str) -> web.Response:
 
     def write():
         if not _visible(desk, session, alarm_id):
-            raise KeyError(alarm_id)
+            raise ApiError(404, NO_ALARM)
         act = getattr(desk.stores.alarms, action)
-        act(alarm_id, session.user, session.office, note.strip(), now)
-        return desk.stores.alarms.get(alarm_id)
+        return _with_history(desk, act(alarm_id, session.user, session.office, note.strip(),
+                                       now))
 
     try:
         doc = await desk.stores.run(write)
-    except KeyError:
+    except UnknownAlarmError:
         raise ApiError(404, NO_ALARM) from None
     except AlarmStateError as e:
         raise ApiError(409, str(e)) from None

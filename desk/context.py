@@ -6,13 +6,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from engine.config import Settings
 from desk.events import ChangeFeed
 from desk.mapdata import MapLayer
 from desk.metrics import DeskMetrics
 from desk.stores import Stores
 from desk.users import Session
+from engine.config import Settings
 from engine.paths import EnginePaths
+from geofence.errors import GeofenceError
 
 
 @dataclass
@@ -38,7 +39,7 @@ DESK = web.AppKey("desk", DeskState)
 SESSION = web.RequestKey("session", Session)
 
 
-class ApiError(Exception):
+class ApiError(GeofenceError):
     """An API answer other than success: rendered as {"error": message} with `status`."""
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):

@@ -34,13 +34,13 @@ list (`GET /api/alarms`)::
 """
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from alerts.alarms import Alarm
 from desk.scope import Scope
 
 log = logging.getLogger("geofence.desk")
@@ -126,15 +126,15 @@ class ChangeFeed:
             except Exception as e:   # a locked or briefly missing file: try again
                 log.warning("alarm change feed: %s", type(e).__name__)
                 changes = []
-            for seq, offices, doc in changes:
-                self.dispatch(seq, offices, doc)
+            for seq, offices, alarm in changes:
+                self.dispatch(seq, offices, alarm)
             if len(changes) < REPLAY_PAGE:
                 await asyncio.sleep(self.poll_s)
 
-    def dispatch(self, seq: int, offices: list[str], doc: dict) -> None:
+    def dispatch(self, seq: int, offices: list[str], alarm: Alarm) -> None:
         """Hand one change to every client that may see it; drop clients that lag."""
         self.position = seq
-        data = _event(seq, doc)
+        data = _event(seq, alarm)
         for client in list(self.clients):
             if client.ended or not Scope.sees_alarm(client.subtree, offices):
                 continue
@@ -146,15 +146,15 @@ class ChangeFeed:
                 client.end("slow")
 
 
-def _changes_with_offices(stores, after: int, limit: int) -> list[tuple[int, list[str], dict]]:
+def _changes_with_offices(stores, after: int, limit: int) -> list[tuple[int, list[str], Alarm]]:
     """Changes after `after` with the offices each alarm has gone to (database thread)."""
-    return [(c.seq, stores.alarms.offices_of(c.alarm_id), c.doc)
+    return [(c.seq, stores.alarms.offices_of(c.alarm_id), c.alarm)
             for c in stores.alarms.changes_after(after, limit)]
 
 
-def _event(seq: int, doc: dict) -> bytes:
-    body = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
-    return f"event: alarm\nid: {seq}\ndata: {body}\n\n".encode()
+def _event(seq: int, alarm: Alarm) -> bytes:
+    """One SSE event: the alarm's stored JSON text as it is (one line: compact JSON)."""
+    return f"event: alarm\nid: {seq}\ndata: {alarm.to_json()}\n\n".encode()
 
 
 def resume_point(request: web.Request) -> int | None:
@@ -191,9 +191,9 @@ async def stream(request: web.Request, feed: ChangeFeed, client: Client,
             page = [change for change in page if change[0] <= position]
             if not page:
                 break
-            for seq, offices, doc in page:
+            for seq, offices, alarm in page:
                 if Scope.sees_alarm(client.subtree, offices):
-                    await response.write(_event(seq, doc))
+                    await response.write(_event(seq, alarm))
             replayed = page[-1][0]
         sent = position   # the queue holds the changes after it
         loop = asyncio.get_running_loop()

@@ -11,7 +11,7 @@ origin office see the person. Anything outside answers exactly as if it did not 
 from collections import defaultdict
 from collections.abc import Iterable
 
-from alerts.registry import Delegation, Registry, Subject
+from alerts.registry import Delegation, Registry, Subject, active_delegation
 
 
 class Scope:
@@ -73,10 +73,8 @@ class Scope:
     # -- subjects --------------------------------------------------------------------------
 
     def delegation(self, subject_id: str, now_ms: int) -> Delegation | None:
-        """The delegation active at `now_ms` (the latest started, if several)."""
-        active = [d for d in self._delegations.get(subject_id, ())
-                  if d.start_ms <= now_ms and (d.end_ms is None or now_ms < d.end_ms)]
-        return max(active, key=lambda d: d.start_ms) if active else None
+        """The delegation in force at `now_ms` (as alarm routing decides it)."""
+        return active_delegation(self._delegations.get(subject_id, ()), now_ms)
 
     def sees_subject(self, subtree: frozenset[str], subject: Subject, now_ms: int) -> bool:
         if subject.office in subtree:

@@ -28,6 +28,8 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from geofence.errors import GeofenceError
+
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 SALT_BYTES = 16
 KEY_BYTES = 32
@@ -53,7 +55,7 @@ CREATE INDEX IF NOT EXISTS login_failures_address ON login_failures (address, at
 """
 
 
-class UserError(ValueError):
+class UserError(GeofenceError, ValueError):
     """A user name, office or password is not acceptable; the message says which and why."""
 
 

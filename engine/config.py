@@ -9,10 +9,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from geofence.errors import GeofenceError
+
 DEFAULT_FILE = "geofence.toml"
 
 
-class ConfigError(ValueError):
+class ConfigError(GeofenceError, ValueError):
     """The configuration file is unreadable or has an unknown or mistyped key; fix the file."""
 
 

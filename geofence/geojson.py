@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 import shapely
 
+from geofence.datum import DATUMS
 from geofence.errors import LayerError
 from geofence.hierarchy import find_cycles
 
-DATUMS = ("wgs84", "gcj02", "bd09")
 _GEOMETRY_TYPES = ("Polygon", "MultiPolygon")
 
 

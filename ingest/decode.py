@@ -35,8 +35,9 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
+from geofence.datum import DATUMS
 from ingest import _decode as D
-from ingest.protocol import (ACC, BAD_VERSION, CARRIER_PATTERN, DATUMS, DEFAULT_MAX_FIX_AGE_MS,
+from ingest.protocol import (ACC, BAD_VERSION, CARRIER_PATTERN, DEFAULT_MAX_FIX_AGE_MS,
                              DEVICE, FUTURE_TOLERANCE_MS, LAT, LON, MALFORMED, MAX_DEPTH,
                              MAX_DEVICE_CHARS, MAX_FIXES, MAX_FRAME_BYTES, MAX_HEADER_KEYS,
                              NO_ERROR, NO_POSITION, NO_SOURCE, OK, SOURCES, SRC, TIME, TOO_LARGE,

@@ -53,7 +53,6 @@ STATUSES = ("ok", "partial", "rejected", "duplicate", "busy")
 
 SOURCES = ("gps", "wifi", "cell")   # src codes 0, 1, 2; -1 is nil (unknown)
 NO_SOURCE = -1
-DATUMS = ("wgs84", "gcj02", "bd09")
 
 
 # ---------------------------------------------------------------- frames, in plain Python

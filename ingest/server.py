@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import msgpack
 import numpy as np
 import zmq
 
+from engine.messages import MessageError, WorkerReport, encode_new_fixes
 from geofence.datum import to_wgs84
 from ingest import protocol as p
 from ingest.auth import carrier_of
@@ -94,6 +94,7 @@ class IngestServer:
         self.done.setsockopt(zmq.RCVHWM, 10_000)
         self.done.bind(done_endpoint)
         self._checkpoints: dict[int, int] = {}
+        self._restarts: dict[int, int] = {}     # per worker, the restarts reported so far
         self._backlog = 0
         self._overloaded = False  # the last group was full and more frames were waiting
         self._group_fixes = 0     # fixes accepted so far in the group being served
@@ -146,7 +147,7 @@ class IngestServer:
         arrived = time.perf_counter()
         now_ms = int(time.time() * 1000)
         replies: list[tuple[list, bytes | None]] = []
-        pending: list[tuple[int, BatchRecord, tuple]] = []
+        pending: list[tuple[int, BatchRecord]] = []
         # Behind: take a few frames and answer the rest `busy` at once, so carriers back
         # off instead of queueing (their acks would come seconds late, then time out).
         take = OVERLOADED_ACCEPT_FRAMES if self._overloaded else len(group)
@@ -157,17 +158,17 @@ class IngestServer:
             if isinstance(outcome, bytes):
                 replies.append((envelope, outcome))
             else:
-                record, remember = outcome
-                pending.append((len(replies), record, remember))
+                record = outcome
+                pending.append((len(replies), record))
                 replies.append((envelope, None))
                 self._group_fixes += record.accepted
         if pending:
             started = time.perf_counter()
-            committed = self.store.commit([r for _, r, _ in pending])
+            committed = self.store.commit([r for _, r in pending])
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
-            for (slot, record, remember), result in zip(pending, committed):
+            for (slot, record), result in zip(pending, committed):
                 replies[slot] = (replies[slot][0], self._answer(record, result))
-            self.notify.send(msgpack.packb(self.store.last_seq()))
+            self.notify.send(encode_new_fixes(self.store.last_seq()))
         for envelope, ack in replies:
             try:
                 self.router.send_multipart([*envelope, ack], zmq.NOBLOCK)
@@ -178,7 +179,7 @@ class IngestServer:
             self.metrics.ack_seconds.observe(elapsed)
 
     def _prepare(self, frame: zmq.Frame, now_ms: int, shed: bool = False):
-        """An immediate ack (bytes), or (record to commit, dedup info) for a new batch.
+        """An immediate ack (bytes), or the record to commit for a new batch.
 
         `shed`: answer a new batch `busy` (nothing taken) because this loop is behind."""
         payload = frame.buffer
@@ -231,7 +232,7 @@ class IngestServer:
                     self.metrics.no_position.inc(int(count))
         record = BatchRecord(dec.carrier, dec.batch, now_ms, fixes, status,
                              [tuple(r) for r in p.rejections(reason)])
-        return record, ()
+        return record
 
     def _answer(self, record: BatchRecord, result) -> bytes:
         if result.duplicate:
@@ -253,20 +254,25 @@ class IngestServer:
     def _take_done_reports(self) -> None:
         while True:
             try:
-                report = msgpack.unpackb(self.done.recv(zmq.NOBLOCK))
+                report = WorkerReport.decode(self.done.recv(zmq.NOBLOCK))
             except zmq.Again:
                 return
-            self._checkpoints[report["worker"]] = report["seq"]
-            counts = report.get("verdicts")
-            if counts:
-                for outcome, count in zip(("in", "unsure", "out"), counts):
-                    if count:
-                        self.metrics.verdicts.labels(outcome).inc(count)
-                self.metrics.evaluated.inc(sum(counts))
-            if report.get("kernel_s") is not None:
-                self.metrics.kernel_seconds.observe(report["kernel_s"])
-            if report.get("late"):
-                self.metrics.late_fixes.inc(report["late"])
+            except MessageError as e:
+                log.warning("worker report dropped: %s", e)
+                continue
+            self._checkpoints[report.worker] = report.seq
+            for outcome, count in zip(("in", "unsure", "out"), report.verdicts):
+                if count:
+                    self.metrics.verdicts.labels(outcome).inc(count)
+            self.metrics.evaluated.inc(sum(report.verdicts))
+            if report.kernel_s is not None:
+                self.metrics.kernel_seconds.observe(report.kernel_s)
+            if report.late:
+                self.metrics.late_fixes.inc(report.late)
+            restarted = report.restarts - self._restarts.get(report.worker, 0)
+            if restarted > 0:
+                self.metrics.worker_restarts.inc(restarted)
+                self._restarts[report.worker] = report.restarts
 
     def evaluated_seq(self) -> int:
         """Every worker has evaluated every batch up to this seq (0 until all reported)."""

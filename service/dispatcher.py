@@ -19,17 +19,17 @@ the parent office. Webhooks are posted by `alerts.webhooks.WebhookSender` thread
 durable outbox, retried with backoff until the receiver accepts.
 """
 
-import json
 import logging
 import re
 import sqlite3
 import time
 from pathlib import Path
 
-import msgpack
 import zmq
 
 from alerts.alarm_store import AlarmStore, Incoming
+from alerts.alarms import Alarm
+from engine.messages import encode_alarm_frames
 from alerts.registry import Registry, RegistryStore
 from alerts.webhooks import WebhookSender, parse_webhooks
 from engine.config import Settings
@@ -106,7 +106,7 @@ class Dispatcher:
                 continue
             if not rows:
                 continue
-            incoming = [self._incoming(json.loads(doc), received) for _, doc, received in rows]
+            incoming = [self._incoming(Alarm.from_json(doc, received)) for _, doc, received in rows]
             self.alarms.add(incoming, _wall_ms(), set(self.webhooks),
                             positions={file_id: rows[-1][0]})
             read = max(read, len(rows))
@@ -119,17 +119,16 @@ class Dispatcher:
             if not changes:
                 return sent
             for change in changes:
-                body = msgpack.packb(change.doc)
+                document = change.alarm.to_document()
                 for topic in change.topics:
-                    self.pub.send_multipart([topic.encode(), body])
+                    self.pub.send_multipart(encode_alarm_frames(topic, document))
             self._published = changes[-1].seq
             self.alarms.set_position(PUBLISHED, self._published)
             sent += len(changes)
 
-    def _incoming(self, doc: dict, received_ms: int | None) -> Incoming:
-        offices = [doc["office"], *doc.get("details", {}).get("copy_to", [])]
-        return Incoming(doc, tuple(tuple(self.registry.office_path(o)) for o in offices),
-                        received_ms)
+    def _incoming(self, alarm: Alarm) -> Incoming:
+        offices = (alarm.office, *alarm.copies)
+        return Incoming(alarm, tuple(tuple(self.registry.office_path(o)) for o in offices))
 
     def _parent_path(self, office: str) -> tuple[str, ...] | None:
         parent = self.registry.offices.get(office)

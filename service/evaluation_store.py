@@ -73,7 +73,7 @@ class EvaluationStore:
             self._db.executemany(
                 "INSERT OR IGNORE INTO alarms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(a.id, a.type, a.severity, a.subject, a.office, a.t_ms, seq, a.received_ms,
-                  a.json()) for seq, a in alarms])
+                  a.to_json()) for seq, a in alarms])
             if snapshot is not None:
                 self._db.execute("INSERT OR REPLACE INTO rule_state VALUES (0, ?, ?, ?)",
                                  (last, snapshot, checked_until_ms))

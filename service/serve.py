@@ -136,14 +136,14 @@ def _curve(ctx, settings: Settings, metrics):
     return auth, keys
 
 
-def worker_main(settings: Settings, index: int, count: int, ready) -> None:
+def worker_main(settings: Settings, index: int, count: int, ready, restarts: int = 0) -> None:
     _logging()
     should_stop = _child_stop_flag()
     _write_pid(settings, f"worker-{index}")
     from service.worker import run_worker
 
     run_worker(settings, index, count, should_stop,
-               on_ready=lambda: ready.put((f"worker-{index}",)))
+               on_ready=lambda: ready.put((f"worker-{index}",)), restarts=restarts)
 
 
 def desk_main(settings: Settings, ready) -> None:
@@ -247,7 +247,7 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
             signal.signal(sig, lambda *_: stopping.append(1))
         should_stop = lambda: bool(stopping)  # noqa: E731
 
-    def start(name: str):
+    def start(name: str, restarts: int = 0):
         if name == "ingest":
             proc = spawn.Process(target=ingest_main, args=(settings, workers, ready), name=name)
         elif name == "dispatcher":
@@ -256,8 +256,8 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
             proc = spawn.Process(target=desk_main, args=(settings, ready), name=name)
         else:
             k = int(name.split("-")[1])
-            proc = spawn.Process(target=worker_main, args=(settings, k, workers, ready),
-                                 name=name)
+            proc = spawn.Process(target=worker_main,
+                                 args=(settings, k, workers, ready, restarts), name=name)
         proc.start()
         return proc
 
@@ -285,7 +285,7 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
                     log.warning("%s exited with %s; restarting in %.1f s", name, proc.exitcode, delay)
                     time.sleep(delay)
                     restarts[name] += 1
-                    procs[name] = start(name)
+                    procs[name] = start(name, restarts[name])
     finally:
         _stop_all(procs)
         out("geofence: stopped")

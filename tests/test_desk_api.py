@@ -25,6 +25,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from alerts.alarm_store import AlarmStore, Incoming
+from alerts.alarms import Alarm
 from alerts.registry import RegistryStore
 from ingest.fixes import FixColumns
 from ingest.store import BatchRecord, Store
@@ -79,7 +80,7 @@ def alarm(alarm_id: str, t_ms: int) -> Incoming:
            "fix": {"t": t_ms, "lon": 117.55, "lat": 34.86, "acc": 30.0, "src": "gps"},
            "where": None, "home": [C402], "status": "open",
            "details": {"copy_to": list(offices[1:])} if len(offices) > 1 else {}}
-    return Incoming(doc, tuple(PATHS[o] for o in offices), None)
+    return Incoming(Alarm.from_document(doc), tuple(PATHS[o] for o in offices))
 
 
 @cache
@@ -623,7 +624,7 @@ def test_a_stream_sends_heartbeats_and_ends_when_its_session_expires(world, monk
 def visible_to_town1(k: int) -> Incoming:
     """A new alarm of a new subject of township T1 (so it never folds into another)."""
     base = alarm("a1", int(time.time() * 1000))
-    return Incoming({**base.doc, "id": f"n{k}", "subject": f"X{k}"}, base.offices, None)
+    return Incoming(replace(base.alarm, id=f"n{k}", subject=f"X{k}", _json=None), base.offices)
 
 
 def test_a_busy_stream_ends_when_its_session_is_revoked_or_the_users_office_changes(
@@ -720,7 +721,7 @@ def test_a_client_that_falls_behind_is_dropped_instead_of_buffered():
         feed.add(slow)
         feed.add(other)
         for seq in (1, 2, 3):
-            feed.dispatch(seq, [T1], {"id": "a1"})
+            feed.dispatch(seq, [T1], alarm("a1", 1_000).alarm)
         assert slow.ended == "slow" and slow not in feed.clients
         assert other.ended is None and other.queue.empty()   # not its office's alarm
         assert feed.position == 3

@@ -3,7 +3,8 @@ across a change of the worker count (when evaluation files are retired and repla
 
 import zmq
 
-from alerts.alarms import make_alarm
+from alerts.alarms import new_alarm
+from alerts.schedule import Route
 from alerts.registry import Subject
 from engine.config import Alerts, Settings, Storage
 from service.dispatcher import Dispatcher
@@ -14,8 +15,9 @@ from tests.engine_harness import free_port
 
 def alarm(n: int):
     subject = Subject(f"S{n}", (f"139{n:08d}",), "370402001", ("370402",), index=n)
-    route = ("370402001", (), ("370402",))
-    return make_alarm("zone_exit", subject, route, 1_000 + n, 1_000 + n, None, None, 0, {})
+    return new_alarm("zone_exit", subject=subject, route=Route("370402001", (), ("370402",)),
+                     t_ms=1_000 + n, trigger_t_ms=1_000 + n, fix=None, where=None,
+                     raised_at_ms=0)
 
 
 def test_every_stored_alarm_is_imported_once_even_when_a_worker_file_is_replaced(tmp_path):

@@ -102,6 +102,12 @@ def test_kill9_of_an_engine_process_loses_nothing_and_evaluates_once(engine_dir,
         totals = wait_evaluated(engine, accepted(acks))
         assert totals["fixes"] == accepted(acks) == 40 * BATCH_FIXES
         assert any(f"{victim} exited" in line and "restarting" in line for line in engine.lines)
+        if victim.startswith("worker"):   # the restarted worker says so in its first report
+            deadline = time.monotonic() + 30
+            while (engine.metrics().get("geofence_worker_restarts_total") != 1
+                   and time.monotonic() < deadline):
+                time.sleep(0.2)
+            assert engine.metrics().get("geofence_worker_restarts_total") == 1
     finally:
         carrier.close()
         engine.stop()

@@ -121,7 +121,7 @@ def test_kill9_of_the_whole_engine_mid_stream_leaves_every_expected_alarm_once(t
     assert set(raised) == expected                       # nothing missing, nothing extra
     assert all(raised[a] == a for a in expected)         # each its own alarm, none folded
     store = engine.alarm_store()
-    assert sorted(a["id"] for a in store.query(limit=1000)) == sorted(expected)
+    assert sorted(a.id for a in store.query(limit=1000)) == sorted(expected)
     store.close()
     assert mine and posted == mine
     assert receiver.refused == 3
@@ -152,7 +152,7 @@ def _raised(engine: Engine) -> dict[str, str]:
 def _office_of(engine: Engine, alarm: str) -> str:
     store = engine.alarm_store()
     try:
-        return store.get(alarm)["office"]
+        return store.get(alarm).office
     finally:
         store.close()
 

@@ -61,7 +61,7 @@ def test_no_permits_is_home():
     assert schedule.n_subjects == 1
     assert len(schedule.starts) == 0
     assert area_codes(schedule, areas, T0) == {ZHONGQU}
-    assert schedule.office_at("s1", T0) == (ZHONGQU, ())
+    assert schedule.routing_at("s1", T0)[:2] == (ZHONGQU, ())
 
 
 def test_permit_to_xuecheng_counts_only_while_active():
@@ -91,9 +91,9 @@ def test_delegation_to_tengzhou_replaces_home_and_routes_alarms():
     assert area_codes(schedule, areas, T0) == {TENGZHOU}
     assert area_codes(schedule, areas, T0, home=True) == {TENGZHOU}
     assert area_codes(schedule, areas, T0 + 24 * HOUR_MS) == {ZHONGQU}
-    assert schedule.office_at("s1", T0 - 1) == (ZHONGQU, ())
-    assert schedule.office_at("s1", T0) == (TENGZHOU, (ZHONGQU,))
-    assert schedule.office_at("s1", T0 + 24 * HOUR_MS) == (ZHONGQU, ())
+    assert schedule.routing_at("s1", T0 - 1)[:2] == (ZHONGQU, ())
+    assert schedule.routing_at("s1", T0)[:2] == (TENGZHOU, (ZHONGQU,))
+    assert schedule.routing_at("s1", T0 + 24 * HOUR_MS)[:2] == (ZHONGQU, ())
 
 
 def test_open_ended_delegation_never_ends():
@@ -101,7 +101,7 @@ def test_open_ended_delegation_never_ends():
     schedule, areas = build([subject()], delegations=[delegation])
     far = T0 + 100 * 365 * 24 * HOUR_MS
     assert area_codes(schedule, areas, far) == {TENGZHOU}
-    assert schedule.office_at("s1", far) == (TENGZHOU, (ZHONGQU,))
+    assert schedule.routing_at("s1", far)[:2] == (TENGZHOU, (ZHONGQU,))
 
 
 def test_later_delegation_wins_while_both_are_active():
@@ -109,8 +109,23 @@ def test_later_delegation_wins_while_both_are_active():
                    Delegation("d2", "s1", T0 + HOUR_MS, T0 + 2 * HOUR_MS, XUECHENG, (XUECHENG,))]
     schedule, areas = build([subject()], delegations=delegations)
     assert area_codes(schedule, areas, T0 + HOUR_MS) == {XUECHENG}
-    assert schedule.office_at("s1", T0 + HOUR_MS) == (XUECHENG, (ZHONGQU,))
+    assert schedule.routing_at("s1", T0 + HOUR_MS)[:2] == (XUECHENG, (ZHONGQU,))
     assert area_codes(schedule, areas, T0 + 2 * HOUR_MS) == {TENGZHOU}
+
+
+def test_delegations_starting_together_resolve_alike_for_alarms_and_the_desk():
+    """Two delegations of one person starting at the same instant: the larger id wins,
+    and the desk shows the person under the office their alarms go to."""
+    from desk.scope import Scope
+
+    delegations = [Delegation("d-b", "s1", T0, None, XUECHENG, (XUECHENG,)),
+                   Delegation("d-a", "s1", T0, None, TENGZHOU, (TENGZHOU,))]
+    for order in (delegations, delegations[::-1]):
+        reg = registry([subject()], delegations=order)
+        schedule = AreaSchedule.build(reg, lambda codes: len(codes))
+        assert schedule.routing_at("s1", T0).office == XUECHENG
+        assert Scope(reg).delegation("s1", T0).id == "d-b"
+        assert Scope(reg).subject_document(reg.subjects["s1"], T0)["office"] == XUECHENG
 
 
 def test_permit_during_delegation_adds_to_the_delegation_home():
@@ -155,7 +170,7 @@ def test_gaps_in_subject_indices_and_bad_input():
     with pytest.raises(ScheduleError, match="integers"):
         schedule.areas_at(np.array([0]), np.array([1.5]))
     with pytest.raises(ScheduleError, match="unknown subject"):
-        schedule.office_at("nobody", T0)
+        schedule.routing_at("nobody", T0)[:2]
     assert schedule.areas_at(np.zeros(0, np.int32), np.zeros(0, np.int64)).dtype == np.int32
 
 
@@ -237,7 +252,7 @@ def test_matches_reference(reg, data):
         want_allowed, want_home, routing = reference(reg, by_index[index], when)
         assert areas.codes(int(allowed[i])) == want_allowed, (index, when)
         assert areas.codes(int(home[i])) == want_home, (index, when)
-        assert schedule.office_at(by_index[index], when) == routing, (index, when)
+        assert schedule.routing_at(by_index[index], when)[:2] == routing, (index, when)
     assert len(areas.calls) == len(areas.ids)  # each distinct code set asked for once
     after, upto = sorted(data.draw(st.lists(st.integers(-1, 60), min_size=2, max_size=2)))
     want = sorted((p for p in reg.permits.values() if after < p.end_ms <= upto),

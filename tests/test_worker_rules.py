@@ -1,7 +1,7 @@
 """The worker's rules end to end (SPEC §2, §5, §6): registry, schedule, verdicts, alarms.
 
 A real Zaozhuang layer, a real registry in SQLite, and the worker's own classes
-(`SubjectBook`, `Evaluation`, `Carriers`) fed by hand, one batch at a time; the clock
+(`SubjectBook`, `Evaluation`, `ClockRules`, `Carriers`) fed by hand, one batch at a time; the clock
 rules are called with an explicit `now`, as the worker calls them about once a second.
 Each test is a case a supervisor would recognise. Times are minutes from T0; the first
 clock check of a world (the worker starting to watch) is at T0 unless a test says so.
@@ -19,14 +19,15 @@ import pytest
 import shapely
 
 from alerts.alarms import Alarm
+from alerts.clock_rules import Carriers, ClockRules, RulesClock
+from alerts.evaluation import Evaluation
 from alerts.registry import RegistryStore
+from alerts.subject_book import SubjectBook
+from engine.config import Rules
+from engine.layers import code_checkers
 from geofence import Layer, VerdictEngine
 from geofence.synthetic import zaozhuang_geojson
 from ingest.fixes import FixColumns
-from ingest.store import StoredBatch
-from engine.config import Rules, Settings
-from engine.layers import code_checkers
-from service.worker import Carriers, Evaluation, SubjectBook
 
 T0 = 1_700_000_000_000          # 2023-11-14T22:13:20Z
 MIN_MS = 60_000
@@ -106,6 +107,7 @@ class World:
     rules: Rules = Rules()
     book: SubjectBook = field(init=False)
     ev: Evaluation = field(init=False)
+    clock_rules: ClockRules = field(init=False)
     carriers: Carriers = field(init=False)
     checked_until: int | None = None
     seq: int = 0
@@ -116,11 +118,15 @@ class World:
         self.restart()
 
     def restart(self) -> None:
-        """A fresh Evaluation and Carriers, as after a crash with no snapshot."""
-        self.ev = Evaluation(self.engine, self.book, Settings(rules=self.rules), index=0,
-                             count=1, snapshot=None)
+        """A fresh Evaluation, ClockRules and Carriers, as after a crash with no snapshot."""
+        self.resume(None)
         self.carriers = Carriers([])
         self.checked_until = None
+
+    def resume(self, snapshot: bytes | None) -> None:
+        """A worker restarted from `snapshot` (partition 0 of 1)."""
+        self.ev = Evaluation(self.engine, self.book, self.rules, snapshot)
+        self.clock_rules = ClockRules(self.engine, self.book, self.rules, 0, 1)
 
     def register(self, doc: dict) -> None:
         register(self.engine, self.store, doc)
@@ -138,10 +144,9 @@ class World:
         cid = self.carriers.id_of(carrier)
         self.carriers.saw(cid, int(cols.t_ms.max()))
         self.seq += 1
-        batch = StoredBatch(self.seq, carrier, int(cols.t_ms.max()) + 1000, cols)
-        counts, alarms, _, late = self.ev.run(batch, cols, cid)
-        assert counts.sum() == len(rows)
-        return alarms, late
+        result = self.ev.run(cols, cid, received_ms=int(cols.t_ms.max()) + 1000)
+        assert result.verdicts.sum() == len(rows)
+        return result.alarms, result.late
 
     def fix(self, sid: str, t_ms: int, place, carrier: str = "cmcc") -> list[Alarm]:
         return self.fixes([(sid, t_ms, place)], carrier)[0]
@@ -150,7 +155,9 @@ class World:
         """The clock rules as the worker runs them: each check covers (last check, now]."""
         if self.checked_until is None:
             self.checked_until = now_ms
-        alarms = self.ev.clock_rules(now_ms, self.checked_until, self.carriers)
+        self.ev.grow()
+        alarms = self.clock_rules.check(self.ev.rules, now_ms, self.checked_until,
+                                        self.carriers)
         self.checked_until = max(self.checked_until, now_ms)
         return alarms
 
@@ -203,7 +210,7 @@ def test_two_fixes_outside_then_one_inside(world, engine, places, risk, severity
         raised = w.fix("s1", minutes(1 + k), "XUECHENG")
         assert raised == [] or k == outs_to_exit - 1
     exit_ = only(raised, "zone_exit")
-    doc = exit_.document
+    doc = exit_.to_document()
     t_exit = minutes(outs_to_exit)
     assert (doc["severity"], doc["subject"], doc["office"], doc["t"], doc["status"]) == (
         severity, "s1", SHIZHONG_OFFICE, t_exit, "open")
@@ -215,17 +222,17 @@ def test_two_fixes_outside_then_one_inside(world, engine, places, risk, severity
     assert exit_.id == doc["id"] and exit_.severity == severity
     assert w.fix("s1", minutes(10), "HOME") == [], "one fix inside is not yet a return"
     back = only(w.fix("s1", minutes(11), "HOME"), "zone_return")
-    assert back.document["severity"] == "info"
-    assert back.document["details"]["exit_id"] == exit_.id
-    assert back.document["office"] == SHIZHONG_OFFICE
+    assert back.to_document()["severity"] == "info"
+    assert back.to_document()["details"]["exit_id"] == exit_.id
+    assert back.to_document()["office"] == SHIZHONG_OFFICE
 
 
 def test_exit_outside_every_jurisdiction_has_no_where(world):
     w = world([subject("s1")])
     w.fix("s1", minutes(0), "FAR")
     exit_ = only(w.fix("s1", minutes(1), "FAR"), "zone_exit")
-    assert exit_.document["where"] is None
-    assert exit_.document["fix"]["lon"] == FAR[0]
+    assert exit_.to_document()["where"] is None
+    assert exit_.to_document()["fix"]["lon"] == FAR[0]
 
 
 def test_one_fix_outside_between_fixes_inside_raises_nothing(world):
@@ -244,7 +251,7 @@ def test_phone_silent_for_61_minutes(world, engine, places):
     assert w.clock(minutes(30)) == []
     assert w.clock(minutes(59)) == [], "59 minutes of silence is not yet lost"
     lost = only(w.clock(minutes(61)), "signal_lost")
-    doc = lost.document
+    doc = lost.to_document()
     assert (doc["severity"], doc["subject"], doc["office"]) == ("high", "s1", SHIZHONG_OFFICE)
     x, y = places["HOME"]
     assert doc["fix"] == {"t": minutes(0), "lon": x, "lat": y, "acc": ACC_M, "src": "gps"}
@@ -254,8 +261,8 @@ def test_phone_silent_for_61_minutes(world, engine, places):
     assert w.clock(minutes(62)) == []
     assert w.clock(minutes(180)) == [], "checking again later raises nothing new"
     restored = only(w.fix("s1", minutes(190), "HOME"), "signal_restored")
-    assert restored.document["severity"] == "info"
-    assert restored.document["t"] == minutes(190)
+    assert restored.to_document()["severity"] == "info"
+    assert restored.to_document()["t"] == minutes(190)
     assert w.fix("s1", minutes(191), "HOME") == []
     assert w.clock(minutes(240)) == []
     again = only(w.clock(minutes(252)), "signal_lost")
@@ -268,8 +275,8 @@ def test_never_reported_is_lost_an_hour_after_first_watched(world):
     assert w.clock(started) == []
     assert w.clock(started + HOUR_MS) == []
     lost = only(w.clock(started + HOUR_MS + 1000), "signal_lost")
-    assert lost.document["fix"] is None and lost.document["where"] is None
-    assert lost.document["office"] == SHIZHONG_OFFICE
+    assert lost.to_document()["fix"] is None and lost.to_document()["where"] is None
+    assert lost.to_document()["office"] == SHIZHONG_OFFICE
     assert w.clock(started + 3 * HOUR_MS) == []
     # the first fix ever restores
     assert types(w.fix("s1", started + 4 * HOUR_MS, "HOME")) == ["signal_restored"]
@@ -302,7 +309,7 @@ def test_carrier_silent_one_feed_outage_no_signal_lost_flood(world):
     w, ids = carrier_world(world)
     assert w.clock(minutes(15)) == []
     outage = only(w.clock(minutes(16)), "feed_outage")
-    doc = outage.document
+    doc = outage.to_document()
     assert (doc["severity"], doc["office"], doc["subject"]) == ("critical", CITY, None)
     assert doc["details"]["carrier"] == "cmcc"
     assert doc["details"]["silent_subjects"] == doc["details"]["subjects"] == len(ids)
@@ -342,7 +349,7 @@ def test_second_carrier_keeps_working_during_the_first_ones_outage(world):
         raised += w.clock(minutes(m) + 1000)
     raised += w.clock(minutes(61))
     assert types(raised) == ["feed_outage", "signal_lost"]
-    assert raised[0].document["details"]["carrier"] == "cmcc"
+    assert raised[0].to_document()["details"]["carrier"] == "cmcc"
     assert raised[1].subject == "u2"
 
 
@@ -374,10 +381,10 @@ def test_permit_to_xuecheng_back_two_hours_late(world, engine, places):
     assert w.clock(minutes(235)) == []
     assert w.fix("s1", END + 10 * MIN_MS, "XUECHENG") == []
     exit_ = only(w.fix("s1", END + 20 * MIN_MS, "XUECHENG"), "zone_exit")
-    assert exit_.document["severity"] == "high"
+    assert exit_.to_document()["severity"] == "high"
     assert w.clock(END + GRACE_MS - 1000) == []
     over = only(w.clock(END + GRACE_MS), "permit_overstay")
-    doc = over.document
+    doc = over.to_document()
     assert (doc["severity"], doc["subject"], doc["office"]) == ("high", "s1", SHIZHONG_OFFICE)
     assert doc["details"]["permit"] == "p1"
     assert doc["details"]["destinations"] == [XUECHENG]
@@ -387,11 +394,11 @@ def test_permit_to_xuecheng_back_two_hours_late(world, engine, places):
     assert w.clock(END + GRACE_MS + 1000) == [], "raised once"
     assert w.clock(END + HOUR_MS) == []
     # checking the same window again (a restart from the checkpoint) gives the same id
-    again = w.ev.clock_rules(END + GRACE_MS, END, w.carriers)
+    again = w.clock_rules.check(w.ev.rules, END + GRACE_MS, END, w.carriers)
     assert [a.id for a in again] == [over.id]
     w.fix("s1", END + 2 * HOUR_MS, "HOME")
     back = only(w.fix("s1", END + 2 * HOUR_MS + MIN_MS, "HOME"), "zone_return")
-    assert back.document["details"]["exit_id"] == exit_.id
+    assert back.to_document()["details"]["exit_id"] == exit_.id
 
 
 @pytest.mark.parametrize("home_at_min", [-10, 10, 29], ids=[
@@ -440,21 +447,21 @@ def test_delegated_to_tengzhou(world):
         assert w.fix("d1", minutes(m), "TENGZHOU") == [], f"in Tengzhou at {m} min"
     assert w.fix("d1", minutes(40), "HOME") == []
     exit_ = only(w.fix("d1", minutes(50), "HOME"), "zone_exit")
-    assert exit_.document["office"] == TENGZHOU_OFFICE
-    assert exit_.document["details"]["copy_to"] == [SHIZHONG_OFFICE]
+    assert exit_.to_document()["office"] == TENGZHOU_OFFICE
+    assert exit_.to_document()["details"]["copy_to"] == [SHIZHONG_OFFICE]
 
 
 def test_delegated_to_tengzhou_before_the_start_the_origin_office_supervises(world):
     w = delegated_world(world)
     assert w.fix("d2", minutes(-120), "TENGZHOU") == []
     exit_ = only(w.fix("d2", minutes(-110), "TENGZHOU"), "zone_exit")
-    assert exit_.document["office"] == SHIZHONG_OFFICE
-    assert "copy_to" not in exit_.document["details"]
+    assert exit_.to_document()["office"] == SHIZHONG_OFFICE
+    assert "copy_to" not in exit_.to_document()["details"]
     # from the start Tengzhou is home: the exit closes, reported to the delegate
     assert w.fix("d2", minutes(0), "TENGZHOU") == []
     back = only(w.fix("d2", minutes(10), "TENGZHOU"), "zone_return")
-    assert back.document["office"] == TENGZHOU_OFFICE
-    assert back.document["details"]["copy_to"] == [SHIZHONG_OFFICE]
+    assert back.to_document()["office"] == TENGZHOU_OFFICE
+    assert back.to_document()["details"]["copy_to"] == [SHIZHONG_OFFICE]
 
 
 def test_delegated_to_tengzhou_signal_lost_goes_to_the_delegate(world):
@@ -464,8 +471,8 @@ def test_delegated_to_tengzhou_signal_lost_goes_to_the_delegate(world):
     lost = w.clock(minutes(62))
     assert types(lost) == ["signal_lost", "signal_lost"]
     for a in lost:
-        assert a.document["office"] == TENGZHOU_OFFICE
-        assert a.document["details"]["copy_to"] == [SHIZHONG_OFFICE]
+        assert a.to_document()["office"] == TENGZHOU_OFFICE
+        assert a.to_document()["details"]["copy_to"] == [SHIZHONG_OFFICE]
 
 
 def test_delegated_alarm_names_the_home_it_was_judged_against(world):
@@ -474,7 +481,7 @@ def test_delegated_alarm_names_the_home_it_was_judged_against(world):
     w = delegated_world(world)
     w.fix("d1", minutes(40), "HOME")
     exit_ = only(w.fix("d1", minutes(50), "HOME"), "zone_exit")
-    assert exit_.document["home"] == [TENGZHOU]
+    assert exit_.to_document()["home"] == [TENGZHOU]
 
 
 # --- late fixes --------------------------------------------------------------------------
@@ -544,7 +551,7 @@ def test_alarm_ids_are_stable_when_the_same_fixes_are_evaluated_again(world):
     assert len({a.id for a in first}) == len(first)
 
     def without_raised_at(a: Alarm) -> dict:
-        return {k: v for k, v in a.document.items() if k != "raised_at"}
+        return {k: v for k, v in a.to_document().items() if k != "raised_at"}
 
     assert [without_raised_at(a) for a in second] == [without_raised_at(a) for a in first]
 
@@ -561,8 +568,6 @@ def test_carriers_remember_names_ids_and_newest_fix():
 
 
 def test_a_feed_clock_tells_no_time_before_the_first_fix_then_follows_the_feed():
-    from service.worker import RulesClock
-
     clock = RulesClock("feed")
     assert clock.now_ms() is None          # a replay's clock rules wait for its first fix
     clock.observe(1_000_000)
@@ -578,10 +583,8 @@ def test_a_restart_soon_after_the_last_check_postpones_no_signal_lost(world):
     w.clock(T0)
     w.fix("s1", minutes(0), "HOME")
     assert w.clock(minutes(50)) == []
-    restarted = Evaluation(w.engine, w.book, Settings(rules=w.rules), 0, 1,
-                           w.ev.rules.snapshot())
-    restarted.silence.resume(minutes(50))     # the worker's last clock check, 0 min ago
-    w.ev = restarted
+    w.resume(w.ev.rules.snapshot())
+    w.clock_rules.silence.resume(minutes(50))   # the worker's last clock check, 0 min ago
     assert w.clock(minutes(59)) == []
     assert types(w.clock(minutes(61))) == ["signal_lost"]   # as if nothing had happened
 
@@ -590,7 +593,7 @@ def test_after_a_restart_during_an_outage_a_phone_that_stays_off_is_still_lost(w
     w, ids = carrier_world(world)
     assert types(w.clock(minutes(16))) == ["feed_outage"]
     snapshot, rows = w.ev.rules.snapshot(), w.carriers.rows()
-    w.ev = Evaluation(w.engine, w.book, Settings(rules=w.rules), 0, 1, snapshot)
+    w.resume(snapshot)
     w.carriers = Carriers(rows)           # the worker restarted; the feed is still down
     raised = []
     for k in range(30):                   # the feed is back at 25 min, but one phone is off

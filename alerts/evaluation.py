@@ -1,0 +1,78 @@
+"""The fix-driven path of one partition: verdicts from the compiled core, then the rules.
+
+A batch's share of this partition (the fixes of subjects with ``index % count == k``)
+is judged against each subject's allowed area at the fix's own time (`SubjectBook`), its
+exclusion zones checked, and the verdicts run through the per-subject rules
+(`alerts.rules.RuleState`); the events become alarms (`alerts.alarms`). Everything is
+one compiled call per stage for the whole batch; Python touches only the few events.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import geofence
+from alerts.alarms import Alarm, Places, alarms_from_events
+from alerts.rules import RuleState, SnapshotError
+from alerts.subject_book import SubjectBook
+
+log = logging.getLogger("geofence.worker")
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """What one batch's share gave."""
+
+    verdicts: np.ndarray    # int64[3]: how many `in`, `unsure`, `out`
+    alarms: list[Alarm]
+    kernel_s: float         # seconds in the verdict and rule kernels
+    late: int               # fixes older than their subject's newest (stored, not judged)
+
+
+class Evaluation:
+    """Verdicts, then rules, for one partition; owns the partition's rule state."""
+
+    def __init__(self, engine: geofence.VerdictEngine, book: SubjectBook, rules_settings,
+                 snapshot: bytes | None = None):
+        self.engine = engine
+        self.book = book
+        self.rules = RuleState(max(book.size, 1), rules_settings)
+        if snapshot is not None:
+            try:
+                self.rules.restore(snapshot)
+            except SnapshotError as e:   # another build's format, or damaged: start afresh
+                log.warning("rules state not restored (%s); starting with fresh state", e)
+        self.places = Places.of(engine.jurisdictions)
+        self._zone_codes = [str(c) for c in engine.zones.codes] if engine.zones else None
+
+    def run(self, fixes, carrier: int, received_ms: int | None) -> Evaluated:
+        """Judge `fixes` (this partition's share of one stored batch, from `carrier`)."""
+        started = time.perf_counter()
+        area = self.book.areas_at(fixes.subject, fixes.t_ms)
+        lon, lat, acc = fixes.lon, fixes.lat, fixes.acc_m.astype(np.float64)
+        verdicts = self.engine.verdicts(lon, lat, acc, area)
+        sets = self.book.exclusions_of[fixes.subject]
+        if sets.any():
+            worst, zone = self.engine.exclusion_verdicts(lon, lat, acc, sets).worst()
+        else:
+            worst = np.full(len(fixes), geofence.OUT, np.int8)
+            zone = np.full(len(fixes), -1, np.int32)
+        self.grow()
+        events = self.rules.apply(fixes.subject, fixes.t_ms, verdicts.verdict, worst, zone,
+                                  self.book.key, fixes=fixes, carrier=carrier)
+        kernel_s = time.perf_counter() - started
+        alarms = []
+        if len(events):
+            where = {int(i): self.places[verdicts.where[i]] for i in np.unique(events.fix)}
+            alarms = alarms_from_events(events, fixes, self.book.subjects,
+                                        self.book.schedule.routing_at, where,
+                                        int(time.time() * 1000), received_ms, self._zone_codes)
+        return Evaluated(np.bincount(verdicts.verdict, minlength=3), alarms, kernel_s,
+                         events.n_late)
+
+    def grow(self) -> None:
+        """Room in the rule state for every subject the book knows."""
+        if self.rules.n_subjects < self.book.size:
+            self.rules.grow(self.book.size)

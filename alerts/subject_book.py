@@ -1,0 +1,73 @@
+"""What evaluation needs of the registry, by subject index, rebuilt on every change.
+
+The compiled stages address subjects by index (`Subject.index`); this book turns the
+registry's current snapshot into the arrays they take (exclusion set, key flag,
+registered) and the schedule of allowed areas and routing (`alerts.schedule`). A running
+worker polls the registry's version about once a second and rebuilds only on change.
+"""
+
+import time
+
+import numpy as np
+
+import geofence
+from alerts.registry import Registry, RegistryStore, Subject
+from alerts.schedule import AreaSchedule
+
+REGISTRY_POLL_S = 1.0
+
+
+class SubjectBook:
+    """The registry as arrays by subject index, with the schedule built from it."""
+
+    def __init__(self, engine: geofence.VerdictEngine, registry_store: RegistryStore):
+        self.engine = engine
+        self.registry_store = registry_store
+        self.version = -1
+        self.registry = Registry()
+        self.schedule = AreaSchedule.build(self.registry, engine.area_id)
+        self.exclusions_of = np.zeros(0, np.int32)
+        self.key = np.zeros(0, np.bool_)
+        self.registered = np.zeros(0, np.bool_)
+        self.subjects: list[Subject | None] = []
+        self.index_of: dict[str, int] = {}
+        self._next_poll = 0.0
+
+    @property
+    def size(self) -> int:
+        return len(self.subjects)
+
+    def refresh(self, force: bool = False) -> None:
+        """Rebuild if the registry changed (checked at most every REGISTRY_POLL_S)."""
+        now = time.monotonic()
+        if not force and now < self._next_poll:
+            return
+        self._next_poll = now + REGISTRY_POLL_S
+        if self.registry_store.version() == self.version:
+            return
+        registry = self.registry_store.load()
+        schedule = AreaSchedule.build(registry, self.engine.area_id)
+        size = schedule.n_subjects
+        exclusions_of = np.zeros(size, np.int32)
+        key = np.zeros(size, np.bool_)
+        subjects: list[Subject | None] = [None] * size
+        for s in registry.subjects.values():
+            exclusions_of[s.index] = self.engine.exclusion_set_id(s.exclusions)
+            key[s.index] = s.risk == "key"
+            subjects[s.index] = s
+        self.schedule, self.exclusions_of, self.key, self.subjects = (
+            schedule, exclusions_of, key, subjects)
+        self.registered = np.array([s is not None for s in subjects], np.bool_)
+        self.index_of = {s.id: s.index for s in registry.subjects.values()}
+        self.registry, self.version = registry, registry.version
+
+    def areas_at(self, subject: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
+        """Allowed-area ids of fixes; a subject newer than the book forces a rebuild."""
+        if len(subject) and subject.max() >= self.size:
+            self.refresh(force=True)
+        return self.schedule.areas_at(subject, t_ms)
+
+    def root_office(self) -> str:
+        """The office at the top of the tree (feed_outage goes there)."""
+        roots = sorted(o.code for o in self.registry.offices.values() if not o.parent)
+        return roots[0] if roots else ""

@@ -1,0 +1,100 @@
+"""The worker's loop, one named step at a time, without a process: stored batches in,
+verdicts, alarms and the checkpoint committed, the dispatcher nudged, progress reported."""
+
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from alerts.registry import RegistryStore
+from engine.config import Settings, Storage
+from engine.layers import code_checkers, load_layers
+from engine.messages import ALARMS_STORED, WorkerReport
+from engine.paths import EnginePaths
+from ingest.fixes import FixColumns
+from ingest.store import BatchRecord, Store
+from service.worker import Worker
+
+T0 = int(time.time() * 1000) - 10 * 60_000   # recent: no one is silent (clock = "wall")
+FAR = (115.5, 33.5)   # outside every jurisdiction
+
+
+@pytest.fixture
+def data(tmp_path):
+    settings = Settings(storage=Storage(path=str(tmp_path / "data")))
+    paths = EnginePaths.create(settings.storage.path)
+    registry = RegistryStore(paths.registry_db)
+    registry.import_document({
+        "offices": [{"code": "370402001", "name": "中心街街道司法所"}],
+        "subjects": [{"id": "S1", "devices": ["13900000001"], "office": "370402001",
+                      "home": ["370402"], "risk": "normal", "category": "probation"}]},
+        *code_checkers(*load_layers(settings)))
+    registry.close()
+    return settings, paths
+
+
+def store_batch(paths: EnginePaths, batch: int, t_ms: list[int]) -> None:
+    n = len(t_ms)
+    fixes = FixColumns(device=np.zeros(n, np.int32), subject=np.zeros(n, np.int32),
+                       t_ms=np.array(t_ms, np.int64), lon=np.full(n, FAR[0]),
+                       lat=np.full(n, FAR[1]), acc_m=np.full(n, 20.0, np.float32),
+                       src=np.zeros(n, np.int8))
+    with Store(paths.fixes_db) as store:
+        store.commit([BatchRecord("cmcc", batch, t_ms[-1] + 500, fixes, "ok")])
+
+
+def test_one_step_evaluates_commits_nudges_and_reports(data):
+    settings, paths = data
+    ctx = zmq.Context()
+    reports, nudges = ctx.socket(zmq.PULL), ctx.socket(zmq.PULL)
+    reports.bind(paths.done_endpoint)
+    nudges.bind(paths.alarms_endpoint)
+    store_batch(paths, 1, [T0, T0 + 60_000])       # two fixes far out: a zone_exit
+    worker = Worker(settings, 0, 1, restarts=2)
+    try:
+        worker.open_store(lambda: False)
+        worker.connect(ctx)
+        assert WorkerReport.decode(reports.recv()) == WorkerReport(0, 0, restarts=2)
+
+        assert worker.step() is True
+        assert worker.results.checkpoint() == worker.position == 1
+        [alarm] = worker.results.alarms()
+        assert (alarm["type"], alarm["subject"], alarm["t"]) == ("zone_exit", "S1", T0 + 60_000)
+        assert nudges.recv() == ALARMS_STORED
+        report = WorkerReport.decode(reports.recv())
+        assert (report.seq, report.verdicts, report.restarts) == (1, (0, 0, 2), 2)
+
+        assert worker.step() is False               # nothing new: nothing committed
+        assert worker.results.checkpoint() == 1 and len(worker.results.alarms()) == 1
+        assert reports.poll(100) == 0
+    finally:
+        worker.close()
+        reports.close(0)
+        nudges.close(0)
+        ctx.term()
+
+
+def test_a_restarted_worker_resumes_after_its_checkpoint_and_raises_nothing_twice(data):
+    settings, paths = data
+    store_batch(paths, 1, [T0, T0 + 60_000])
+    first = Worker(settings, 0, 1)
+    ctx = zmq.Context()
+    try:
+        first.open_store(lambda: False)
+        first.connect(ctx)
+        first.step()
+    finally:
+        first.close()
+    store_batch(paths, 2, [T0 + 120_000])
+    again = Worker(settings, 0, 1, restarts=1)
+    try:
+        again.open_store(lambda: False)
+        again.connect(ctx)
+        assert again.done == 1
+        again.step()
+        assert again.results.checkpoint() == 2
+        assert [a["type"] for a in again.results.alarms()] == ["zone_exit"]
+    finally:
+        again.close()
+        ctx.destroy(0)
