@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alerts import outbox
-from alerts.alarms import STATUSES, UNRESOLVED, Alarm
+from alerts.alarms import UNRESOLVED, Alarm
 from engine.messages import topic
 from geofence.errors import GeofenceError
 

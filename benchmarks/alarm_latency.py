@@ -68,12 +68,12 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import msgpack
 import numpy as np
 import zmq
 
 from alerts.alarms import alarm_id
 from benchmarks.common import Report, log
+from engine.messages import decode_alarm_frames
 from ingest.carrier import CarrierClient
 from ingest.feed import registry_document
 from ingest.protocol import encode_cols
@@ -252,7 +252,7 @@ class Subscriber:
                     except zmq.Again:
                         break
                     at, wall = time.perf_counter(), time.time()
-                    doc = msgpack.unpackb(frames[-1], raw=False)
+                    _, doc = decode_alarm_frames(frames)
                     self.messages += 1
                     if doc["id"] not in self.arrived:
                         self.arrived[doc["id"]] = (at, wall)

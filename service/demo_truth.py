@@ -23,8 +23,7 @@ KIND_LABELS = {"exit": "exits", "permitted_trip": "permitted trips", "overstay":
 
 def alarm_table(alarms) -> dict[str, dict]:
     """Alarm id → {type, office, copy_to, t} of every stored alarm."""
-    return {a["id"]: {"type": a["type"], "office": a["office"], "t": a["t"],
-                      "copy_to": (a.get("details") or {}).get("copy_to", [])}
+    return {a.id: {"type": a.type, "office": a.office, "t": a.t_ms, "copy_to": list(a.copies)}
             for a in alarms.query(limit=10**9)}
 
 
