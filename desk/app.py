@@ -16,14 +16,14 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from engine.config import Settings
 from desk import api, auth, static
 from desk.context import DESK, DeskState
 from desk.events import ChangeFeed
 from desk.http import (RouteAccessLogger, outer_middleware, same_origin_middleware,
-                               session_middleware)
+                   session_middleware)
 from desk.metrics import DeskMetrics
 from desk.stores import Stores
+from engine.config import ConfigError, Settings
 from engine.paths import EnginePaths
 
 log = logging.getLogger("geofence.desk")
@@ -89,7 +89,7 @@ def parse_bind(bind: str) -> tuple[str, int]:
     host, sep, port = bind.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"[desk] bind must be HOST:PORT, e.g. 127.0.0.1:8080; not {bind!r}")
+        raise ConfigError(f"[desk] bind must be HOST:PORT, e.g. 127.0.0.1:8080; not {bind!r}")
     return host, int(port)
 
 

@@ -9,7 +9,13 @@ import sys
 
 import numpy as np
 
+from geofence.errors import GeofenceError
+
 EXIT_BAD_INPUT = 2
+
+
+class UsageError(GeofenceError, ValueError):
+    """A command's input is wrong (a file, an argument, a password); the message says how."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
-    except (OSError, ValueError, KeyError) as e:  # GeofenceError subclasses these
+    except (GeofenceError, OSError) as e:   # bad input, a missing or unreadable file
         print(f"geofence: error: {_reason(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -161,7 +167,7 @@ def _registry_import(args) -> int:
         with open(args.file, encoding="utf-8") as f:
             doc = json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{args.file} is not valid JSON: {e}") from e
+        raise UsageError(f"{args.file} is not valid JSON: {e}") from e
     registry = _registry_store(settings).import_document(doc, *code_checkers(*load_layers(settings)))
     print(f"registry version {registry.version}: {len(registry.offices)} offices, "
           f"{len(registry.subjects)} subjects, {len(registry.permits)} permits, "
@@ -194,7 +200,7 @@ def _user_add(args) -> int:
     finally:
         registry.close()
     if args.office not in offices:
-        raise ValueError(f"unknown office {args.office!r}: import it with "
+        raise UsageError(f"unknown office {args.office!r}: import it with "
                          "`geofence registry import` first")
     password = check_password(_read_password())
     with _user_store(settings) as users:
@@ -211,7 +217,7 @@ def _read_password() -> str:
 
     first = getpass.getpass("password: ")
     if first != getpass.getpass("again: "):
-        raise ValueError("the two passwords differ")
+        raise UsageError("the two passwords differ")
     return first
 
 
@@ -272,7 +278,7 @@ def _locate(args) -> int:
     from geofence.datum import to_wgs84
 
     if not (-180 <= args.lon <= 180 and -90 <= args.lat <= 90):
-        raise ValueError(f"LON LAT out of range: {args.lon} {args.lat}")
+        raise UsageError(f"LON LAT out of range: {args.lon} {args.lat}")
     lon, lat = to_wgs84(np.array([args.lon]), np.array([args.lat]), args.datum)
     layer = geofence.Layer.from_geojson(args.file if hasattr(args, "file") else args.layer,
                                         warn=False)
