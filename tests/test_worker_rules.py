@@ -1,7 +1,7 @@
-"""The worker's rules end to end (SPEC §2, §5, §6): registry, schedule, verdicts, alarms.
+"""The rules end to end (SPEC §2, §5, §6): registry, schedule, verdicts, alarms.
 
-A real Zaozhuang layer, a real registry in SQLite, and the worker's own classes
-(`SubjectBook`, `Evaluation`, `ClockRules`, `Carriers`) fed by hand, one batch at a time; the clock
+A real Zaozhuang layer, a real registry in SQLite, and the classes a worker runs
+(`alerts`: `SubjectBook`, `Evaluation`, `ClockRules`, `Carriers`) fed by hand, one batch at a time; the clock
 rules are called with an explicit `now`, as the worker calls them about once a second.
 Each test is a case a supervisor would recognise. Times are minutes from T0; the first
 clock check of a world (the worker starting to watch) is at T0 unless a test says so.
