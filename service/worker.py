@@ -333,7 +333,7 @@ def run_worker(settings: Settings, index: int, count: int, should_stop,
             counts = np.zeros(3, np.int64)
             if len(mine):
                 counts, raised, seconds, n_late = evaluation.run(batch, mine, cid)
-                alarms += [(batch.seq, a) for a in raised]
+                alarms += raised
                 kernel_s += seconds
                 late += n_late
             rows.append((batch.seq, len(mine), *map(int, counts), _wall_ms()))
@@ -348,15 +348,15 @@ def run_worker(settings: Settings, index: int, count: int, should_stop,
                 elif first_check and now_ms - checked_until <= RESUME_WITHIN_MS:
                     evaluation.silence.resume(checked_until)
                 first_check = False
-                alarms += [(position, a) for a in evaluation.clock_rules(now_ms, checked_until,
-                                                                         carriers)]
+                alarms += evaluation.clock_rules(now_ms, checked_until, carriers)
                 checked_until = max(checked_until, now_ms)
         snapshot = None
         if now >= next_snapshot or (alarms and not rows):
             snapshot = evaluation.rules.snapshot()
             next_snapshot = now + _snapshot_interval_s(len(snapshot))
         if rows or alarms or snapshot is not None:
-            results.commit(rows, alarms, snapshot, carriers.rows(), checked_until,
+            results.commit(rows[-1][0] if rows else None, alarms, snapshot, carriers.rows(),
+                           checked_until,
                            position=rows[-1][0] if rows else position)
         if alarms:
             try:
