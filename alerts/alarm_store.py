@@ -345,6 +345,10 @@ class AlarmStore:
     def set_position(self, source: str, value: int) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"position:{source}", value))
 
+    def stored_at_ms(self) -> dict[str, int]:
+        """Every alarm id → when it was stored here (wall ms; for latency measurements)."""
+        return dict(self._db.execute("SELECT id, raised_at_ms FROM alarms"))
+
     def raised_ids(self) -> dict[str, str]:
         """Every raised alarm id → the alarm it opened or was folded into."""
         return dict(self._db.execute("SELECT id, alarm_id FROM raised"))

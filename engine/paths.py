@@ -1,15 +1,15 @@
 """Where an engine keeps its files: everything under `[storage] path`.
 
 The only place that spells a file name. Each SQLite file has one owning module that
-opens it (`engine.database` says how):
+opens it (`engine.database` says how), and is written by:
 
-| file | owner | written by |
-|---|---|---|
-| `fixes.sqlite` | `ingest.store` | ingest |
-| `evaluation-K-of-N.sqlite` (`.retired` once N changed) | `service.evaluation_store` | worker K of N |
-| `alarms.sqlite` | `alerts.alarm_store` (with its outbox) | dispatcher, desk, webhook sender |
-| `registry.sqlite` | `alerts.registry` | `geofence registry import` |
-| `desk.sqlite` | `desk.users` | desk, `geofence user add` |
+    fixes.sqlite               ingest.store              ingest
+    evaluation-K-of-N.sqlite   service.evaluation_store  worker K of N (`.retired` once
+                                                         the worker count changed)
+    alarms.sqlite              alerts.alarm_store        dispatcher, desk, webhook sender
+                               (with alerts.outbox)
+    registry.sqlite            alerts.registry           `geofence registry import`
+    desk.sqlite                desk.users                desk, `geofence user add`
 """
 
 import re
