@@ -146,7 +146,7 @@ class IngestServer:
         arrived = time.perf_counter()
         now_ms = int(time.time() * 1000)
         replies: list[tuple[list, bytes | None]] = []
-        pending: list[tuple[int, BatchRecord, tuple]] = []
+        pending: list[tuple[int, BatchRecord]] = []
         # Behind: take a few frames and answer the rest `busy` at once, so carriers back
         # off instead of queueing (their acks would come seconds late, then time out).
         take = OVERLOADED_ACCEPT_FRAMES if self._overloaded else len(group)
@@ -157,15 +157,14 @@ class IngestServer:
             if isinstance(outcome, bytes):
                 replies.append((envelope, outcome))
             else:
-                record, remember = outcome
-                pending.append((len(replies), record, remember))
+                pending.append((len(replies), outcome))
                 replies.append((envelope, None))
-                self._group_fixes += record.accepted
+                self._group_fixes += outcome.accepted
         if pending:
             started = time.perf_counter()
-            committed = self.store.commit([r for _, r, _ in pending])
+            committed = self.store.commit([r for _, r in pending])
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
-            for (slot, record, remember), result in zip(pending, committed):
+            for (slot, record), result in zip(pending, committed):
                 replies[slot] = (replies[slot][0], self._answer(record, result))
             self.notify.send(msgpack.packb(self.store.last_seq()))
         for envelope, ack in replies:
@@ -178,7 +177,7 @@ class IngestServer:
             self.metrics.ack_seconds.observe(elapsed)
 
     def _prepare(self, frame: zmq.Frame, now_ms: int, shed: bool = False):
-        """An immediate ack (bytes), or (record to commit, dedup info) for a new batch.
+        """An immediate ack (bytes), or the record to commit for a new batch.
 
         `shed`: answer a new batch `busy` (nothing taken) because this loop is behind."""
         payload = frame.buffer
@@ -231,7 +230,7 @@ class IngestServer:
                     self.metrics.no_position.inc(int(count))
         record = BatchRecord(dec.carrier, dec.batch, now_ms, fixes, status,
                              [tuple(r) for r in p.rejections(reason)])
-        return record, ()
+        return record
 
     def _answer(self, record: BatchRecord, result) -> bytes:
         if result.duplicate:
