@@ -157,7 +157,7 @@ def _sqlite_errors(path: str, doing: str) -> Iterator[None]:
 
 
 class StoreReader:
-    """A read-only connection for evaluation workers (and tools): reads, never writes.
+    """A read-only connection for evaluation workers, the desk's tracks and tools.
 
     Opens an existing store (the ingest's `Store` creates it); SQLite's WAL lets any
     number of readers run beside the one writer, each query seeing committed data only.
