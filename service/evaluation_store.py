@@ -68,9 +68,9 @@ class EvaluationReader:
     """A read-only connection to a worker's file (the dispatcher, tools, tests).
     NotReadyError until the worker has created it."""
 
-    def __init__(self, path: str | Path, *, read_only: bool = True, sync: str = "normal"):
+    def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._db = connect(self.path, SCHEMA, sync=sync, read_only=read_only)
+        self._db = connect(self.path, SCHEMA, read_only=True)
 
     def checkpoint(self) -> int:
         """The seq of the last batch evaluated (0: none)."""
@@ -99,7 +99,8 @@ class EvaluationStore(EvaluationReader):
     """The worker's writer (also `geofence serve` when it starts new partitions)."""
 
     def __init__(self, path: str | Path, sync: str = "normal"):
-        super().__init__(path, read_only=False, sync=sync)
+        self.path = Path(path)
+        self._db = connect(self.path, SCHEMA, sync=sync)
 
     def start_after(self, seq: int) -> None:
         """Begin a new partition's evaluation after `seq` (everything before it is done),
