@@ -42,8 +42,8 @@ ADDRESS_ATTEMPTS_FACTOR = 10     # failures from one address, for any names: thi
 SLIDE_EVERY_MS = 60_000          # write a session's new expiry at most this often
 
 
-
 def _version_1(db: sqlite3.Connection) -> None:
+    """Users, sessions and failed logins, as the unversioned desk had them."""
     run_script(db, """
         CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, office TEXT NOT NULL,
             salt BLOB NOT NULL, hash BLOB NOT NULL, n INTEGER NOT NULL, r INTEGER NOT NULL,
