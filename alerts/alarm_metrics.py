@@ -13,6 +13,9 @@ from pathlib import Path
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
+from alerts.alarm_store import AlarmStore
+from engine.database import NotReadyError
+
 
 class AlarmMetrics:
     """A collector: register it with `registry.register(AlarmMetrics(path))`."""
@@ -71,16 +74,15 @@ class AlarmMetrics:
         g.add_metric([], oldest_ms / 1000.0)
         yield g
 
-    def _open(self):
-        if self._store is None and self.path.exists():
-            from alerts.alarm_store import AlarmStore
-            from alerts.outbox import Outbox
+    def _open(self) -> AlarmStore | None:
+        """The store, read-only (a scrape never creates nor upgrades the file); None while
+        the dispatcher has not created it or brought it to this code's version."""
+        if self._store is None:
             try:
-                self._store = AlarmStore(self.path)
-                self._outbox = Outbox(self.path)
-            except sqlite3.Error:
-                self._store = None
+                self._store = AlarmStore(self.path, read_only=True)
+            except NotReadyError:
                 return None
+            self._outbox = self._store.outbox()
         return self._store
 
 

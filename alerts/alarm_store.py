@@ -28,35 +28,71 @@ from pathlib import Path
 
 from alerts import outbox
 from alerts.alarms import UNRESOLVED, Alarm
+from engine.database import Schema, connect, run_script, transaction
 from engine.messages import topic
 from geofence.errors import GeofenceError
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS alarms (
-    id TEXT PRIMARY KEY, type TEXT NOT NULL, severity TEXT NOT NULL,
-    fold_key TEXT NOT NULL, subject TEXT, office TEXT NOT NULL, offices TEXT NOT NULL,
-    t_ms INTEGER NOT NULL, raised_at_ms INTEGER NOT NULL, status TEXT NOT NULL,
-    escalate_at_ms INTEGER,
-    updated_ms INTEGER NOT NULL, doc TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS alarms_fold ON alarms (fold_key, type, status);
-CREATE INDEX IF NOT EXISTS alarms_escalate ON alarms (escalate_at_ms)
-    WHERE escalate_at_ms IS NOT NULL;
-CREATE INDEX IF NOT EXISTS alarms_status ON alarms (status);
-CREATE INDEX IF NOT EXISTS alarms_t ON alarms (t_ms);
-CREATE TABLE IF NOT EXISTS raised (id TEXT PRIMARY KEY, alarm_id TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS history (alarm_id TEXT NOT NULL, at_ms INTEGER NOT NULL,
-    action TEXT NOT NULL, user TEXT, office TEXT, note TEXT);
-CREATE INDEX IF NOT EXISTS history_alarm ON history (alarm_id);
-CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    alarm_id TEXT NOT NULL, at_ms INTEGER NOT NULL, action TEXT NOT NULL, topics TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS changes_alarm ON changes (alarm_id);
-CREATE TABLE IF NOT EXISTS raised_counts (type TEXT, severity TEXT, n INTEGER NOT NULL,
-    PRIMARY KEY (type, severity)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS latency (le REAL PRIMARY KEY, n INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
-"""
+
+def _version_1(db: sqlite3.Connection) -> None:
+    """The alarms, their history and change log, the metrics counters and the webhook
+    outbox (`alerts.outbox`), as the unversioned engine had them."""
+    run_script(db, """
+        CREATE TABLE IF NOT EXISTS alarms (
+            id TEXT PRIMARY KEY, type TEXT NOT NULL, severity TEXT NOT NULL,
+            fold_key TEXT NOT NULL, subject TEXT, office TEXT NOT NULL, offices TEXT NOT NULL,
+            t_ms INTEGER NOT NULL, raised_at_ms INTEGER NOT NULL, status TEXT NOT NULL,
+            escalate_at_ms INTEGER,
+            updated_ms INTEGER NOT NULL, doc TEXT NOT NULL);
+        CREATE INDEX IF NOT EXISTS alarms_fold ON alarms (fold_key, type, status);
+        CREATE INDEX IF NOT EXISTS alarms_escalate ON alarms (escalate_at_ms)
+            WHERE escalate_at_ms IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS alarms_status ON alarms (status);
+        CREATE INDEX IF NOT EXISTS alarms_t ON alarms (t_ms);
+        CREATE TABLE IF NOT EXISTS raised (id TEXT PRIMARY KEY, alarm_id TEXT NOT NULL)
+            WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS history (alarm_id TEXT NOT NULL, at_ms INTEGER NOT NULL,
+            action TEXT NOT NULL, user TEXT, office TEXT, note TEXT);
+        CREATE INDEX IF NOT EXISTS history_alarm ON history (alarm_id);
+        CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            alarm_id TEXT NOT NULL, at_ms INTEGER NOT NULL, action TEXT NOT NULL,
+            topics TEXT NOT NULL);
+        CREATE INDEX IF NOT EXISTS changes_alarm ON changes (alarm_id);
+        CREATE TABLE IF NOT EXISTS raised_counts (type TEXT, severity TEXT, n INTEGER NOT NULL,
+            PRIMARY KEY (type, severity)) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS latency (le REAL PRIMARY KEY, n INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
+        CREATE TABLE IF NOT EXISTS outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            alarm_id TEXT NOT NULL,
+            office TEXT NOT NULL,
+            key TEXT NOT NULL,
+            body BLOB NOT NULL,
+            created_ms INTEGER NOT NULL,
+            next_attempt_ms INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_attempt_ms INTEGER,
+            last_error TEXT,
+            delivered_ms INTEGER,
+            UNIQUE (alarm_id, office, key));
+        CREATE INDEX IF NOT EXISTS outbox_pending_office ON outbox (office, next_attempt_ms)
+            WHERE delivered_ms IS NULL;
+        CREATE INDEX IF NOT EXISTS outbox_pending_created ON outbox (created_ms)
+            WHERE delivered_ms IS NULL;
+        CREATE TABLE IF NOT EXISTS delivery_stats (name TEXT PRIMARY KEY, n INTEGER NOT NULL)
+            WITHOUT ROWID""")
+
+
+SCHEMA = Schema("alarm store", marker="alarms", steps=(_version_1,))
+
+
+def connect_alarms(path: str | Path, sync: str = "normal", *,
+                   read_only: bool = False) -> sqlite3.Connection:
+    """A connection to the alarms file at the current schema (a writer upgrades it first;
+    a reader gets NotReadyError while it is absent or older). Any thread may use it, one
+    at a time (the metrics are read from the scraping thread)."""
+    return connect(path, SCHEMA, sync=sync, read_only=read_only, check_same_thread=False)
 
 
 class AlarmStateError(GeofenceError, ValueError):
@@ -90,20 +126,20 @@ class AlarmStore:
     """One connection to the alarms file. Several processes may open it (WAL)."""
 
     def __init__(self, path: str | Path, sync: str = "normal",
-                 escalation_s: dict[str, int] | None = None):
+                 escalation_s: dict[str, int] | None = None, *, read_only: bool = False):
         """`escalation_s`: seconds an alarm of each severity may stay unacknowledged
-        (severities without one never escalate)."""
+        (severities without one never escalate). `read_only`: for readers that must not
+        create or upgrade the file (the metrics); NotReadyError until its writer has."""
         self.path = Path(path)
         self.escalation_s = dict(escalation_s or {})
-        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={sync.upper()}")
-        self._db.executescript(SCHEMA)
-        outbox.create_tables(self._db)
+        self._db = connect_alarms(path, sync, read_only=read_only)
 
     def close(self) -> None:
         self._db.close()
+
+    def outbox(self) -> outbox.Outbox:
+        """The webhook outbox over this store's connection (close the store, not it)."""
+        return outbox.Outbox(self._db)
 
     # -- raising ---------------------------------------------------------------------------
 
@@ -294,6 +330,10 @@ class AlarmStore:
     def set_position(self, source: str, value: int) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"position:{source}", value))
 
+    def stored_at_ms(self) -> dict[str, int]:
+        """Every alarm id → when it was stored here (wall ms; for latency measurements)."""
+        return dict(self._db.execute("SELECT id, raised_at_ms FROM alarms"))
+
     def raised_ids(self) -> dict[str, str]:
         """Every raised alarm id → the alarm it opened or was folded into."""
         return dict(self._db.execute("SELECT id, alarm_id FROM raised"))
@@ -352,22 +392,4 @@ class AlarmStore:
                          "(?, ?, ?, ?)", (alarm_id, at_ms, action, json.dumps(topics)))
 
     def _transaction(self):
-        return _Transaction(self._db)
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE … COMMIT, rolled back on any error (nested use joins the outer one)."""
-
-    def __init__(self, db: sqlite3.Connection):
-        self._db = db
-        self._outer = False
-
-    def __enter__(self):
-        self._outer = not self._db.in_transaction
-        if self._outer:
-            self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind, *_):
-        if not self._outer:
-            return
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        return transaction(self._db)

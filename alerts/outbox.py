@@ -7,8 +7,10 @@ One row per (alarm id, office, key); `key` names the occasion ("raised", "copy",
 "escalated-1"), so a replay after a crash enqueues nothing twice, and a later occasion of
 the same alarm is a delivery of its own.
 
-The sender (`alerts.webhooks.WebhookSender`) opens an `Outbox` on the same file (WAL: several
-processes may have it open) and takes due rows oldest first. A row stays until accepted:
+The tables are created and upgraded with the rest of the alarms file by its owner,
+`alerts.alarm_store`. The sender (`alerts.webhooks.WebhookSender`) opens an `Outbox` over
+its own connection to that file (WAL: several processes may have it open) and takes due
+rows oldest first. A row stays until accepted:
 it is never given up, whatever its age or number of attempts (at-least-once; receivers
 de-duplicate by the alarm `id`). `delivered` and `failed` update the row and the persistent
 counters in `delivery_stats` in one transaction, so the counters survive restarts and the
@@ -22,38 +24,13 @@ Stored errors are a status code or an exception class with a short fixed reason,
 body, a URL or anything a receiver sent: the bodies carry personal data.
 """
 
-import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
-BUSY_TIMEOUT_S = 30
+from engine.database import transaction
+
 MAX_ERROR_CHARS = 200
 STAT_NAMES = ("delivered", "retries", "failures")
-
-OUTBOX_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    alarm_id TEXT NOT NULL,
-    office TEXT NOT NULL,
-    key TEXT NOT NULL,
-    body BLOB NOT NULL,
-    created_ms INTEGER NOT NULL,
-    next_attempt_ms INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_attempt_ms INTEGER,
-    last_error TEXT,
-    delivered_ms INTEGER,
-    UNIQUE (alarm_id, office, key));
-CREATE INDEX IF NOT EXISTS outbox_pending_office ON outbox (office, next_attempt_ms)
-    WHERE delivered_ms IS NULL;
-CREATE INDEX IF NOT EXISTS outbox_pending_created ON outbox (created_ms)
-    WHERE delivered_ms IS NULL;
-CREATE TABLE IF NOT EXISTS delivery_stats (name TEXT PRIMARY KEY, n INTEGER NOT NULL)
-    WITHOUT ROWID
-"""
-
 _COLUMNS = "id, alarm_id, office, key, body, attempts, created_ms, next_attempt_ms"
 
 
@@ -75,14 +52,6 @@ class Delivery:
                 f"key={self.key!r}, attempts={self.attempts})")
 
 
-def create_tables(conn: sqlite3.Connection) -> None:
-    """Create the outbox tables if missing. DDL only, statement by statement (never
-    `executescript`, which would commit the caller's open transaction)."""
-    for statement in OUTBOX_SCHEMA.split(";"):
-        if statement.strip():
-            conn.execute(statement)
-
-
 def enqueue(conn: sqlite3.Connection, alarm_id: str, office: str, key: str, body: bytes,
             now_ms: int) -> bool:
     """Add a delivery on the caller's connection, inside the caller's transaction (neither
@@ -100,23 +69,13 @@ def enqueue(conn: sqlite3.Connection, alarm_id: str, office: str, key: str, body
 
 
 class Outbox:
-    """The sender's own connection to the outbox: opens the file in WAL mode and creates
-    the tables if missing. One thread at a time may use it (not necessarily the opener:
-    a metrics collector is called from the scraping thread)."""
+    """The outbox queries over a connection to the alarms file, which its owner opens,
+    creates and upgrades (`alerts.alarm_store.connect_alarms`); this class runs no DDL.
+    One thread at a time may use it (not necessarily the opener: a metrics collector is
+    called from the scraping thread). `close` closes the connection."""
 
-    def __init__(self, path: str | os.PathLike, *, sync: str = "normal"):
-        self.path = os.fspath(path)
-        if sync not in ("normal", "full"):
-            raise ValueError(f"outbox sync must be one of normal, full; not {sync!r}")
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S,
-                                   check_same_thread=False)
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={sync.upper()}")
-            create_tables(self._db)
-        except BaseException:
-            self._db.close()
-            raise
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
 
     def close(self) -> None:
         self._db.close()
@@ -200,17 +159,8 @@ class Outbox:
             return db.execute("DELETE FROM outbox WHERE delivered_ms IS NOT NULL AND "
                               "delivered_ms < ?", (int(older_than_ms),)).rowcount
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:   # SQLite may already have rolled back (disk full, I/O)
-                db.execute("ROLLBACK")
-            raise
+    def _transaction(self):
+        return transaction(self._db)
 
 
 def _count(db: sqlite3.Connection, name: str) -> None:

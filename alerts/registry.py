@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from engine.database import Schema, connect, run_script, transaction
 from geofence.errors import GeofenceError
 from ingest.protocol import MAX_DEVICE_CHARS
 
@@ -336,16 +337,23 @@ def _clean(d: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if v is not None}
 
 
+def _version_1(db: sqlite3.Connection) -> None:
+    """One JSON document per entity, and the registry's version in `meta`."""
+    run_script(db, """
+        CREATE TABLE IF NOT EXISTS registry (kind TEXT, key TEXT, doc TEXT,
+            PRIMARY KEY (kind, key));
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)""")
+
+
+SCHEMA = Schema("registry", marker="registry", steps=(_version_1,))
+
+
 class RegistryStore:
     """The registry in its own SQLite file: one JSON document per entity, imported atomically."""
 
     def __init__(self, path: str | Path):
         self.path = str(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS registry (kind TEXT, key TEXT, doc TEXT, "
-                         "PRIMARY KEY (kind, key))")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)")
+        self._db = connect(self.path, SCHEMA, sync="full")   # imports are rare: fsync them
 
     def close(self) -> None:
         self._db.close()
@@ -372,18 +380,13 @@ class RegistryStore:
 
     def import_document(self, doc: Any, is_place, is_zone) -> Registry:
         """Upsert `doc`; raises RegistryError (nothing changed) on any problem."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._db) as db:
             new = parse_document(doc, self.load(), is_place, is_zone)
             rows = [("offices", o.code, asdict(o)) for o in new.offices.values()]
             rows += [("subjects", s.id, asdict(s)) for s in new.subjects.values()]
             rows += [("permits", p.id, asdict(p)) for p in new.permits.values()]
             rows += [("delegations", d.id, asdict(d)) for d in new.delegations.values()]
-            self._db.executemany("INSERT OR REPLACE INTO registry VALUES (?, ?, ?)",
-                                 [(k, key, json.dumps(v, ensure_ascii=False)) for k, key, v in rows])
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (new.version,))
-            self._db.execute("COMMIT")
-            return new
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+            db.executemany("INSERT OR REPLACE INTO registry VALUES (?, ?, ?)",
+                           [(k, key, json.dumps(v, ensure_ascii=False)) for k, key, v in rows])
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (new.version,))
+        return new

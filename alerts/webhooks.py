@@ -41,6 +41,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from alerts.alarm_store import connect_alarms
 from alerts.outbox import Delivery, Outbox
 from geofence.errors import GeofenceError
 
@@ -224,7 +225,7 @@ class WebhookSender:
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         """Deliver until `should_stop()` is true, then finish the posts in flight."""
-        outbox = Outbox(self.outbox_path, sync=self.sync)
+        outbox = Outbox(connect_alarms(self.outbox_path, self.sync))
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="geofence-webhook")
         try:
             next_unrouted = next_purge = 0.0
@@ -259,7 +260,7 @@ class WebhookSender:
         """Run in a background thread until `stop()`."""
         if self._thread is not None:
             raise RuntimeError("webhook sender already started")
-        Outbox(self.outbox_path, sync=self.sync).close()   # fail here, not in the thread
+        Outbox(connect_alarms(self.outbox_path, self.sync)).close()   # fail here, not in the thread
         self._stop.clear()
         self._error = None
         self._thread = threading.Thread(target=self._run_in_thread, name="geofence-webhooks",

@@ -59,7 +59,6 @@ import contextlib
 import json
 import os
 import re
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -71,6 +70,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from alerts.alarm_store import AlarmStore
 from alerts.alarms import alarm_id
 from benchmarks.common import Report, log
 from engine.messages import decode_alarm_frames
@@ -79,7 +79,9 @@ from ingest.feed import registry_document
 from ingest.protocol import encode_cols
 from ingest.simulate import population
 from service.cli import main as cli
+from service.evaluation_store import EvaluationReader
 from engine.config import load as load_settings
+from engine.paths import EnginePaths
 from tests.engine_harness import Engine, write_config
 
 SEED = 1
@@ -325,9 +327,9 @@ def measure(feed: Feed, root: Path) -> dict:
     ctx.setsockopt(zmq.LINGER, 0)
     sub = watch = None
     try:
-        root = run.engine.root
-        watch = CheckpointWatch({"fixes": root / "fixes.sqlite", "alarms": root / "alarms.sqlite",
-                                 "worker": root / "evaluation-0-of-1.sqlite"})
+        paths = run.engine.paths
+        watch = CheckpointWatch({"fixes": paths.fixes_db, "alarms": paths.alarms_db,
+                                 "worker": paths.worker_db(0, 1)})
         sub = Subscriber(ctx, run.publish)
         time.sleep(SUBSCRIBE_SETTLE_S)
         sent_at = np.zeros(len(feed.frames))        # perf_counter before the send
@@ -362,7 +364,7 @@ def measure(feed: Feed, root: Path) -> dict:
         run.stop()
     load_s = last_send - t0
     latencies, stages, slow, slow_at = [], {name: [] for name in STAGES}, [], []
-    stamps = _engine_stamps(run.engine.root)
+    stamps = _engine_stamps(run.engine.paths)
     for k, ids in feed.planted.items():
         for a in ids:
             if a not in sub.arrived:
@@ -417,20 +419,21 @@ STAGES = ("send -> ingest arrival", "arrival -> raised by the worker",
           "raised -> stored by the dispatcher", "stored -> PUB message received")
 
 
-def _engine_stamps(root: Path) -> dict[str, tuple]:
+def _engine_stamps(paths: EnginePaths) -> dict[str, tuple]:
     """alarm id -> (ingest arrival, raised by the worker, stored by the dispatcher), wall ms,
     read from the engine's files once it has stopped."""
     raised = {}
-    for path in sorted(root.glob("evaluation-*-of-*.sqlite")):
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            for a, received_ms, doc in db.execute("SELECT id, received_ms, doc FROM alarms"):
-                raised[a] = (received_ms, json.loads(doc).get("raised_at"))
-    out = {}
-    with contextlib.closing(sqlite3.connect(f"file:{root / 'alarms.sqlite'}?mode=ro",
-                                            uri=True)) as db:
-        for a, stored_ms in db.execute("SELECT id, raised_at_ms FROM alarms"):
-            out[a] = (*raised.get(a, (None, None)), stored_ms)
-    return out
+    for evaluation in paths.evaluation_files():
+        with EvaluationReader(evaluation.path) as reader:
+            for alarm in reader.alarms_after(0, 1 << 62):
+                doc = json.loads(alarm.json_text)
+                raised[doc["id"]] = (alarm.received_ms, doc.get("raised_at"))
+    store = AlarmStore(paths.alarms_db, read_only=True)
+    try:
+        return {a: (*raised.get(a, (None, None)), stored_ms)
+                for a, stored_ms in store.stored_at_ms().items()}
+    finally:
+        store.close()
 
 
 def _machine_busy_s() -> float:

@@ -12,7 +12,6 @@ import asyncio
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TypeVar
 
 from alerts.alarm_store import AlarmStore
@@ -22,11 +21,6 @@ from desk.users import UserStore
 from engine.paths import EnginePaths
 
 T = TypeVar("T")
-
-
-def desk_db(paths: EnginePaths) -> Path:
-    """`<storage>/desk.sqlite`: users, sessions, failed logins."""
-    return paths.root / "desk.sqlite"
 
 
 class Stores:
@@ -52,7 +46,7 @@ class Stores:
     def _open(self) -> None:
         self.alarms = AlarmStore(self.paths.alarms_db, self.sync)
         self.registry = RegistryStore(self.paths.registry_db)
-        self.users = UserStore(desk_db(self.paths))
+        self.users = UserStore(self.paths.desk_db)
 
     def scope(self) -> Scope:
         """The current registry's scope (database thread only): reloaded when the

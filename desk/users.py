@@ -28,6 +28,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.database import Schema, connect, run_script, transaction
 from geofence.errors import GeofenceError
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
@@ -41,18 +42,23 @@ LOGIN_WINDOW_S = 15 * 60
 ADDRESS_ATTEMPTS_FACTOR = 10     # failures from one address, for any names: this x attempts
 SLIDE_EVERY_MS = 60_000          # write a session's new expiry at most this often
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, office TEXT NOT NULL,
-    salt BLOB NOT NULL, hash BLOB NOT NULL, n INTEGER NOT NULL, r INTEGER NOT NULL,
-    p INTEGER NOT NULL, created_ms INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS sessions (token_hash BLOB PRIMARY KEY, user TEXT NOT NULL,
-    created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user);
-CREATE TABLE IF NOT EXISTS login_failures (user TEXT NOT NULL, address TEXT NOT NULL,
-    at_ms INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS login_failures_user ON login_failures (user, at_ms);
-CREATE INDEX IF NOT EXISTS login_failures_address ON login_failures (address, at_ms);
-"""
+
+def _version_1(db: sqlite3.Connection) -> None:
+    """Users, sessions and failed logins, as the unversioned desk had them."""
+    run_script(db, """
+        CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, office TEXT NOT NULL,
+            salt BLOB NOT NULL, hash BLOB NOT NULL, n INTEGER NOT NULL, r INTEGER NOT NULL,
+            p INTEGER NOT NULL, created_ms INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS sessions (token_hash BLOB PRIMARY KEY, user TEXT NOT NULL,
+            created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL);
+        CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user);
+        CREATE TABLE IF NOT EXISTS login_failures (user TEXT NOT NULL, address TEXT NOT NULL,
+            at_ms INTEGER NOT NULL);
+        CREATE INDEX IF NOT EXISTS login_failures_user ON login_failures (user, at_ms);
+        CREATE INDEX IF NOT EXISTS login_failures_address ON login_failures (address, at_ms)""")
+
+
+SCHEMA = Schema("desk store", marker="users", steps=(_version_1,))
 
 
 class UserError(GeofenceError, ValueError):
@@ -134,13 +140,7 @@ class UserStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-        except BaseException:
-            self._db.close()
-            raise
+        self._db = connect(self.path, SCHEMA, sync="full")   # few writes: fsync them
 
     def close(self) -> None:
         self._db.close()
@@ -161,8 +161,7 @@ class UserStore:
         check_password(password)
         hashed = hash_password(password)
         now_ms = _now_ms() if now_ms is None else now_ms
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with transaction(self._db):
             exists = self._db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone()
             if exists and not replace:
                 raise UserError(f"user {name!r} exists (use --replace to set a new password)")
@@ -194,8 +193,7 @@ class UserStore:
         until `login_succeeded`, or (seconds to wait, _) when the limit is reached (then
         nothing is counted). Unknown names get a dummy hash, checked all the same."""
         window_start = now_ms - LOGIN_WINDOW_S * 1000
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with transaction(self._db):
             self._db.execute("DELETE FROM login_failures WHERE at_ms < ?", (window_start,))
             wait_ms = max(self._wait_ms("user = ? AND address = ?", (name, address),
                                         attempts, window_start),
@@ -227,8 +225,7 @@ class UserStore:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         hashed = token_hash(token)
         expires = now_ms + int(session_hours * 3600_000)
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with transaction(self._db):
             self._db.execute("DELETE FROM login_failures WHERE user = ? AND address = ?",
                              (name, address))
             self._db.execute("DELETE FROM sessions WHERE expires_ms < ?", (now_ms,))

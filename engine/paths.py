@@ -1,7 +1,33 @@
-"""Where an engine keeps its files: everything under `[storage] path`."""
+"""Where an engine keeps its files: everything under `[storage] path`.
 
+The only place that spells a file name. Each SQLite file has one owning module that
+opens it (`engine.database` says how), and is written by:
+
+    fixes.sqlite               ingest.store              ingest
+    evaluation-K-of-N.sqlite   service.evaluation_store  worker K of N (`.retired` once
+                                                         the worker count changed)
+    alarms.sqlite              alerts.alarm_store        dispatcher, desk, webhook sender
+                               (with alerts.outbox)
+    registry.sqlite            alerts.registry           `geofence registry import`
+    desk.sqlite                desk.users                desk, `geofence user add`
+"""
+
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+_EVALUATION = re.compile(r"evaluation-(\d+)-of-(\d+)\.(sqlite|retired)")
+
+
+@dataclass(frozen=True)
+class EvaluationFile:
+    """One worker's evaluation file: worker `index` of `count`, retired when the worker
+    count changed (kept until the dispatcher has read its last alarms)."""
+
+    path: Path
+    index: int
+    count: int
+    retired: bool
 
 
 @dataclass(frozen=True)
@@ -9,7 +35,7 @@ class EnginePaths:
     root: Path
 
     @classmethod
-    def create(cls, root: str) -> "EnginePaths":
+    def create(cls, root: str | Path) -> "EnginePaths":
         path = Path(root).absolute()
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
@@ -25,9 +51,34 @@ class EnginePaths:
     def worker_db(self, index: int, count: int) -> Path:
         return self.root / f"evaluation-{index}-of-{count}.sqlite"
 
+    def evaluation_files(self, *, retired: bool = True) -> list[EvaluationFile]:
+        """The workers' evaluation files present, in name order; retired ones too unless
+        `retired=False`."""
+        found = []
+        for path in sorted(self.root.glob("evaluation-*-of-*.*")):
+            match = _EVALUATION.fullmatch(path.name)
+            if match and (retired or match[3] == "sqlite"):
+                found.append(EvaluationFile(path, int(match[1]), int(match[2]),
+                                            match[3] == "retired"))
+        return found
+
+    @staticmethod
+    def retired(path: Path) -> Path:
+        """The name an evaluation file takes when the worker count changes."""
+        return path.with_suffix(".retired")
+
     @property
     def alarms_db(self) -> Path:
         return self.root / "alarms.sqlite"
+
+    @property
+    def desk_db(self) -> Path:
+        """Desk users, sessions, failed logins."""
+        return self.root / "desk.sqlite"
+
+    def pid_file(self, process: str) -> Path:
+        """`<name>.pid`: which process is which, for operators (and the kill -9 tests)."""
+        return self.root / f"{process}.pid"
 
     @property
     def alarms_endpoint(self) -> str:

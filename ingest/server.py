@@ -158,10 +158,9 @@ class IngestServer:
             if isinstance(outcome, bytes):
                 replies.append((envelope, outcome))
             else:
-                record = outcome
-                pending.append((len(replies), record))
+                pending.append((len(replies), outcome))
                 replies.append((envelope, None))
-                self._group_fixes += record.accepted
+                self._group_fixes += outcome.accepted
         if pending:
             started = time.perf_counter()
             committed = self.store.commit([r for _, r in pending])

@@ -182,11 +182,10 @@ def _registry_export(args) -> int:
 
 
 def _user_store(settings):
-    from desk.stores import desk_db
     from desk.users import UserStore
     from engine.paths import EnginePaths
 
-    return UserStore(desk_db(EnginePaths.create(settings.storage.path)))
+    return UserStore(EnginePaths.create(settings.storage.path).desk_db)
 
 
 def _user_add(args) -> int:

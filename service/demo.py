@@ -209,7 +209,6 @@ def _prepare(root: Path, settings, scenario, resume: bool) -> list[tuple[str, st
     """Import the registry (unless resuming), write the truth, set the desk users' fresh
     passwords; the logins as (user, password, office)."""
     from alerts.registry import RegistryStore
-    from desk.stores import desk_db
     from desk.users import UserStore
     from engine.layers import code_checkers, load_layers
     from engine.paths import EnginePaths
@@ -231,7 +230,7 @@ def _prepare(root: Path, settings, scenario, resume: bool) -> list[tuple[str, st
     town_office = next(s["office"] for s in scenario.subjects if s["id"] == town)
     logins = [(CITY_USER, secrets.token_urlsafe(9), CITY_OFFICE),
               (f"demo-{town_office}", secrets.token_urlsafe(9), town_office)]
-    with UserStore(desk_db(paths)) as users:
+    with UserStore(paths.desk_db) as users:
         for name, password, office in logins:
             users.add(name, office, password, replace=True)
     return logins

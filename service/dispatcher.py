@@ -20,8 +20,6 @@ durable outbox, retried with backoff until the receiver accepts.
 """
 
 import logging
-import re
-import sqlite3
 import time
 from pathlib import Path
 
@@ -33,7 +31,9 @@ from engine.messages import encode_alarm_frames
 from alerts.registry import Registry, RegistryStore
 from alerts.webhooks import WebhookSender, parse_webhooks
 from engine.config import Settings
+from engine.database import NotReadyError
 from engine.paths import EnginePaths
+from service.evaluation_store import EvaluationReader
 
 log = logging.getLogger("geofence.dispatcher")
 
@@ -62,7 +62,7 @@ class Dispatcher:
         self.nudges.bind(paths.alarms_endpoint)
         self.webhooks = parse_webhooks(settings.alerts.webhooks)
         self.sender = WebhookSender(paths.alarms_db, self.webhooks)
-        self._sources: dict[tuple[str, int], sqlite3.Connection] = {}
+        self._sources: dict[tuple[str, int], EvaluationReader] = {}
         self._published = self.alarms.position(PUBLISHED)
         self._next_escalation = 0.0
 
@@ -93,23 +93,19 @@ class Dispatcher:
         read = 0
         # Retired files too (a change of the worker count retires them): alarms committed
         # in a worker's last moments may not have been imported yet.
-        for path in sorted(self.paths.root.glob("evaluation-*-of-*.*")):
-            source = self._source(path)
+        for evaluation in self.paths.evaluation_files():
+            source = self._source(evaluation.path)
             if source is None:
                 continue
-            try:
-                (file_id,), = source.execute("SELECT value FROM meta WHERE key = 'file_id'")
-                rows = source.execute(
-                    "SELECT rowid, doc, received_ms FROM alarms WHERE rowid > ? ORDER BY rowid "
-                    "LIMIT ?", (self.alarms.position(file_id), READ_ALARMS)).fetchall()
-            except (sqlite3.OperationalError, ValueError):   # not set up by its worker yet
+            file_id = source.file_id()
+            stored = source.alarms_after(self.alarms.position(file_id), READ_ALARMS)
+            if not stored:
                 continue
-            if not rows:
-                continue
-            incoming = [self._incoming(Alarm.from_json(doc, received)) for _, doc, received in rows]
+            incoming = [self._incoming(Alarm.from_json(a.json_text, a.received_ms))
+                        for a in stored]
             self.alarms.add(incoming, _wall_ms(), set(self.webhooks),
-                            positions={file_id: rows[-1][0]})
-            read = max(read, len(rows))
+                            positions={file_id: stored[-1].rowid})
+            read = max(read, len(stored))
         return read
 
     def publish_changes(self) -> int:
@@ -140,16 +136,17 @@ class Dispatcher:
         if self.registry_store.version() != self.registry.version:
             self.registry = self.registry_store.load()
 
-    def _source(self, path: Path) -> sqlite3.Connection | None:
+    def _source(self, path: Path) -> EvaluationReader | None:
+        """The reader of a worker's file; None while the worker has not set it up yet."""
         try:
             key = (path.name, path.stat().st_ino)   # a retired file's successor is new
-        except OSError:                             # retired between glob and stat
+        except OSError:                             # retired between listing and stat
             return None
         if key not in self._sources:
-            if not re.fullmatch(r"evaluation-\d+-of-\d+\.(sqlite|retired)", path.name):
+            try:
+                self._sources[key] = EvaluationReader(path)
+            except NotReadyError:
                 return None
-            self._sources[key] = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro",
-                                                 uri=True, isolation_level=None)
         return self._sources[key]
 
     def _bind_pub(self, ctx: zmq.Context, settings: Settings) -> zmq.Socket:
@@ -175,8 +172,8 @@ class Dispatcher:
         if self.authenticator is not None:
             self.authenticator.stop()
         self.nudges.close(linger=0)
-        for db in self._sources.values():
-            db.close()
+        for source in self._sources.values():
+            source.close()
         self.alarms.close()
         self.registry_store.close()
 

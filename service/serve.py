@@ -43,8 +43,7 @@ def _child_stop_flag() -> Callable[[], bool]:
 
 def _write_pid(settings: Settings, name: str) -> None:
     """<storage>/<name>.pid: which process is which, for operators (and the kill -9 tests)."""
-    paths = EnginePaths.create(settings.storage.path)
-    (paths.root / f"{name}.pid").write_text(f"{os.getpid()}\n")
+    EnginePaths.create(settings.storage.path).pid_file(name).write_text(f"{os.getpid()}\n")
 
 
 def _logging(level: int = logging.INFO) -> None:
@@ -198,40 +197,36 @@ def check_worker_count(paths: EnginePaths, workers: int) -> None:
 
     Workers partition subjects by ``subject % N`` and keep checkpoints per partition, so
     a new N starts new evaluation files. That is safe only once every partition of the
-    old N has evaluated everything stored: then the new files start at the end.
+    old N has evaluated everything stored: then the new files start at the end. Every
+    evaluation file is opened by a writer here first, which brings it (retired ones too,
+    which no worker opens) to the current schema.
     """
-    import re
-
     from engine.config import ConfigError
     from service.evaluation_store import EvaluationStore
 
     old = {}
-    for path in paths.root.glob("evaluation-*-of-*.sqlite"):
-        k, n = map(int, re.findall(r"\d+", path.name)[-2:])
-        if n != workers:
-            store = EvaluationStore(path)
-            old[path] = store.checkpoint()
-            store.close()
+    for evaluation in paths.evaluation_files():
+        with EvaluationStore(evaluation.path) as store:
+            if not evaluation.retired and evaluation.count != workers:
+                old[evaluation] = store.checkpoint()
     if not old:
         return
     from ingest.store import StoreReader
 
     last = 0
     if paths.fixes_db.exists():
-        reader = StoreReader(paths.fixes_db)
-        last = reader.last_seq()
-        reader.close()
+        with StoreReader(paths.fixes_db) as reader:
+            last = reader.last_seq()
     if min(old.values()) < last:
-        counts = sorted({int(re.findall(r"\d+", p.name)[-1]) for p in old})
-        raise ConfigError(f"stored fixes are still being evaluated by {counts[0]} worker(s); "
-                          f"start with --workers {counts[0]} until they are done, then change")
-    for path in old:  # caught up: the new partitions start after the last stored batch
-        path.rename(path.with_suffix(".retired"))
+        count = min(evaluation.count for evaluation in old)
+        raise ConfigError(f"stored fixes are still being evaluated by {count} worker(s); "
+                          f"start with --workers {count} until they are done, then change")
+    for evaluation in old:  # caught up: the new partitions start after the last stored batch
+        evaluation.path.rename(paths.retired(evaluation.path))
     for k in range(workers):
-        store = EvaluationStore(paths.worker_db(k, workers))
-        if store.checkpoint() == 0:
-            store.start_after(last)
-        store.close()
+        with EvaluationStore(paths.worker_db(k, workers)) as store:
+            if store.checkpoint() == 0:
+                store.start_after(last)
 
 
 def serve(settings: Settings, workers: int = 1, insecure: bool = False,

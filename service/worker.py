@@ -9,7 +9,7 @@ of `Worker`:
                   (`alerts.evaluation`)
     check_clock   about once a second, fixes or not: signal_lost, feed_outage,
                   permit_overstay (`alerts.clock_rules`)
-    commit        results, alarms, checkpoint and (every few seconds) the rules state, in
+    commit        alarms, checkpoint and (every few seconds) the rules state, in
                   one transaction of its own file (`service.evaluation_store`)
     announce      nudge the dispatcher when alarms were stored, report progress to the
                   ingest process (`engine.messages`)
@@ -31,7 +31,7 @@ import zmq
 
 import geofence
 from alerts.alarms import Alarm
-from alerts.clock_rules import Carriers, ClockRules, RulesClock, wall_ms
+from alerts.clock_rules import Carriers, ClockRules, RulesClock
 from alerts.evaluation import Evaluation
 from alerts.registry import RegistryStore
 from alerts.subject_book import SubjectBook
@@ -57,8 +57,8 @@ RESUME_WITHIN_MS = 10 * 60 * 1000   # a restart this soon after the last clock c
 class Round:
     """What one pass of the loop produced, until it is committed and announced."""
 
-    rows: list[tuple] = field(default_factory=list)            # (seq, fixes, in, unsure, out, ms)
-    alarms: list[tuple[int, Alarm]] = field(default_factory=list)   # (seq, alarm)
+    last_seq: int | None = None     # the last batch evaluated (None: none this round)
+    alarms: list[Alarm] = field(default_factory=list)
     verdicts: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))
     kernel_s: float = 0.0
     late: int = 0
@@ -146,7 +146,7 @@ class Worker:
         batches = self.read()
         round_ = self.evaluate(batches)
         now = time.monotonic()
-        round_.alarms += [(self.position, a) for a in self.check_clock(now)]
+        round_.alarms += self.check_clock(now)
         self.commit(round_, now)
         self.announce(round_)
         return bool(batches)
@@ -169,10 +169,10 @@ class Worker:
             if len(mine):
                 result = self.evaluation.run(mine, carrier, batch.received_ms)
                 counts = result.verdicts
-                round_.alarms += [(batch.seq, a) for a in result.alarms]
+                round_.alarms += result.alarms
                 round_.kernel_s += result.kernel_s
                 round_.late += result.late
-            round_.rows.append((batch.seq, len(mine), *map(int, counts), wall_ms()))
+            round_.last_seq = batch.seq
             round_.verdicts += counts
         return round_
 
@@ -198,17 +198,17 @@ class Worker:
         return alarms
 
     def commit(self, round_: Round, now: float) -> None:
-        """Results, alarms, checkpoint and a due snapshot: one transaction."""
+        """Alarms, checkpoint and a due snapshot: one transaction."""
+        evaluated = round_.last_seq is not None
         snapshot = None
-        if now >= self._next_snapshot or (round_.alarms and not round_.rows):
+        if now >= self._next_snapshot or (round_.alarms and not evaluated):
             snapshot = self.evaluation.rules.snapshot()
             self._next_snapshot = now + snapshot_interval_s(len(snapshot))
-        if round_.rows or round_.alarms or snapshot is not None:
-            self.results.commit(round_.rows, round_.alarms, snapshot, self.carriers.rows(),
-                                self.checked_until,
-                                position=round_.rows[-1][0] if round_.rows else self.position)
-        if round_.rows:
-            self.position = round_.rows[-1][0]
+        self.results.commit(round_.last_seq, round_.alarms, snapshot, self.carriers.rows(),
+                            self.checked_until,
+                            position=round_.last_seq if evaluated else self.position)
+        if evaluated:
+            self.position = round_.last_seq
 
     def announce(self, round_: Round) -> None:
         """Nudge the dispatcher for new alarms; report a new checkpoint to the ingest."""
@@ -217,7 +217,7 @@ class Worker:
                 self._nudge.send(ALARMS_STORED, zmq.NOBLOCK)
             except zmq.Again:
                 pass
-        if round_.rows and self.position > self.done:
+        if round_.last_seq is not None and self.position > self.done:
             self.done = self.position
             self._report.send(WorkerReport(
                 self.index, self.done, round_.late, tuple(int(v) for v in round_.verdicts),

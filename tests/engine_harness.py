@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from engine.paths import EnginePaths
 from ingest.protocol import decode_ack
 
 COUNTIES = ["370402", "370403", "370404", "370405", "370406", "370481"]
@@ -70,6 +71,8 @@ class Engine:
     def __init__(self, config: Path, workers: int = 1):
         self.config = config
         self.root = config.parent / "data"
+        self.paths = EnginePaths(self.root)
+        self.workers = workers
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "--config", str(config), "serve",
@@ -113,7 +116,7 @@ class Engine:
         return values
 
     def pid(self, name: str) -> int:
-        return int((self.root / f"{name}.pid").read_text())
+        return int(self.paths.pid_file(name).read_text())
 
     def kill9(self, name: str) -> None:
         os.kill(self.pid(name), signal.SIGKILL)
@@ -139,19 +142,24 @@ class Engine:
     def alarm_store(self):
         from alerts.alarm_store import AlarmStore
 
-        return AlarmStore(self.root / "alarms.sqlite")
+        return AlarmStore(self.paths.alarms_db)
 
-    def evaluation_totals(self) -> dict:
-        from service.evaluation_store import EvaluationStore
+    def evaluated_fixes(self) -> int:
+        """Stored fixes that every worker has evaluated: those of the batches up to the
+        lowest checkpoint of this engine's evaluation files (0 before each has one)."""
+        from engine.database import NotReadyError
+        from ingest.store import StoreReader
+        from service.evaluation_store import EvaluationReader
 
-        totals = {"batches": 0, "fixes": 0}
-        for path in self.root.glob("evaluation-*.sqlite"):
-            store = EvaluationStore(path)
-            t = store.totals()
-            store.close()
-            totals["batches"] += t["batches"]
-            totals["fixes"] += t["fixes"]
-        return totals
+        checkpoints = []
+        try:
+            for k in range(self.workers):
+                with EvaluationReader(self.paths.worker_db(k, self.workers)) as reader:
+                    checkpoints.append(reader.checkpoint())
+            with StoreReader(self.paths.fixes_db) as store:
+                return store.stats()["fixes"] - store.fixes_after(min(checkpoints))
+        except NotReadyError:   # a file not created yet
+            return 0
 
 
 class Carrier:

@@ -7,7 +7,6 @@ import pytest
 
 from alerts.alarm_store import AlarmStateError, AlarmStore, Incoming, UnknownAlarmError
 from alerts.alarms import Alarm
-from alerts.outbox import Outbox
 from engine.messages import topic
 
 CITY, COUNTY, TOWN = ("3704",), ("3704", "370402"), ("3704", "370402", "370402001")
@@ -124,9 +123,7 @@ def test_webhooks_are_enqueued_with_the_alarm_for_offices_that_have_one(store, t
     db.close()
     assert rows == [("a1", "370402001", "copy"), ("a1", "370481001", "raised"),
                     ("a2", "370402", "escalated-1")]
-    outbox = Outbox(tmp_path / "alarms.sqlite")
-    assert outbox.pending() == 3
-    outbox.close()
+    assert store.outbox().pending() == 3
 
 
 def test_query_filters_and_office_scoping(store):

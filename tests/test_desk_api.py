@@ -31,7 +31,6 @@ from ingest.fixes import FixColumns
 from ingest.store import BatchRecord, Store
 from engine.config import Desk, Settings, Storage
 from desk import events, make_app, run_desk
-from desk.stores import desk_db
 from desk.tracks import read_track
 from desk.users import UserStore
 from engine.paths import EnginePaths
@@ -97,7 +96,7 @@ def template(tmp_path_factory):
     registry = RegistryStore(paths.registry_db)
     registry.import_document(REGISTRY, *code_checkers())
     registry.close()
-    with UserStore(desk_db(paths)) as users:
+    with UserStore(paths.desk_db) as users:
         for name, office in USERS.items():
             users.add(name, office, PASSWORD)
     store = AlarmStore(paths.alarms_db)
@@ -650,12 +649,12 @@ def test_a_busy_stream_ends_when_its_session_is_revoked_or_the_users_office_chan
             async with serving(settings, paths) as server, \
                     logged_in(server, "city", "town1") as (city, town1):
                 async with city.get(server.make_url("/api/events")) as stream:
-                    with UserStore(desk_db(paths)) as users:   # geofence user add --replace
+                    with UserStore(paths.desk_db) as users:   # geofence user add --replace
                         users.add("city", CITY, "a-new-password", replace=True)
                     assert (await get(city, server, "/api/me"))[0] == 401
                     assert await events_until_the_end(stream, writer) < 6
                 async with town1.get(server.make_url("/api/events")) as stream:
-                    with sqlite3.connect(desk_db(paths)) as db:  # town1 moves to T2
+                    with sqlite3.connect(paths.desk_db) as db:  # town1 moves to T2
                         db.execute("UPDATE users SET office = ? WHERE name = 'town1'", (T2,))
                     assert (await get(town1, server, "/api/me"))[1]["office"] == T2
                     assert await events_until_the_end(stream, writer) < 6

@@ -9,6 +9,7 @@ import pytest
 
 from alerts.registry import RegistryStore
 from service import cli
+from engine.paths import EnginePaths
 from desk.users import (ADDRESS_ATTEMPTS_FACTOR, LOGIN_WINDOW_S, SALT_BYTES,
                                 UserError, UserStore, hash_password, verify_password)
 
@@ -107,7 +108,7 @@ def engine(tmp_path):
     config = tmp_path / "geofence.toml"
     config.write_text(f'[storage]\npath = "{tmp_path / "data"}"\n')
     (tmp_path / "data").mkdir()
-    registry = RegistryStore(tmp_path / "data" / "registry.sqlite")
+    registry = RegistryStore(EnginePaths(tmp_path / "data").registry_db)
     registry.import_document(OFFICES, lambda code: True, lambda code: False)
     registry.close()
     return config
@@ -136,7 +137,7 @@ def test_user_add_reads_the_password_from_stdin_and_user_list_shows_it(engine, m
     assert (code, err) == (0, "") and "wang" in out and "中心街司法所" in out
     code, out, _ = geofence(monkeypatch, capsys, "", "--config", str(engine), "user", "list")
     assert code == 0 and out.startswith("wang\t370402001\t")
-    with UserStore(engine.parent / "data" / "desk.sqlite") as users:
+    with UserStore(EnginePaths(engine.parent / "data").desk_db) as users:
         assert verify_password("s3cret pass", users.password_hash("wang"))
     code, _, err = geofence(monkeypatch, capsys, "other pass\n", "--config", str(engine),
                             "user", "add", "wang", "--office", "3704")
@@ -158,7 +159,7 @@ def test_user_add_refuses_bad_input_with_one_line_and_exit_2(engine, monkeypatch
                               "add", "wang", *argv)
     assert code == 2 and out == ""
     assert err.startswith("geofence: error: ") and reason in err and err.count("\n") == 1
-    with UserStore(engine.parent / "data" / "desk.sqlite") as users:
+    with UserStore(EnginePaths(engine.parent / "data").desk_db) as users:
         assert users.list() == []
 
 

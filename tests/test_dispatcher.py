@@ -35,16 +35,16 @@ def test_every_stored_alarm_is_imported_once_even_when_a_worker_file_is_replaced
             d.close()
 
     worker = EvaluationStore(paths.worker_db(0, 1))
-    worker.commit([(1, 1, 0, 0, 1, 0)], [(1, alarm(1)), (1, alarm(2))])
+    worker.commit(1, [alarm(1), alarm(2)])
     worker.close()
     assert dispatch() == {alarm(1).id, alarm(2).id}
     assert dispatch() == {alarm(1).id, alarm(2).id}        # a restart imports nothing twice
     worker = EvaluationStore(paths.worker_db(0, 1))        # its last moments, then retired
-    worker.commit([(2, 0, 0, 0, 0, 0)], [(2, alarm(4))])
+    worker.commit(2, [alarm(4)])
     worker.close()
-    paths.worker_db(0, 1).rename(paths.worker_db(0, 1).with_suffix(".retired"))
+    paths.worker_db(0, 1).rename(paths.retired(paths.worker_db(0, 1)))
     worker = EvaluationStore(paths.worker_db(0, 1))        # a new file at the same path
-    worker.commit([(2, 1, 0, 0, 1, 0)], [(2, alarm(3))])
+    worker.commit(2, [alarm(3)])
     worker.close()
     assert dispatch() == {alarm(1).id, alarm(2).id, alarm(3).id, alarm(4).id}
     ctx.term()

@@ -14,11 +14,12 @@ import shapely
 import zmq
 
 from alerts.alarms import alarm_id
+from engine.database import NotReadyError
 from geofence import Layer
 from geofence.synthetic import zaozhuang_geojson
 from ingest.protocol import encode_cols
 from service.cli import main as cli
-from service.evaluation_store import EvaluationStore
+from service.evaluation_store import EvaluationReader
 from tests.engine_harness import Carrier, Engine, population_document, write_config
 
 
@@ -80,10 +81,13 @@ def test_exit_and_return_raise_one_alarm_each_even_across_a_worker_kill(tmp_path
 
 def all_alarms(engine: Engine) -> list[dict]:
     found = []
-    for path in engine.root.glob("evaluation-*.sqlite"):
-        store = EvaluationStore(path)
-        found += store.alarms()
-        store.close()
+    for evaluation in engine.paths.evaluation_files():
+        try:
+            reader = EvaluationReader(evaluation.path)
+        except NotReadyError:   # its worker is creating it
+            continue
+        with reader:
+            found += [json.loads(a.json_text) for a in reader.alarms_after(0, 10_000)]
     return sorted(found, key=lambda a: a["t"])
 
 

@@ -140,7 +140,7 @@ def test_kill9_of_the_whole_engine_mid_stream_leaves_every_expected_alarm_once(t
 
 
 def _raised(engine: Engine) -> dict[str, str]:
-    if not (engine.root / "alarms.sqlite").exists():
+    if not engine.paths.alarms_db.exists():
         return {}
     store = engine.alarm_store()
     try:

@@ -20,9 +20,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from alerts import outbox
+from alerts.alarm_store import connect_alarms
 from alerts.outbox import Outbox
 from alerts.webhooks import (Webhook, WebhookConfigError, WebhookSender, backoff_ms,
                              parse_webhooks, signature)
+from engine.database import transaction
 
 SECRET_A = "secret-of-370402001"
 SECRET_B = "secret-of-370403001"
@@ -141,21 +143,23 @@ def body_of(alarm_id: str, office: str) -> bytes:
 
 def enqueue_alarms(path, office: str, ids: list[str], now_ms: int | None = None) -> None:
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    with closing(sqlite3.connect(path)) as conn:
-        outbox.create_tables(conn)
+    with closing(connect_alarms(path)) as conn, transaction(conn):
         for alarm_id in ids:
             assert outbox.enqueue(conn, alarm_id, office, "raised", body_of(alarm_id, office),
                                   now_ms)
-        conn.commit()
+
+
+def open_outbox(path) -> Outbox:
+    return Outbox(connect_alarms(path))
 
 
 def stats(path) -> dict[str, int]:
-    with Outbox(path) as box:
+    with open_outbox(path) as box:
         return box.stats()
 
 
 def pending(path) -> int:
-    with Outbox(path) as box:
+    with open_outbox(path) as box:
         return box.pending()
 
 
@@ -270,17 +274,13 @@ def test_rows_of_an_office_without_webhook_wait_and_are_logged_once(tmp_path, re
 
 def test_enqueue_joins_the_callers_transaction(tmp_path):
     path = tmp_path / "alarms.sqlite"
-    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        outbox.create_tables(conn)
-        outbox.create_tables(conn)                    # safe to run again
+    with closing(connect_alarms(path)) as conn:     # the alarm store creates the tables
         conn.execute("BEGIN IMMEDIATE")
         assert outbox.enqueue(conn, "a-1", OFFICE_A, "raised", b"{}", 1000)
         conn.execute("ROLLBACK")
         assert pending(path) == 0
 
         conn.execute("BEGIN IMMEDIATE")
-        outbox.create_tables(conn)                    # DDL only: keeps the transaction open
-        assert conn.in_transaction
         assert outbox.enqueue(conn, "a-1", OFFICE_A, "raised", b"{}", 1000)
         assert not outbox.enqueue(conn, "a-1", OFFICE_A, "raised", b"{}", 2000)
         assert outbox.enqueue(conn, "a-1", OFFICE_A, "escalated-1", b"{}", 2000)
@@ -291,7 +291,7 @@ def test_enqueue_joins_the_callers_transaction(tmp_path):
 
 def test_outbox_due_failed_delivered_age_purge(tmp_path):
     path = tmp_path / "alarms.sqlite"
-    with Outbox(path) as box:
+    with open_outbox(path) as box:
         with closing(sqlite3.connect(path)) as conn:
             outbox.enqueue(conn, "a-1", OFFICE_A, "raised", b"1", 1_000)
             outbox.enqueue(conn, "a-2", OFFICE_A, "raised", b"2", 2_000)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import zmq
 
+from alerts.alarms import Alarm
 from alerts.registry import RegistryStore
 from engine.config import Settings, Storage
 from engine.layers import code_checkers, load_layers
@@ -44,6 +45,10 @@ def store_batch(paths: EnginePaths, batch: int, t_ms: list[int]) -> None:
         store.commit([BatchRecord("cmcc", batch, t_ms[-1] + 500, fixes, "ok")])
 
 
+def stored_alarms(worker: Worker) -> list[Alarm]:
+    return [Alarm.from_json(a.json_text) for a in worker.results.alarms_after(0, 100)]
+
+
 def test_one_step_evaluates_commits_nudges_and_reports(data):
     settings, paths = data
     ctx = zmq.Context()
@@ -59,14 +64,14 @@ def test_one_step_evaluates_commits_nudges_and_reports(data):
 
         assert worker.step() is True
         assert worker.results.checkpoint() == worker.position == 1
-        [alarm] = worker.results.alarms()
-        assert (alarm["type"], alarm["subject"], alarm["t"]) == ("zone_exit", "S1", T0 + 60_000)
+        [alarm] = stored_alarms(worker)
+        assert (alarm.type, alarm.subject, alarm.t_ms) == ("zone_exit", "S1", T0 + 60_000)
         assert nudges.recv() == ALARMS_STORED
         report = WorkerReport.decode(reports.recv())
         assert (report.seq, report.verdicts, report.restarts) == (1, (0, 0, 2), 2)
 
         assert worker.step() is False               # nothing new: nothing committed
-        assert worker.results.checkpoint() == 1 and len(worker.results.alarms()) == 1
+        assert worker.results.checkpoint() == 1 and len(stored_alarms(worker)) == 1
         assert reports.poll(100) == 0
     finally:
         worker.close()
@@ -94,7 +99,7 @@ def test_a_restarted_worker_resumes_after_its_checkpoint_and_raises_nothing_twic
         assert again.done == 1
         again.step()
         assert again.results.checkpoint() == 2
-        assert [a["type"] for a in again.results.alarms()] == ["zone_exit"]
+        assert [a.type for a in stored_alarms(again)] == ["zone_exit"]
     finally:
         again.close()
         ctx.destroy(0)

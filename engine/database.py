@@ -1,0 +1,178 @@
+"""How every engine process opens its SQLite files, writes to them and upgrades them.
+
+Each file has one owning module (`ingest.store`, `service.evaluation_store`,
+`alerts.alarm_store`, `alerts.registry`, `desk.users`) holding its `Schema`, its writer
+and its reader; they all open connections with `connect`, write inside `transaction`, and
+their files are upgraded by `migrate`, so every file behaves the same way:
+
+- WAL journal: readers in other processes never block the writer, nor it them;
+- `sync` ("normal" or "full", `[storage] sync`): what a commit survives (SPEC §9);
+- a busy timeout, so a second writer waits for the lock instead of failing at once;
+- a schema version in `PRAGMA user_version`: a writer upgrades the file step by step when
+  it opens it; a reader never changes it and waits until its writer has; a file newer
+  than the code, or another program's file, is refused and left as it is.
+"""
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from geofence.errors import GeofenceError
+
+SYNC_MODES = ("normal", "full")
+BUSY_TIMEOUT_S = 30.0
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+class DatabaseError(GeofenceError):
+    """A SQLite file cannot be opened, upgraded or used; the message names the file."""
+
+
+class NotReadyError(DatabaseError):
+    """The file does not exist yet, or its writer has not brought it to this code's schema
+    version yet (a reader opened it first): try again later."""
+
+
+class SyncModeError(DatabaseError, ValueError):
+    """`[storage] sync` is not one of SYNC_MODES; fix the config."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A file's schema history.
+
+    `steps[k]` turns version k into k+1 (so the current version is len(steps)). Step 1
+    accepts what the engine wrote before its files had versions: an empty file, or the
+    unversioned tables, created `IF NOT EXISTS`. `marker` is a table every version has: a
+    version-0 file with tables but not this one is another program's, and is refused.
+    """
+
+    name: str                       # for messages: "fixes store", "alarm store", ...
+    marker: str
+    steps: tuple[Migration, ...]
+
+    @property
+    def version(self) -> int:
+        return len(self.steps)
+
+
+def check_sync_mode(sync: str) -> str:
+    """`sync` if it is one of SYNC_MODES; SyncModeError naming the allowed values otherwise."""
+    if sync not in SYNC_MODES:
+        raise SyncModeError(f"[storage] sync must be one of {', '.join(SYNC_MODES)}; got {sync!r}")
+    return sync
+
+
+def connect(path: str | os.PathLike, schema: Schema, *, sync: str = "normal",
+            read_only: bool = False, check_same_thread: bool = True) -> sqlite3.Connection:
+    """A connection (autocommit: write with `transaction`) to a file at `schema.version`.
+
+    A writer creates the file if missing, puts it in WAL mode with `synchronous = sync`
+    and migrates it. A reader (`read_only`) opens an existing file read-only: NotReadyError
+    if there is none or it is older than the code (its writer will upgrade it).
+    """
+    check_sync_mode(sync)
+    path = Path(path)
+    where = f"{schema.name} {path}"
+    if read_only and not path.exists():
+        raise NotReadyError(f"{where} does not exist yet")
+    try:
+        if read_only:
+            db = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True,
+                                 isolation_level=None, timeout=BUSY_TIMEOUT_S,
+                                 check_same_thread=check_same_thread)
+        else:
+            db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S,
+                                 check_same_thread=check_same_thread)
+    except sqlite3.Error as e:
+        raise DatabaseError(f"{where}: open failed: {e}") from e
+    try:
+        _refuse_foreign(db, schema, where)
+        if read_only:
+            require_version(db, schema, where)
+        else:
+            mode, = db.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode.lower() != "wal":
+                raise DatabaseError(f"{where}: cannot use WAL mode (got {mode})")
+            db.execute(f"PRAGMA synchronous = {sync.upper()}")
+            migrate(db, schema, where)
+    except sqlite3.Error as e:
+        db.close()
+        raise DatabaseError(f"{where}: open failed: {e}") from e
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any error; inside another transaction on
+    the same connection it joins the outer one (which commits or rolls back everything)."""
+    if db.in_transaction:
+        yield db
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:   # SQLite may already have rolled back (disk full, I/O)
+            db.execute("ROLLBACK")
+        raise
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(db: sqlite3.Connection, schema: Schema, where: str = "") -> None:
+    """Bring the file to `schema.version`, one step per transaction (the step and its new
+    version number commit together, so a crash leaves a whole version). A file at a
+    higher version was written by newer code: DatabaseError, nothing changed."""
+    where = where or schema.name
+    found = schema_version(db)
+    if found > schema.version:
+        raise DatabaseError(f"{where} has schema version {found}; this code knows up to "
+                            f"version {schema.version} (written by a newer engine?)")
+    for version in range(found + 1, schema.version + 1):
+        with transaction(db):
+            if schema_version(db) != version - 1:   # another process upgraded it meanwhile
+                continue
+            schema.steps[version - 1](db)
+            db.execute(f"PRAGMA user_version = {version}")
+
+
+def require_version(db: sqlite3.Connection, schema: Schema, where: str = "") -> None:
+    """For readers, which never upgrade: NotReadyError while the file is older than
+    `schema.version` (its writer upgrades it on start), DatabaseError if it is newer."""
+    where = where or schema.name
+    found = schema_version(db)
+    if found < schema.version:
+        raise NotReadyError(f"{where} has schema version {found}; its writer has not yet "
+                            f"brought it to version {schema.version}")
+    if found > schema.version:
+        raise DatabaseError(f"{where} has schema version {found}; this code reads version "
+                            f"{schema.version} (written by a newer engine?)")
+
+
+def run_script(db: sqlite3.Connection, script: str) -> None:
+    """Run `;`-separated DDL statement by statement (never `executescript`, which would
+    commit the caller's open transaction)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _refuse_foreign(db: sqlite3.Connection, schema: Schema, where: str) -> None:
+    """Change nothing in another program's file (checked before WAL mode is set)."""
+    if schema_version(db):
+        return
+    tables = {name for name, in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if tables and schema.marker not in tables:
+        raise DatabaseError(f"{where} is not a geofence {schema.name} (it has tables "
+                            f"{', '.join(sorted(tables))})")
