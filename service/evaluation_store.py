@@ -55,7 +55,7 @@ class RaisedAlarm(Protocol):
     id: str
     received_ms: int | None
 
-    def json(self) -> str: ...
+    def to_json(self) -> str: ...
 
 
 class StoredAlarm(NamedTuple):

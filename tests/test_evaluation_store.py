@@ -15,7 +15,7 @@ class Raised:
     def __init__(self, alarm_id: str, received_ms: int | None = None):
         self.id, self.received_ms = alarm_id, received_ms
 
-    def json(self) -> str:
+    def to_json(self) -> str:
         return json.dumps({"id": self.id})
 
 
