@@ -72,7 +72,7 @@ def probe_points(index: LocateIndex, rng, n_random=3000):
     g = index.geometry
     xy = g.coords
     gx0, gy0, cw, ch = index.grid[CORNER_AND_CELL]
-    nx, ny = int(index.grid[grid.G_NX]), int(index.grid[grid.G_NY])
+    nx = int(index.grid[grid.G_NX])
     lo, hi = xy.min(axis=0), xy.max(axis=0)
     pad = (hi - lo) * 0.05
     pts = [xy]

@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from alerts import _rules_kernel as rk
-from alerts.rules import (BYTES_PER_SUBJECT, EVENT_TYPES, RuleState, RulesError, SnapshotError, mark_signal_lost,
-                          sort_batch)
-from alerts.rules_reference import ReferenceRules
-from geofence.verdict import IN, OUT, UNSURE
+from alerts.rules import (BYTES_PER_SUBJECT, EVENT_TYPES, RuleState, RulesError, SnapshotError,
+                          event_columns, sort_batch)
 from engine.config import Rules
+from geofence.verdict import IN, OUT, UNSURE
+from tests.rules_reference import ReferenceRules, compiled_view
 
 VERDICTS = st.sampled_from([IN, UNSURE, OUT])
 SMALL_RULES = st.builds(
@@ -67,7 +67,7 @@ class RulesMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def lose_signal(self, data):
         subjects = data.draw(st.lists(st.integers(0, len(self.key) - 1), max_size=3))
-        mark_signal_lost(self.compiled, subjects)
+        self.compiled.mark_signal_lost(subjects)
         self.reference.mark_signal_lost(subjects)
 
     @rule(key=st.booleans())
@@ -89,7 +89,7 @@ class RulesMachine(RuleBasedStateMachine):
         if hasattr(self, "compiled"):
             assert self.compiled.n_subjects == len(self.key)
             for s in range(len(self.key)):
-                assert self.compiled.view(s) == self.reference.view(s)
+                assert compiled_view(self.compiled, s) == self.reference.view(s)
 
 
 # At least 200 runs even in the quick local profile: some rule slips show only with the
@@ -121,14 +121,14 @@ def test_kernel_stops_and_resumes_without_losing_or_repeating_events():
     # The raw kernel with outputs of 5: never writes past them, returns -1, then resumes.
     state = RuleState(subjects, Rules())
     order = sort_batch(s, t)
-    out = [np.zeros(5, dt) for dt in (np.int8, np.int32, np.int64, np.int64, np.int64, np.int32)]
+    out = event_columns(5)
     late = np.zeros(n, np.uint8)
     progress = np.zeros(3, np.int64)
-    args = (s[order], t[order], order, v[order], xv[order], xz[order],
-            np.zeros(subjects, bool), state.limits)
+    batch = rk.SortedBatch(s[order], t[order], order, v[order], xv[order], xz[order])
     collected = []
     while True:
-        r = rk.apply_fixes(*state._state(), *args, *out, late, progress)
+        r = rk.apply_batch(state.kernel_state(), batch, np.zeros(subjects, bool), state.limits,
+                           out, late, progress)
         assert progress[1] <= 5
         collected += list(zip(*(a[:progress[1]].tolist() for a in out)))
         if r >= 0:
@@ -151,8 +151,10 @@ def test_snapshot_rejects_damage_and_foreign_bytes():
             fresh.restore(bad)
     assert fresh.n_subjects == 0
     fresh.restore(data)
-    assert [fresh.view(i) for i in range(4)] == [state.view(i) for i in range(4)]
-    assert fresh.exclusion_open.tolist() == [True, False, False, False]
+    assert [compiled_view(fresh, i) for i in range(4)] == [
+        compiled_view(state, i) for i in range(4)]
+    assert [compiled_view(fresh, i).exclusion_open for i in range(4)] == [
+        True, False, False, False]
 
 
 def test_bad_batches_and_settings_are_refused():
@@ -169,7 +171,7 @@ def test_bad_batches_and_settings_are_refused():
         state.apply(*ok, key=[True])
     with pytest.raises(RulesError, match="exit_fixes must be an integer in 1..255"):
         RuleState(1, Rules(exit_fixes=0))
-    assert state.view(0).newest_t_ms is None  # nothing applied
+    assert compiled_view(state, 0).newest_t_ms is None  # nothing applied
 
 
 def test_sort_batch_keeps_batch_order_for_ties_and_handles_wide_spans():
