@@ -20,6 +20,7 @@ from alerts.rules import (BYTES_PER_SUBJECT, EVENT_TYPES, RuleState, RulesError,
 from engine.config import Rules
 from geofence.verdict import IN, OUT, UNSURE
 from tests.rules_reference import ReferenceRules, compiled_view
+from tests.warm_up_check import assert_warm_up_prepares
 
 VERDICTS = st.sampled_from([IN, UNSURE, OUT])
 SMALL_RULES = st.builds(
@@ -188,3 +189,13 @@ def test_state_fits_the_budget():
     assert BYTES_PER_SUBJECT <= 64
     assert [rk.ZONE_EXIT, rk.SIGNAL_RESTORED, rk.FEED_OUTAGE] == [
         EVENT_TYPES.index(n) for n in ("zone_exit", "signal_restored", "feed_outage")]
+
+
+def test_warm_up_loads_the_kernel_a_worker_needs():
+    assert_warm_up_prepares(
+        "from alerts import rules\nrules.warm_up()", "rules.rk.apply_fixes",
+        "import numpy as np\n"
+        "from engine.config import Rules\n"
+        "state = rules.RuleState(3, Rules())\n"
+        "state.apply(np.array([0, 2], np.int32), np.array([5, 6]), np.array([0, 2], np.int8),\n"
+        "            np.array([2, 1], np.int8), np.array([-1, 0], np.int32), np.zeros(3, bool))")
