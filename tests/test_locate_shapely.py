@@ -24,7 +24,7 @@ import shapely
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from geofence import InputArrayError, Layer
+from geofence import Layer
 from geofence.synthetic import zaozhuang_geojson
 from tests.locate_reference import locate_bruteforce
 
@@ -267,12 +267,17 @@ def test_locate_equals_bruteforce_on_partitions_everywhere(data, cells):
         np.testing.assert_array_equal(layer.contains(code, x, y), expected == i)
 
 
-@pytest.mark.parametrize("lon, lat", [(np.nan, BASE_LAT), (BASE_LON, np.inf), (-500.0, 0.0)])
-def test_points_that_are_not_places_are_never_put_in_a_feature(lon, lat):
-    """Ingest validates fixes; should one slip through, it is refused or in no feature."""
+NOT_PLACES = [(np.nan, BASE_LAT), (BASE_LON, np.nan), (np.nan, np.nan), (np.inf, BASE_LAT),
+              (-np.inf, BASE_LAT), (BASE_LON, np.inf), (BASE_LON, -np.inf), (-500.0, 0.0)]
+
+
+@pytest.mark.parametrize("lon, lat", NOT_PLACES)
+def test_points_that_are_not_places_are_in_no_feature(lon, lat):
+    """The policy of `Layer.locate`: NaN or infinite coordinates are in no feature (-1),
+    never an error, on every path; the point beside them in the batch is unaffected."""
     layer = layer_of([shapely.box(BASE_LON - 1, BASE_LAT - 1, BASE_LON + 1, BASE_LAT + 1)])
-    try:
-        found = layer.locate([lon], [lat])
-    except InputArrayError:
-        return
-    assert found.tolist() == [-1]
+    x, y = np.array([lon, BASE_LON]), np.array([lat, BASE_LAT])
+    assert layer.locate(x, y).tolist() == [-1, 0]
+    assert layer.locate(x, y, parallel=True).tolist() == [-1, 0]
+    assert locate_bruteforce(layer.index, x, y).tolist() == [-1, 0]
+    assert layer.contains(layer.codes[0], x, y).tolist() == [False, True]
