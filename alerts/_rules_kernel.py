@@ -44,6 +44,10 @@ EXCLUSION_OPEN = 16       # an exclusion_entry is open (until a fix out of every
 POSSIBLE_EXCL_DONE = 32   # possible_exclusion raised in the current episode
 OUTAGE_SILENT = 64        # silent while its carrier's feed is down: no signal_lost of its own
 
+# Slots of `progress` (int64[N_PROGRESS]): the next fix to apply, events written, late fixes.
+PROGRESS_FIX, PROGRESS_EVENTS, PROGRESS_LATE = 0, 1, 2
+N_PROGRESS = 3
+
 # Columns of the thresholds array `limits` (names as in `engine.config.Rules`).
 LIMIT_NAMES = ("exit_fixes", "exit_fixes_key", "return_fixes", "possible_exit_fixes",
                "exclusion_fixes", "possible_exclusion_fixes")
@@ -207,17 +211,17 @@ def apply_fixes(newest_t_ms, exit_t_ms, verdict, flags, out_run, in_run, nonin_r
     thresholds (columns `L_*`), the fields of `EventColumns`, `late` and `progress`; call it
     through `apply_batch`, which passes them by name.
 
-    `progress` (int64[3]: next fix, events written, late fixes) is where the call starts
+    `progress` (slots `PROGRESS_*`: next fix, events written, late fixes) is where it starts
     and, on return, where it stopped. The kernel stops before a fix whose events might not
     fit (`MAX_EVENTS_PER_FIX`) and returns -1: everything before is applied and written,
-    so the caller grows the outputs (keeping the first ``progress[1]`` events) and calls
-    again to finish. `late[i]` is set to 1 for a late fix, 0 otherwise.
+    so the caller grows the outputs (keeping the events written so far) and calls again
+    to finish. `late[i]` is set to 1 for a late fix, 0 otherwise.
     """
     n = len(subject)
     capacity = len(ev_type)
-    i = progress[0]
-    n_ev = progress[1]
-    n_late = progress[2]
+    i = progress[PROGRESS_FIX]
+    n_ev = progress[PROGRESS_EVENTS]
+    n_late = progress[PROGRESS_LATE]
     stopped = False
     while i < n and not stopped:
         if n_ev + MAX_EVENTS_PER_FIX > capacity:
@@ -249,7 +253,7 @@ def apply_fixes(newest_t_ms, exit_t_ms, verdict, flags, out_run, in_run, nonin_r
                                             ev_zone, n_ev)
                 flags[s] = fl
             i += 1
-    progress[0] = i
-    progress[1] = n_ev
-    progress[2] = n_late
+    progress[PROGRESS_FIX] = i
+    progress[PROGRESS_EVENTS] = n_ev
+    progress[PROGRESS_LATE] = n_late
     return -1 if stopped else n_ev

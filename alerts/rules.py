@@ -172,16 +172,17 @@ class RuleState:
         order = sort_batch(s, t)
         batch = rk.SortedBatch(s[order], t[order], order, v[order], xv[order], xz[order])
         late = np.empty(n, np.uint8)
-        progress = np.zeros(3, np.int64)
+        progress = np.zeros(rk.N_PROGRESS, np.int64)
         out = event_columns(n + 16 if capacity is None else max(int(capacity), 0))
         while rk.apply_batch(self.kernel_state(), batch, keys, self.limits, out, late,
                              progress) < 0:
-            written, left = int(progress[1]), n - int(progress[0])
+            written = int(progress[rk.PROGRESS_EVENTS])
+            left = n - int(progress[rk.PROGRESS_FIX])
             out = event_columns(written + rk.MAX_EVENTS_PER_FIX * left, keep=out,
                                 n_keep=written)
         if fixes is not None:
             self._remember_last(batch.subject, order, late.view(bool), fixes, carrier)
-        m = int(progress[1])
+        m = int(progress[rk.PROGRESS_EVENTS])
         return Events(**{name: column[:m].copy() for name, column in out._asdict().items()},
                       late=np.sort(order[late.view(bool)]))
 

@@ -107,7 +107,7 @@ def time_kernel(n: int, batches, key):
         sort_s += time.perf_counter() - start
         sorted_batch = rk.SortedBatch(s[order], t[order], order, v[order], xv[order], xz[order])
         late = np.empty(BATCH, np.uint8)
-        progress = np.zeros(3, np.int64)
+        progress = np.zeros(rk.N_PROGRESS, np.int64)
         out = event_columns(BATCH + 16)
         start = time.perf_counter()
         done = rk.apply_batch(arrays, sorted_batch, key, limits, out, late, progress)

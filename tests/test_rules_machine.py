@@ -124,18 +124,19 @@ def test_kernel_stops_and_resumes_without_losing_or_repeating_events():
     order = sort_batch(s, t)
     out = event_columns(5)
     late = np.zeros(n, np.uint8)
-    progress = np.zeros(3, np.int64)
+    progress = np.zeros(rk.N_PROGRESS, np.int64)
     batch = rk.SortedBatch(s[order], t[order], order, v[order], xv[order], xz[order])
     collected = []
     while True:
         r = rk.apply_batch(state.kernel_state(), batch, np.zeros(subjects, bool), state.limits,
                            out, late, progress)
-        assert progress[1] <= 5
-        collected += list(zip(*(a[:progress[1]].tolist() for a in out)))
+        written = progress[rk.PROGRESS_EVENTS]
+        assert written <= 5
+        collected += list(zip(*(a[:written].tolist() for a in out)))
         if r >= 0:
             break
-        progress[1] = 0
-    assert progress[0] == n and progress[2] == len(want.late)
+        progress[rk.PROGRESS_EVENTS] = 0
+    assert progress[rk.PROGRESS_FIX] == n and progress[rk.PROGRESS_LATE] == len(want.late)
     assert len(collected) == len(want) - subjects  # no signal_restored in this run
 
 
