@@ -225,6 +225,10 @@ class RuleState:
     def clear_flags(self, subjects, bits: int) -> None:
         self._arrays["flags"][self._subjects(subjects)] &= np.uint8(~bits & 0xFF)
 
+    def kernel_state(self) -> rk.State:
+        """The kernel's arrays themselves (not copies): for `_rules_kernel.apply_batch`."""
+        return rk.State(*(self._arrays[name] for name, _, _ in rk.STATE_FIELDS))
+
     # -- persistence -----------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
@@ -262,10 +266,6 @@ class RuleState:
         self._arrays = arrays
 
     # -- checks ----------------------------------------------------------------------------
-
-    def kernel_state(self) -> rk.State:
-        """The kernel's arrays themselves (not copies): for `_rules_kernel.apply_batch`."""
-        return rk.State(*(self._arrays[name] for name, _, _ in rk.STATE_FIELDS))
 
     def _subjects(self, subjects) -> np.ndarray:
         idx = _integers(subjects, "subjects", np.int32)
