@@ -132,7 +132,7 @@ class AreaSet:
         return _Area(member, np.array(zones, np.int32), segs, params, coarse, edt.reshape(-1),
                      offsets, ids)
 
-    def tables(self) -> "AreaTables":
+    def tables(self) -> AreaTables:
         """The areas concatenated for the kernels (rebuilt after a new area is added)."""
         if self._tables is None:
             self._tables = _concatenate(self._areas, len(self.jurisdictions))

@@ -2,9 +2,9 @@
 
 The grid must never change an answer of the crossing rule: every point gets the same
 feature as `tests.locate_reference.locate_bruteforce`, bit for bit. Points that stress the
-grid are probed on purpose: vertices and edge midpoints (on the boundaries), corners of mixed cells and
-points on their right and top borders (where the mixed-cell parity is anchored), lines
-of the sub-cell tables, and each of those nudged by one ulp either way.
+grid are probed on purpose: vertices and edge midpoints (on the boundaries), corners of
+mixed cells and points on their right and top borders (where the mixed-cell parity is
+anchored), lines of the sub-cell tables, and each of those nudged by one ulp either way.
 """
 
 import numpy as np
