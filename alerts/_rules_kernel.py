@@ -17,6 +17,8 @@ no new information about *when*, and taking the first one (in batch order, the s
 stable) keeps the result independent of how fixes were split into batches.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 from geofence._jit import body, kernel
@@ -42,6 +44,10 @@ EXCLUSION_OPEN = 16       # an exclusion_entry is open (until a fix out of every
 POSSIBLE_EXCL_DONE = 32   # possible_exclusion raised in the current episode
 OUTAGE_SILENT = 64        # silent while its carrier's feed is down: no signal_lost of its own
 
+# Slots of `progress` (int64[N_PROGRESS]): the next fix to apply, events written, late fixes.
+PROGRESS_FIX, PROGRESS_EVENTS, PROGRESS_LATE = 0, 1, 2
+N_PROGRESS = 3
+
 # Columns of the thresholds array `limits` (names as in `engine.config.Rules`).
 LIMIT_NAMES = ("exit_fixes", "exit_fixes_key", "return_fixes", "possible_exit_fixes",
                "exclusion_fixes", "possible_exclusion_fixes")
@@ -59,7 +65,39 @@ STATE_FIELDS = (
     ("excl_in_run", np.uint8, 0),         # consecutive fixes in an exclusion zone
     ("excl_run", np.uint8, 0),            # consecutive fixes not out of every zone
 )
-BYTES_PER_SUBJECT = sum(np.dtype(dt).itemsize for _, dt, _ in STATE_FIELDS)
+State = NamedTuple("State", [(name, np.ndarray) for name, _, _ in STATE_FIELDS])
+State.__doc__ = "Per-subject rule state, one array per field of `STATE_FIELDS`."
+
+# (name, dtype) of the event outputs: per event its code, subject, triggering fix (index in
+# the caller's batch), that fix's t, the linked t (`NO_TIME` when none) and its zone.
+EVENT_FIELDS = (("type", np.int8), ("subject", np.int32), ("fix", np.int64),
+                ("t_ms", np.int64), ("linked_t_ms", np.int64), ("zone", np.int32))
+EventColumns = NamedTuple("EventColumns", [(name, np.ndarray) for name, _ in EVENT_FIELDS])
+EventColumns.__doc__ = "Event output arrays of `apply_fixes`, one per field of `EVENT_FIELDS`."
+
+
+class SortedBatch(NamedTuple):
+    """A batch sorted by (subject, t): per fix its subject, t, index in the caller's batch,
+    area verdict, worst exclusion verdict and that zone (`NO_ZONE` when none)."""
+
+    subject: np.ndarray
+    t_ms: np.ndarray
+    fix: np.ndarray
+    verdict: np.ndarray
+    excl_verdict: np.ndarray
+    excl_zone: np.ndarray
+
+
+def apply_batch(state: State, batch: SortedBatch, key, limits, events: EventColumns, late,
+                progress) -> int:
+    """`apply_fixes` on named tables: the one place that lays them out as its arguments."""
+    return apply_fixes(state.newest_t_ms, state.exit_t_ms, state.verdict, state.flags,
+                       state.out_run, state.in_run, state.nonin_run, state.excl_in_run,
+                       state.excl_run,
+                       batch.subject, batch.t_ms, batch.fix, batch.verdict, batch.excl_verdict,
+                       batch.excl_zone, key, limits,
+                       events.type, events.subject, events.fix, events.t_ms,
+                       events.linked_t_ms, events.zone, late, progress)
 
 
 @body
@@ -169,17 +207,21 @@ def apply_fixes(newest_t_ms, exit_t_ms, verdict, flags, out_run, in_run, nonin_r
                 ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone, late, progress):
     """Apply a batch sorted by (subject, t) to the state; write events; return their count.
 
-    `progress` (int64[3]: next fix, events written, late fixes) is where the call starts
+    Arguments: the fields of `State`, of `SortedBatch`, the per-subject risk keys, the
+    thresholds (columns `L_*`), the fields of `EventColumns`, `late` and `progress`; call it
+    through `apply_batch`, which passes them by name.
+
+    `progress` (slots `PROGRESS_*`: next fix, events written, late fixes) is where it starts
     and, on return, where it stopped. The kernel stops before a fix whose events might not
     fit (`MAX_EVENTS_PER_FIX`) and returns -1: everything before is applied and written,
-    so the caller grows the outputs (keeping the first ``progress[1]`` events) and calls
-    again to finish. `late[i]` is set to 1 for a late fix, 0 otherwise.
+    so the caller grows the outputs (keeping the events written so far) and calls again
+    to finish. `late[i]` is set to 1 for a late fix, 0 otherwise.
     """
     n = len(subject)
     capacity = len(ev_type)
-    i = progress[0]
-    n_ev = progress[1]
-    n_late = progress[2]
+    i = progress[PROGRESS_FIX]
+    n_ev = progress[PROGRESS_EVENTS]
+    n_late = progress[PROGRESS_LATE]
     stopped = False
     while i < n and not stopped:
         if n_ev + MAX_EVENTS_PER_FIX > capacity:
@@ -211,7 +253,7 @@ def apply_fixes(newest_t_ms, exit_t_ms, verdict, flags, out_run, in_run, nonin_r
                                             ev_zone, n_ev)
                 flags[s] = fl
             i += 1
-    progress[0] = i
-    progress[1] = n_ev
-    progress[2] = n_late
+    progress[PROGRESS_FIX] = i
+    progress[PROGRESS_EVENTS] = n_ev
+    progress[PROGRESS_LATE] = n_late
     return -1 if stopped else n_ev

@@ -12,7 +12,7 @@ Events are deterministic: they depend only on the state and the batch (sorted by
 gives the same events in the same order, and alarm ids after a crash match the first run.
 
 The clock-driven rules (signal_lost, permit_overstay, feed_outage) live elsewhere; they
-read `newest_t_ms`, `latest_verdict` and `signal_lost`, and call `mark_signal_lost` so
+read `newest_t_ms`, `last_fix`, `carrier` and `flags`, and call `mark_signal_lost` so
 that the subject's next fix raises signal_restored.
 """
 
@@ -32,7 +32,6 @@ EVENT_TYPES = ("zone_exit", "zone_return", "possible_exit", "exclusion_entry",
                "feed_outage")
 
 NO_TIME = rk.NO_TIME  # `newest_t_ms` before any fix; `linked_t_ms` of events without a link
-SEVERITIES = ("critical", "high", "medium", "info")
 _SEVERITY = {"zone_return": "info", "possible_exit": "medium", "exclusion_entry": "critical",
              "possible_exclusion": "medium", "signal_lost": "high", "signal_restored": "info",
              "permit_overstay": "high", "feed_outage": "critical"}
@@ -98,21 +97,6 @@ class Events:
     def n_late(self) -> int:
         return len(self.late)
 
-    def names(self) -> list[str]:
-        return [EVENT_TYPES[c] for c in self.type]
-
-
-@dataclass(frozen=True)
-class SubjectView:
-    """What the rest of the service may observe of one subject's rule state."""
-
-    newest_t_ms: int | None
-    verdict: int | None
-    signal_lost: bool
-    exit_open: bool
-    exit_t_ms: int | None
-    exclusion_open: bool
-
 
 def sort_batch(subject: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
     """The order that sorts a batch by (subject, t); equal (subject, t) keep batch order.
@@ -164,40 +148,9 @@ class RuleState:
         """Per subject, t of the newest accepted fix (`NO_TIME` before any); read-only."""
         return _read_only(self._arrays["newest_t_ms"])
 
-    @property
-    def latest_verdict(self) -> np.ndarray:
-        """Per subject, area verdict of the newest accepted fix (-1 before any); read-only."""
-        return _read_only(self._arrays["verdict"])
-
-    @property
-    def signal_lost(self) -> np.ndarray:
-        """Per subject: a signal_lost was marked and no fix has come since."""
-        return (self._arrays["flags"] & rk.SIGNAL_LOST_SET) != 0
-
-    @property
-    def exit_open(self) -> np.ndarray:
-        """Per subject: a zone_exit was raised and no zone_return has closed it yet."""
-        return (self._arrays["flags"] & rk.EXIT_OPEN) != 0
-
-    @property
-    def exclusion_open(self) -> np.ndarray:
-        """Per subject: an exclusion_entry was raised and no fix out of every zone came since."""
-        return (self._arrays["flags"] & rk.EXCLUSION_OPEN) != 0
-
     def mark_signal_lost(self, subjects) -> None:
         """Record a signal_lost raised for these subjects: their next fix raises signal_restored."""
         self.set_flags(subjects, rk.SIGNAL_LOST_SET)
-
-    def view(self, subject: int) -> SubjectView:
-        a = {name: arr[subject] for name, arr in self._arrays.items()}
-        flags = int(a["flags"])
-        return SubjectView(
-            newest_t_ms=None if a["newest_t_ms"] == NO_TIME else int(a["newest_t_ms"]),
-            verdict=None if a["verdict"] == rk.NO_VERDICT else int(a["verdict"]),
-            signal_lost=bool(flags & rk.SIGNAL_LOST_SET),
-            exit_open=bool(flags & rk.EXIT_OPEN),
-            exit_t_ms=int(a["exit_t_ms"]) if flags & rk.EXIT_OPEN else None,
-            exclusion_open=bool(flags & rk.EXCLUSION_OPEN))
 
     # -- batches ---------------------------------------------------------------------------
 
@@ -217,18 +170,21 @@ class RuleState:
         keys = self._keys(key)
         n = len(s)
         order = sort_batch(s, t)
-        s, t, v, xv, xz = s[order], t[order], v[order], xv[order], xz[order]
+        batch = rk.SortedBatch(s[order], t[order], order, v[order], xv[order], xz[order])
         late = np.empty(n, np.uint8)
-        progress = np.zeros(3, np.int64)
-        out = _outputs(n + 16 if capacity is None else max(int(capacity), 0))
-        while rk.apply_fixes(*self._state(), s, t, order, v, xv, xz, keys, self.limits,
-                             *out, late, progress) < 0:
-            written, left = int(progress[1]), n - int(progress[0])
-            out = _outputs(written + rk.MAX_EVENTS_PER_FIX * left, keep=out, n_keep=written)
+        progress = np.zeros(rk.N_PROGRESS, np.int64)
+        out = event_columns(n + 16 if capacity is None else max(int(capacity), 0))
+        while rk.apply_batch(self.kernel_state(), batch, keys, self.limits, out, late,
+                             progress) < 0:
+            written = int(progress[rk.PROGRESS_EVENTS])
+            left = n - int(progress[rk.PROGRESS_FIX])
+            out = event_columns(written + rk.MAX_EVENTS_PER_FIX * left, keep=out,
+                                n_keep=written)
         if fixes is not None:
-            self._remember_last(s, order, late.view(bool), fixes, carrier)
-        m = int(progress[1])
-        return Events(*(a[:m].copy() for a in out), late=np.sort(order[late.view(bool)]))
+            self._remember_last(batch.subject, order, late.view(bool), fixes, carrier)
+        m = int(progress[rk.PROGRESS_EVENTS])
+        return Events(**{name: column[:m].copy() for name, column in out._asdict().items()},
+                      late=np.sort(order[late.view(bool)]))
 
     def _remember_last(self, s_sorted, order, late, fixes, carrier: int) -> None:
         """Newest fix per subject: the last accepted one of each subject in sorted order."""
@@ -269,6 +225,10 @@ class RuleState:
     def clear_flags(self, subjects, bits: int) -> None:
         self._arrays["flags"][self._subjects(subjects)] &= np.uint8(~bits & 0xFF)
 
+    def kernel_state(self) -> rk.State:
+        """The kernel's arrays themselves (not copies): for `_rules_kernel.apply_batch`."""
+        return rk.State(*(self._arrays[name] for name, _, _ in rk.STATE_FIELDS))
+
     # -- persistence -----------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
@@ -307,9 +267,6 @@ class RuleState:
 
     # -- checks ----------------------------------------------------------------------------
 
-    def _state(self) -> list[np.ndarray]:
-        return [self._arrays[name] for name, _, _ in rk.STATE_FIELDS]
-
     def _subjects(self, subjects) -> np.ndarray:
         idx = _integers(subjects, "subjects", np.int32)
         if len(idx) and (idx.min() < 0 or idx.max() >= self.n_subjects):
@@ -343,11 +300,6 @@ class RuleState:
         return s, t, v, xv, xz
 
 
-def mark_signal_lost(state: RuleState, subjects) -> None:
-    """Record a signal_lost for `subjects`: the next fix of each raises signal_restored."""
-    state.mark_signal_lost(subjects)
-
-
 def warm_up() -> None:
     """Compile or load the rules kernel once, on a tiny batch, before traffic."""
     ones = SimpleNamespace(**dict.fromkeys(rk.LIMIT_NAMES, 1))
@@ -376,10 +328,11 @@ def _integers(values, name: str, dtype) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype)
 
 
-def _outputs(capacity: int, keep=None, n_keep: int = 0) -> list[np.ndarray]:
-    """Event output arrays (type, subject, fix, t, linked t, zone), first `n_keep` copied."""
-    out = [np.empty(capacity, dt) for dt in (np.int8, np.int32, np.int64, np.int64, np.int64,
-                                             np.int32)]
+def event_columns(capacity: int, keep: rk.EventColumns | None = None,
+                  n_keep: int = 0) -> rk.EventColumns:
+    """Event output arrays with room for `capacity` events, the first `n_keep` of `keep`
+    copied in."""
+    out = rk.EventColumns(*(np.empty(capacity, dt) for _, dt in rk.EVENT_FIELDS))
     if keep is not None:
         for new, old in zip(out, keep):
             new[:n_keep] = old[:n_keep]

@@ -10,7 +10,7 @@ subjects. Warm kernel (`alerts.rules.warm_up` first, not timed).
 Timed, per batch, on fresh state each pass so that no fix is late:
 - ``apply``: the whole call, argument checks and the (subject, t) sort included;
 - kernel alone: the same batches on a second state, `sort_batch` and the gathers done
-  before the clock starts, then `_rules_kernel.apply_fixes` alone;
+  before the clock starts, then `_rules_kernel.apply_batch` alone (the compiled kernel);
 - sort alone: `sort_batch` on the batch.
 Figures are total fixes / total time over all batches of the best of `REPEAT` passes.
 State per subject: `alerts.rules.BYTES_PER_SUBJECT` and the bytes actually held.
@@ -21,7 +21,8 @@ import time
 import numpy as np
 
 from alerts import _rules_kernel as rk
-from alerts.rules import BYTES_PER_SUBJECT, EVENT_TYPES, RuleState, _outputs, sort_batch, warm_up
+from alerts.rules import (BYTES_PER_SUBJECT, EVENT_TYPES, RuleState, event_columns, sort_batch,
+                          warm_up)
 from benchmarks.common import Report
 from geofence.verdict import IN, OUT, UNSURE
 from engine.config import Rules
@@ -98,18 +99,18 @@ def time_apply(n: int, batches, key):
 def time_kernel(n: int, batches, key):
     """(seconds of the kernel alone, seconds of `sort_batch` alone) over all batches."""
     state = RuleState(n, Rules())
-    arrays, limits = state._state(), state.limits
+    arrays, limits = state.kernel_state(), state.limits
     kernel_s = sort_s = 0.0
     for s, t, v, xv, xz in batches:
         start = time.perf_counter()
         order = sort_batch(s, t)
         sort_s += time.perf_counter() - start
-        args = (s[order], t[order], order, v[order], xv[order], xz[order])
+        sorted_batch = rk.SortedBatch(s[order], t[order], order, v[order], xv[order], xz[order])
         late = np.empty(BATCH, np.uint8)
-        progress = np.zeros(3, np.int64)
-        out = _outputs(BATCH + 16)
+        progress = np.zeros(rk.N_PROGRESS, np.int64)
+        out = event_columns(BATCH + 16)
         start = time.perf_counter()
-        done = rk.apply_fixes(*arrays, *args, key, limits, *out, late, progress)
+        done = rk.apply_batch(arrays, sorted_batch, key, limits, out, late, progress)
         kernel_s += time.perf_counter() - start
         assert done >= 0, "event outputs too small for the kernel-alone timing"
     return kernel_s, sort_s

@@ -10,6 +10,7 @@ the distance grid cannot decide. All areas live in flat arrays the kernels read 
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,6 +38,29 @@ class _Area:
     bucket_ids: np.ndarray
 
 
+class AreaTables(NamedTuple):
+    """Every area's tables end to end, as `_algorithms.verdict.area_verdicts` reads them by id.
+
+    Per area `a`: `member[a]` its jurisdiction features; its zones
+    ``zone_ids[zone_offsets[a]:zone_offsets[a + 1]]``; `params[a]` its parameter row (columns
+    `P_*` of `_algorithms.verdict`); its coarse bounds, distance grid and segment buckets
+    start at `coarse_base[a]`, `edt_base[a]` and `bucket_base[a]`; `bucket_ids` index `segs`.
+    """
+
+    member: np.ndarray          # bool (areas, jurisdiction features)
+    zone_offsets: np.ndarray    # int64, areas + 1
+    zone_ids: np.ndarray        # int32 zone feature indices
+    params: np.ndarray          # float64 (areas, N_PARAMS)
+    coarse: np.ndarray          # float32 (lo, hi) per block of distance cells
+    coarse_base: np.ndarray     # int64 per area
+    edt: np.ndarray             # float32 distance grids, flattened
+    edt_base: np.ndarray        # int64 per area
+    bucket_base: np.ndarray     # int64 per area, into bucket_offsets
+    bucket_offsets: np.ndarray  # int64, into bucket_ids
+    bucket_ids: np.ndarray      # int64 segment indices
+    segs: np.ndarray            # float64 (segments, 4) boundary segments
+
+
 class AreaSet:
     """Every distinct allowed area in use, by id, with the flat tables the kernels read."""
 
@@ -45,7 +69,7 @@ class AreaSet:
         self.zones = zones
         self._ids: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
         self._areas: list[_Area] = []
-        self._tables: tuple | None = None
+        self._tables: AreaTables | None = None
 
     def __len__(self) -> int:
         return len(self._areas)
@@ -108,36 +132,10 @@ class AreaSet:
         return _Area(member, np.array(zones, np.int32), segs, params, coarse, edt.reshape(-1),
                      offsets, ids)
 
-    def tables(self) -> tuple:
+    def tables(self) -> AreaTables:
         """The areas concatenated for the kernels (rebuilt after a new area is added)."""
         if self._tables is None:
-            areas = self._areas
-            seg_base = np.cumsum([0] + [len(a.segs) for a in areas])
-            bucket_base = np.cumsum([0] + [len(a.bucket_offsets) for a in areas])[:-1]
-            offsets_all = np.concatenate(
-                [a.bucket_offsets + 0 for a in areas] or [np.zeros(1, np.int64)])
-            # shift each area's offsets into the concatenated id array
-            id_base = np.cumsum([0] + [len(a.bucket_ids) for a in areas])
-            for n, a in enumerate(areas):
-                offsets_all[bucket_base[n]:bucket_base[n] + len(a.bucket_offsets)] += id_base[n]
-            ids_all = np.concatenate([a.bucket_ids.astype(np.int64) + seg_base[n]
-                                      for n, a in enumerate(areas)] or [np.zeros(0, np.int64)])
-            zone_offsets = np.cumsum([0] + [len(a.zones) for a in areas]).astype(np.int64)
-            self._tables = (
-                np.stack([a.member for a in areas]) if areas
-                else np.zeros((0, len(self.jurisdictions)), np.bool_),
-                zone_offsets,
-                np.concatenate([a.zones for a in areas] or [np.zeros(0, np.int32)]),
-                np.stack([a.params for a in areas]) if areas else np.zeros((0, vk.N_PARAMS)),
-                np.concatenate([a.coarse for a in areas] or [np.zeros(0, np.float32)]),
-                np.cumsum([0] + [len(a.coarse) for a in areas])[:-1].astype(np.int64),
-                np.concatenate([a.edt for a in areas] or [np.zeros(0, np.float32)]),
-                np.cumsum([0] + [len(a.edt) for a in areas])[:-1].astype(np.int64),
-                bucket_base.astype(np.int64),
-                offsets_all.astype(np.int64),
-                ids_all,
-                np.concatenate([a.segs for a in areas] or [np.zeros((0, 4))]),
-            )
+            self._tables = _concatenate(self._areas, len(self.jurisdictions))
         return self._tables
 
     def distance_m(self, area_id: int, lon, lat) -> np.ndarray:
@@ -146,6 +144,33 @@ class AreaSet:
         lon = np.atleast_1d(np.asarray(lon, np.float64))
         lat = np.atleast_1d(np.asarray(lat, np.float64))
         return np.array([_segments_distance_m(segs, x, y) for x, y in zip(lon, lat)])
+
+
+def _concatenate(areas: list[_Area], n_features: int) -> AreaTables:
+    """One set of tables for all areas: each area's offsets shifted by what precedes it."""
+    seg_base = np.cumsum([0] + [len(a.segs) for a in areas])
+    bucket_base = np.cumsum([0] + [len(a.bucket_offsets) for a in areas])[:-1]
+    offsets_all = np.concatenate([a.bucket_offsets + 0 for a in areas] or [np.zeros(1, np.int64)])
+    # shift each area's offsets into the concatenated id array
+    id_base = np.cumsum([0] + [len(a.bucket_ids) for a in areas])
+    for n, a in enumerate(areas):
+        offsets_all[bucket_base[n]:bucket_base[n] + len(a.bucket_offsets)] += id_base[n]
+    return AreaTables(
+        member=(np.stack([a.member for a in areas]) if areas
+                else np.zeros((0, n_features), np.bool_)),
+        zone_offsets=np.cumsum([0] + [len(a.zones) for a in areas]).astype(np.int64),
+        zone_ids=np.concatenate([a.zones for a in areas] or [np.zeros(0, np.int32)]),
+        params=np.stack([a.params for a in areas]) if areas else np.zeros((0, vk.N_PARAMS)),
+        coarse=np.concatenate([a.coarse for a in areas] or [np.zeros(0, np.float32)]),
+        coarse_base=np.cumsum([0] + [len(a.coarse) for a in areas])[:-1].astype(np.int64),
+        edt=np.concatenate([a.edt for a in areas] or [np.zeros(0, np.float32)]),
+        edt_base=np.cumsum([0] + [len(a.edt) for a in areas])[:-1].astype(np.int64),
+        bucket_base=bucket_base.astype(np.int64),
+        bucket_offsets=offsets_all.astype(np.int64),
+        bucket_ids=np.concatenate([a.bucket_ids.astype(np.int64) + seg_base[n]
+                                   for n, a in enumerate(areas)] or [np.zeros(0, np.int64)]),
+        segs=np.concatenate([a.segs for a in areas] or [np.zeros((0, 4))]),
+    )
 
 
 def boundary_segments(layer: Layer, features: Iterable[int], dissolve: bool = True) -> np.ndarray:

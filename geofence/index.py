@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from geofence._algorithms import crossing, grid, grid_build, rows
+from geofence._algorithms import grid, grid_build, rows
 from geofence.errors import InputArrayError
 
 EDGES_PER_ROW = 2          # row height per feature: about this many edges per row
@@ -73,11 +73,13 @@ def _grid_params(coords: np.ndarray, n_edges: int) -> np.ndarray:
     area = span[0] * x_metres_per_degree * span[1]
     cell_h = np.sqrt(area / n_cells)
     cell_w = cell_h / x_metres_per_degree
-    nx = int(np.ceil(span[0] / cell_w)) + 2
-    ny = int(np.ceil(span[1] / cell_h)) + 2
-    x0 = lo[0] - cell_w
-    y0 = lo[1] - cell_h
-    return np.array([x0, y0, cell_w, cell_h, nx, ny, 1.0 / cell_w, 1.0 / cell_h])
+    params = np.empty(grid.N_GRID_PARAMS)
+    params[grid.G_X0], params[grid.G_Y0] = lo[0] - cell_w, lo[1] - cell_h
+    params[grid.G_CW], params[grid.G_CH] = cell_w, cell_h
+    params[grid.G_NX] = int(np.ceil(span[0] / cell_w)) + 2
+    params[grid.G_NY] = int(np.ceil(span[1] / cell_h)) + 2
+    params[grid.G_ICW], params[grid.G_ICH] = 1.0 / cell_w, 1.0 / cell_h
+    return params
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ class LocateIndex:
     row_index: np.ndarray
     row_offsets: np.ndarray
     row_edges: np.ndarray
-    grid: np.ndarray
+    grid: np.ndarray              # parameters, slots `grid.G_*`
     cells: np.ndarray
     records: np.ndarray           # mixed cells, self-contained (see `grid`)
 
@@ -104,7 +106,8 @@ class LocateIndex:
         row_params, row_index, row_offsets, row_edges = rows.build_feature_rows(
             coords, edges, feature_edge_offsets, EDGES_PER_ROW)
         params = _grid_params(coords, len(edges))
-        cells = np.full(int(params[4]) * int(params[5]), -1, np.int32)
+        nx, ny = int(params[grid.G_NX]), int(params[grid.G_NY])
+        cells = np.full(nx * ny, -1, np.int32)
         # Pages never written are never mapped: room to spare costs address space only.
         records = np.empty(RECORD_WORDS_PER_EDGE * len(edges) + RECORD_MIN_WORDS, np.int32)
         row = used = 0
@@ -112,7 +115,7 @@ class LocateIndex:
             row, used = grid_build.build_cells(coords, edges, edge_feature, geometry.ring_offsets,
                                          geometry.n_features, params, row_params, row_index,
                                          row_offsets, row_edges, cells, records, row, used)
-            if row == int(params[5]):
+            if row == ny:
                 break
             grown = np.empty(2 * len(records), np.int32)
             grown[:used] = records[:used]
@@ -125,21 +128,16 @@ class LocateIndex:
         """Feature index per point (int32, -1 for none). See `crossing` for the boundary rule."""
         xs, ys = as_points(lon, lat)
         out = _out_array(out, len(xs))
-        tables = (self.cells, self.records, self.grid, self.geometry.coords, self.row_params,
-                  self.row_index, self.row_offsets, self.row_edges, xs, ys, out)
+        coords = self.geometry.coords
         if parallel:
             scratch = np.empty((numba.get_num_threads(), grid.CHUNK), np.int64)
-            grid.locate_points_parallel(*tables, scratch)
+            grid.locate_points_parallel(self.cells, self.records, self.grid, coords,
+                                        self.row_params, self.row_index, self.row_offsets,
+                                        self.row_edges, xs, ys, out, scratch)
         else:
-            grid.locate_range(*tables, 0, len(xs), np.empty(grid.CHUNK, np.int64))
-        return out
-
-    def locate_bruteforce(self, lon, lat) -> np.ndarray:
-        """The same answers by testing every edge of every feature: a slow reference."""
-        xs, ys = as_points(lon, lat)
-        out = np.empty(len(xs), np.int32)
-        crossing.points_in_features_bruteforce(self.geometry.coords, self.edges,
-                                               self.feature_edge_offsets, xs, ys, out)
+            grid.locate_range(self.cells, self.records, self.grid, coords, self.row_params,
+                              self.row_index, self.row_offsets, self.row_edges, xs, ys, out,
+                              0, len(xs), np.empty(grid.CHUNK, np.int64))
         return out
 
     def contains(self, feature: int, lon, lat) -> np.ndarray:
@@ -161,7 +159,7 @@ class LocateIndex:
         starts = -2 - self.cells[self.cells <= -2].astype(np.int64)
         n_cand = self.records[starts + grid.SUB_WORDS] if len(starts) else np.zeros(1)
         sub = self.records[starts[:, None] + np.arange(grid.SUB_WORDS)].view(np.uint8)
-        return {"grid": (int(self.grid[4]), int(self.grid[5])), "cells": n_cells,
+        return {"grid": (int(self.grid[grid.G_NX]), int(self.grid[grid.G_NY])), "cells": n_cells,
                 "mixed_fraction": len(starts) / n_cells, "index_bytes": self.nbytes,
                 "mean_candidates": float(n_cand.mean()),
                 "test_subcell_fraction": float((sub == grid.SUB_TEST).mean()) if sub.size else 0.0}

@@ -98,7 +98,12 @@ class Layer:
 
     def locate(self, lon, lat, out: np.ndarray | None = None, *,
                parallel: bool = False) -> np.ndarray:
-        """Feature index (int32) of each point, -1 where no feature holds it."""
+        """Feature index (int32) of each point, -1 where no feature holds it.
+
+        A NaN or infinite coordinate is not a place: such a point is in no feature (-1),
+        never an error, so one bad fix cannot fail its batch. Callers that must refuse
+        them check first (ingest does). `contains` answers False for them likewise.
+        """
         return self.index.locate(lon, lat, out, parallel=parallel)
 
     def contains(self, code: str, lon, lat) -> np.ndarray:

@@ -8,6 +8,7 @@ of exclusion zones once (`exclusion_set_id`), keeps the ids per subject, and the
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -73,7 +74,7 @@ class VerdictEngine:
         self.areas = AreaSet(jurisdictions, zones)
         self._zone_sets: dict[tuple[int, ...], int] = {(): 0}
         self._zone_set_list: list[tuple[int, ...]] = [()]
-        self._zone_tables = _zone_tables(zones)
+        self._zones = ZoneTables.of(zones)
 
     def area_id(self, codes: Iterable[str]) -> int:
         """Id of the allowed area made of these jurisdiction and zone codes."""
@@ -99,9 +100,12 @@ class VerdictEngine:
             where = self.jurisdictions.locate(xs, ys)
         verdict = np.empty(len(xs), np.int8)
         dist = np.empty(len(xs), np.float64)
+        a, z = self.areas.tables(), self._zones
         vk.area_verdicts(xs, ys, acc, where, area_of, self.exit_margin_m,
-                         *self.areas.tables()[:3], *self._zone_tables[:5],
-                         *self.areas.tables()[3:], verdict, dist)
+                         a.member, a.zone_offsets, a.zone_ids,
+                         z.coords, z.row_params, z.row_index, z.row_offsets, z.row_edges,
+                         a.params, a.coarse, a.coarse_base, a.edt, a.edt_base, a.bucket_base,
+                         a.bucket_offsets, a.bucket_ids, a.segs, verdict, dist)
         return Verdicts(where, verdict, dist)
 
     def exclusion_verdicts(self, lon, lat, acc_m, set_ids) -> ExclusionVerdicts:
@@ -118,22 +122,38 @@ class VerdictEngine:
         verdict = np.empty(len(pair_fix), np.int8)
         dist = np.empty(len(pair_fix), np.float64)
         if len(pair_fix):
-            vk.exclusion_verdicts(xs, ys, acc, pair_fix, pair_zone, *self._zone_tables,
-                                  verdict, dist)
+            z = self._zones
+            vk.exclusion_verdicts(xs, ys, acc, pair_fix, pair_zone, z.coords, z.row_params,
+                                  z.row_index, z.row_offsets, z.row_edges, z.edges,
+                                  z.edge_offsets, z.bounds, verdict, dist)
         return ExclusionVerdicts(offsets, pair_zone, verdict, dist)
 
 
-def _zone_tables(zones: Layer | None) -> tuple:
-    if zones is None or not len(zones):
-        empty_f = np.zeros((0, 2))
-        empty_i = np.zeros(1, np.int64)
-        return (empty_f, empty_f, np.zeros((0, 2), np.int64), empty_i, np.zeros(0, np.int32),
-                np.zeros(0, np.int32), empty_i, np.zeros((0, 4)))
-    ix = zones.index
-    xy = ix.geometry.coords
-    bounds = np.array([g.bounds for g in zones.geometries], np.float64).reshape(-1, 4)
-    return (xy, ix.row_params, ix.row_index, ix.row_offsets, ix.row_edges,
-            ix.edges, ix.feature_edge_offsets, bounds)
+class ZoneTables(NamedTuple):
+    """What the verdict kernels read of the zone layer: its geometry, row buckets, edges
+    (first vertex index, grouped by zone: ``edges[edge_offsets[z]:edge_offsets[z + 1]]``)
+    and each zone's bounding box (lon0, lat0, lon1, lat1)."""
+
+    coords: np.ndarray
+    row_params: np.ndarray
+    row_index: np.ndarray
+    row_offsets: np.ndarray
+    row_edges: np.ndarray
+    edges: np.ndarray
+    edge_offsets: np.ndarray
+    bounds: np.ndarray
+
+    @classmethod
+    def of(cls, zones: Layer | None) -> "ZoneTables":
+        if zones is None or not len(zones):
+            no_offsets = np.zeros(1, np.int64)
+            return cls(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros((0, 2), np.int64),
+                       no_offsets, np.zeros(0, np.int32), np.zeros(0, np.int32), no_offsets,
+                       np.zeros((0, 4)))
+        ix = zones.index
+        bounds = np.array([g.bounds for g in zones.geometries], np.float64).reshape(-1, 4)
+        return cls(ix.geometry.coords, ix.row_params, ix.row_index, ix.row_offsets,
+                   ix.row_edges, ix.edges, ix.feature_edge_offsets, bounds)
 
 
 def _accuracies(acc_m, n: int) -> np.ndarray:

@@ -1,5 +1,6 @@
-# Sourced by scripts/*: create or reuse .venv and install the project into it.
-# Re-installs only when pyproject.toml changed since the last install.
+# Sourced by scripts/*: create or reuse .venv and install the project into it, with the
+# extras in EXTRAS (default: tests). Installs only when pyproject.toml changed since the
+# last install, or when these extras were not installed yet.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -12,11 +13,13 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
-stamp="$VENV/.installed-$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)-${EXTRAS:-tests}"
+project="$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)"
+stamp="$VENV/.installed-$project-${EXTRAS:-tests}"
 if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -e "$ROOT[${EXTRAS:-tests}]"
-  rm -f "$VENV"/.installed-*
+  # Stamps of an older pyproject.toml go; other extras of this one stay installed.
+  find "$VENV" -maxdepth 1 -name '.installed-*' ! -name ".installed-$project-*" -delete
   touch "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from geofence import datum
 from geofence.errors import InputArrayError
+from tests.warm_up_check import assert_warm_up_prepares
 
 CHINA_LON = st.floats(73.0, 135.0)
 CHINA_LAT = st.floats(18.0, 53.0)
@@ -150,8 +151,20 @@ def test_dispatch_matches_direct_functions(name, to_fn, from_fn):
     np.testing.assert_array_equal(datum.from_wgs84(lon, lat, name), from_fn(lon, lat))
 
 
-def test_datums_constant():
-    assert datum.DATUMS == ("wgs84", "gcj02", "bd09")
+def test_every_datum_converts_both_ways_and_only_wgs84_is_the_identity():
+    """Every name in DATUMS has conversions of its own: a name added without them would be
+    passed through unchanged and fail here."""
+    lon, lat = china_grid()
+    for name in datum.DATUMS:
+        there = datum.from_wgs84(lon, lat, name)
+        assert metres(*datum.to_wgs84(*there, name), lon, lat).max() < 1e-3, name
+        shift = metres(*there, lon, lat)
+        if name == "wgs84":
+            assert shift.max() == 0.0
+        else:
+            assert np.median(shift) > 100.0, name
+    shifted = [datum.from_wgs84(lon, lat, name) for name in datum.DATUMS]
+    assert len({(x.tobytes(), y.tobytes()) for x, y in shifted}) == len(datum.DATUMS)
 
 
 # --- errors -----------------------------------------------------------------------------
@@ -183,5 +196,9 @@ def test_non_numeric_input_raises():
         datum.wgs84_to_gcj02(np.array([1 + 2j]), [39.9])
 
 
-def test_warm_up_runs():
-    datum.warm_up()
+def test_warm_up_loads_the_kernel_a_conversion_needs():
+    assert_warm_up_prepares(
+        "from geofence import datum\ndatum.warm_up()", "datum._convert_kernel",
+        "import numpy as np\n"
+        "datum.to_wgs84(np.array([116.4, 117.1]), np.array([39.9, 34.8]), 'gcj02')\n"
+        "datum.wgs84_to_bd09(116.4, 39.9)")

@@ -37,10 +37,14 @@ WAIT_MS = 20_000
 
 
 def _chromium() -> Path:
+    """Chromium's path; without it a failure in CI (a skipped browser test there would let
+    a broken desk through unnoticed), a skip with the reason on a developer's machine."""
     if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium fonts-noto-cjk")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(f"{CHROMIUM} is missing in CI: apt-get install -y chromium "
+                        f"fonts-noto-cjk (.ci/run does)")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium fonts-noto-cjk); "
+                    f"in CI (CI set) this is a failure")
     return CHROMIUM
 
 
@@ -142,3 +146,15 @@ def test_an_exit_appears_live_and_is_acknowledged_in_the_page(tmp_path, monkeypa
     OUTPUT.mkdir(exist_ok=True)
     shutil.copyfile(shot, OUTPUT / "desk.png")
     print(f"desk screenshot: {shot} (kept as {OUTPUT / 'desk.png'})")
+
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception),
+                                         ("1", pytest.fail.Exception),
+                                         ("", pytest.skip.Exception),
+                                         ("false", pytest.skip.Exception)])
+def test_a_missing_chromium_fails_in_ci_and_skips_elsewhere(monkeypatch, tmp_path, ci, outcome):
+    monkeypatch.setitem(globals(), "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="no-chromium is missing"):
+        _chromium()

@@ -23,6 +23,7 @@ import shapely
 
 from geofence import InputArrayError, Layer, LayerError, LayerWarning, UnknownCodeError
 from geofence.synthetic import ZAOZHUANG_COUNTIES, zaozhuang_geojson, zaozhuang_layer_arrays
+from tests.locate_reference import locate_bruteforce
 
 LON, LAT, S = 117.5, 34.8, 0.01
 X1, X2 = LON + S, LON + 2 * S            # the grid lines, computed once and reused bitwise
@@ -156,7 +157,7 @@ def test_locate_returns_int32_indices_and_minus_one_outside(small_layer):
 def test_boundary_points_belong_to_the_feature_to_their_upper_right(
         small_layer, where, lon, lat, expected):
     assert locate_one(small_layer, lon, lat) == expected, where
-    assert int(small_layer.index.locate_bruteforce([lon], [lat])[0]) == expected, where
+    assert int(locate_bruteforce(small_layer.index, [lon], [lat])[0]) == expected, where
 
 
 def test_locate_writes_into_a_given_out_array_and_parallel_agrees(small_layer):
@@ -166,7 +167,7 @@ def test_locate_writes_into_a_given_out_array_and_parallel_agrees(small_layer):
     out = np.full(2000, 99, np.int32)
     assert small_layer.locate(lon, lat, out) is out
     np.testing.assert_array_equal(out, small_layer.locate(lon, lat, parallel=True))
-    np.testing.assert_array_equal(out, small_layer.index.locate_bruteforce(lon, lat))
+    np.testing.assert_array_equal(out, locate_bruteforce(small_layer.index, lon, lat))
 
 
 def test_contains_agrees_with_locate_in_a_layer_without_overlaps(small_layer):
@@ -244,7 +245,7 @@ def test_point_in_an_overlap_belongs_to_the_feature_first_in_the_file(order):
     lon, lat = np.array([in_overlap, only_a, only_b, overlap_corner]).T
     found = layer.locate(lon, lat).tolist()
     assert found == [0, index["A"], index["B"], 0]
-    assert layer.index.locate_bruteforce(lon, lat).tolist() == found
+    assert locate_bruteforce(layer.index, lon, lat).tolist() == found
 
 
 # ---------------------------------------------------------------- loading errors
@@ -334,7 +335,7 @@ def test_locate_refuses_lon_and_lat_of_different_lengths(small_layer):
     with pytest.raises(InputArrayError):
         small_layer.contains("370402001", np.zeros(3), np.zeros(2))
     with pytest.raises(InputArrayError):
-        small_layer.index.locate_bruteforce(np.zeros(3), np.zeros(2))
+        locate_bruteforce(small_layer.index, np.zeros(3), np.zeros(2))
 
 
 @pytest.mark.parametrize("out", [

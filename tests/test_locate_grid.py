@@ -1,10 +1,10 @@
 """`LocateIndex.locate` (grid + self-contained mixed cells) answers exactly as the reference.
 
 The grid must never change an answer of the crossing rule: every point gets the same
-feature as `locate_bruteforce`, bit for bit. Points that stress the grid are probed on
-purpose: vertices and edge midpoints (on the boundaries), corners of mixed cells and
-points on their right and top borders (where the mixed-cell parity is anchored), lines
-of the sub-cell tables, and each of those nudged by one ulp either way.
+feature as `tests.locate_reference.locate_bruteforce`, bit for bit. Points that stress the
+grid are probed on purpose: vertices and edge midpoints (on the boundaries), corners of
+mixed cells and points on their right and top borders (where the mixed-cell parity is
+anchored), lines of the sub-cell tables, and each of those nudged by one ulp either way.
 """
 
 import numpy as np
@@ -15,6 +15,9 @@ from hypothesis import strategies as st
 
 from geofence._algorithms import grid
 from geofence.index import FlatGeometry, LocateIndex
+from tests.locate_reference import locate_bruteforce
+
+CORNER_AND_CELL = [grid.G_X0, grid.G_Y0, grid.G_CW, grid.G_CH]  # slots of the grid's parameters
 
 SEEDS = st.integers(0, 2**32 - 1)
 
@@ -68,8 +71,8 @@ def probe_points(index: LocateIndex, rng, n_random=3000):
     """Random points plus every point where the grid could plausibly go wrong."""
     g = index.geometry
     xy = g.coords
-    gx0, gy0, cw, ch, nx, ny = index.grid[:6]
-    nx, ny = int(nx), int(ny)
+    gx0, gy0, cw, ch = index.grid[CORNER_AND_CELL]
+    nx = int(index.grid[grid.G_NX])
     lo, hi = xy.min(axis=0), xy.max(axis=0)
     pad = (hi - lo) * 0.05
     pts = [xy]
@@ -93,7 +96,7 @@ def probe_points(index: LocateIndex, rng, n_random=3000):
 
 def assert_exact(index: LocateIndex, xs, ys):
     got = index.locate(xs, ys)
-    want = index.locate_bruteforce(xs, ys)
+    want = locate_bruteforce(index, xs, ys)
     bad = np.flatnonzero(got != want)
     assert not len(bad), (f"{len(bad)} of {len(xs)} differ, e.g. ({xs[bad[0]]!r}, "
                           f"{ys[bad[0]]!r}): locate {got[bad[0]]}, reference {want[bad[0]]}")
@@ -127,7 +130,7 @@ def test_vertices_and_edges_on_grid_lines(seed, n):
     edge count, so the same grid): edges then run along cell borders and through corners."""
     rng = np.random.default_rng(seed)
     layer = voronoi_partition(rng, n, 0.01)
-    gx0, gy0, cw, ch = LocateIndex.build(layer).grid[:4]
+    gx0, gy0, cw, ch = LocateIndex.build(layer).grid[CORNER_AND_CELL]
     xy = layer.coords.copy()
     lo, hi = xy.min(axis=0), xy.max(axis=0)
 
@@ -144,7 +147,7 @@ def test_vertices_and_edges_on_grid_lines(seed, n):
     xy[:, 1] = snap(xy[:, 1], gy0, ch, lo[1], hi[1])
     snapped = FlatGeometry(xy, layer.ring_offsets, layer.part_offsets, layer.feature_offsets)
     index = LocateIndex.build(snapped)
-    np.testing.assert_array_equal(index.grid[:4], [gx0, gy0, cw, ch])
+    np.testing.assert_array_equal(index.grid[CORNER_AND_CELL], [gx0, gy0, cw, ch])
     assert (xy != layer.coords).any()
     assert_exact(index, *probe_points(index, rng))
 
@@ -228,7 +231,7 @@ def test_batch_sizes_and_out_array(n):
     xs, ys = rng.uniform(0, 1, (2, n))
     out = np.full(n, 7, np.int32)
     assert index.locate(xs, ys, out=out) is out
-    np.testing.assert_array_equal(out, index.locate_bruteforce(xs, ys))
+    np.testing.assert_array_equal(out, locate_bruteforce(index, xs, ys))
     np.testing.assert_array_equal(index.locate(xs, ys, parallel=True), out)
 
 

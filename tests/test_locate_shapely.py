@@ -8,8 +8,8 @@ Three properties, on random layers drawn by hypothesis:
     feature if a step right and up puts it in the box (west and south edges in, east and
     north edges out), else to none: shared edges and vertices never fall in a crack or in
     two cells; repeated and parallel calls agree;
-(c) `locate` equals `layer.index.locate_bruteforce` bit for bit everywhere: on vertices,
-    edge midpoints and points one ulp away from vertices too.
+(c) `locate` equals `tests.locate_reference.locate_bruteforce` bit for bit everywhere: on
+    vertices, edge midpoints and points one ulp away from vertices too.
 
 Random layers are star-shaped polygons (sorted angles, drawn radii), with holes, grouped
 into MultiPolygons, overlapping each other; and Voronoi partitions clipped by GEOS to a box.
@@ -24,8 +24,9 @@ import shapely
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from geofence import InputArrayError, Layer
+from geofence import Layer
 from geofence.synthetic import zaozhuang_geojson
+from tests.locate_reference import locate_bruteforce
 
 BASE_LON, BASE_LAT = 117.3, 34.8  # Zaozhuang
 CELL = 0.01                      # degrees; parts of one feature sit in different cells
@@ -240,7 +241,7 @@ def test_zaozhuang_shared_vertices_and_midpoints_belong_to_exactly_one_township(
     np.testing.assert_array_equal(layer.contains(layer.codes[0], x, y), found == 0)
     np.testing.assert_array_equal(layer.locate(x, y, parallel=True), found)
     every = max(1, len(x) // 3000)  # brute force is O(points x edges): a sample
-    np.testing.assert_array_equal(layer.index.locate_bruteforce(x[::every], y[::every]),
+    np.testing.assert_array_equal(locate_bruteforce(layer.index, x[::every], y[::every]),
                                   found[::every])
 
 
@@ -252,7 +253,7 @@ def test_locate_equals_bruteforce_on_star_layers_everywhere(data, geometries):
     layer = layer_of(geometries)
     xy = probe_points(data, geometries)
     x, y = xy[:, 0], xy[:, 1]
-    np.testing.assert_array_equal(layer.locate(x, y), layer.index.locate_bruteforce(x, y))
+    np.testing.assert_array_equal(layer.locate(x, y), locate_bruteforce(layer.index, x, y))
 
 
 @given(data=st.data(), cells=voronoi_partitions())
@@ -260,18 +261,23 @@ def test_locate_equals_bruteforce_on_partitions_everywhere(data, cells):
     layer = layer_of(cells)
     xy = probe_points(data, cells)
     x, y = xy[:, 0], xy[:, 1]
-    expected = layer.index.locate_bruteforce(x, y)
+    expected = locate_bruteforce(layer.index, x, y)
     np.testing.assert_array_equal(layer.locate(x, y), expected)
     for i, code in enumerate(layer.codes):
         np.testing.assert_array_equal(layer.contains(code, x, y), expected == i)
 
 
-@pytest.mark.parametrize("lon, lat", [(np.nan, BASE_LAT), (BASE_LON, np.inf), (-500.0, 0.0)])
-def test_points_that_are_not_places_are_never_put_in_a_feature(lon, lat):
-    """Ingest validates fixes; should one slip through, it is refused or in no feature."""
+NOT_PLACES = [(np.nan, BASE_LAT), (BASE_LON, np.nan), (np.nan, np.nan), (np.inf, BASE_LAT),
+              (-np.inf, BASE_LAT), (BASE_LON, np.inf), (BASE_LON, -np.inf), (-500.0, 0.0)]
+
+
+@pytest.mark.parametrize("lon, lat", NOT_PLACES)
+def test_points_that_are_not_places_are_in_no_feature(lon, lat):
+    """The policy of `Layer.locate`: NaN or infinite coordinates are in no feature (-1),
+    never an error, on every path; the point beside them in the batch is unaffected."""
     layer = layer_of([shapely.box(BASE_LON - 1, BASE_LAT - 1, BASE_LON + 1, BASE_LAT + 1)])
-    try:
-        found = layer.locate([lon], [lat])
-    except InputArrayError:
-        return
-    assert found.tolist() == [-1]
+    x, y = np.array([lon, BASE_LON]), np.array([lat, BASE_LAT])
+    assert layer.locate(x, y).tolist() == [-1, 0]
+    assert layer.locate(x, y, parallel=True).tolist() == [-1, 0]
+    assert locate_bruteforce(layer.index, x, y).tolist() == [-1, 0]
+    assert layer.contains(layer.codes[0], x, y).tolist() == [False, True]

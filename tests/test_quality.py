@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from geofence.geojson import parse_layer
-from geofence.quality import OVERLAP_RULE, SLIVER_WIDTH_M, Gap, Overlap, check_layer
+from geofence.quality import OVERLAP_RULE, SLIVER_WIDTH_M, check_layer
 
 LON, LAT = 117.5, 34.8
 
@@ -163,7 +163,9 @@ def test_report_text_and_dict():
 def test_empty_layer():
     report = check_layer(layer())
     assert report.features == 0 and report.overlaps == () and report.gaps == ()
-    assert isinstance(report.to_lines(), list)
+    lines = report.to_lines()
+    assert lines[0] == "features: 0 (0 units without polygons)"
+    assert lines[-1] == "no overlaps or gaps" and report.problems == []
 
 
 def test_thousands_of_features_scale():
@@ -181,9 +183,16 @@ def test_thousands_of_features_scale():
     start = time.perf_counter()
     report = check_layer(data)
     elapsed = time.perf_counter() - start
-    assert len(report.overlaps) == 1 and len(report.gaps) == 1
-    assert isinstance(report.overlaps[0], Overlap) and isinstance(report.gaps[0], Gap)
-    assert report.gaps[0].area_m2 == pytest.approx(m2(xs[20], ys[20], xs[21], ys[21]), rel=1e-3)
+    [overlap] = report.overlaps
+    nudged, east = 5 * 40 + 5, 6 * 40 + 5  # cells (5, 5) and (6, 5), both before the hole
+    assert (overlap.index_a, overlap.index_b) == (nudged, east)
+    assert (overlap.code_a, overlap.code_b) == (f"f{nudged}", f"f{east}")
+    assert overlap.area_m2 == pytest.approx(m2(xs[6], ys[5], xs[6] + 0.002, ys[6]), rel=1e-3)
+    assert xs[6] < overlap.lon < xs[6] + 0.002 and ys[5] < overlap.lat < ys[6]
+    assert not overlap.sliver
+    [gap] = report.gaps
+    assert gap.area_m2 == pytest.approx(m2(xs[20], ys[20], xs[21], ys[21]), rel=1e-3)
+    assert xs[20] < gap.lon < xs[21] and ys[20] < gap.lat < ys[21]
     assert elapsed < 3.0
 
 

@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from alerts import _rules_kernel as rk
-from alerts.rules import (BYTES_PER_SUBJECT, EVENT_TYPES, RuleState, RulesError, SnapshotError, mark_signal_lost,
-                          sort_batch)
-from alerts.rules_reference import ReferenceRules
-from geofence.verdict import IN, OUT, UNSURE
+from alerts.rules import (BYTES_PER_SUBJECT, EVENT_TYPES, RuleState, RulesError, SnapshotError,
+                          event_columns, sort_batch)
 from engine.config import Rules
+from geofence.verdict import IN, OUT, UNSURE
+from tests.rules_reference import ReferenceRules, compiled_view
+from tests.warm_up_check import assert_warm_up_prepares
 
 VERDICTS = st.sampled_from([IN, UNSURE, OUT])
 SMALL_RULES = st.builds(
@@ -67,7 +68,7 @@ class RulesMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def lose_signal(self, data):
         subjects = data.draw(st.lists(st.integers(0, len(self.key) - 1), max_size=3))
-        mark_signal_lost(self.compiled, subjects)
+        self.compiled.mark_signal_lost(subjects)
         self.reference.mark_signal_lost(subjects)
 
     @rule(key=st.booleans())
@@ -89,7 +90,7 @@ class RulesMachine(RuleBasedStateMachine):
         if hasattr(self, "compiled"):
             assert self.compiled.n_subjects == len(self.key)
             for s in range(len(self.key)):
-                assert self.compiled.view(s) == self.reference.view(s)
+                assert compiled_view(self.compiled, s) == self.reference.view(s)
 
 
 # At least 200 runs even in the quick local profile: some rule slips show only with the
@@ -121,20 +122,21 @@ def test_kernel_stops_and_resumes_without_losing_or_repeating_events():
     # The raw kernel with outputs of 5: never writes past them, returns -1, then resumes.
     state = RuleState(subjects, Rules())
     order = sort_batch(s, t)
-    out = [np.zeros(5, dt) for dt in (np.int8, np.int32, np.int64, np.int64, np.int64, np.int32)]
+    out = event_columns(5)
     late = np.zeros(n, np.uint8)
-    progress = np.zeros(3, np.int64)
-    args = (s[order], t[order], order, v[order], xv[order], xz[order],
-            np.zeros(subjects, bool), state.limits)
+    progress = np.zeros(rk.N_PROGRESS, np.int64)
+    batch = rk.SortedBatch(s[order], t[order], order, v[order], xv[order], xz[order])
     collected = []
     while True:
-        r = rk.apply_fixes(*state._state(), *args, *out, late, progress)
-        assert progress[1] <= 5
-        collected += list(zip(*(a[:progress[1]].tolist() for a in out)))
+        r = rk.apply_batch(state.kernel_state(), batch, np.zeros(subjects, bool), state.limits,
+                           out, late, progress)
+        written = progress[rk.PROGRESS_EVENTS]
+        assert written <= 5
+        collected += list(zip(*(a[:written].tolist() for a in out)))
         if r >= 0:
             break
-        progress[1] = 0
-    assert progress[0] == n and progress[2] == len(want.late)
+        progress[rk.PROGRESS_EVENTS] = 0
+    assert progress[rk.PROGRESS_FIX] == n and progress[rk.PROGRESS_LATE] == len(want.late)
     assert len(collected) == len(want) - subjects  # no signal_restored in this run
 
 
@@ -151,8 +153,10 @@ def test_snapshot_rejects_damage_and_foreign_bytes():
             fresh.restore(bad)
     assert fresh.n_subjects == 0
     fresh.restore(data)
-    assert [fresh.view(i) for i in range(4)] == [state.view(i) for i in range(4)]
-    assert fresh.exclusion_open.tolist() == [True, False, False, False]
+    assert [compiled_view(fresh, i) for i in range(4)] == [
+        compiled_view(state, i) for i in range(4)]
+    assert [compiled_view(fresh, i).exclusion_open for i in range(4)] == [
+        True, False, False, False]
 
 
 def test_bad_batches_and_settings_are_refused():
@@ -169,7 +173,7 @@ def test_bad_batches_and_settings_are_refused():
         state.apply(*ok, key=[True])
     with pytest.raises(RulesError, match="exit_fixes must be an integer in 1..255"):
         RuleState(1, Rules(exit_fixes=0))
-    assert state.view(0).newest_t_ms is None  # nothing applied
+    assert compiled_view(state, 0).newest_t_ms is None  # nothing applied
 
 
 def test_sort_batch_keeps_batch_order_for_ties_and_handles_wide_spans():
@@ -186,3 +190,13 @@ def test_state_fits_the_budget():
     assert BYTES_PER_SUBJECT <= 64
     assert [rk.ZONE_EXIT, rk.SIGNAL_RESTORED, rk.FEED_OUTAGE] == [
         EVENT_TYPES.index(n) for n in ("zone_exit", "signal_restored", "feed_outage")]
+
+
+def test_warm_up_loads_the_kernel_a_worker_needs():
+    assert_warm_up_prepares(
+        "from alerts import rules\nrules.warm_up()", "rules.rk.apply_fixes",
+        "import numpy as np\n"
+        "from engine.config import Rules\n"
+        "state = rules.RuleState(3, Rules())\n"
+        "state.apply(np.array([0, 2], np.int32), np.array([5, 6]), np.array([0, 2], np.int8),\n"
+        "            np.array([2, 1], np.int8), np.array([-1, 0], np.int32), np.zeros(3, bool))")

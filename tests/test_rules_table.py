@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from alerts.rules import EVENT_TYPES, RuleState, RulesError, severity
-from alerts.rules_reference import ReferenceRules
-from geofence.verdict import IN, OUT, UNSURE
 from engine.config import Rules
+from geofence.verdict import IN, OUT, UNSURE
+from tests.rules_reference import ReferenceRules, compiled_view
 
 VERDICTS = {"in": IN, "unsure": UNSURE, "out": OUT}
 ZONE = 7  # the index of the person's exclusion zone in these cases
@@ -127,7 +127,7 @@ def run(case: Case):
         want, want_late = reference.apply(*batch, key)
         assert rows(got) == want
         assert list(got.late) == want_late
-        assert compiled.view(0) == reference.view(0)
+        assert compiled_view(compiled, 0) == reference.view(0)
         late += [number] * got.n_late
         events += [(row, number) for row in rows(got)]
     return events, late

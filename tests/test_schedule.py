@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from alerts.registry import Delegation, Office, Permit, Registry, Subject
-from alerts.schedule import AreaSchedule, ScheduleError, warm_up
+from alerts.schedule import AreaSchedule, ScheduleError
+from tests.warm_up_check import assert_warm_up_prepares
 
 ZHONGQU, XUECHENG, TENGZHOU, SHANTING = "370402", "370403", "370481", "370406"
 HOUR_MS = 3_600_000
@@ -182,8 +183,13 @@ def test_empty_registry():
         schedule.areas_at(np.array([0]), np.array([T0]))
 
 
-def test_warm_up_runs():
-    warm_up()
+def test_warm_up_loads_the_kernel_a_worker_needs():
+    assert_warm_up_prepares(
+        "from alerts import schedule\nschedule.warm_up()", "schedule._pieces_values",
+        "import numpy as np\n"
+        "from tests.test_schedule import T0, build, subject\n"
+        "book, _ = build([subject()])\n"
+        "book.areas_at(np.array([0, 0], np.int32), np.array([T0, T0 + 1]))")
 
 
 # --- Against a plain reference ----------------------------------------------------------

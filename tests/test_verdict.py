@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from geofence import (EXIT_MARGIN_M, IN, OUT, UNSURE, VERDICT_NAMES, InputArrayError, Layer,
                       UnknownCodeError, VerdictEngine)
 from geofence.synthetic import zaozhuang_geojson
+from tests.warm_up_check import assert_warm_up_prepares
 
 # WGS-84, written out here so the reference does not borrow the engine's own code.
 WGS84_A_M = 6378137.0
@@ -507,3 +508,30 @@ def test_zone_codes_without_a_zone_layer_are_refused(engine):
         without_zones.exclusion_set_id(["Z-school"])
     with pytest.raises(UnknownCodeError):
         without_zones.area_id(["370001", "Z-school"])
+
+
+def test_warm_up_loads_every_kernel_a_layer_and_its_verdicts_need():
+    assert_warm_up_prepares(
+        "import geofence\n"
+        "from geofence import datum\n"
+        "from geofence._algorithms import grid, grid_build, rows, verdict as vk\n"
+        "geofence.warm_up()",
+        "rows.build_feature_rows, grid_build.build_cells, grid.locate_range, "
+        "grid.locate_points_parallel, grid.points_in_feature_batch, vk.area_verdicts, "
+        "vk.exclusion_verdicts, datum._convert_kernel",
+        "import numpy as np\n"
+        "import shapely\n"
+        "boxes = [shapely.box(i, 0, i + 1, 2) for i in range(3)]\n"
+        "doc = {'type': 'FeatureCollection', 'features': [\n"
+        "    {'type': 'Feature', 'properties': {'code': c, 'name': c},\n"
+        "     'geometry': shapely.geometry.mapping(b)} for c, b in zip('abc', boxes)]}\n"
+        "layer = geofence.Layer.from_geojson(doc, warn=False)\n"
+        "xs, ys = np.random.default_rng(1).uniform(0, 3, (2, 50))\n"
+        "layer.locate(xs, ys)\n"
+        "layer.locate(xs, ys, parallel=True)\n"
+        "layer.contains('b', xs, ys)\n"
+        "engine = geofence.VerdictEngine(layer, layer)\n"
+        "acc = np.full(50, 30.0)\n"
+        "engine.verdicts(xs, ys, acc, np.full(50, engine.area_id(['a', 'b'])))\n"
+        "engine.exclusion_verdicts(xs, ys, acc, np.full(50, engine.exclusion_set_id(['c'])))\n"
+        "datum.to_wgs84(xs, ys, 'gcj02')")

@@ -15,7 +15,7 @@ Edges are stored as the index ``i`` of their first vertex: the edge runs from
 ``coords[i]`` to ``coords[i + 1]`` (rings are closed, first vertex repeated).
 """
 
-from geofence._jit import body, kernel
+from geofence._jit import body
 
 
 @body
@@ -31,28 +31,3 @@ def edge_counts(coords, i, x, y):
         return (x - x1) * (y2 - y1) < (y - y1) * (x2 - x1)
     return False
 
-
-@body
-def point_in_edges(coords, edges, start, stop, x, y):
-    """Crossing parity of edges[start:stop] for (x, y): the slow, obvious reference."""
-    inside = False
-    for k in range(start, stop):
-        if edge_counts(coords, edges[k], x, y):
-            inside = not inside
-    return inside
-
-
-@kernel
-def points_in_features_bruteforce(coords, edges, feature_edge_offsets, xs, ys, out):
-    """Reference locate: first feature (lowest index) whose edges give odd parity, else -1.
-
-    O(points x edges); used by tests and as the benchmark's naive baseline.
-    """
-    n_features = feature_edge_offsets.shape[0] - 1
-    for p in range(xs.shape[0]):
-        out[p] = -1
-        for f in range(n_features):
-            if point_in_edges(coords, edges, feature_edge_offsets[f],
-                              feature_edge_offsets[f + 1], xs[p], ys[p]):
-                out[p] = f
-                break

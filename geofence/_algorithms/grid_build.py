@@ -9,10 +9,17 @@ import math
 import numpy as np
 
 from geofence._algorithms.grid import (_MAX_RECORDS, _TWIN_ITEMS, _USED, _WIDEN,
-                                       CHAIN_EDGES_MAX, ROWS, SUB, SUB_NONE, SUB_TEST,
-                                       SUB_WORDS, _candidate_parity, _first_odd)
+                                       CHAIN_EDGES_MAX, G_CH, G_CW, G_NX, G_NY, G_X0, G_Y0,
+                                       ROWS, SUB, SUB_NONE, SUB_TEST, SUB_WORDS,
+                                       _candidate_parity, _first_odd)
 from geofence._algorithms.rows import point_in_feature
 from geofence._jit import body, serial
+
+
+# Slots of `box`, the cell a record is written for: its lower-left corner and size, then
+# X (just right of it), Y0 (just below it) and a height above every point of it.
+BOX_X, BOX_Y, BOX_W, BOX_H, BOX_XRIGHT, BOX_YBELOW, BOX_YABOVE = range(7)
+N_BOX = 7
 
 
 # ---------------------------------------------------------------- build: touched cells
@@ -60,7 +67,7 @@ def _cell_span(lo, hi, origin, size, n):
 @serial
 def _edges_by_row(coords, edges, grid):
     """CSR of the edges (indices into ``edges``) whose widened y-span meets each grid row."""
-    gy0, ch, ny = grid[1], grid[3], int(grid[5])
+    gy0, ch, ny = grid[G_Y0], grid[G_CH], int(grid[G_NY])
     counts = np.zeros(ny, np.int64)
     for k in range(edges.shape[0]):
         i = edges[k]
@@ -86,7 +93,8 @@ def _edges_by_row(coords, edges, grid):
 @serial
 def _row_touches(coords, edges, grid, j, row_ks, keys):
     """Sorted keys ``column * n_edges + k`` of the cells of row j that edge k touches."""
-    gx0, gy0, cw, ch, nx, ny = grid[0], grid[1], grid[2], grid[3], int(grid[4]), int(grid[5])
+    gx0, gy0, cw, ch = grid[G_X0], grid[G_Y0], grid[G_CW], grid[G_CH]
+    nx, ny = int(grid[G_NX]), int(grid[G_NY])
     wx = cw * _WIDEN
     wy = ch * _WIDEN
     n_edges = edges.shape[0]
@@ -131,7 +139,7 @@ def _junction_flag(coords, v, xright, ybelow, yabove):
 @serial
 def _write_candidate(out, w, tv, lo, hi, coords, ring_offsets, box):
     """Write one candidate's chains (T edges tv[lo:hi], sorted vertex ids) at out[w]."""
-    xright, ybelow, yabove = box[4], box[5], box[6]
+    xright, ybelow, yabove = box[BOX_XRIGHT], box[BOX_YBELOW], box[BOX_YABOVE]
     head = w
     w += 1
     n_chains = 0
@@ -236,7 +244,7 @@ def _fill_sub_table(out, rec, tv, coords, row_params, row_index, row_offsets, ro
 
     ``code`` and ``stack`` are SUB * SUB scratch.
     """
-    xl, yb, cw, ch = box[0], box[1], box[2], box[3]
+    xl, yb, cw, ch = box[BOX_X], box[BOX_Y], box[BOX_W], box[BOX_H]
     sw = cw / SUB
     sh = ch / SUB
     wx = sw * _WIDEN
@@ -301,7 +309,7 @@ def _write_record(out, w, cand_f, cand_lo, cand_hi, n, tv, coords, ring_offsets,
     for c in range(n):
         out[rec + SUB_WORDS + 1 + c] = cand_f[c]
     w = rec + SUB_WORDS + 1 + n
-    xq, yq = box[4], box[5]  # the reference point (X, Y0)
+    xq, yq = box[BOX_XRIGHT], box[BOX_YBELOW]  # the reference point (X, Y0)
     prev_b = -1  # the previous candidate's B; its entry as written is in park
     for c in range(n):
         head = w
@@ -435,7 +443,8 @@ def build_cells(coords, edges, edge_feature, ring_offsets, n_features, grid,
     large arrays, which saves TLB misses on random reads (10% of `locate`), and Numba's
     allocator does not; pages of ``records`` never written cost no memory.
     """
-    gx0, gy0, cw, ch, nx, ny = grid[0], grid[1], grid[2], grid[3], int(grid[4]), int(grid[5])
+    gx0, gy0, cw, ch = grid[G_X0], grid[G_Y0], grid[G_CW], grid[G_CH]
+    nx, ny = int(grid[G_NX]), int(grid[G_NY])
     n_edges = edges.shape[0]
     row_off, row_list = _edges_by_row(coords, edges, grid)
     parity = np.zeros(n_features, np.bool_)
@@ -444,7 +453,7 @@ def build_cells(coords, edges, edge_feature, ring_offsets, n_features, grid,
     cand_f = np.empty(64, np.int32)
     cand_lo = np.empty(64, np.int64)
     cand_hi = np.empty(64, np.int64)
-    box = np.empty(7, np.float64)
+    box = np.empty(N_BOX, np.float64)
     park = np.empty(2048, np.int32)
     scratch = np.empty((4, max(_TWIN_ITEMS, SUB * SUB)), np.int64)
     block = np.empty(4096, np.int32)  # the row's records, then copied to ``records``
@@ -493,13 +502,13 @@ def build_cells(coords, edges, edge_feature, ring_offsets, n_features, grid,
                 grown = np.empty(max(room, 2 * block.shape[0]), np.int32)
                 grown[:used] = block[:used]
                 block = grown
-            box[0] = gx0 + ii * cw
-            box[1] = yb
-            box[2] = cw
-            box[3] = ch
-            box[4] = xr + 0.5 * cw * _WIDEN        # X: right of the cell, inside the widening
-            box[5] = yb - 0.5 * ch * _WIDEN        # Y0: below the cell, inside the widening
-            box[6] = yb + ch + 0.5 * ch * _WIDEN   # above every point of the cell
+            box[BOX_X] = gx0 + ii * cw
+            box[BOX_Y] = yb
+            box[BOX_W] = cw
+            box[BOX_H] = ch
+            box[BOX_XRIGHT] = xr + 0.5 * cw * _WIDEN   # X: right of the cell, in the widening
+            box[BOX_YBELOW] = yb - 0.5 * ch * _WIDEN   # Y0: below the cell, in the widening
+            box[BOX_YABOVE] = yb + ch + 0.5 * ch * _WIDEN   # above every point of the cell
             if total + used > _MAX_RECORDS:
                 raise ValueError("locate grid: mixed-cell records exceed 2**31 words")
             cells[j * nx + ii] = -2 - (total + used)

@@ -16,6 +16,10 @@ import numpy as np
 from geofence._algorithms.crossing import edge_counts
 from geofence._jit import body, serial
 
+# Columns of `row_params` (float64) and `row_index` (int64), one row per feature.
+R_Y0, R_SCALE = 0, 1          # y of the first row's bottom, rows per degree
+R_FIRST, R_COUNT = 0, 1       # the feature's first global row, its number of rows
+
 
 @body
 def _row_of(y, y0, scale, nrows):
@@ -31,8 +35,8 @@ def _row_of(y, y0, scale, nrows):
 def build_feature_rows(coords, edges, feature_edge_offsets, edges_per_row):
     """Bucket every feature's edges into rows. Returns (row_params, row_index, row_offsets, row_edges).
 
-    row_params[f] = (y0, scale); row_index[f] = (first row, number of rows);
-    row_offsets indexes row_edges (edge ids) per global row.
+    row_params[f] = (y0, scale) and row_index[f] = (first row, number of rows), columns
+    named R_*; row_offsets indexes row_edges (edge ids) per global row.
     """
     n_features = feature_edge_offsets.shape[0] - 1
     row_params = np.zeros((n_features, 2), np.float64)
@@ -49,10 +53,10 @@ def build_feature_rows(coords, edges, feature_edge_offsets, edges_per_row):
             ymax = max(ymax, coords[i, 1], coords[i + 1, 1])
         nrows = max(1, (hi - lo) // edges_per_row)
         height = ymax - ymin
-        row_params[f, 0] = ymin if hi > lo else 0.0
-        row_params[f, 1] = nrows / height if height > 0 else 0.0
-        row_index[f, 0] = total_rows
-        row_index[f, 1] = nrows
+        row_params[f, R_Y0] = ymin if hi > lo else 0.0
+        row_params[f, R_SCALE] = nrows / height if height > 0 else 0.0
+        row_index[f, R_FIRST] = total_rows
+        row_index[f, R_COUNT] = nrows
         total_rows += nrows
     counts = np.zeros(total_rows + 1, np.int64)
     for pass_no in range(2):
@@ -63,10 +67,10 @@ def build_feature_rows(coords, edges, feature_edge_offsets, edges_per_row):
             row_edges = np.empty(offsets[total_rows], np.int32)
             fill = offsets[:-1].copy()
         for f in range(n_features):
-            y0 = row_params[f, 0]
-            scale = row_params[f, 1]
-            base = row_index[f, 0]
-            nrows = row_index[f, 1]
+            y0 = row_params[f, R_Y0]
+            scale = row_params[f, R_SCALE]
+            base = row_index[f, R_FIRST]
+            nrows = row_index[f, R_COUNT]
             for k in range(feature_edge_offsets[f], feature_edge_offsets[f + 1]):
                 i = edges[k]
                 ya = coords[i, 1]
@@ -87,7 +91,8 @@ def build_feature_rows(coords, edges, feature_edge_offsets, edges_per_row):
 @body
 def point_in_feature(coords, row_params, row_index, row_offsets, row_edges, f, x, y):
     """Crossing parity of feature f for (x, y), reading only the edges of y's row."""
-    r = row_index[f, 0] + _row_of(y, row_params[f, 0], row_params[f, 1], row_index[f, 1])
+    r = row_index[f, R_FIRST] + _row_of(y, row_params[f, R_Y0], row_params[f, R_SCALE],
+                                        row_index[f, R_COUNT])
     inside = False
     for k in range(row_offsets[r], row_offsets[r + 1]):
         if edge_counts(coords, row_edges[k], x, y):

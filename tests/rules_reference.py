@@ -3,7 +3,8 @@
 One fix at a time, state in dicts, and every rule written as it reads in the SPEC over
 the subject's history of accepted fixes ("the `out` fixes since the last `in`") instead
 of the run counters the compiled kernel keeps. Slow and obviously correct; the compiled
-`alerts.rules.RuleState` must produce the same events and the same observable state.
+`alerts.rules.RuleState` must produce the same events and the same state (`view`,
+`compiled_view`).
 
 Episodes ("once per episode") are identified by the position in the history where they
 began: a rule remembers the episode it last fired in.
@@ -11,8 +12,34 @@ began: a rule remembers the episode it last fired in.
 
 from dataclasses import dataclass, field
 
-from alerts.rules import EVENT_TYPES, NO_TIME, SubjectView
+from alerts import _rules_kernel as rk
+from alerts.rules import EVENT_TYPES, NO_TIME, RuleState
 from geofence.verdict import IN, OUT, UNSURE
+
+
+@dataclass(frozen=True)
+class SubjectView:
+    """One subject's rule state as both models can state it."""
+
+    newest_t_ms: int | None
+    verdict: int | None
+    signal_lost: bool
+    exit_open: bool
+    exit_t_ms: int | None
+    exclusion_open: bool
+
+
+def compiled_view(state: RuleState, s: int) -> SubjectView:
+    """Subject s of the compiled state, read from the kernel's own arrays."""
+    k = state.kernel_state()
+    flags = int(k.flags[s])
+    return SubjectView(
+        newest_t_ms=None if k.newest_t_ms[s] == NO_TIME else int(k.newest_t_ms[s]),
+        verdict=None if k.verdict[s] == rk.NO_VERDICT else int(k.verdict[s]),
+        signal_lost=bool(flags & rk.SIGNAL_LOST_SET),
+        exit_open=bool(flags & rk.EXIT_OPEN),
+        exit_t_ms=int(k.exit_t_ms[s]) if flags & rk.EXIT_OPEN else None,
+        exclusion_open=bool(flags & rk.EXCLUSION_OPEN))
 
 
 @dataclass
