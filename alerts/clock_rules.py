@@ -250,7 +250,7 @@ class ClockRules:
         subjects = np.array([s for _, s in ending], np.int32)
         at_ms = np.array([p.end_ms + grace for p, _ in ending], np.int64)
         last = state.last_fix(subjects)
-        verdict = state.latest_verdict[subjects].copy()
+        verdict = last["verdict"]
         stale = (last["t_ms"] < at_ms - grace) & (last["t_ms"] != NO_TIME)
         if stale.any():   # silent since before the permit ended: judge the newest fix again
             area = book.schedule.areas_at(subjects[stale], at_ms[stale])

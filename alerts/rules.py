@@ -202,10 +202,12 @@ class RuleState:
         a["carrier"][who] = carrier
 
     def last_fix(self, subjects) -> dict[str, np.ndarray]:
-        """Newest fix of each subject: t_ms, lon, lat, acc_m, src, carrier (NaN / -1: none)."""
+        """Newest fix of each subject: t_ms, lon, lat, acc_m, src, carrier, and the area
+        verdict the rules gave it (NaN / -1: none)."""
         idx = self._subjects(subjects)
-        names = ("newest_t_ms", "last_lon", "last_lat", "last_acc_m", "last_src", "carrier")
-        keys = ("t_ms", "lon", "lat", "acc_m", "src", "carrier")
+        names = ("newest_t_ms", "last_lon", "last_lat", "last_acc_m", "last_src", "carrier",
+                 "verdict")
+        keys = ("t_ms", "lon", "lat", "acc_m", "src", "carrier", "verdict")
         return {k: self._arrays[n][idx] for k, n in zip(keys, names)}
 
     @property
