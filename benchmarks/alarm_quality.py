@@ -34,7 +34,8 @@ import numpy as np
 from alerts.rules import EVENT_TYPES, RuleState, warm_up
 from benchmarks.common import Report, log
 from geofence import IN, OUT, UNSURE, Layer, VerdictEngine
-from geofence.synthetic import ZAOZHUANG_COUNTIES, zaozhuang_geojson
+from geofence.builtin import zaozhuang_geojson
+from sim.zaozhuang import ZAOZHUANG_COUNTIES
 from ingest.feed import DAY_MS, make_day, make_population
 from engine.config import Rules
 

@@ -44,7 +44,8 @@ import numpy as np
 import shapely
 
 import geofence
-from geofence.synthetic import ZAOZHUANG_COUNTIES, zaozhuang_geojson
+from geofence.builtin import zaozhuang_geojson
+from sim.zaozhuang import ZAOZHUANG_COUNTIES
 from ingest.feed import (ACCURACY_RANGE_M, CATEGORY_SHARE, DAY_MS, M_PER_DEG_LAT, SOURCE_SHARE,
                          SOURCES, Population, make_day, make_population, registry_document)
 from ingest.simulate import CarrierFeed

@@ -32,7 +32,8 @@ import zmq
 import geofence
 from geofence.datum import from_wgs84
 from geofence.errors import GeofenceError
-from geofence.synthetic import ZAOZHUANG_COUNTIES, zaozhuang_geojson
+from geofence.builtin import zaozhuang_geojson
+from sim.zaozhuang import ZAOZHUANG_COUNTIES
 from ingest.carrier import CarrierClient, CarrierStats, load_curve
 from ingest.feed import DAY_MS, SOURCES, Population, make_day, make_population
 from ingest.protocol import encode_cols, encode_rows

@@ -56,7 +56,7 @@ def write_config(root: Path, webhooks: dict | None = None, rules: dict | None = 
 
 def population_document(n: int, seed: int = 1) -> dict:
     from geofence import Layer
-    from geofence.synthetic import zaozhuang_geojson
+    from geofence.builtin import zaozhuang_geojson
     from ingest.feed import make_population, registry_document
 
     layer = Layer.from_geojson(zaozhuang_geojson())

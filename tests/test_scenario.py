@@ -10,7 +10,7 @@ import shapely
 import geofence
 from alerts.registry import RegistryStore
 from geofence.datum import to_wgs84
-from geofence.synthetic import zaozhuang_geojson
+from geofence.builtin import zaozhuang_geojson
 from ingest.scenario import (CARRIERS, LIVE_INTERVAL_MS, MINUTE_MS, Ground, build_scenario,
                              to_metres)
 from engine.layers import code_checkers

@@ -21,7 +21,7 @@ import shapely
 from alerts.alarms import Alarm
 from alerts.registry import RegistryStore
 from geofence import Layer, VerdictEngine
-from geofence.synthetic import zaozhuang_geojson
+from geofence.builtin import zaozhuang_geojson
 from ingest.fixes import FixColumns
 from ingest.store import StoredBatch
 from engine.config import Rules, Settings
