@@ -1,4 +1,4 @@
-"""How the demo's planted events fared: the truth (`ingest.scenario`) against the alarms.
+"""How the demo's planted events fared: the truth (`sim.scenario`) against the alarms.
 
 An alarm's id derives from (subject, type, triggering fix time) (`alerts.alarms.alarm_id`),
 and the alarm store remembers every raised id, also those folded into an open alarm of
