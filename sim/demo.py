@@ -40,6 +40,7 @@ from engine.status import Endpoints, EngineStatus
 from sim.demo_screen import banner, duration, progress
 from sim.demo_setup import (DemoError, check_resumable, fresh_directory, prepare,
                             write_config)
+from sim.movement import DAY_MS
 
 DEFAULT_DATA = "geofence-demo"
 DEFAULT_SPEED = 600.0
@@ -50,7 +51,6 @@ READY_TIMEOUT_S = 300.0         # a first run compiles every kernel
 CATCH_UP_TIMEOUT_S = 180.0
 SETTLE_S = 3.0                  # after the workers caught up: last clock check, dispatcher
 LIVE_SEED_SALT = 0x11FE
-DAY_S = 86_400
 
 log = logging.getLogger("geofence.demo")
 
@@ -103,7 +103,7 @@ def run_demo(subjects: int = 2032, seed: int = 7, speed: float = DEFAULT_SPEED,
         fresh_directory(root)
     # The day ends as the replay will (or now, when there is no replay): its fixes are
     # never in the engine's future, and the alarms look current.
-    day_end_ms = _wall_ms() + (0 if resume else int(DAY_S * 1000 / speed))
+    day_end_ms = _wall_ms() + (0 if resume else int(DAY_MS / speed))
     scenario = build_scenario(subjects, seed, end_ms=day_end_ms)
     settings = write_config(root, desk_bind, scenario)
     logins = prepare(root, settings, scenario, resume)

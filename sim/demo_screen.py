@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-MINUTE_MS = 60_000
+from sim.movement import DAY_MS, MINUTE_MS
 
 
 def banner(out, root: Path, scenario, logins, endpoints, log_file: Path, resume: bool,
@@ -38,7 +38,7 @@ def banner(out, root: Path, scenario, logins, endpoints, log_file: Path, resume:
         f"delegations ({planted.get('delegation_exit', 0)} leave); {barred} under injunction "
         f"({planted.get('breach', 0)} breaches); {planted.get('silence', 0)} silences; "
         f"{outage['carrier']} down {(outage['end_ms'] - outage['start_ms']) // MINUTE_MS} min")
-    out(f"  replaying the last 24 h at {speed:g}x ({duration(86_400 / speed)}), then a live "
+    out(f"  replaying the last 24 h at {speed:g}x ({duration(DAY_MS / 1000 / speed)}), then a live "
         "feed; Ctrl-C stops")
 
 
