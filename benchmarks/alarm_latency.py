@@ -5,7 +5,7 @@ Everything runs against the real engine: `geofence serve` started by
 `tests.engine_harness.Engine` (supervisor, ingest, 1 worker and the dispatcher, ZeroMQ on
 loopback TCP, SQLite files in a temp dir, `[storage] sync` the default `normal`), stopped
 in `finally`. Its registry is the seeded Zaozhuang population of `subjects` subjects
-(`ingest.simulate.population`, imported with `geofence registry import`, one device each)
+(`sim.population.builtin_population`, imported with `geofence registry import`, one device each)
 with `KEY_SHARE` of them made `risk: "key"` (a key subject raises zone_exit on ONE fix
 outside its county, `[rules] exit_fixes_key`).
 
@@ -75,13 +75,12 @@ from alerts.alarms import alarm_id
 from benchmarks.common import Report, log
 from engine.messages import decode_alarm_frames
 from ingest.carrier import CarrierClient
-from ingest.feed import registry_document
 from ingest.protocol import encode_cols
-from ingest.simulate import population
 from service.cli import main as cli
 from service.evaluation_store import EvaluationReader
 from engine.config import load as load_settings
 from engine.paths import EnginePaths
+from sim.population import builtin_population, registry_document
 from tests.engine_harness import Engine, write_config
 
 SEED = 1
@@ -125,11 +124,11 @@ def make_feed(subjects: int, seconds: float, start_ms: int, batch_base: int) -> 
     if subjects < 2 * BATCH_FIXES:
         raise ValueError(f"need at least {2 * BATCH_FIXES} subjects (one fix each per batch, "
                          "strictly increasing times)")
-    layer, people, _ = population(subjects, SEED)
+    layer, people, _ = builtin_population(subjects, SEED)
     rng = np.random.default_rng([SEED, 0xA1A])
     people = replace(people, risk=np.where(rng.random(subjects) < KEY_SHARE, "key", "normal"))
     ids = people.ids
-    devices = np.array([int(d) for d in people.devices], np.int64)
+    devices = people.phones
     key = people.risk == "key"
     used = np.zeros(subjects, bool)
     n_batches = WARM_BATCHES + round(seconds * BATCHES_PER_S)

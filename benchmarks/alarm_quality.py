@@ -1,7 +1,7 @@
 """Alarm quality: precision and recall of zone_exit against planted truth, the naive rule beside it.
 
 Zaozhuang layer, the 6 counties as allowed areas (``engine.area_id([code])``). One seeded
-population (`ingest.feed.make_population`: 2,032 subjects, 5 % key) and consecutive days
+population (`sim.population.make_population`: 2,032 subjects, 5 % key) and consecutive days
 of fixes (`make_day`, a different seed each day, 2 % of subjects a day make a planted
 excursion 0.5-20 km beyond their county's border for 15 min-6 h). Every fix gets the
 verdict of its subject's county (`VerdictEngine.verdicts`), then all fixes go through one
@@ -34,8 +34,10 @@ import numpy as np
 from alerts.rules import EVENT_TYPES, RuleState, warm_up
 from benchmarks.common import Report, log
 from geofence import IN, OUT, UNSURE, Layer, VerdictEngine
-from geofence.synthetic import ZAOZHUANG_COUNTIES, zaozhuang_geojson
-from ingest.feed import DAY_MS, make_day, make_population
+from geofence.builtin import zaozhuang_geojson
+from sim.movement import DAY_MS, make_day
+from sim.population import make_population
+from sim.zaozhuang import ZAOZHUANG_COUNTIES
 from engine.config import Rules
 
 SEED = 20240612
@@ -157,10 +159,8 @@ def _in_county(where, county_of_feature, home) -> np.ndarray:
 def _excursions(engine, feed, area, really_out, day) -> list[dict]:
     """Planted excursions of one day: subject, interval, median distance beyond, fixes."""
     out = []
-    for s in feed.excursions:
+    for s in np.unique(feed.subject[feed.away]):
         idx = np.flatnonzero((feed.subject == s) & feed.away)
-        if not len(idx):
-            continue
         d = engine.areas.distance_m(int(area[idx[0]]), feed.true_lon[idx], feed.true_lat[idx])
         d = np.where(really_out[idx], d, 0.0)
         out.append({"subject": int(s), "day": day, "t0": int(feed.t_ms[idx[0]]),

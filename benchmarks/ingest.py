@@ -10,8 +10,8 @@ kill -9 of any engine process; `full`: every group commit is also fsynced),
 carrier's backfill; the default is 7 days), `max_backlog_fixes` the default 2,000,000
 except in the overload run.
 
-Feed: the seeded Zaozhuang population of `SUBJECTS` subjects (`ingest.simulate.population`,
-imported with `geofence registry import`, one device each) and `ingest.feed.make_day` for
+Feed: the seeded Zaozhuang population of `SUBJECTS` subjects (`sim.population.builtin_population`,
+imported with `geofence registry import`, one device each) and `sim.movement.make_day` for
 `days` consecutive days, each day with its own generator (distinct times, positions and
 sources), split over `CARRIERS` by subject as `geofence simulate` does; `cucc` sends
 GCJ-02, which the engine converts. No spoiled fixes: every fix is valid, accepted = sent.
@@ -57,21 +57,22 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import zmq
 
 from benchmarks.common import Report, log
-from geofence.datum import from_wgs84
 from ingest.carrier import CarrierClient, CarrierStats
-from ingest.feed import DAY_MS, make_day, registry_document
-from ingest.simulate import CarrierFeed, batches, population
 from engine.database import NotReadyError
 from ingest.store import StoreReader
 from service.cli import main as cli
 from service.evaluation_store import EvaluationReader
+from sim.carriers import CarrierFeed, split_by_carrier
+from sim.fixes import Fixes
+from sim.movement import DAY_MS, make_day
+from sim.population import builtin_population, registry_document
 from tests.engine_harness import Engine, free_port
 
 SEED = 1
@@ -113,30 +114,14 @@ class Data:
 
 def make_data(sizes: dict, workdir: Path) -> Data:
     """The registry file and each carrier's stream of `days` days, oldest first."""
-    layer, people, _ = population(sizes["subjects"], SEED)
+    layer, people, _ = builtin_population(sizes["subjects"], SEED)
     registry = workdir / "registry.json"
     registry.write_text(json.dumps(registry_document(layer, people), ensure_ascii=False))
     days = sizes["days"]
     end_ms = int(time.time() * 1000) - END_BEFORE_NOW_MS
-    device_of = np.array([int(d) for d in people.devices], np.int64)
-    parts = []
-    for d in range(days):
-        day = make_day(layer, people, np.random.default_rng([SEED, d]),
-                       end_ms - (days - d) * DAY_MS)
-        parts.append(day)
-    subject = np.concatenate([p.subject for p in parts])
-    cols = {name: np.concatenate([getattr(p, name) for p in parts])
-            for name in ("t_ms", "lon", "lat", "acc_m", "src")}
-    streams = []
-    for k, name in enumerate(CARRIERS):
-        mine = subject % len(CARRIERS) == k
-        lon, lat = cols["lon"][mine], cols["lat"][mine]
-        datum = None
-        if name in GCJ02_CARRIERS:
-            lon, lat = from_wgs84(lon, lat, "gcj02")
-            datum = "gcj02"
-        streams.append(CarrierFeed(name, datum, device_of[subject[mine]], cols["t_ms"][mine],
-                                   lon, lat, cols["acc_m"][mine], cols["src"][mine]))
+    parts = [make_day(layer, people, np.random.default_rng([SEED, d]),
+                      end_ms - (days - d) * DAY_MS) for d in range(days)]
+    streams = split_by_carrier(Fixes.concat(parts), people.phones, CARRIERS, GCJ02_CARRIERS)
     return Data(registry, streams)
 
 
@@ -146,9 +131,8 @@ def encode(streams: list[CarrierFeed], form: str, total_fixes: int, batch_fixes:
     each = -(-total_fixes // len(streams))
     out = {}
     for s in streams:
-        part = CarrierFeed(s.name, s.datum, *(a[:each] for a in
-                                              (s.device, s.t_ms, s.lon, s.lat, s.acc, s.src)))
-        out[s.name] = list(batches(part, form, batch_fixes, base))
+        part = replace(s, fixes=s.fixes.take(slice(0, each)))
+        out[s.name] = list(part.batches(form, batch_fixes, base))
     return out
 
 

@@ -28,7 +28,8 @@ import shapely
 from benchmarks.common import (GIB, ROOT, WARM_UP, Report, best_of, cold_and_warm,
                                fill_kernel_cache, log, run_child, uniform_points)
 from geofence import Layer
-from geofence.synthetic import national_layer, zaozhuang_geojson
+from geofence.builtin import zaozhuang_geojson
+from sim.national import national_layer
 
 SEED = 20240601
 REPEAT = 5
@@ -43,7 +44,7 @@ FIRST_CALLS = """
 t = time.perf_counter()
 import numpy as np
 import geofence
-from geofence.synthetic import zaozhuang_geojson
+from geofence.builtin import zaozhuang_geojson
 out['import_s'] = time.perf_counter() - t
 source = zaozhuang_geojson()
 t = time.perf_counter(); layer = geofence.Layer.from_geojson(source)
@@ -56,7 +57,7 @@ out['parallel_s'] = time.perf_counter() - t
 
 NATIONAL_BUILD = """
 from geofence import Layer
-from geofence.synthetic import national_layer
+from sim.national import national_layer
 t = time.perf_counter(); nl = national_layer(); out['generate_s'] = time.perf_counter() - t
 out['generate_rss_bytes'] = peak_rss_bytes()
 t = time.perf_counter()

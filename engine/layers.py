@@ -3,6 +3,7 @@
 import warnings
 
 from geofence import Layer, LayerWarning
+from geofence.builtin import zaozhuang_geojson
 from engine.config import Settings
 
 
@@ -13,7 +14,6 @@ def load_layers(settings: Settings) -> tuple[Layer, Layer | None]:
         if settings.layers.jurisdictions:
             jurisdictions = Layer.from_geojson(settings.layers.jurisdictions)
         else:
-            from geofence.synthetic import zaozhuang_geojson
             jurisdictions = Layer.from_geojson(zaozhuang_geojson())
         zones = Layer.from_geojson(settings.layers.zones) if settings.layers.zones else None
     return jurisdictions, zones

@@ -91,3 +91,13 @@ class EnginePaths:
     @property
     def done_endpoint(self) -> str:
         return f"ipc://{self.root / 'done.sock'}"
+
+    @property
+    def status_file(self) -> Path:
+        """A running serve's state and endpoints (`engine.status`)."""
+        return self.root / "engine.json"
+
+    @property
+    def log_file(self) -> Path:
+        """Every engine process's log, when serve is asked to log to a file (the demo)."""
+        return self.root / "engine.log"

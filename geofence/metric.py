@@ -46,6 +46,22 @@ def point_segment_m(px, py, x1, y1, x2, y2, kx, ky):
 
 
 @kernel
+def _metres_per_degree_each(lat, kx, ky):
+    for i in range(lat.shape[0]):
+        kx[i], ky[i] = metres_per_degree(lat[i])
+
+
+def metres_per_degree_at(lat) -> tuple[np.ndarray, np.ndarray]:
+    """`metres_per_degree` for an array of latitudes: (per degree of longitude, of
+    latitude), each shaped like `lat`. For numpy code (layer reports, simulations)."""
+    lat = np.asarray(lat, dtype=np.float64)
+    flat = np.ascontiguousarray(lat).reshape(-1)
+    kx, ky = np.empty_like(flat), np.empty_like(flat)
+    _metres_per_degree_each(flat, kx, ky)
+    return kx.reshape(lat.shape), ky.reshape(lat.shape)
+
+
+@kernel
 def _distances_m(lon1, lat1, lon2, lat2, out):
     for i in range(lon1.shape[0]):
         kx, ky = metres_per_degree(0.5 * (lat1[i] + lat2[i]))

@@ -17,9 +17,9 @@ Definitions:
   perimeter (the width of a long strip, the radius of a disc). Slivers are usually
   digitising noise; wide overlaps and gaps are usually data errors.
 
-Areas and lengths are measured in a local metric frame per piece: longitude degrees times
-111,320 m·cos(the piece's mid latitude), latitude degrees times 110,574 m. That is within
-a fraction of a percent for the pieces of a township layer, which is all a report needs.
+Areas and lengths are measured in a local metric frame per piece: degrees times the
+WGS-84 ellipsoid's metres per degree at the piece's mid latitude (`geofence.metric`), the
+engine's own scale, accurate to a fraction of a percent over a township-sized piece.
 """
 
 from dataclasses import asdict, dataclass
@@ -28,9 +28,8 @@ import numpy as np
 import shapely
 
 from geofence.geojson import LayerData
+from geofence.metric import metres_per_degree_at
 
-M_PER_DEG_LON_AT_EQUATOR = 111_320.0
-M_PER_DEG_LAT = 110_574.0
 SLIVER_WIDTH_M = 10.0
 MIN_AREA_M2 = 0.01  # 10 cm x 10 cm: below this an intersection is rounding, not data
 OVERLAP_RULE = "a point in an overlap belongs to the feature that comes first in the file"
@@ -234,8 +233,9 @@ def _local_metres(pieces: np.ndarray) -> np.ndarray:
     coords, index = shapely.get_coordinates(pieces, return_index=True)
     box = shapely.bounds(pieces)
     mid_lat = np.nan_to_num((box[:, 1] + box[:, 3]) / 2)
-    coords[:, 0] *= M_PER_DEG_LON_AT_EQUATOR * np.cos(np.radians(mid_lat))[index]
-    coords[:, 1] *= M_PER_DEG_LAT
+    kx, ky = metres_per_degree_at(mid_lat)
+    coords[:, 0] *= kx[index]
+    coords[:, 1] *= ky[index]
     return shapely.set_coordinates(pieces.copy(), coords)
 
 

@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                           "trips, overstays, silences and injunction breaches, then keep a live "
                           "feed; prints the desk's URL and a demo login. It writes its own "
                           "config into --data (no --config).")
-    from service.demo import add_demo_arguments
+    from sim.demo import add_demo_arguments
     add_demo_arguments(demo)
     demo.set_defaults(run=_demo)
 
@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo(args) -> int:
-    from service.demo import demo_options, run_demo
+    from sim.demo import demo_options, run_demo
 
     run_demo(**demo_options(args))
     return 0
@@ -239,7 +239,7 @@ def _keys_generate(args) -> int:
 
 
 def _simulate(args) -> int:
-    from ingest.simulate import simulate
+    from sim.simulate import simulate
 
     if args.register:
         _register_simulated(args)
@@ -249,13 +249,12 @@ def _simulate(args) -> int:
 
 
 def _register_simulated(args) -> None:
-    from ingest.feed import registry_document
-    from ingest.simulate import population
     from engine.layers import code_checkers, load_layers
+    from sim.population import builtin_population, registry_document
 
     settings = _settings(args)
     jurisdictions, zones = load_layers(settings)
-    layer, people, _ = population(args.subjects, args.seed)
+    layer, people, _ = builtin_population(args.subjects, args.seed)
     doc = registry_document(layer, people)
     _registry_store(settings).import_document(doc, *code_checkers(jurisdictions, zones))
 

@@ -6,7 +6,9 @@
                               └─ desk (HTTP API, live stream, the page)
 
 "ready" is printed once every child has said it is ready: the workers after their kernels
-are compiled or loaded and warmed, so the first fixes meet no compile pause.
+are compiled or loaded and warmed, so the first fixes meet no compile pause. Programs read
+the same from `<storage>/engine.json` (`engine.status`), not from the printed lines.
+Children log to stderr, or, given a log file (the demo's), everything they write goes there.
 
 Children are started with the "spawn" method (fresh interpreters: no ZeroMQ or SQLite
 state crosses a fork). A child that dies is restarted; whatever it had acknowledged or
@@ -22,14 +24,17 @@ import queue
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from engine.config import Settings
 from engine.paths import EnginePaths
+from engine.status import Endpoints, EngineStatus
 
 log = logging.getLogger("geofence.serve")
 
 RESTART_BACKOFF_S = (0.5, 1, 2, 5, 10)
 STOP_GRACE_S = 10.0
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
 def _child_stop_flag() -> Callable[[], bool]:
@@ -46,12 +51,19 @@ def _write_pid(settings: Settings, name: str) -> None:
     EnginePaths.create(settings.storage.path).pid_file(name).write_text(f"{os.getpid()}\n")
 
 
-def _logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def _logging(log_file: Path | None, level: int = logging.INFO) -> None:
+    """Log to stderr; with a log file, send everything this process writes there (log
+    lines, warnings, a crash's traceback), so a terminal it shares stays clean."""
+    if log_file is not None:
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    logging.basicConfig(level=level, format=LOG_FORMAT)
 
 
-def ingest_main(settings: Settings, workers: int, ready) -> None:
-    _logging()
+def ingest_main(settings: Settings, workers: int, ready, log_file: Path | None) -> None:
+    _logging(log_file)
     should_stop = _child_stop_flag()
     _write_pid(settings, "ingest")
     import zmq
@@ -135,8 +147,9 @@ def _curve(ctx, settings: Settings, metrics):
     return auth, keys
 
 
-def worker_main(settings: Settings, index: int, count: int, ready, restarts: int = 0) -> None:
-    _logging()
+def worker_main(settings: Settings, index: int, count: int, ready,
+                log_file: Path | None, restarts: int = 0) -> None:
+    _logging(log_file)
     should_stop = _child_stop_flag()
     _write_pid(settings, f"worker-{index}")
     from service.worker import run_worker
@@ -145,8 +158,8 @@ def worker_main(settings: Settings, index: int, count: int, ready, restarts: int
                on_ready=lambda: ready.put((f"worker-{index}",)), restarts=restarts)
 
 
-def desk_main(settings: Settings, ready) -> None:
-    _logging()
+def desk_main(settings: Settings, ready, log_file: Path | None) -> None:
+    _logging(log_file)
     should_stop = _child_stop_flag()
     _write_pid(settings, "desk")
     from desk.app import run_desk
@@ -154,8 +167,8 @@ def desk_main(settings: Settings, ready) -> None:
     run_desk(settings, should_stop, on_ready=lambda url: ready.put(("desk", url)))
 
 
-def dispatcher_main(settings: Settings, ready) -> None:
-    _logging()
+def dispatcher_main(settings: Settings, ready, log_file: Path | None) -> None:
+    _logging(log_file)
     should_stop = _child_stop_flag()
     _write_pid(settings, "dispatcher")
     import zmq
@@ -230,10 +243,14 @@ def check_worker_count(paths: EnginePaths, workers: int) -> None:
 
 
 def serve(settings: Settings, workers: int = 1, insecure: bool = False,
-          out: Callable[[str], None] = print, should_stop: Callable[[], bool] | None = None) -> None:
-    """Run until Ctrl-C/SIGTERM (or `should_stop()`); prints the endpoints once ready."""
+          out: Callable[[str], None] = print, should_stop: Callable[[], bool] | None = None,
+          log_file: Path | None = None) -> None:
+    """Run until Ctrl-C/SIGTERM (or `should_stop()`); prints the endpoints once ready and
+    keeps `engine.json` (`engine.status`). `log_file`: where the children log instead of
+    stderr."""
     check_bind(settings, insecure)
-    check_worker_count(EnginePaths.create(settings.storage.path), workers)
+    paths = EnginePaths.create(settings.storage.path)
+    check_worker_count(paths, workers)
     spawn = mp.get_context("spawn")
     ready = spawn.Queue()
     stopping: list[int] = []
@@ -244,24 +261,30 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
 
     def start(name: str, restarts: int = 0):
         if name == "ingest":
-            proc = spawn.Process(target=ingest_main, args=(settings, workers, ready), name=name)
+            proc = spawn.Process(target=ingest_main, args=(settings, workers, ready, log_file),
+                                 name=name)
         elif name == "dispatcher":
-            proc = spawn.Process(target=dispatcher_main, args=(settings, ready), name=name)
+            proc = spawn.Process(target=dispatcher_main, args=(settings, ready, log_file),
+                                 name=name)
         elif name == "desk":
-            proc = spawn.Process(target=desk_main, args=(settings, ready), name=name)
+            proc = spawn.Process(target=desk_main, args=(settings, ready, log_file), name=name)
         else:
             k = int(name.split("-")[1])
             proc = spawn.Process(target=worker_main,
-                                 args=(settings, k, workers, ready, restarts), name=name)
+                                 args=(settings, k, workers, ready, log_file, restarts),
+                                 name=name)
         proc.start()
         return proc
 
     names = [f"worker-{k}" for k in range(workers)] + ["ingest", "dispatcher"]
     if settings.desk.bind:
         names.append("desk")
+    EngineStatus("starting", os.getpid()).write(paths.status_file)
     procs = {name: start(name) for name in names}
     restarts = {name: 0 for name in names}
     waiting = set(names)
+    endpoints: dict = {}
+    announced = False
     try:
         while not should_stop():
             try:
@@ -270,10 +293,14 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
                 message = None
             if message is not None:
                 waiting.discard(message[0])
-                _announce(message, workers, out)
-                if not waiting:
-                    out("geofence: ready")
-                    waiting.add("-")   # announce "ready" once
+                endpoints.update(_endpoints(message))
+                _announce(message[0], endpoints, workers, out)
+                if not waiting:   # every child ready; rewritten if one binds anew
+                    EngineStatus("ready", os.getpid(), Endpoints(**endpoints)).write(
+                        paths.status_file)
+                    if not announced:
+                        out("geofence: ready")
+                        announced = True
             for name, proc in procs.items():
                 if not proc.is_alive() and not should_stop():
                     delay = RESTART_BACKOFF_S[min(restarts[name], len(RESTART_BACKOFF_S) - 1)]
@@ -283,19 +310,32 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
                     procs[name] = start(name, restarts[name])
     finally:
         _stop_all(procs)
+        paths.status_file.unlink(missing_ok=True)
         out("geofence: stopped")
 
 
-def _announce(message: tuple, workers: int, out: Callable[[str], None]) -> None:
-    """One line per endpoint as each child comes up (tests and operators read them)."""
+def _endpoints(message: tuple) -> dict:
+    """The endpoints in a child's ready message, by `Endpoints` field."""
     if message[0] == "ingest":
         _, endpoint, metrics_port = message
-        out(f"geofence: ingest listening on {endpoint}; metrics on "
-            f"http://127.0.0.1:{metrics_port}/metrics; {workers} worker(s)")
-    elif message[0] == "dispatcher":
-        out(f"geofence: alarms published on {message[1]}")
-    elif message[0] == "desk":
-        out(f"geofence: desk on {message[1]}")
+        metrics = None if metrics_port is None else f"http://127.0.0.1:{metrics_port}/metrics"
+        return {"ingest": endpoint, "metrics": metrics}
+    if message[0] == "dispatcher":
+        return {"publish": message[1]}
+    if message[0] == "desk":
+        return {"desk": message[1]}
+    return {}
+
+
+def _announce(child: str, endpoints: dict, workers: int, out: Callable[[str], None]) -> None:
+    """One line per endpoint as each child comes up, for people."""
+    if child == "ingest":
+        out(f"geofence: ingest listening on {endpoints['ingest']}; metrics on "
+            f"{endpoints['metrics'] or '(off)'}; {workers} worker(s)")
+    elif child == "dispatcher":
+        out(f"geofence: alarms published on {endpoints['publish']}")
+    elif child == "desk":
+        out(f"geofence: desk on {endpoints['desk']}")
 
 
 def _stop_all(procs: dict) -> None:

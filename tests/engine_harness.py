@@ -10,13 +10,12 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import zmq
 
 from engine.paths import EnginePaths
+from engine.status import EngineStatus
 from ingest.protocol import decode_ack
 
-COUNTIES = ["370402", "370403", "370404", "370405", "370406", "370481"]
 READY_TIMEOUT_S = 180
 
 
@@ -56,17 +55,15 @@ def write_config(root: Path, webhooks: dict | None = None, rules: dict | None = 
 
 
 def population_document(n: int, seed: int = 1) -> dict:
-    from geofence import Layer
-    from geofence.synthetic import zaozhuang_geojson
-    from ingest.feed import make_population, registry_document
+    from sim.population import builtin_population, registry_document
 
-    layer = Layer.from_geojson(zaozhuang_geojson())
-    people = make_population(layer, COUNTIES, n, np.random.default_rng(seed))
+    layer, people, _ = builtin_population(n, seed)
     return registry_document(layer, people)
 
 
 class Engine:
-    """`geofence serve` in a subprocess; `endpoint` once ready; always stopped by `stop()`."""
+    """`geofence serve` in a subprocess; `status` (its engine.json) and `endpoint` once
+    every process is ready; always stopped by `stop()`."""
 
     def __init__(self, config: Path, workers: int = 1):
         self.config = config
@@ -81,7 +78,21 @@ class Engine:
             start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.endpoint = self.wait_for("geofence: ingest listening on ").split()[4].rstrip(";")
+        self.status = self._wait_ready()
+        self.endpoint = self.status.endpoints.ingest
+
+    def _wait_ready(self, timeout: float = READY_TIMEOUT_S) -> EngineStatus:
+        """This engine's engine.json (the supervisor is our subprocess) once ready."""
+        path = EnginePaths(self.root).status_file
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = EngineStatus.read(path)
+            if status is not None and status.pid == self.proc.pid and status.state == "ready":
+                return status
+            if self.proc.poll() is not None:
+                raise RuntimeError("engine exited:\n" + "\n".join(self.lines[-30:]))
+            time.sleep(0.05)
+        raise TimeoutError("engine not ready:\n" + "\n".join(self.lines[-30:]))
 
     def _read(self) -> None:
         for line in self.proc.stdout:
@@ -100,8 +111,7 @@ class Engine:
 
     @property
     def metrics_url(self) -> str:
-        line = next(x for x in self.lines if "metrics on " in x)
-        return line.split("metrics on ")[1].split(";")[0]
+        return self.status.endpoints.metrics
 
     def metrics(self) -> dict[str, float]:
         """The engine's /metrics as {series: value} (labels kept in the series name)."""

@@ -23,9 +23,9 @@ from ingest import keys
 from ingest.auth import CarrierAuthenticator, secure_router
 from ingest.carrier import CarrierClient, CarrierError, CarrierStats, load_curve
 from ingest.decode import reference_decode
-from ingest.feed import DAY_MS
 from ingest.protocol import FUTURE_TOLERANCE_MS, SOURCES, encode_ack, encode_rows, rejections
-from ingest.simulate import SPOILS, TokenBucket, simulate
+from sim.movement import DAY_MS
+from sim.simulate import SPOILS, TokenBucket, simulate
 
 POLL_MS = 20
 HOLD_FLUSH_S = 0.2     # a held reply goes out after this long without new batches

@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-from geofence.synthetic import write_zaozhuang_geojson
+from geofence.builtin import zaozhuang_geojson
 from service.cli import main
 
 
 @pytest.fixture(scope="module")
 def zaozhuang_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("layer") / "zaozhuang.geojson"
-    write_zaozhuang_geojson(path)
+    path.write_text(json.dumps(zaozhuang_geojson(), ensure_ascii=False), encoding="utf-8")
     return str(path)
 
 

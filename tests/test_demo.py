@@ -1,6 +1,7 @@
-"""`geofence demo` as a user runs it (`python -m service.demo`, the same `run_demo`): the
+"""`geofence demo` as a user runs it (`python -m service.cli demo`, the same `run_demo`): the
 engine starts, the day is replayed, the summary finds the planted events, the printed
-login opens the desk, and it all stops by itself, or on Ctrl-C, leaving no process."""
+login opens the desk, the terminal shows no log line (they go to the engine's log file),
+and it all stops by itself, or on Ctrl-C, leaving no process."""
 
 import json
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from service.demo import add_demo_arguments, demo_options, run_demo
+from sim.demo import add_demo_arguments, demo_options, run_demo
 from tests.engine_harness import process_alive
 
 TIMEOUT_S = 150
@@ -30,7 +31,7 @@ class Demo:
         self.data = data
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.demo", "--data", str(data), "--subjects", "200",
+            [sys.executable, "-m", "service.cli", "demo", "--data", str(data), "--subjects", "200",
              "--desk-bind", "127.0.0.1:0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -69,6 +70,20 @@ class Demo:
     def engine_pids(self) -> list[int]:
         return [int(p.read_text()) for p in (self.data / "data").glob("*.pid")]
 
+    def assert_stopped_cleanly(self) -> None:
+        """The engine's stop was reported, its status file is gone, and every line printed
+        is the demo's own: log lines (the desk's HTTP access log among them) went to the
+        log file the banner named."""
+        assert "demo: engine stopped" in self.lines
+        assert self.lines[-1].startswith("demo: stopped")
+        assert not (self.data / "data" / "engine.json").exists()
+        log_file = self.data / "data" / "engine.log"
+        assert any(line == f"  logs:     {log_file}" for line in self.lines)
+        assert "geofence: ready" in log_file.read_text()
+        for line in self.lines:
+            assert line.startswith(("demo", "geofence demo:", "  ")), line
+            assert not re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d", line), line
+
 
 def wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
     deadline = time.monotonic() + timeout
@@ -105,7 +120,8 @@ def test_a_small_demo_finds_the_planted_events_and_stops_by_itself(tmp_path):
     assert any(re.search(r"the day's [\d,]+ fixes from 3 carriers: [\d,]+ accepted, 0 rejected",
                          x) for x in lines)
     assert {a["type"] for a in alarms} >= {"zone_exit", "exclusion_entry"}
-    assert "geofence: stopped" in lines and lines[-1].startswith("demo: stopped")
+    demo.assert_stopped_cleanly()
+    assert "aiohttp.access" in (tmp_path / "demo" / "data" / "engine.log").read_text()
     assert len(pids) >= 5 and wait_gone(pids) == []       # 2 workers, ingest, dispatcher, desk
     truth = json.loads((tmp_path / "demo" / "truth.json").read_text())
     assert {r["kind"] for r in truth} >= {"exit", "breach", "overstay", "outage"}
@@ -133,8 +149,7 @@ def test_ctrl_c_stops_the_carriers_and_every_engine_process(tmp_path):
     finally:
         demo.kill()
     assert len(pids) >= 5 and wait_gone(pids) == []
-    assert "geofence: stopped" in demo.lines
-    assert demo.lines[-1].startswith("demo: stopped")
+    demo.assert_stopped_cleanly()
 
 
 def test_options_map_one_to_one_onto_run_demo():
@@ -151,7 +166,7 @@ def test_options_map_one_to_one_onto_run_demo():
 
 
 def test_bad_options_and_foreign_directories_are_refused(tmp_path):
-    from service.demo import DemoError
+    from sim.demo_setup import DemoError
 
     with pytest.raises(DemoError, match="at least"):
         run_demo(subjects=5, data=str(tmp_path / "a"))

@@ -24,7 +24,7 @@ import shapely
 
 from alerts.alarms import alarm_id
 from geofence import Layer
-from geofence.synthetic import zaozhuang_geojson
+from geofence.builtin import zaozhuang_geojson
 from ingest.protocol import encode_cols
 from service.cli import main as cli
 from tests.engine_harness import Carrier, Engine, population_document, write_config

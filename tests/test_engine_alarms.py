@@ -16,7 +16,7 @@ import zmq
 from alerts.alarms import alarm_id
 from engine.database import NotReadyError
 from geofence import Layer
-from geofence.synthetic import zaozhuang_geojson
+from geofence.builtin import zaozhuang_geojson
 from ingest.protocol import encode_cols
 from service.cli import main as cli
 from service.evaluation_store import EvaluationReader

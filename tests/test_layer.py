@@ -22,7 +22,8 @@ import pytest
 import shapely
 
 from geofence import InputArrayError, Layer, LayerError, LayerWarning, UnknownCodeError
-from geofence.synthetic import ZAOZHUANG_COUNTIES, zaozhuang_geojson, zaozhuang_layer_arrays
+from geofence.builtin import zaozhuang_geojson
+from sim.zaozhuang import ZAOZHUANG_COUNTIES, zaozhuang_layer_arrays
 from tests.locate_reference import locate_bruteforce
 
 LON, LAT, S = 117.5, 34.8, 0.01

@@ -25,7 +25,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from geofence import Layer
-from geofence.synthetic import zaozhuang_geojson
+from geofence.builtin import zaozhuang_geojson
 from tests.locate_reference import locate_bruteforce
 
 BASE_LON, BASE_LAT = 117.3, 34.8  # Zaozhuang

@@ -1,13 +1,13 @@
 """Layer quality report: counts, bounds, overlaps, gaps, slivers, at a realistic scale."""
 
 import json
-import math
 import time
 
 import numpy as np
 import pytest
 
 from geofence.geojson import parse_layer
+from geofence.metric import metres_per_degree
 from geofence.quality import OVERLAP_RULE, SLIVER_WIDTH_M, check_layer
 
 LON, LAT = 117.5, 34.8
@@ -31,8 +31,8 @@ def polygon(*rings):
 
 def m2(x0, y0, x1, y1):
     """The documented area rule, computed independently for a lon/lat box."""
-    mid = math.radians((y0 + y1) / 2)
-    return (x1 - x0) * (y1 - y0) * 111_320 * math.cos(mid) * 110_574
+    kx, ky = metres_per_degree.py_func((y0 + y1) / 2)
+    return (x1 - x0) * (y1 - y0) * kx * ky
 
 
 def test_counts_bounds_and_vertices():
@@ -205,7 +205,8 @@ def test_bulge_thickness_ignores_the_shared_edge():
              [x - d, LAT + 0.006], [x - d, LAT + 0.005], [x, LAT + 0.005], [x, LAT]]
     report = check_layer(layer(polygon(box(LON, LAT, LON + 0.01, LAT + 0.01)), polygon(right)))
     [overlap] = report.overlaps
-    a, b = d * 111_320 * math.cos(math.radians(LAT + 0.0055)), d * 110_574  # the bulge, in m
+    kx, ky = metres_per_degree.py_func(LAT + 0.0055)
+    a, b = d * kx, d * ky  # the bulge, in m
     assert overlap.area_m2 == pytest.approx(a * b, rel=1e-3)
     assert overlap.width_m == pytest.approx(a * b / (a + b), rel=1e-3)  # 2·area/perimeter
     assert not overlap.sliver

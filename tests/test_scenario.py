@@ -1,4 +1,4 @@
-"""The demo's day (`ingest.scenario`): the real mix, a registry the engine accepts, and every
+"""The demo's day (`sim.scenario`): the real mix, a registry the engine accepts, and every
 planted event really in the fixes, as the truth describes it."""
 
 from collections import Counter
@@ -10,9 +10,10 @@ import shapely
 import geofence
 from alerts.registry import RegistryStore
 from geofence.datum import to_wgs84
-from geofence.synthetic import zaozhuang_geojson
-from ingest.scenario import (CARRIERS, LIVE_INTERVAL_MS, MINUTE_MS, Ground, build_scenario,
-                             to_metres)
+from geofence.builtin import zaozhuang_geojson
+from sim.ground import Ground, to_metres
+from sim.movement import MINUTE_MS
+from sim.scenario import CARRIERS, LIVE_INTERVAL_MS, build_scenario
 from engine.layers import code_checkers
 
 END_MS = 1_750_000_000_000
@@ -189,7 +190,8 @@ def test_silences_have_no_fixes_and_the_outage_carrier_sends_nothing(scenario):
     assert outage["expect"] == "feed_outage" and outage["subject"] is None
     assert 25 * MINUTE_MS <= outage["end_ms"] - outage["start_ms"] <= 40 * MINUTE_MS
     for feed in scenario.carrier_feeds():
-        during = ((feed.t_ms >= outage["start_ms"]) & (feed.t_ms < outage["end_ms"])).sum()
+        t = feed.fixes.t_ms
+        during = ((t >= outage["start_ms"]) & (t < outage["end_ms"])).sum()
         assert (during == 0) == (feed.name == outage["carrier"])
     k = CARRIERS.index(outage["carrier"])
     for r in scenario.truth:   # nothing else planted on that carrier near the outage
@@ -247,11 +249,11 @@ def test_every_fix_belongs_to_the_day_and_carriers_send_in_time_order(scenario):
     assert [x.name for x in feeds] == list(CARRIERS)
     assert sum(len(x) for x in feeds) == len(f)
     for feed in feeds:
-        assert (np.diff(feed.t_ms) >= 0).all()
-        assert set(feed.src) <= {"gps", "wifi", "cell"}
+        assert (np.diff(feed.fixes.t_ms) >= 0).all()
+        assert set(feed.fixes.src.tolist()) <= {0, 1, 2}   # gps, wifi, cell
     cucc = feeds[1]
     assert cucc.datum == "gcj02" and feeds[0].datum is None
-    lon, lat = to_wgs84(cucc.lon, cucc.lat, "gcj02")
+    lon, lat = to_wgs84(cucc.fixes.lon, cucc.fixes.lat, "gcj02")
     mine = scenario.carrier_of(f.subject) == 1
     assert np.abs(lon - f.lon[mine]).max() < 1e-5 and np.abs(lat - f.lat[mine]).max() < 1e-5
     errors = np.hypot((f.lon - f.true_lon) * 92_000, (f.lat - f.true_lat) * 111_000)
@@ -264,9 +266,10 @@ def test_live_fixes_keep_everyone_reporting_after_the_day(scenario):
     seen = []
     for k in range(3):
         live = scenario.live_fixes(k, END_MS, END_MS + LIVE_INTERVAL_MS, rng)
-        assert ((live.t_ms > END_MS) & (live.t_ms <= END_MS + LIVE_INTERVAL_MS)).all()
-        assert (np.diff(live.t_ms) >= 0).all()
-        seen += live.device.tolist()
+        t = live.fixes.t_ms
+        assert ((t > END_MS) & (t <= END_MS + LIVE_INTERVAL_MS)).all()
+        assert (np.diff(t) >= 0).all()
+        seen += live.phones[live.fixes.subject].tolist()
     assert sorted(seen) == sorted(int(d) for d in scenario.devices)   # once each
     again = scenario.live_fixes(0, END_MS + LIVE_INTERVAL_MS, END_MS + LIVE_INTERVAL_MS, rng)
     assert len(again) == 0

@@ -1,10 +1,13 @@
-"""Synthetic layers: the properties that tests and benchmarks rely on.
+"""Synthetic layers (`sim.zaozhuang`, `sim.national`): the properties that tests and
+benchmarks rely on.
 
 Valid geometry, no gaps, no overlaps, bitwise-identical shared borders, realistic vertex counts,
 multipolygons and enclaves, and the same bytes on every run (whatever PYTHONHASHSEED says).
+The built-in layer the engine ships (`geofence.builtin`) is exactly the generator's output.
 """
 
 import csv
+import gzip
 import hashlib
 import io
 import json
@@ -19,14 +22,11 @@ import numpy as np
 import pytest
 import shapely
 
-from geofence.synthetic import (
-    ZAOZHUANG_EXTENT_DEG,
-    SyntheticLayer,
-    national_layer,
-    write_zaozhuang_geojson,
-    zaozhuang_geojson,
-    zaozhuang_layer_arrays,
-)
+from geofence.builtin import BUILTIN_LAYER_PATH, zaozhuang_geojson
+from sim.lattice import SyntheticLayer
+from sim.national import national_layer
+from sim.zaozhuang import (ZAOZHUANG_EXTENT_DEG, builtin_layer_json, write_builtin_layer,
+                           zaozhuang_layer_arrays)
 
 needs_slow = pytest.mark.skipif(
     not os.environ.get("GEOFENCE_SLOW"), reason="heavy; set GEOFENCE_SLOW=1 (scripts/test --slow)"
@@ -36,7 +36,7 @@ COUNTIES = {"370402", "370403", "370404", "370405", "370406", "370481"}
 
 
 def csv_townships() -> list[dict]:
-    text = (files("geofence") / "data" / "zaozhuang-townships.csv").read_text(encoding="utf-8")
+    text = (files("sim") / "data" / "zaozhuang-townships.csv").read_text(encoding="utf-8")
     return list(csv.DictReader(io.StringIO(text)))
 
 
@@ -200,19 +200,26 @@ def test_same_bytes_under_another_hash_seed():
         assert run.stdout.strip() == here
 
 
-def test_write_zaozhuang_geojson(tmp_path):
-    path = tmp_path / "zaozhuang.geojson"
-    write_zaozhuang_geojson(path)
-    text = path.read_text(encoding="utf-8")
-    assert "枣庄市" in text  # UTF-8, not \\u escapes
-    assert json.loads(text) == zaozhuang_geojson()
+def test_the_shipped_builtin_layer_is_the_generators_output(tmp_path):
+    """The engine loads a file, not the generator: it must not drift from it (regenerate
+    with `python -m sim.zaozhuang`)."""
+    shipped = BUILTIN_LAYER_PATH.read_bytes()
+    assert gzip.decompress(shipped) == builtin_layer_json()
+    assert len(shipped) < 2 * 2**20
+    path = tmp_path / "zaozhuang.geojson.gz"
+    write_builtin_layer(path)
+    assert gzip.decompress(path.read_bytes()) == builtin_layer_json()
+    assert not list(tmp_path.glob("*.part"))
+    assert json.loads(builtin_layer_json()) == zaozhuang_geojson() == (
+        zaozhuang_layer_arrays().to_geojson())
+    assert "枣庄市".encode() in gzip.decompress(shipped)   # UTF-8, not \\u escapes
 
 
 def test_zaozhuang_is_fast():
-    from geofence import synthetic
+    from sim import zaozhuang
 
     start = time.perf_counter()
-    synthetic._zaozhuang_layer.__wrapped__()
+    zaozhuang._zaozhuang_layer.__wrapped__()
     assert time.perf_counter() - start < 2.0
 
 

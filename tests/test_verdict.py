@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from geofence import (EXIT_MARGIN_M, IN, OUT, UNSURE, VERDICT_NAMES, InputArrayError, Layer,
                       UnknownCodeError, VerdictEngine)
-from geofence.synthetic import zaozhuang_geojson
+from geofence.builtin import zaozhuang_geojson
 from tests.warm_up_check import assert_warm_up_prepares
 
 # WGS-84, written out here so the reference does not borrow the engine's own code.

@@ -26,7 +26,7 @@ from alerts.subject_book import SubjectBook
 from engine.config import Rules
 from engine.layers import code_checkers
 from geofence import Layer, VerdictEngine
-from geofence.synthetic import zaozhuang_geojson
+from geofence.builtin import zaozhuang_geojson
 from ingest.fixes import FixColumns
 
 T0 = 1_700_000_000_000          # 2023-11-14T22:13:20Z

@@ -1,4 +1,4 @@
-"""How the demo's planted events fared: the truth (`ingest.scenario`) against the alarms.
+"""How the demo's planted events fared: the truth (`sim.scenario`) against the alarms.
 
 An alarm's id derives from (subject, type, triggering fix time) (`alerts.alarms.alarm_id`),
 and the alarm store remembers every raised id, also those folded into an open alarm of
@@ -12,8 +12,8 @@ from collections import Counter
 import numpy as np
 
 from alerts.alarms import alarm_id
+from sim.movement import MINUTE_MS
 
-MINUTE_MS = 60_000
 FIX_RULES = ("zone_exit", "zone_return", "exclusion_entry", "signal_restored",
              "possible_exit", "possible_exclusion")
 KIND_LABELS = {"exit": "exits", "permitted_trip": "permitted trips", "overstay": "overstays",

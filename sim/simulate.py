@@ -1,44 +1,36 @@
 """`geofence simulate`: carriers pushing a realistic synthetic feed to a running engine.
 
-The feed is `ingest.feed`'s day for the seeded Zaozhuang population: the same seed gives
-the same subjects and devices as the registry built from it (`population`, then
-`feed.registry_document`), so the engine knows every device. The day ends now (the
-engine refuses fixes more than 5 min ahead or older than its maximum age).
+The feed is `sim.movement`'s day for the seeded Zaozhuang population: the same seed gives
+the same subjects and phones as the registry built from it (`builtin_population`, then
+`registry_document`), so the engine knows every device. The day ends now (the engine
+refuses fixes more than 5 min ahead or older than its maximum age).
 
-Subjects are split among the carriers (subject i goes to carriers[i % len(carriers)]).
-GCJ-02 carriers convert their fixes from WGS-84 and label their batches `datum: gcj02`,
-as Chinese carriers often do. A few fixes are spoiled on purpose, so the engine's
-refusals are exercised too: `bad_share` of them get a NaN or out-of-range lon, a
-negative acc or an unknown src (reasons lon, acc, src), `zero_share` are exactly 0,0
-(no_position). Each carrier sends its fixes in time order, in batches of `batch_fixes`,
-from a thread of its own with its own `CarrierClient`; a token bucket shared by all of
-them holds the total to `rate` fixes/s (0: as fast as the acks come back).
+Subjects are split among the carriers (`sim.carriers`: subject i goes to
+carriers[i % len(carriers)], GCJ-02 carriers convert). A few fixes are spoiled on purpose,
+so the engine's refusals are exercised too: `bad_share` of them get a NaN or out-of-range
+lon, a negative acc or an unknown src (reasons lon, acc, src), `zero_share` are exactly
+0,0 (no_position). Each carrier sends its fixes in time order, in batches of
+`batch_fixes`, from a thread of its own with its own `CarrierClient`; a token bucket
+shared by all of them holds the total to `rate` fixes/s (0: as fast as the acks come back).
 
 Batch numbers start at the wall clock in milliseconds times 1000, so a second run does
 not collide with the first in the engine's (carrier, batch) memory and get `duplicate`
 for everything. Output is counts only: never a device, subject or coordinate.
 """
 
-import argparse
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
 
-import geofence
-from geofence.datum import from_wgs84
-from geofence.errors import GeofenceError
-from geofence.synthetic import ZAOZHUANG_COUNTIES, zaozhuang_geojson
 from ingest.carrier import CarrierClient, CarrierStats, load_curve
-from ingest.feed import DAY_MS, SOURCES, Population, make_day, make_population
-from ingest.protocol import encode_cols, encode_rows
+from sim.carriers import FORMS, UNKNOWN_SOURCE, CarrierFeed, split_by_carrier
+from sim.movement import DAY_MS, make_day
+from sim.population import builtin_population
 
-COUNTIES = list(ZAOZHUANG_COUNTIES)
-FORMS = ("cols", "rows")
 SPOILS = ("lon_nan", "lon_range", "acc", "src")   # how a bad fix is bad, drawn evenly
 PROGRESS_EVERY_S = 5.0
 STOP_CHECK_S = 0.1           # how soon a waiting carrier notices that the run stops
@@ -46,88 +38,44 @@ END_BEFORE_NOW_MS = 60_000   # make_day adds up to 30 s of jitter past the day's
 INJECT_SEED_SALT = 0x51A7    # the spoiled fixes draw from their own stream
 
 
-def population(subjects: int, seed: int) -> tuple[geofence.Layer, Population,
-                                                  np.random.Generator]:
-    """The layer, the seeded population and the generator right after it: what the engine's
-    registry is built from (same subjects and seed, same people and devices)."""
-    layer = geofence.Layer.from_geojson(zaozhuang_geojson())
-    rng = np.random.default_rng(seed)
-    return layer, make_population(layer, COUNTIES, subjects, rng), rng
-
-
-@dataclass
-class CarrierFeed:
-    """One carrier's fixes in time order, as it will send them (already in its datum)."""
-
-    name: str
-    datum: str | None       # None: WGS-84, the protocol's default, left unsaid
-    device: np.ndarray      # int64 phone numbers (the decimal string is the device id)
-    t_ms: np.ndarray
-    lon: np.ndarray
-    lat: np.ndarray
-    acc: np.ndarray
-    src: np.ndarray         # object: a SOURCES name, or a spoiled one
-
-    def __len__(self) -> int:
-        return len(self.t_ms)
-
-
 def build_feeds(subjects: int, seed: int, carriers, gcj02_carriers=(), *,
                 bad_share: float = 0.001, zero_share: float = 0.001,
                 start_ms: int | None = None) -> tuple[list[CarrierFeed], dict]:
     """The day of fixes split by carrier, converted and spoiled; and what was injected
     ({"bad": {spoil: n}, "zero": n}) so a test or a reader can check the engine's answer."""
-    if not carriers or len(set(carriers)) != len(carriers):
-        raise ValueError("carriers must be distinct names, at least one")
     if not (0 <= bad_share and 0 <= zero_share and bad_share + zero_share <= 1):
         raise ValueError("bad_share and zero_share must be >= 0 and sum to at most 1")
     if start_ms is None:
         start_ms = int(time.time() * 1000) - DAY_MS - END_BEFORE_NOW_MS
-    layer, people, rng = population(subjects, seed)
-    day = make_day(layer, people, rng, start_ms)
-    n = len(day)
-    device = np.array([int(d) for d in people.devices], np.int64)[day.subject]
-    lon, lat, acc = day.lon.copy(), day.lat.copy(), day.acc_m.copy()
-    src = np.array(SOURCES, object)[day.src]
-    carrier_of = day.subject % len(carriers)
-    for k, name in enumerate(carriers):
-        if name in gcj02_carriers:
-            mine = carrier_of == k
-            lon[mine], lat[mine] = from_wgs84(lon[mine], lat[mine], "gcj02")
-
+    layer, people, rng = builtin_population(subjects, seed)
+    feeds = split_by_carrier(make_day(layer, people, rng, start_ms), people.phones,
+                             carriers, gcj02_carriers)
     inject = np.random.default_rng([seed, INJECT_SEED_SALT])
+    return feeds, _spoil(feeds, bad_share, zero_share, inject)
+
+
+def _spoil(feeds: list[CarrierFeed], bad_share: float, zero_share: float, rng) -> dict:
+    """Spoil fixes of the feeds in place, drawn over all of them; what was done."""
+    sizes = np.array([len(f) for f in feeds])
+    n = int(sizes.sum())
     n_bad = round(n * bad_share)
     n_zero = min(round(n * zero_share), n - n_bad)
-    chosen = inject.choice(n, n_bad + n_zero, replace=False)
-    bad, zero = chosen[:n_bad], chosen[n_bad:]
-    spoil = inject.integers(len(SPOILS), size=n_bad)
-    lon[bad[spoil == 0]] = np.nan
-    lon[bad[spoil == 1]] = 200.0
-    acc[bad[spoil == 2]] = -1.0
-    src[bad[spoil == 3]] = "sat"
-    lon[zero], lat[zero] = 0.0, 0.0
-
-    feeds = []
-    for k, name in enumerate(carriers):
-        mine = carrier_of == k
-        feeds.append(CarrierFeed(name, "gcj02" if name in gcj02_carriers else None,
-                                 device[mine], day.t_ms[mine], lon[mine], lat[mine],
-                                 acc[mine], src[mine]))
-    injected = {"bad": {s: int((spoil == i).sum()) for i, s in enumerate(SPOILS)},
-                "zero": int(n_zero)}
-    return feeds, injected
-
-
-def batches(feed: CarrierFeed, form: str, batch_fixes: int,
-            batch_base: int) -> Iterator[tuple[int, bytes, int]]:
-    """(batch_no, frame, fixes) for one carrier, encoded lazily, in time order."""
-    for k, lo in enumerate(range(0, len(feed), batch_fixes)):
-        part = slice(lo, lo + batch_fixes)
-        args = (feed.name, batch_base + k, feed.device[part], feed.t_ms[part],
-                feed.lon[part], feed.lat[part], feed.acc[part], feed.src[part])
-        frame = (encode_cols(*args, datum=feed.datum, binary=True) if form == "cols"
-                 else encode_rows(*args, datum=feed.datum))
-        yield batch_base + k, frame, len(feed.t_ms[part])
+    chosen = rng.choice(n, n_bad + n_zero, replace=False)
+    how = np.concatenate([rng.integers(len(SPOILS), size=n_bad),
+                          np.full(n_zero, len(SPOILS))])   # len(SPOILS): 0,0
+    ends = np.cumsum(sizes)
+    owner = np.searchsorted(ends, chosen, side="right")
+    index = chosen - (ends - sizes)[owner]
+    for k, feed in enumerate(feeds):
+        f, mine, spoil = feed.fixes, index[owner == k], how[owner == k]
+        f.lon[mine[spoil == 0]] = np.nan
+        f.lon[mine[spoil == 1]] = 200.0
+        f.acc_m[mine[spoil == 2]] = -1.0
+        f.src[mine[spoil == 3]] = UNKNOWN_SOURCE
+        zero = mine[spoil == len(SPOILS)]
+        f.lon[zero], f.lat[zero] = 0.0, 0.0
+    return {"bad": {s: int((how[:n_bad] == i).sum()) for i, s in enumerate(SPOILS)},
+            "zero": int(n_zero)}
 
 
 class TokenBucket:
@@ -181,7 +129,7 @@ def _send_feed(sender: _Sender, ctx, endpoint, form, batch_fixes, batch_base, bu
     try:
         with CarrierClient(ctx, endpoint, sender.feed.name, **client_options) as client:
             sender.client = client
-            for batch_no, frame, n in batches(sender.feed, form, batch_fixes, batch_base):
+            for batch_no, frame, n in sender.feed.batches(form, batch_fixes, batch_base):
                 wait_s = bucket.reserve(n, deadline)
                 if wait_s is None or not _idle(client, wait_s, stop):
                     break                           # past the duration, or stopped
@@ -323,46 +271,3 @@ def _summary(senders, injected, total, seconds, out) -> dict:
         if s.error is not None:
             out(f"  {s.feed.name}: stopped: {s.error}")
     return result
-
-
-# -- the command line (for `geofence simulate`; also `python -m ingest.simulate`) -------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `geofence simulate` (SPEC §9), for the CLI's subparser."""
-    parser.add_argument("--subjects", type=int, default=2032, help="people (default 2032)")
-    parser.add_argument("--rate", type=float, default=0.0,
-                        help="fixes per second over all carriers; 0: as fast as acked")
-    parser.add_argument("--connect", default="tcp://127.0.0.1:5555", metavar="ADDR",
-                        help="the engine's ingest endpoint")
-    parser.add_argument("--seed", type=int, default=7,
-                        help="population seed; use the registry's (default 7, as the demo)")
-    parser.add_argument("--form", choices=FORMS, default="cols")
-    parser.add_argument("--batch", type=int, default=5000, help="fixes per batch at most")
-    parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
-                        help="stop sending after this long")
-    parser.add_argument("--curve-dir", default=None, metavar="DIR",
-                        help="server.key and each carrier's <carrier>.key_secret")
-
-
-def run_args(args: argparse.Namespace) -> int:
-    """Run `simulate` from parsed `add_arguments` options; 0 when every batch was acked."""
-    simulate(args.connect, args.subjects, args.rate, seed=args.seed, form=args.form,
-             batch_fixes=args.batch, duration_s=args.duration, curve_dir=args.curve_dir)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ingest.simulate",
-                                     description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    try:
-        return run_args(parser.parse_args(argv))
-    except (GeofenceError, OSError, ValueError) as e:
-        print(f"simulate: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -10,7 +10,7 @@ the engine's future.
 
 After the day, `live(carrier, after_ms, upto_ms)` (if given) is asked every LIVE_TICK_S
 for the carrier's fixes with times in (after, upto], sent as they come, until `stop`.
-Batch numbers start at the wall clock in milliseconds times 1000, as `ingest.simulate`'s
+Batch numbers start at the wall clock in milliseconds times 1000, as `sim.simulate`'s
 do, so a later run never collides with an earlier one in the engine's memory.
 
 Counters (`sent`, `live_sent`, `done`) are plain ints and bools written by the carriers'
@@ -26,8 +26,7 @@ import numpy as np
 import zmq
 
 from ingest.carrier import CarrierClient
-from ingest.protocol import encode_cols
-from ingest.simulate import CarrierFeed
+from sim.carriers import CarrierFeed
 
 TICK_S = 0.1          # how often a carrier sends what the replay clock allows
 LIVE_TICK_S = 1.0
@@ -96,10 +95,10 @@ class Replay:
                                **self.client_options) as client:
                 i = 0
                 while i < len(feed) and not self.stop.is_set():
-                    upto = int(np.searchsorted(feed.t_ms, self.feed_now_ms(), side="right"))
+                    upto = int(np.searchsorted(feed.fixes.t_ms, self.feed_now_ms(), side="right"))
                     while i < upto and not self.stop.is_set():
                         j = min(upto, i + BATCH_FIXES)
-                        client.send(frame(feed, i, j, batch), batch)
+                        client.send(feed.frame(i, j, batch), batch)
                         self.sent[k] += j - i
                         i, batch = j, batch + 1
                     client.idle(TICK_S)
@@ -120,22 +119,15 @@ class Replay:
         last = max(self.end_ms, _wall_ms() - LIVE_CATCH_UP_MS)
         while not self.stop.is_set():
             now = _wall_ms()
-            fixes = self.live(k, last, now)
-            if len(fixes):
-                client.send(frame(fixes, 0, len(fixes), batch), batch)
-                self.live_sent[k] += len(fixes)
+            feed = self.live(k, last, now)
+            if len(feed):
+                client.send(feed.frame(0, len(feed), batch), batch)
+                self.live_sent[k] += len(feed)
                 batch += 1
             last = now
             end = time.monotonic() + LIVE_TICK_S
             while not self.stop.is_set() and time.monotonic() < end:
                 client.idle(min(TICK_S, max(0.0, end - time.monotonic())))
-
-
-def frame(feed: CarrierFeed, i: int, j: int, batch: int) -> bytes:
-    """Fixes i:j of a carrier's feed as one binary `cols` batch (SPEC §4)."""
-    return encode_cols(feed.name, batch, feed.device[i:j], feed.t_ms[i:j], feed.lon[i:j],
-                       feed.lat[i:j], feed.acc[i:j], feed.src[i:j], datum=feed.datum,
-                       binary=True)
 
 
 def _wall_ms() -> int:
