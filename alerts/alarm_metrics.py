@@ -14,6 +14,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
 from alerts.alarm_store import AlarmStore
+from alerts.alarms import SEVERITIES
 from engine.database import NotReadyError
 
 
@@ -48,7 +49,7 @@ class AlarmMetrics:
         unacked = GaugeMetricFamily("geofence_alarms_unacknowledged",
                                     "Alarms nobody has acknowledged yet (open or escalated)",
                                     labels=["severity"])
-        for severity in ("critical", "high", "medium", "info"):
+        for severity in SEVERITIES:
             open_.add_metric([severity], sum(n for (st, sev), n in statuses.items()
                                              if sev == severity))
             unacked.add_metric([severity], sum(n for (st, sev), n in statuses.items()

@@ -25,6 +25,7 @@ from alerts.schedule import Route
 from geofence.errors import GeofenceError
 from ingest.protocol import SOURCES
 
+SEVERITIES = ("critical", "high", "medium", "info")
 STATUSES = ("open", "acknowledged", "resolved", "escalated")
 UNRESOLVED = ("open", "acknowledged", "escalated")
 

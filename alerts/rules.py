@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from alerts import _rules_kernel as rk
+from geofence.errors import GeofenceError
 from geofence.verdict import IN, OUT, UNSURE
 
 # Indexed by event code (`Events.type`); SPEC §6 type strings.
@@ -54,7 +55,7 @@ _HEADER = struct.Struct("<8sHHQ")   # magic, version, number of fields, number o
 _TRAILER = struct.Struct("<I")      # CRC-32 of everything before it
 
 
-class RulesError(ValueError):
+class RulesError(GeofenceError, ValueError):
     """A batch, a rules setting or a snapshot given to `RuleState` is malformed; fix the caller."""
 
 
