@@ -120,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
                          description="Replay a simulated day of fixes for N subjects of the "
                          "built-in population to a running engine.")
     sim.add_argument("--subjects", type=_positive_int, default=2032)
-    sim.add_argument("--rate", type=float, default=0.0,
+    sim.add_argument("--rate", type=_rate, default=0.0,
                      help="fixes per second (0: as fast as acks allow)")
     sim.add_argument("--connect", default="tcp://127.0.0.1:5555")
     sim.add_argument("--form", choices=("cols", "rows"), default="cols")
@@ -287,6 +287,16 @@ def _locate(args) -> int:
     chain = layer.chain(str(layer.codes[found]))
     print(" > ".join(f"{code} {name}" for code, name in chain))
     return 0
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of fixes per second >= 0: {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:

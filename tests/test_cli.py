@@ -122,3 +122,15 @@ def test_a_bad_webhook_in_the_config_is_a_one_line_error(tmp_path, capsys):
     assert main(["--config", str(config), "registry", "export"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "370402001" in err and "url" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["simulate", "--rate", "-1"], ["simulate", "--rate", "nan"],
+    ["demo", "--subjects", "5"], ["locate", "--layer", "/nonexistent.geojson", "117", "34"],
+    ["registry", "import", "/nonexistent.json"]])
+def test_bad_input_is_one_line_and_a_nonzero_exit_never_a_traceback(argv, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "service.cli", *argv], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 or "usage:" in result.stderr
