@@ -154,8 +154,9 @@ def parse_document(doc: Any, current: Registry, is_place: Callable[[str], bool],
         sid = _text(raw, "id", where, problems)
         devices = _codes(raw, "devices", where, problems)
         for d in devices:
-            if not 1 <= len(d) <= MAX_DEVICE_CHARS:
-                problems.append(f"{where}: device {d!r} must have 1..{MAX_DEVICE_CHARS} characters")
+            if not 1 <= len(d) <= MAX_DEVICE_CHARS or "\x00" in d:
+                problems.append(f"{where}: device {d!r} must have 1..{MAX_DEVICE_CHARS} "
+                                "characters, none of them NUL")
         risk = _choice(raw, "risk", RISKS, where, problems)
         category = _choice(raw, "category", CATEGORIES, where, problems)
         subject = Subject(sid or "", tuple(devices), _text(raw, "office", where, problems) or "",

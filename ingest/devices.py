@@ -246,15 +246,16 @@ class DeviceBook:
 
         A new id gets the next index; a known one keeps its index, becomes active again
         and takes the given subject. ValueError (nothing changed) for an id that is not a
-        str of 1..32 characters, or one given twice with different subjects."""
+        str of 1..32 characters (a NUL never: the wire cannot carry it faithfully), or one given twice with different subjects."""
         devices = list(devices)
         subjects = np.asarray(subjects, np.int32).reshape(-1)
         if len(subjects) != len(devices):
             raise ValueError(f"{len(devices)} devices but {len(subjects)} subjects")
-        bad = [d for d in devices if type(d) is not str or not 1 <= len(d) <= MAX_DEVICE_CHARS]
+        bad = [d for d in devices if type(d) is not str or not 1 <= len(d) <= MAX_DEVICE_CHARS
+               or "\x00" in d]
         if bad:
-            raise ValueError(f"device ids must be str of 1..{MAX_DEVICE_CHARS} characters: "
-                             f"{bad[:5]!r}")
+            raise ValueError(f"device ids must be str of 1..{MAX_DEVICE_CHARS} characters, "
+                             f"no NUL: {bad[:5]!r}")
         subject_by_device = {}
         for d, s in zip(devices, subjects.tolist()):
             if subject_by_device.setdefault(d, s) != s:
