@@ -1,7 +1,6 @@
 """Layer quality report: counts, bounds, overlaps, gaps, slivers, at a realistic scale."""
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -180,9 +179,7 @@ def test_thousands_of_features_scale():
             x1 = xs[i + 1] + (0.002 if (i, j) == (5, 5) else 0.0)
             geometries.append(polygon(box(xs[i], ys[j], x1, ys[j + 1])))
     data = layer(*geometries)
-    start = time.perf_counter()
     report = check_layer(data)
-    elapsed = time.perf_counter() - start
     [overlap] = report.overlaps
     nudged, east = 5 * 40 + 5, 6 * 40 + 5  # cells (5, 5) and (6, 5), both before the hole
     assert (overlap.index_a, overlap.index_b) == (nudged, east)
@@ -193,7 +190,6 @@ def test_thousands_of_features_scale():
     [gap] = report.gaps
     assert gap.area_m2 == pytest.approx(m2(xs[20], ys[20], xs[21], ys[21]), rel=1e-3)
     assert xs[20] < gap.lon < xs[21] and ys[20] < gap.lat < ys[21]
-    assert elapsed < 3.0
 
 
 def test_bulge_thickness_ignores_the_shared_edge():
