@@ -18,11 +18,19 @@ from typing import Any
 
 from engine.database import Schema, connect, run_script, transaction
 from geofence.errors import GeofenceError
+from geofence.known_keys import unknown_keys
 from ingest.protocol import MAX_DEVICE_CHARS
 
 RISKS = ("normal", "key")
 CATEGORIES = ("probation", "parole", "medical_parole", "control")
 KINDS = ("offices", "subjects", "permits", "delegations")
+# The keys an entry of each kind may have (SPEC §3); any other is refused, never ignored.
+ENTRY_KEYS = {
+    "offices": ("code", "name", "parent"),
+    "subjects": ("id", "devices", "office", "home", "exclusions", "risk", "category"),
+    "permits": ("id", "subject", "start", "end", "destinations", "office"),
+    "delegations": ("id", "subject", "start", "end", "office", "home"),
+}
 
 
 class RegistryError(GeofenceError, ValueError):
@@ -132,25 +140,21 @@ def parse_document(doc: Any, current: Registry, is_place: Callable[[str], bool],
     problems: list[str] = []
     if not isinstance(doc, Mapping):
         raise RegistryError(["the document is not a JSON object"])
-    for key in doc:
-        if key not in KINDS:
-            problems.append(f"unknown member {key!r} (expected {', '.join(KINDS)})")
+    problems += unknown_keys(doc, KINDS, "the document")
     offices = dict(current.offices)
     subjects = dict(current.subjects)
     permits = dict(current.permits)
     delegations = dict(current.delegations)
     seen: dict[str, set[str]] = {k: set() for k in KINDS}
 
-    for n, raw in _entries(doc, "offices", problems):
-        where = f"offices[{n}]"
+    for where, raw in _entries(doc, "offices", problems):
         code = _text(raw, "code", where, problems)
         name = _text(raw, "name", where, problems)
         parent = _text(raw, "parent", where, problems, required=False)
         if code and _once(seen["offices"], code, where, problems):
             offices[code] = Office(code, name or code, parent)
 
-    for n, raw in _entries(doc, "subjects", problems):
-        where = f"subjects[{n}]"
+    for where, raw in _entries(doc, "subjects", problems):
         sid = _text(raw, "id", where, problems)
         devices = _codes(raw, "devices", where, problems)
         for d in devices:
@@ -167,8 +171,7 @@ def parse_document(doc: Any, current: Registry, is_place: Callable[[str], bool],
         if sid and _once(seen["subjects"], sid, where, problems):
             subjects[sid] = subject
 
-    for n, raw in _entries(doc, "permits", problems):
-        where = f"permits[{n}]"
+    for where, raw in _entries(doc, "permits", problems):
         sid = _text(raw, "subject", where, problems)
         start, end = _time(raw, "start", where, problems), _time(raw, "end", where, problems)
         pid = _text(raw, "id", where, problems, required=False) or f"{sid}@{raw.get('start')}"
@@ -180,8 +183,7 @@ def parse_document(doc: Any, current: Registry, is_place: Callable[[str], bool],
         if _once(seen["permits"], pid, where, problems):
             permits[pid] = permit
 
-    for n, raw in _entries(doc, "delegations", problems):
-        where = f"delegations[{n}]"
+    for where, raw in _entries(doc, "delegations", problems):
         sid = _text(raw, "subject", where, problems)
         start = _time(raw, "start", where, problems)
         end = _time(raw, "end", where, problems, required=False)
@@ -258,7 +260,9 @@ def _office_cycles(offices: dict[str, Office]) -> list[str]:
     return cycles
 
 
-def _entries(doc, kind, problems) -> Iterable[tuple[int, Mapping]]:
+def _entries(doc, kind, problems) -> Iterable[tuple[str, Mapping]]:
+    """(where, entry) of each object in `doc[kind]`, where as `subjects[3] (id S-17)`;
+    its unknown keys are noted as problems."""
     items = doc.get(kind, [])
     if not isinstance(items, list):
         problems.append(f"{kind} must be an array")
@@ -266,10 +270,23 @@ def _entries(doc, kind, problems) -> Iterable[tuple[int, Mapping]]:
     good = []
     for n, raw in enumerate(items):
         if isinstance(raw, Mapping):
-            good.append((n, raw))
+            where = _label(kind, n, raw)
+            problems += unknown_keys(raw, ENTRY_KEYS[kind], where)
+            good.append((where, raw))
         else:
             problems.append(f"{kind}[{n}] is not an object")
     return good
+
+
+def _label(kind: str, n: int, raw: Mapping) -> str:
+    """`subjects[3] (id S-17)`: the entry's place, and its key when it has a usable one."""
+    key = "code" if kind == "offices" else "id"
+    value = raw.get(key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str) and value.strip() and value.isprintable() and len(value) <= 60:
+        return f"{kind}[{n}] ({key} {value.strip()})"
+    return f"{kind}[{n}]"
 
 
 def _text(raw, key, where, problems, required=True) -> str | None:

@@ -1,21 +1,33 @@
 """Settings: one frozen object, loaded once from TOML and passed in explicitly (SPEC §9).
 
-Without a file, built-in defaults for a local single-machine run. Unknown sections or
-keys are errors that name them, so a typo never silently falls back to a default.
+Without a file, built-in defaults for a local single-machine run. Every key has a type
+and a range (`CHECKS`): an unknown section or key (with the near one suggested), a value
+of the wrong type, or one out of range (inf, nan, 0 where it must be positive, port
+99999) is an error. All of a file's problems are reported at once, one line each, naming
+the file, section and key, so a typo never silently falls back to a default and a value
+that would spin or crash-loop a process never reaches one.
 """
 
+import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from engine.address import check_zmq_endpoint, parse_host_port
 from geofence.errors import GeofenceError
+from geofence.known_keys import nearest, quoted, unknown_keys
 
 DEFAULT_FILE = "geofence.toml"
 
 
 class ConfigError(GeofenceError, ValueError):
-    """The configuration file is unreadable or has an unknown or mistyped key; fix the file."""
+    """The configuration has unknown, mistyped or out-of-range keys (`problems`, one line
+    each, naming file, section and key); fix the file."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 @dataclass(frozen=True)
@@ -64,12 +76,6 @@ class Desk:
                                        # X-Forwarded-For entry, and the page's origin is taken
                                        # from X-Forwarded-Proto and -Host when present
 
-    def __post_init__(self):
-        if not self.session_hours > 0:
-            raise ConfigError(f"[desk] session_hours must be > 0, not {self.session_hours!r}")
-        if self.login_attempts < 1:
-            raise ConfigError(f"[desk] login_attempts must be >= 1, not {self.login_attempts!r}")
-
 
 @dataclass(frozen=True)
 class Rules:
@@ -104,6 +110,150 @@ class Settings:
     source: str = "built-in defaults"
 
 
+# -- ranges -------------------------------------------------------------------------------
+
+MAX_RUN_FIXES = 255                      # the rules' uint8 run counters (alerts._rules_kernel)
+MAX_DURATION_S = 10 * 366 * 24 * 3600    # ten years: longer is a typo (and nears ms overflow)
+MAX_SESSION_HOURS = 24 * 365
+MAX_DISTANCE_M = 100_000.0
+MAX_CHECK_EVERY_S = 3600.0
+MIN_CHECK_EVERY_S = 0.01                 # below, the clock rules would spin a worker
+
+
+@dataclass(frozen=True)
+class Whole:
+    """A whole number from `low` to `high`."""
+    low: int
+    high: int
+
+    def problems(self, value) -> list[str]:
+        if self.low <= value <= self.high:
+            return []
+        return [f"must be a whole number in {self.low}..{self.high}, not {value!r}"]
+
+
+@dataclass(frozen=True)
+class Real:
+    """A finite number up to `high`, from `low` (excluded when `above`)."""
+    low: float
+    high: float
+    above: bool = False
+
+    def problems(self, value) -> list[str]:
+        low_ok = value > self.low if self.above else value >= self.low
+        if math.isfinite(value) and low_ok and value <= self.high:
+            return []
+        return [f"must be a finite number in {'(' if self.above else '['}{self.low:g}, "
+                f"{self.high:g}], not {value!r}"]
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of a few words (the error lists them)."""
+    choices: tuple[str, ...]
+
+    def problems(self, value) -> list[str]:
+        if value in self.choices:
+            return []
+        return [f"must be one of {', '.join(self.choices)}; not {value!r}"]
+
+
+@dataclass(frozen=True)
+class Text:
+    """Free text (a file or directory: whether it is usable is checked before `serve`
+    starts anything, see `service.preflight`); `required`: not empty."""
+    required: bool = False
+
+    def problems(self, value) -> list[str]:
+        return ["must not be empty"] if self.required and not value.strip() else []
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """`HOST:PORT` (`engine.address`); empty turns the listener off."""
+
+    def problems(self, value) -> list[str]:
+        if not value:
+            return []
+        try:
+            parse_host_port(value)
+        except ValueError as e:
+            return [str(e)]
+        return []
+
+
+@dataclass(frozen=True)
+class ZmqEndpoint:
+    """A ZeroMQ bind endpoint (`engine.address`)."""
+
+    def problems(self, value) -> list[str]:
+        try:
+            check_zmq_endpoint(value)
+        except ValueError as e:
+            return [str(e)]
+        return []
+
+
+@dataclass(frozen=True)
+class Flag:
+    """true or false (the type check is all)."""
+
+    def problems(self, value) -> list[str]:
+        return []
+
+
+@dataclass(frozen=True)
+class Webhooks:
+    """`[alerts.webhooks."CODE"]` tables: known keys only, then `alerts.webhooks` checks."""
+
+    def problems(self, value) -> list[str]:
+        from alerts.webhooks import WEBHOOK_KEYS, parse_webhooks
+
+        problems = []
+        for office, table in value.items():
+            if isinstance(table, dict):
+                problems += unknown_keys(table, WEBHOOK_KEYS, f"webhook {quoted(office)}")
+                table = {k: v for k, v in table.items() if k in WEBHOOK_KEYS}
+            try:
+                parse_webhooks({office: table})
+            except ValueError as e:
+                problems.append(str(e))
+        return problems
+
+
+SECONDS = Whole(1, MAX_DURATION_S)
+FIXES = Whole(1, MAX_RUN_FIXES)
+ACCURACY_M = Real(0, MAX_DISTANCE_M, above=True)
+
+# Every key's range, by section: a key without one fails the tests.
+CHECKS: dict[str, dict[str, Any]] = {
+    "storage": {"path": Text(required=True), "sync": OneOf(("normal", "full")),
+                "keep_fixes_days": Whole(1, 10 * 366)},
+    "layers": {"jurisdictions": Text(), "zones": Text()},
+    "ingest": {"bind": ZmqEndpoint(), "curve_keys": Text(), "curve_carriers": Text(),
+               "max_fix_age_s": SECONDS, "max_backlog_fixes": Whole(1, 2**40),
+               "metrics_bind": HostPort(), "default_acc_gps_m": ACCURACY_M,
+               "default_acc_wifi_m": ACCURACY_M, "default_acc_cell_m": ACCURACY_M,
+               "default_acc_unknown_m": ACCURACY_M},
+    "alerts": {"publish": ZmqEndpoint(), "curve_keys": Text(), "curve_subscribers": Text(),
+               "webhooks": Webhooks()},
+    "desk": {"bind": HostPort(), "session_hours": Real(0, MAX_SESSION_HOURS, above=True),
+             "login_attempts": Whole(1, 1_000_000), "cookie_secure": Flag(),
+             "trust_forwarded_for": Flag()},
+    "rules": {"exit_margin_m": Real(0, MAX_DISTANCE_M), "exit_fixes": FIXES,
+              "exit_fixes_key": FIXES, "return_fixes": FIXES, "possible_exit_fixes": FIXES,
+              "exclusion_fixes": FIXES, "possible_exclusion_fixes": FIXES,
+              "signal_lost_after_s": SECONDS, "permit_overstay_after_s": Whole(0, MAX_DURATION_S),
+              "feed_outage_share": Real(0, 1, above=True), "feed_outage_silence_s": SECONDS,
+              "feed_outage_min_subjects": Whole(1, 2**31 - 1), "escalate_critical_s": SECONDS,
+              "escalate_high_s": SECONDS, "escalate_medium_s": SECONDS,
+              "clock": OneOf(("wall", "feed")),
+              "check_every_s": Real(MIN_CHECK_EVERY_S, MAX_CHECK_EVERY_S)},
+}
+
+
+# -- loading ------------------------------------------------------------------------------
+
 def load(path: str | None = None) -> Settings:
     """Settings from `path`, else ./geofence.toml if present, else the defaults."""
     if path is None:
@@ -121,39 +271,63 @@ def load(path: str | None = None) -> Settings:
 
 
 def from_mapping(raw: dict[str, Any], source: str = "mapping") -> Settings:
-    sections = {f.name: f.default for f in fields(Settings) if f.name != "source"}
+    """Settings from parsed TOML; ConfigError listing every problem of the document."""
+    sections = _sections()
+    problems: list[str] = []
     values: dict[str, Any] = {}
     for name, table in raw.items():
         if name not in sections:
-            raise ConfigError(f"{source}: unknown section [{name}] "
-                              f"(known: {', '.join(sorted(sections))})")
-        if not isinstance(table, dict):
-            raise ConfigError(f"{source}: [{name}] must be a table")
-        values[name] = _section(sections[name], table, f"{source}: [{name}]")
-    return replace(Settings(), source=source, **values)
+            near = nearest(name, sections)
+            hint = f"; did you mean [{near}]?" if near else f" (known: {', '.join(sections)})"
+            problems.append(f"{source}: unknown section [{name}]{hint}")
+        elif not isinstance(table, dict):
+            problems.append(f"{source}: [{name}] must be a table")
+        else:
+            values[name] = _section(sections[name], table, f"{source}: [{name}]", problems)
+    settings = replace(Settings(), source=source, **values)
+    problems += check(settings, only={(s, k) for s, table in raw.items()
+                                      if isinstance(table, dict) for k in table})
+    if problems:
+        raise ConfigError(problems)
+    return settings
 
 
-def _section(default, table: dict[str, Any], where: str):
-    known = {f.name: f for f in fields(default)}
+def check(settings: Settings, only: set[tuple[str, str]] | None = None) -> list[str]:
+    """One line per key of `settings` out of its range (of the keys in `only`, if given)."""
+    problems = []
+    for section, checks in CHECKS.items():
+        values = getattr(settings, section)
+        for key, rule in checks.items():
+            if only is None or (section, key) in only:
+                problems += [f"{settings.source}: [{section}] {key}: {p}"
+                             for p in rule.problems(getattr(values, key))]
+    return problems
+
+
+def _sections() -> dict[str, Any]:
+    return {f.name: f.default for f in fields(Settings) if f.name != "source"}
+
+
+def _section(default, table: dict[str, Any], where: str, problems: list[str]):
+    """`default` with the well-typed keys of `table`; unknown and mistyped keys noted."""
+    known = [f.name for f in fields(default)]
+    problems += unknown_keys(table, known, where)
     changes = {}
     for key, value in table.items():
         if key not in known:
-            raise ConfigError(f"{where} unknown key {key!r} (known: {', '.join(sorted(known))})")
+            continue
         expected = type(getattr(default, key))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if expected is tuple and isinstance(value, list):
+            value = tuple(value)
         if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
-            raise ConfigError(f"{where} {key} must be {expected.__name__}, not {value!r}")
+            problems.append(f"{where} {key}: must be {_type_name(expected)}, not {value!r}")
+            continue
         changes[key] = value
-    result = replace(default, **changes)
-    if isinstance(result, Storage) and result.sync not in ("normal", "full"):
-        raise ConfigError(f"{where} sync must be one of normal, full; not {result.sync!r}")
-    if isinstance(result, Alerts) and result.webhooks:
-        from alerts.webhooks import parse_webhooks
-        try:
-            parse_webhooks(result.webhooks)
-        except ValueError as e:
-            raise ConfigError(f"{where} {e}") from e
-    if isinstance(result, Rules) and result.clock not in ("wall", "feed"):
-        raise ConfigError(f"{where} clock must be one of wall, feed; not {result.clock!r}")
-    return result
+    return replace(default, **changes)
+
+
+def _type_name(expected: type) -> str:
+    return {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
+            dict: "a table", tuple: "an array"}.get(expected, expected.__name__)

@@ -15,7 +15,9 @@ Accepted, beyond the letter of RFC 7946, because real boundary files do it:
   root unit named by its code (a township layer may name counties it does not describe).
 - An empty FeatureCollection is an empty layer (a zone layer may have no zones yet).
 
-Rejected: anything that is not a FeatureCollection; features without geometry or with a
+Rejected: anything that is not a FeatureCollection; a property other than `code`, `name`,
+`parent` (of a feature or a unit), or a collection member other than `type`, `features`,
+`crs_datum`, `units` and the ignored `name`/`bbox`; features without geometry or with a
 geometry other than Polygon/MultiPolygon; empty or invalid geometry (with GEOS's reason);
 coordinates that are not finite or outside lon [-180, 180] / lat [-90, 90]; a missing or
 empty code or name; duplicate codes among features and units; an unknown `crs_datum`;
@@ -40,8 +42,14 @@ import shapely
 from geofence.datum import DATUMS
 from geofence.errors import LayerError
 from geofence.hierarchy import find_cycles
+from geofence.known_keys import unknown_keys
 
 _GEOMETRY_TYPES = ("Polygon", "MultiPolygon")
+# The contract: a feature's properties and a unit carry these and nothing else, so a
+# misspelt "parent" is an error rather than a silently flat hierarchy. `name` and `bbox`
+# at the top are what GDAL and RFC 7946 write; they are accepted and not used.
+PROPERTY_KEYS = ("code", "name", "parent")
+COLLECTION_KEYS = ("type", "features", "crs_datum", "units", "name", "bbox")
 
 
 @dataclass(frozen=True)
@@ -86,7 +94,7 @@ def parse_layer(source: str | os.PathLike | Mapping[str, Any]) -> LayerData:
     if not isinstance(features, list):
         raise LayerError("FeatureCollection has no 'features' array")
 
-    problems: list[str] = []
+    problems = unknown_keys(doc, COLLECTION_KEYS, "the collection")
     datum = doc.get("crs_datum", "wgs84")
     datum = datum.strip().lower() if isinstance(datum, str) else datum
     if datum not in DATUMS:
@@ -176,6 +184,7 @@ def _read_properties(where: str, props: Any, problems: list[str]):
         return where, None, None, None
     code = _code(props.get("code"))
     label = f"{where} (code {code!r})" if code else where
+    problems += unknown_keys(props, PROPERTY_KEYS, label)
     if code is None:
         problems.append(f"{where}: code is missing or empty (a string or an integer)")
     name = props.get("name")
