@@ -23,6 +23,7 @@ from desk.http import (RouteAccessLogger, outer_middleware, same_origin_middlewa
                    session_middleware)
 from desk.metrics import DeskMetrics
 from desk.stores import Stores
+from engine.address import parse_host_port
 from engine.config import ConfigError, Settings
 from engine.paths import EnginePaths
 
@@ -86,11 +87,10 @@ def make_app(settings: Settings, paths: EnginePaths, *,
 
 def parse_bind(bind: str) -> tuple[str, int]:
     """("host", port) of `[desk] bind` ("127.0.0.1:8080", "[::1]:8080"; port 0: any)."""
-    host, sep, port = bind.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"[desk] bind must be HOST:PORT, e.g. 127.0.0.1:8080; not {bind!r}")
-    return host, int(port)
+    try:
+        return parse_host_port(bind)
+    except ValueError as e:
+        raise ConfigError(f"[desk] bind {e}") from e
 
 
 def run_desk(settings: Settings, should_stop: Callable[[], bool],

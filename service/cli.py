@@ -1,6 +1,7 @@
 """The `geofence` command: one entry point, a subcommand per job (SPEC §9).
 
-Every subcommand exits non-zero with a one-line reason on bad input.
+Every subcommand exits non-zero with a one-line reason on bad input (one line per
+problem when a file has several).
 """
 
 import argparse
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except (GeofenceError, OSError) as e:   # bad input, a missing or unreadable file
-        print(f"geofence: error: {_reason(e)}", file=sys.stderr)
+        for reason in _reasons(e):
+            print(f"geofence: error: {reason}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
@@ -306,9 +308,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _reason(e: BaseException) -> str:
+def _reasons(e: BaseException) -> list[str]:
+    """One line per problem: each line of our own errors (a config lists every bad key),
+    the first line of anything else."""
     text = str(e) if not isinstance(e, KeyError) or e.args else repr(e)
-    return text.splitlines()[0] if text else type(e).__name__
+    lines = text.strip().splitlines()
+    if not lines:
+        return [type(e).__name__]
+    return lines if isinstance(e, GeofenceError) else lines[:1]
 
 
 if __name__ == "__main__":

@@ -10,9 +10,13 @@ are compiled or loaded and warmed, so the first fixes meet no compile pause. Pro
 the same from `<storage>/engine.json` (`engine.status`), not from the printed lines.
 Children log to stderr, or, given a log file (the demo's), everything they write goes there.
 
-Children are started with the "spawn" method (fresh interpreters: no ZeroMQ or SQLite
-state crosses a fork). A child that dies is restarted; whatever it had acknowledged or
-checkpointed is in the store, so nothing is lost. Ctrl-C or SIGTERM stops the children
+Before any child starts, `service.preflight` checks everything they need (config ranges,
+bind addresses, layers, CURVE keys, a writable storage path); a problem is one line and a
+non-zero exit. Children are started with the "spawn" method (fresh interpreters: no
+ZeroMQ or SQLite state crosses a fork). A child that dies is restarted; whatever it had
+acknowledged or checkpointed is in the store, so nothing is lost. One that fails the same
+way three times in a row before it said ready stops the tree with its one-line reason
+(`service.startup`). Ctrl-C or SIGTERM stops the children
 (each finishes its current group) and then the supervisor. A child whose supervisor
 vanished (kill -9) stops by itself.
 """
@@ -26,9 +30,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.address import parse_host_port
 from engine.config import Settings
 from engine.paths import EnginePaths
 from engine.status import Endpoints, EngineStatus
+from service.preflight import StartError, preflight
+from service.startup import ReadyReporter, StartUpWatch, run_child
 
 log = logging.getLogger("geofence.serve")
 
@@ -127,9 +134,8 @@ def _start_metrics(bind: str, metrics) -> int | None:
 
     disable_created_metrics()  # the *_created series only add noise for operators
 
-    host, _, port = bind.rpartition(":")
-    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1",
-                                        registry=metrics.registry)
+    host, port = parse_host_port(bind)
+    server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
     return server.server_port
 
 
@@ -185,72 +191,13 @@ def dispatcher_main(settings: Settings, ready, log_file: Path | None) -> None:
         dispatcher.close()
 
 
-def check_bind(settings: Settings, insecure: bool) -> None:
-    """Refuse to start where carriers would be unauthenticated off this machine."""
-    from ingest.auth import check_bind_allowed
-    from engine.config import ConfigError
-
-    if bool(settings.ingest.curve_keys) != bool(settings.ingest.curve_carriers):
-        raise ConfigError("[ingest] curve_keys (the engine's key pair) and curve_carriers (the "
-                          "allowed carriers' public keys) go together: set both or neither")
-    check_bind_allowed(settings.ingest.bind, bool(settings.ingest.curve_keys), insecure)
-    if bool(settings.alerts.curve_keys) != bool(settings.alerts.curve_subscribers):
-        raise ConfigError("[alerts] curve_keys (the engine's key pair) and curve_subscribers "
-                          "(the allowed subscribers' public keys) go together: set both or "
-                          "neither")
-    # Alarms carry personal data: off loopback the PUB socket needs CURVE too.
-    check_bind_allowed(settings.alerts.publish, bool(settings.alerts.curve_keys), insecure)
-    # The desk speaks plain HTTP: off loopback, only behind a TLS proxy (--insecure).
-    if settings.desk.bind:
-        check_bind_allowed(f"tcp://{settings.desk.bind}", False, insecure)
-
-
-def check_worker_count(paths: EnginePaths, workers: int) -> None:
-    """Refuse a worker count that would evaluate stored batches twice.
-
-    Workers partition subjects by ``subject % N`` and keep checkpoints per partition, so
-    a new N starts new evaluation files. That is safe only once every partition of the
-    old N has evaluated everything stored: then the new files start at the end. Every
-    evaluation file is opened by a writer here first, which brings it (retired ones too,
-    which no worker opens) to the current schema.
-    """
-    from engine.config import ConfigError
-    from service.evaluation_store import EvaluationStore
-
-    old = {}
-    for evaluation in paths.evaluation_files():
-        with EvaluationStore(evaluation.path) as store:
-            if not evaluation.retired and evaluation.count != workers:
-                old[evaluation] = store.checkpoint()
-    if not old:
-        return
-    from ingest.store import StoreReader
-
-    last = 0
-    if paths.fixes_db.exists():
-        with StoreReader(paths.fixes_db) as reader:
-            last = reader.last_seq()
-    if min(old.values()) < last:
-        count = min(evaluation.count for evaluation in old)
-        raise ConfigError(f"stored fixes are still being evaluated by {count} worker(s); "
-                          f"start with --workers {count} until they are done, then change")
-    for evaluation in old:  # caught up: the new partitions start after the last stored batch
-        evaluation.path.rename(paths.retired(evaluation.path))
-    for k in range(workers):
-        with EvaluationStore(paths.worker_db(k, workers)) as store:
-            if store.checkpoint() == 0:
-                store.start_after(last)
-
-
 def serve(settings: Settings, workers: int = 1, insecure: bool = False,
           out: Callable[[str], None] = print, should_stop: Callable[[], bool] | None = None,
           log_file: Path | None = None) -> None:
     """Run until Ctrl-C/SIGTERM (or `should_stop()`); prints the endpoints once ready and
     keeps `engine.json` (`engine.status`). `log_file`: where the children log instead of
     stderr."""
-    check_bind(settings, insecure)
-    paths = EnginePaths.create(settings.storage.path)
-    check_worker_count(paths, workers)
+    paths = preflight(settings, workers, insecure)
     spawn = mp.get_context("spawn")
     ready = spawn.Queue()
     stopping: list[int] = []
@@ -259,20 +206,21 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
             signal.signal(sig, lambda *_: stopping.append(1))
         should_stop = lambda: bool(stopping)  # noqa: E731
 
+    watch = StartUpWatch()
+
     def start(name: str, restarts: int = 0):
+        reporter = ReadyReporter(ready)
         if name == "ingest":
-            proc = spawn.Process(target=ingest_main, args=(settings, workers, ready, log_file),
-                                 name=name)
+            main, args = ingest_main, (settings, workers, reporter, log_file)
         elif name == "dispatcher":
-            proc = spawn.Process(target=dispatcher_main, args=(settings, ready, log_file),
-                                 name=name)
+            main, args = dispatcher_main, (settings, reporter, log_file)
         elif name == "desk":
-            proc = spawn.Process(target=desk_main, args=(settings, ready, log_file), name=name)
+            main, args = desk_main, (settings, reporter, log_file)
         else:
             k = int(name.split("-")[1])
-            proc = spawn.Process(target=worker_main,
-                                 args=(settings, k, workers, ready, log_file, restarts),
-                                 name=name)
+            main, args = worker_main, (settings, k, workers, reporter, log_file, restarts)
+        proc = spawn.Process(target=run_child, args=(name, reporter, main, *args), name=name)
+        watch.started(name)
         proc.start()
         return proc
 
@@ -285,24 +233,32 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
     waiting = set(names)
     endpoints: dict = {}
     announced = False
+
+    def take(message: tuple) -> None:
+        nonlocal announced
+        if not watch.message(message):   # a start-up failure: judged when the child ends
+            return
+        waiting.discard(message[0])
+        endpoints.update(_endpoints(message))
+        _announce(message[0], endpoints, workers, out)
+        if not waiting:   # every child ready; rewritten if one binds anew
+            EngineStatus("ready", os.getpid(), Endpoints(**endpoints)).write(paths.status_file)
+            if not announced:
+                out("geofence: ready")
+                announced = True
+
     try:
         while not should_stop():
-            try:
-                message = ready.get(timeout=0.2)
-            except queue.Empty:
-                message = None
-            if message is not None:
-                waiting.discard(message[0])
-                endpoints.update(_endpoints(message))
-                _announce(message[0], endpoints, workers, out)
-                if not waiting:   # every child ready; rewritten if one binds anew
-                    EngineStatus("ready", os.getpid(), Endpoints(**endpoints)).write(
-                        paths.status_file)
-                    if not announced:
-                        out("geofence: ready")
-                        announced = True
+            for message in _received(ready, timeout=0.2):
+                take(message)
             for name, proc in procs.items():
                 if not proc.is_alive() and not should_stop():
+                    for message in _received(ready):   # what it said before it ended
+                        take(message)
+                    reason = watch.exited(name, proc.exitcode)
+                    if reason is not None:
+                        log.error("%s; stopping the engine", reason)
+                        raise StartError(reason)
                     delay = RESTART_BACKOFF_S[min(restarts[name], len(RESTART_BACKOFF_S) - 1)]
                     log.warning("%s exited with %s; restarting in %.1f s", name, proc.exitcode, delay)
                     time.sleep(delay)
@@ -312,6 +268,17 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
         _stop_all(procs)
         paths.status_file.unlink(missing_ok=True)
         out("geofence: stopped")
+
+
+def _received(ready, timeout: float = 0.0) -> list[tuple]:
+    """Every message waiting on the `ready` queue, waiting up to `timeout` for the first."""
+    messages = []
+    try:
+        messages.append(ready.get(timeout=timeout) if timeout else ready.get_nowait())
+        while True:
+            messages.append(ready.get_nowait())
+    except queue.Empty:
+        return messages
 
 
 def _endpoints(message: tuple) -> dict:

@@ -253,3 +253,35 @@ def test_large_layer_parses_quickly():
     elapsed = time.perf_counter() - start
     assert shapely.get_num_coordinates(data.geometries).sum() > 99_000
     assert elapsed < 0.5
+
+
+@pytest.mark.parametrize("layer, problem", [
+    (collection(feature("370402001", polygon(square(LON, LAT)), level="township")),
+     "feature #0 (code '370402001'): unknown key \"level\""),
+    (collection(feature("370402001", polygon(square(LON, LAT)), parnet="370402")),
+     "feature #0 (code '370402001'): unknown key \"parnet\"; did you mean \"parent\"?"),
+    (collection(feature("370402001", polygon(square(LON, LAT))),
+                units=[{"code": "370402", "name": "薛城区", "parnt": "3704"}]),
+     "unit #0 (code '370402'): unknown key \"parnt\"; did you mean \"parent\"?"),
+    (collection(feature("370402001", polygon(square(LON, LAT))), crs_datm="gcj02"),
+     "the collection: unknown key \"crs_datm\"; did you mean \"crs_datum\"?"),
+])
+def test_a_key_outside_the_contract_is_refused_with_the_near_one(layer, problem):
+    with pytest.raises(LayerError) as e:
+        parse_layer(layer)
+    assert any(p.startswith(problem) for p in e.value.problems), e.value.problems
+
+
+def test_unknown_keys_come_with_every_other_problem_of_the_layer():
+    layer = collection(feature("370402001", polygon(square(LON, LAT)), area_km2=3.2),
+                       feature("370402001", polygon(square(LON + 1, LAT)), name=" "))
+    with pytest.raises(LayerError) as e:
+        parse_layer(layer)
+    text = "\n".join(e.value.problems)
+    assert 'unknown key "area_km2"' in text and "duplicate code" in text
+    assert "name is missing" in text
+
+
+def test_gdal_and_rfc_7946_collection_members_are_accepted():
+    layer = good_layer(name="townships", bbox=[LON, LAT, LON + 1, LAT + 1])
+    assert len(parse_layer(layer)) == len(good_layer()["features"])
