@@ -1,0 +1,132 @@
+"""The config: unknown keys named with the near one, every key in its range, all at once."""
+
+import math
+import tomllib
+from dataclasses import fields
+
+import pytest
+
+from alerts._rules_kernel import RUN_MAX
+from engine import config
+from engine.address import check_zmq_endpoint, parse_host_port
+from engine.config import CHECKS, ConfigError, Settings, from_mapping
+
+WEBHOOK = '[alerts.webhooks."370402001"]\nurl = "https://example.org/h"\nsecret = "s"\n'
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        from_mapping(tomllib.loads(text), source="geofence.toml")
+    return e.value.problems
+
+
+def test_every_key_of_every_section_has_a_range():
+    sections = {f.name: f.default for f in fields(Settings) if f.name != "source"}
+    assert set(CHECKS) == set(sections)
+    for name, default in sections.items():
+        assert set(CHECKS[name]) == {f.name for f in fields(default)}, name
+
+
+def test_the_defaults_are_in_range_and_the_fix_counts_fit_the_rules_counters():
+    assert config.check(Settings()) == []
+    assert config.MAX_RUN_FIXES == RUN_MAX
+
+
+@pytest.mark.parametrize("text, problem", [     # the issue's six, each named where it is
+    ("[desk]\nsession_hours = inf", "geofence.toml: [desk] session_hours: must be a finite "
+                                    "number in (0, 8760], not inf"),
+    ("[rules]\ncheck_every_s = 0", "geofence.toml: [rules] check_every_s: must be a finite "
+                                   "number in [0.01, 3600], not 0.0"),
+    ("[rules]\nexit_fixes = 0", "geofence.toml: [rules] exit_fixes: must be a whole number "
+                                "in 1..255, not 0"),
+    ('[desk]\nbind = "127.0.0.1:99999"', "geofence.toml: [desk] bind: port must be 1..65535"),
+    ("[ingest]\nmax_fix_age_s = -1", "geofence.toml: [ingest] max_fix_age_s: must be a whole "
+                                     "number in 1..316224000, not -1"),
+    ("[rules]\nfeed_outage_share = nan", "geofence.toml: [rules] feed_outage_share: must be "
+                                         "a finite number in (0, 1], not nan"),
+    ("[rules]\nfeed_outage_share = 1.5", "[rules] feed_outage_share: must be a finite number"),
+    ("[rules]\nexit_fixes_key = 256", "[rules] exit_fixes_key: must be a whole number in 1..255"),
+    ("[rules]\nescalate_high_s = 0", "[rules] escalate_high_s: must be a whole number in 1.."),
+    ("[rules]\nexit_margin_m = -inf", "[rules] exit_margin_m: must be a finite number in [0,"),
+    ("[rules]\nclock = \"event\"", "[rules] clock: must be one of wall, feed; not 'event'"),
+    ("[ingest]\ndefault_acc_gps_m = 0", "[ingest] default_acc_gps_m: must be a finite number"),
+    ("[ingest]\nmax_backlog_fixes = 0", "[ingest] max_backlog_fixes: must be a whole number"),
+    ('[ingest]\nbind = "127.0.0.1:5555"', "[ingest] bind: must be tcp://HOST:PORT or ipc://"),
+    ('[ingest]\nmetrics_bind = ":9105"', "[ingest] metrics_bind: must be HOST:PORT"),
+    ('[alerts]\npublish = "tcp://127.0.0.1:70000"', "[alerts] publish: port must be 1..65535"),
+    ("[storage]\nkeep_fixes_days = 0", "[storage] keep_fixes_days: must be a whole number"),
+    ('[storage]\npath = ""', "[storage] path: must not be empty"),
+    ('[storage]\nsync = "always"', "[storage] sync: must be one of normal, full"),
+    ("[desk]\nlogin_attempts = 0", "[desk] login_attempts: must be a whole number in 1.."),
+    ('[desk]\ncookie_secure = "yes"', "[desk] cookie_secure: must be true or false, not 'yes'"),
+    ("[rules]\nexit_fixes = 2.5", "[rules] exit_fixes: must be a whole number, not 2.5"),
+    (WEBHOOK + "timeout_s = inf", "[alerts] webhooks: webhook \"370402001\": timeout_s must"),
+])
+def test_a_value_out_of_range_is_one_line_naming_file_section_and_key(text, problem):
+    found = problems(text)
+    assert len(found) == 1 and found[0].startswith("geofence.toml: "), found
+    assert problem in found[0] and "\n" not in found[0], found
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("[rules]\nexclusion_fixs = 1", 'geofence.toml: [rules]: unknown key "exclusion_fixs"; '
+                                    'did you mean "exclusion_fixes"?'),
+    ("[desks]\nbind = \"\"", "geofence.toml: unknown section [desks]; did you mean [desk]?"),
+    ("[colour]\nx = 1", "geofence.toml: unknown section [colour] (known: storage, layers, "),
+    (WEBHOOK + "timeot_s = 3", 'geofence.toml: [alerts] webhooks: webhook "370402001": '
+                               'unknown key "timeot_s"; did you mean "timeout_s"?'),
+    ("storage = 1", "geofence.toml: [storage] must be a table"),
+])
+def test_an_unknown_section_or_key_is_named_with_the_near_one(text, problem):
+    found = problems(text)
+    assert len(found) == 1 and found[0].startswith(problem), found
+
+
+def test_every_problem_of_the_file_is_reported_at_once():
+    found = problems("[desk]\nsession_hours = inf\nbind = \"127.0.0.1:99999\"\n"
+                     "[rules]\ncheck_every_s = 0\nexit_fixes = 0\nfeed_outage_share = nan\n"
+                     "exit_fixs = 2\n[ingest]\nmax_fix_age_s = -1\n[desks]\n")
+    keys = ["session_hours", "[desk] bind", "check_every_s", "[rules] exit_fixes:",
+            "feed_outage_share", '"exit_fixs"', "max_fix_age_s", "[desks]"]
+    assert len(found) == len(keys)
+    for key in keys:
+        assert sum(key in p for p in found) == 1, key
+
+
+def test_values_in_range_load_including_any_free_port_and_ipc():
+    settings = from_mapping(tomllib.loads(
+        '[ingest]\nbind = "ipc:///run/geofence/ingest.sock"\nmetrics_bind = ""\n'
+        '[alerts]\npublish = "tcp://127.0.0.1:*"\n[desk]\nbind = "[::1]:0"\n'
+        "session_hours = 8760\n[rules]\nfeed_outage_share = 1\npermit_overstay_after_s = 0\n"
+        "exit_fixes = 255\ncheck_every_s = 0.01\n" + WEBHOOK), source="geofence.toml")
+    assert settings.rules.feed_outage_share == 1.0 and settings.desk.session_hours == 8760.0
+    assert config.check(settings) == []
+
+
+def test_settings_built_in_code_are_checked_by_the_same_ranges():
+    from dataclasses import replace
+
+    bad = replace(Settings(), rules=replace(Settings().rules, check_every_s=math.inf))
+    assert config.check(bad) == ["built-in defaults: [rules] check_every_s: must be a finite "
+                                 "number in [0.01, 3600], not inf"]
+
+
+@pytest.mark.parametrize("text, parsed", [
+    ("127.0.0.1:8080", ("127.0.0.1", 8080)), ("[::1]:0", ("::1", 0)),
+    ("localhost:65535", ("localhost", 65535))])
+def test_host_port_is_parsed_in_one_place(text, parsed):
+    assert parse_host_port(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1", "127.0.0.1:", ":80", "127.0.0.1:99999",
+                                  "127.0.0.1:-1", "127.0.0.1:８０", "host name:80"])
+def test_a_bad_host_port_is_refused(text):
+    with pytest.raises(ValueError):
+        parse_host_port(text)
+
+
+@pytest.mark.parametrize("text", ["tcp://127.0.0.1:99999", "tcp://127.0.0.1", "udp://x:1",
+                                  "inproc://ingest", "ipc://", "127.0.0.1:5555", ""])
+def test_a_bad_zmq_endpoint_is_refused(text):
+    with pytest.raises(ValueError):
+        check_zmq_endpoint(text)
