@@ -10,6 +10,7 @@ that would spin or crash-loop a process never reaches one.
 
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -169,26 +170,17 @@ class Text:
 
 
 @dataclass(frozen=True)
-class HostPort:
-    """`HOST:PORT` (`engine.address`); empty turns the listener off."""
+class Address:
+    """A bind address that `parse` accepts (`engine.address`); when `optional`, empty turns
+    the listener off."""
+    parse: Callable[[str], Any]
+    optional: bool = False
 
     def problems(self, value) -> list[str]:
-        if not value:
+        if self.optional and not value:
             return []
         try:
-            parse_host_port(value)
-        except ValueError as e:
-            return [str(e)]
-        return []
-
-
-@dataclass(frozen=True)
-class ZmqEndpoint:
-    """A ZeroMQ bind endpoint (`engine.address`)."""
-
-    def problems(self, value) -> list[str]:
-        try:
-            check_zmq_endpoint(value)
+            self.parse(value)
         except ValueError as e:
             return [str(e)]
         return []
@@ -224,29 +216,33 @@ class Webhooks:
 SECONDS = Whole(1, MAX_DURATION_S)
 FIXES = Whole(1, MAX_RUN_FIXES)
 ACCURACY_M = Real(0, MAX_DISTANCE_M, above=True)
+ZMQ_BIND = Address(check_zmq_endpoint)
+HTTP_BIND = Address(parse_host_port, optional=True)
 
 # Every key's range, by section: a key without one fails the tests.
 CHECKS: dict[str, dict[str, Any]] = {
     "storage": {"path": Text(required=True), "sync": OneOf(("normal", "full")),
                 "keep_fixes_days": Whole(1, 10 * 366)},
     "layers": {"jurisdictions": Text(), "zones": Text()},
-    "ingest": {"bind": ZmqEndpoint(), "curve_keys": Text(), "curve_carriers": Text(),
+    "ingest": {"bind": ZMQ_BIND, "curve_keys": Text(), "curve_carriers": Text(),
                "max_fix_age_s": SECONDS, "max_backlog_fixes": Whole(1, 2**40),
-               "metrics_bind": HostPort(), "default_acc_gps_m": ACCURACY_M,
-               "default_acc_wifi_m": ACCURACY_M, "default_acc_cell_m": ACCURACY_M,
-               "default_acc_unknown_m": ACCURACY_M},
-    "alerts": {"publish": ZmqEndpoint(), "curve_keys": Text(), "curve_subscribers": Text(),
+               "metrics_bind": HTTP_BIND,
+               "default_acc_gps_m": ACCURACY_M, "default_acc_wifi_m": ACCURACY_M,
+               "default_acc_cell_m": ACCURACY_M, "default_acc_unknown_m": ACCURACY_M},
+    "alerts": {"publish": ZMQ_BIND, "curve_keys": Text(), "curve_subscribers": Text(),
                "webhooks": Webhooks()},
-    "desk": {"bind": HostPort(), "session_hours": Real(0, MAX_SESSION_HOURS, above=True),
+    "desk": {"bind": HTTP_BIND, "session_hours": Real(0, MAX_SESSION_HOURS, above=True),
              "login_attempts": Whole(1, 1_000_000), "cookie_secure": Flag(),
              "trust_forwarded_for": Flag()},
-    "rules": {"exit_margin_m": Real(0, MAX_DISTANCE_M), "exit_fixes": FIXES,
-              "exit_fixes_key": FIXES, "return_fixes": FIXES, "possible_exit_fixes": FIXES,
-              "exclusion_fixes": FIXES, "possible_exclusion_fixes": FIXES,
+    "rules": {"exit_margin_m": Real(0, MAX_DISTANCE_M),
+              "exit_fixes": FIXES, "exit_fixes_key": FIXES, "return_fixes": FIXES,
+              "possible_exit_fixes": FIXES, "exclusion_fixes": FIXES,
+              "possible_exclusion_fixes": FIXES,
               "signal_lost_after_s": SECONDS, "permit_overstay_after_s": Whole(0, MAX_DURATION_S),
               "feed_outage_share": Real(0, 1, above=True), "feed_outage_silence_s": SECONDS,
-              "feed_outage_min_subjects": Whole(1, 2**31 - 1), "escalate_critical_s": SECONDS,
-              "escalate_high_s": SECONDS, "escalate_medium_s": SECONDS,
+              "feed_outage_min_subjects": Whole(1, 2**31 - 1),
+              "escalate_critical_s": SECONDS, "escalate_high_s": SECONDS,
+              "escalate_medium_s": SECONDS,
               "clock": OneOf(("wall", "feed")),
               "check_every_s": Real(MIN_CHECK_EVERY_S, MAX_CHECK_EVERY_S)},
 }
