@@ -11,7 +11,13 @@ what it had acknowledged is in the store.
 import logging
 import sys
 
+import zmq
+
 from geofence.errors import GeofenceError
+
+# Not bugs: bad input, the system refusing (a port taken, a disk full); logged without a
+# traceback.
+EXPECTED_FAILURES = (GeofenceError, OSError, zmq.ZMQError)
 
 START_UP_TRIES = 3
 FAILED = "start-up failed"     # first field of a child's failure message: (FAILED, name, reason)
@@ -38,7 +44,7 @@ class ReadyReporter:
 def run_child(name: str, ready: ReadyReporter, main, *args) -> None:
     """Process target: `main(*args)` (`ready` among them). An exception before the child
     said ready goes to the supervisor as one line and the child exits 1; a traceback is
-    logged only for what is not bad input or a system error (a bug)."""
+    logged only for what is not an expected failure (a bug)."""
     try:
         main(*args)
     except Exception as e:
@@ -46,7 +52,7 @@ def run_child(name: str, ready: ReadyReporter, main, *args) -> None:
             raise
         reason = one_line(e)
         ready.failed(name, reason)
-        if isinstance(e, (GeofenceError, OSError)):
+        if isinstance(e, EXPECTED_FAILURES):
             log.error("%s could not start: %s", name, reason)
         else:
             log.exception("%s could not start: %s", name, reason)
