@@ -135,14 +135,15 @@ def test_a_desk_port_taken_stops_serve_with_the_desks_reason_after_three_tries(t
         taken.listen()
         port = taken.getsockname()[1]
         config = write_config(tmp_path, desk=True)
-        config.write_text(config.read_text().replace('bind = "127.0.0.1:0"',
-                                                     f'bind = "127.0.0.1:{port}"'))
+        config.write_text(config.read_text().replace('[desk]\nbind = "127.0.0.1:0"',
+                                                     f'[desk]\nbind = "127.0.0.1:{port}"'))
         result = run_serve(config)
     assert result.returncode == 2
     reason = result.stderr.strip().splitlines()[-1]
     assert reason.startswith("geofence: error: desk could not start: ")
     assert "address already in use" in reason and reason.endswith("(3 times in a row)")
     assert result.stderr.count("desk could not start") >= START_UP_TRIES
+    assert "ingest could not start" not in result.stderr
     assert "geofence: ready" not in result.stdout
     assert "Traceback" not in result.stderr
 
