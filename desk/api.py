@@ -13,7 +13,8 @@ from alerts.alarms import STATUSES
 from alerts.rules import EVENT_TYPES
 from desk import events, tracks
 from desk.context import SESSION, ApiError, desk_of
-from desk.http import json_body, json_response
+from desk.http import json_response
+from desk.jsonbody import json_body
 from desk.mapdata import build_map_layer
 from desk.metrics import CONTENT_TYPE
 

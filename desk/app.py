@@ -19,6 +19,7 @@ from aiohttp import web
 from desk import api, auth, static
 from desk.context import DESK, DeskState
 from desk.events import ChangeFeed
+from desk.jsonbody import MAX_BODY_BYTES
 from desk.http import (RouteAccessLogger, outer_middleware, same_origin_middleware,
                    session_middleware)
 from desk.metrics import DeskMetrics
@@ -43,7 +44,7 @@ def make_app(settings: Settings, paths: EnginePaths, *,
 
     app = web.Application(middlewares=[outer_middleware, same_origin_middleware,
                                        session_middleware],
-                          client_max_size=64 * 1024)
+                          client_max_size=MAX_BODY_BYTES)
     stores = Stores(paths, settings.storage.sync)
     metrics = DeskMetrics(paths.alarms_db)
     feed = ChangeFeed(stores, on_clients=metrics.sse_clients.set)

@@ -142,17 +142,6 @@ async def session_middleware(request: web.Request, handler) -> web.StreamRespons
     return await handler(request)
 
 
-async def json_body(request: web.Request) -> dict:
-    """The request's JSON object body; 400 if it is not one."""
-    try:
-        body = await request.json(loads=json.loads)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return body
-
-
 class RouteAccessLogger(AbstractAccessLogger):
     """One line per request with the route template instead of the path."""
 
