@@ -65,8 +65,14 @@ async def list_alarms(request: web.Request) -> web.Response:
         if office and office not in subtree:
             return [], seq
         offices = scope.subtree(office) if office else subtree
-        return alarms.query(status=status, type=kind, offices=offices, since_ms=since,
-                            limit=limit), seq
+        fetch = limit
+        while True:   # a delegate's alarms outside its windows are cut: fetch more
+            found = alarms.query(status=status, type=kind, offices=offices, since_ms=since,
+                                 limit=fetch)
+            shown = [a for a in found if scope.in_window(subtree, a)]
+            if len(shown) >= limit or len(found) < fetch:
+                return shown[:limit], seq
+            fetch *= 2
 
     found, seq = await desk.stores.run(read)
     return json_response({"alarms": [a.to_document() for a in found], "seq": seq})
@@ -74,8 +80,11 @@ async def list_alarms(request: web.Request) -> web.Response:
 
 def _visible(desk, session, alarm_id: str) -> bool:
     """Database thread: whether the alarm exists and the user may see it."""
-    subtree = desk.stores.scope().subtree(session.office)
-    return any(code in subtree for code in desk.stores.alarms.offices_of(alarm_id))
+    scope = desk.stores.scope()
+    subtree = scope.subtree(session.office)
+    offices = desk.stores.alarms.offices_of(alarm_id)
+    return any(code in subtree for code in offices) and \
+        scope.in_window(subtree, desk.stores.alarms.get(alarm_id))
 
 
 def _alarm_id(request: web.Request) -> str:
@@ -160,20 +169,19 @@ async def track(request: web.Request) -> web.Response:
     if until - since > tracks.MAX_WINDOW_MS:
         raise ApiError(400, f"a track spans at most {tracks.MAX_WINDOW_MS // 86_400_000} days")
 
-    def subject_index():
+    def subject_windows():   # a delegate office sees its delegations' windows only
         scope = desk.stores.scope()
         subject = scope.registry.subjects.get(subject_id)
-        if subject is None or not scope.sees_subject(scope.subtree(session.office), subject,
-                                                     now):
-            return None
-        return subject.index
+        if subject is None:
+            return None, ()
+        return subject.index, scope.track_windows(scope.subtree(session.office), subject, now)
 
-    index = await desk.stores.run(subject_index)
-    if index is None:
+    index, windows = await desk.stores.run(subject_windows)
+    if not windows:
         raise ApiError(404, NO_SUBJECT)
     async with desk.track_reads:
         fixes, truncated = await asyncio.get_running_loop().run_in_executor(
-            None, tracks.read_track, desk.paths.fixes_db, index, since, until)
+            None, tracks.read_windows, desk.paths.fixes_db, index, since, until, windows)
     return json_response({"subject": subject_id, "since": since, "until": until,
                           "fixes": fixes, "truncated": truncated})
 

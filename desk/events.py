@@ -142,24 +142,24 @@ class ChangeFeed:
     async def _follow(self) -> None:
         while True:
             try:
-                changes = await self.stores.run(_changes_with_offices, self.stores,
-                                                self.position, REPLAY_PAGE)
+                scope, changes = await self.stores.run(_changes_with_offices, self.stores,
+                                                       self.position, REPLAY_PAGE)
             except asyncio.CancelledError:
                 raise
             except Exception as e:   # a locked or briefly missing file: try again
                 log.warning("alarm change feed: %s", type(e).__name__)
                 changes = []
             for seq, offices, alarm in changes:
-                self.dispatch(seq, offices, alarm)
+                self.dispatch(seq, offices, alarm, scope)
             if len(changes) < REPLAY_PAGE:
                 await asyncio.sleep(self.poll_s)
 
-    def dispatch(self, seq: int, offices: list[str], alarm: Alarm) -> None:
+    def dispatch(self, seq: int, offices: list[str], alarm: Alarm, scope: Scope) -> None:
         """Hand one change to every client that may see it; drop clients that lag."""
         self.position = seq
         data = _event(seq, alarm)
         for client in list(self.clients):
-            if client.ended or not Scope.sees_alarm(client.subtree, offices):
+            if client.ended or not scope.sees_alarm(client.subtree, alarm, offices):
                 continue
             try:
                 client.queue.put_nowait((seq, data))
@@ -169,10 +169,12 @@ class ChangeFeed:
                 client.end("slow")
 
 
-def _changes_with_offices(stores, after: int, limit: int) -> list[tuple[int, list[str], Alarm]]:
-    """Changes after `after` with the offices each alarm has gone to (database thread)."""
-    return [(c.seq, stores.alarms.offices_of(c.alarm_id), c.alarm)
-            for c in stores.alarms.changes_after(after, limit)]
+def _changes_with_offices(stores, after: int, limit: int
+                          ) -> tuple[Scope, list[tuple[int, list[str], Alarm]]]:
+    """The registry's scope, and the changes after `after` with the offices each alarm has
+    gone to (database thread)."""
+    return stores.scope(), [(c.seq, stores.alarms.offices_of(c.alarm_id), c.alarm)
+                            for c in stores.alarms.changes_after(after, limit)]
 
 
 def _event(seq: int, alarm: Alarm) -> bytes:
@@ -218,13 +220,13 @@ async def stream(request: web.Request, feed: ChangeFeed, client: Client,
             await response.write(f"event: reset\nid: {position}\ndata: {{}}\n\n".encode())
         replayed = position if after is None or after > position else after
         while replayed < position:   # replay what the client missed, from the store
-            page = await feed.stores.run(_changes_with_offices, feed.stores, replayed,
-                                         REPLAY_PAGE)
+            scope, page = await feed.stores.run(_changes_with_offices, feed.stores, replayed,
+                                                REPLAY_PAGE)
             page = [change for change in page if change[0] <= position]
             if not page:
                 break
             for seq, offices, alarm in page:
-                if Scope.sees_alarm(client.subtree, offices):
+                if scope.sees_alarm(client.subtree, alarm, offices):
                     await response.write(_event(seq, alarm))
             replayed = page[-1][0]
         sent = position   # the queue holds the changes after it

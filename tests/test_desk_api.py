@@ -26,11 +26,12 @@ from aiohttp.test_utils import TestServer
 
 from alerts.alarm_store import AlarmStore, Incoming
 from alerts.alarms import Alarm
-from alerts.registry import RegistryStore
+from alerts.registry import Registry, RegistryStore
 from ingest.fixes import FixColumns
 from ingest.store import BatchRecord, Store
 from engine.config import Desk, Settings, Storage
 from desk import events, make_app, run_desk
+from desk.scope import Scope
 from desk.tracks import read_track
 from desk.users import UserStore
 from engine.paths import EnginePaths
@@ -720,7 +721,7 @@ def test_a_client_that_falls_behind_is_dropped_instead_of_buffered():
         feed.add(slow)
         feed.add(other)
         for seq in (1, 2, 3):
-            feed.dispatch(seq, [T1], alarm("a1", 1_000).alarm)
+            feed.dispatch(seq, [T1], alarm("a1", 1_000).alarm, Scope(Registry()))
         assert slow.ended == "slow" and slow not in feed.clients
         assert other.ended is None and other.queue.empty()   # not its office's alarm
         assert feed.position == 3

@@ -4,8 +4,10 @@ The world is `test_desk_api`'s (its registry, users and alarms, real SQLite file
 """
 
 from desk.jsonbody import MAX_DEPTH, nesting_depth
-from tests.test_desk_api import (PASSWORD, client, logged_in, run, serving,  # noqa: F401
-                                 template, world)
+from tests import test_desk_api
+from tests.test_desk_api import (PASSWORD, client, logged_in, run, serving)
+
+template, world = test_desk_api.template, test_desk_api.world   # the desk world's fixtures
 
 
 async def post_raw(session, server, path: str, data: bytes) -> tuple[int, dict]:

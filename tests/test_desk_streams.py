@@ -15,7 +15,10 @@ from yarl import URL
 
 from desk import events
 from desk.app import serve_desk
-from tests.test_desk_api import logged_in, run, template, world  # noqa: F401
+from tests import test_desk_api
+from tests.test_desk_api import (logged_in, run)
+
+template, world = test_desk_api.template, test_desk_api.world   # the desk world's fixtures
 
 
 class Served:
