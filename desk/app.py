@@ -19,6 +19,7 @@ from aiohttp import web
 from desk import api, auth, static
 from desk.context import DESK, DeskState
 from desk.events import ChangeFeed
+from desk.hosts import configured_hosts, host_middleware
 from desk.jsonbody import MAX_BODY_BYTES
 from desk.http import (RouteAccessLogger, outer_middleware, same_origin_middleware,
                    session_middleware)
@@ -42,15 +43,16 @@ def make_app(settings: Settings, paths: EnginePaths, *,
     """
     from desk.tracks import TRACK_READS_AT_ONCE
 
-    app = web.Application(middlewares=[outer_middleware, same_origin_middleware,
-                                       session_middleware],
+    hosts = configured_hosts(settings.desk)
+    app = web.Application(middlewares=[outer_middleware, host_middleware,
+                                       same_origin_middleware, session_middleware],
                           client_max_size=MAX_BODY_BYTES)
     stores = Stores(paths, settings.storage.sync)
     metrics = DeskMetrics(paths.alarms_db)
     feed = ChangeFeed(stores, on_clients=metrics.sse_clients.set)
     app[DESK] = DeskState(settings, paths, stores, feed, metrics, clock,
                           asyncio.Semaphore(LOGIN_CHECKS_AT_ONCE),
-                          asyncio.Semaphore(TRACK_READS_AT_ONCE), asyncio.Lock())
+                          asyncio.Semaphore(TRACK_READS_AT_ONCE), asyncio.Lock(), hosts)
 
     async def start(_app):
         await stores.open()

@@ -63,6 +63,10 @@ class Desk:
     trust_forwarded_for: bool = False  # behind a reverse proxy: the client address is the last
                                        # X-Forwarded-For entry, and the page's origin is taken
                                        # from X-Forwarded-Proto and -Host when present
+    hosts: list = field(default_factory=list)  # host names the desk answers to (others: 421,
+                                       # against DNS rebinding); empty: the bind host, plus
+                                       # localhost, 127.0.0.1, ::1 on loopback; required
+                                       # when binding 0.0.0.0 or ::
 
     def __post_init__(self):
         if not self.session_hours > 0:

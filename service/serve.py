@@ -203,6 +203,8 @@ def check_bind(settings: Settings, insecure: bool) -> None:
     # The desk speaks plain HTTP: off loopback, only behind a TLS proxy (--insecure).
     if settings.desk.bind:
         check_bind_allowed(f"tcp://{settings.desk.bind}", False, insecure)
+        from desk.hosts import configured_hosts
+        configured_hosts(settings.desk)   # [desk] hosts: required when binding 0.0.0.0
 
 
 def check_worker_count(paths: EnginePaths, workers: int) -> None:

@@ -419,7 +419,8 @@ def test_cross_site_requests_and_posts_that_are_not_json_are_refused(world):
                 assert r.status == 204
 
     async def behind_a_tls_proxy(trusted: bool) -> int:
-        desk = replace(settings.desk, trust_forwarded_for=trusted)
+        desk = replace(settings.desk, trust_forwarded_for=trusted,
+                       hosts=["desk.example", "127.0.0.1"])
         async with serving(replace(settings, desk=desk), paths) as server, \
                 client() as session:
             async with session.post(server.make_url("/api/login"),
@@ -498,7 +499,8 @@ def test_a_name_is_limited_per_client_address_which_a_trusted_proxy_may_name(wor
             return r.status
 
     async def scenario(trusted: bool):
-        desk = replace(settings.desk, trust_forwarded_for=trusted)
+        desk = replace(settings.desk, trust_forwarded_for=trusted,
+                       hosts=["desk.example", "127.0.0.1"])
         async with serving(replace(settings, desk=desk), paths) as server, \
                 client() as session:
             for n in range(5):       # someone at 198.51.100.7 guesses town1's password
