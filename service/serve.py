@@ -29,6 +29,8 @@ from pathlib import Path
 from engine.config import Settings
 from engine.paths import EnginePaths
 from engine.status import Endpoints, EngineStatus
+from engine.store_check import (EXIT_STORE_DAMAGED, exits_on_damage, refuse_damaged_stores,
+                                stopped_on_damage)
 
 log = logging.getLogger("geofence.serve")
 
@@ -62,6 +64,7 @@ def _logging(log_file: Path | None, level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT)
 
 
+@exits_on_damage
 def ingest_main(settings: Settings, workers: int, ready, log_file: Path | None) -> None:
     _logging(log_file)
     should_stop = _child_stop_flag()
@@ -147,6 +150,7 @@ def _curve(ctx, settings: Settings, metrics):
     return auth, keys
 
 
+@exits_on_damage
 def worker_main(settings: Settings, index: int, count: int, ready,
                 log_file: Path | None, restarts: int = 0) -> None:
     _logging(log_file)
@@ -158,6 +162,7 @@ def worker_main(settings: Settings, index: int, count: int, ready,
                on_ready=lambda: ready.put((f"worker-{index}",)), restarts=restarts)
 
 
+@exits_on_damage
 def desk_main(settings: Settings, ready, log_file: Path | None) -> None:
     _logging(log_file)
     should_stop = _child_stop_flag()
@@ -167,6 +172,7 @@ def desk_main(settings: Settings, ready, log_file: Path | None) -> None:
     run_desk(settings, should_stop, on_ready=lambda url: ready.put(("desk", url)))
 
 
+@exits_on_damage
 def dispatcher_main(settings: Settings, ready, log_file: Path | None) -> None:
     _logging(log_file)
     should_stop = _child_stop_flag()
@@ -252,6 +258,7 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
     stderr."""
     check_bind(settings, insecure)
     paths = EnginePaths.create(settings.storage.path)
+    refuse_damaged_stores(paths)
     check_worker_count(paths, workers)
     spawn = mp.get_context("spawn")
     ready = spawn.Queue()
@@ -305,6 +312,8 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
                         announced = True
             for name, proc in procs.items():
                 if not proc.is_alive() and not should_stop():
+                    if proc.exitcode == EXIT_STORE_DAMAGED:   # no restart heals it
+                        raise stopped_on_damage(name, paths)
                     delay = RESTART_BACKOFF_S[min(restarts[name], len(RESTART_BACKOFF_S) - 1)]
                     log.warning("%s exited with %s; restarting in %.1f s", name, proc.exitcode, delay)
                     time.sleep(delay)
