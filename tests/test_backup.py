@@ -13,25 +13,30 @@ import shapely
 
 from alerts.alarm_store import AlarmStore
 from alerts.alarms import alarm_id
+from engine.backup import backup
 from engine.paths import EnginePaths
 from geofence import Layer
 from geofence.builtin import zaozhuang_geojson
 from ingest.protocol import encode_cols
 from ingest.store import StoreReader
 from service.cli import main as cli
+from service.evaluation_store import EvaluationReader
 from sim.simulate import simulate
 from tests.engine_harness import Carrier, Engine, population_document, write_config
 from tests.test_store_check import garbage_pages, geofence, make_storage
 
 FAR = (115.5, 33.5)          # 100+ km from Zaozhuang
 STEP_MS = 60_000
-PLAN = "iiooo" + "iiiii"     # per planted subject: in, in, out x3, in x5
-BEFORE_BACKUP = 6            # steps sent before the backup: every exit raised, no return
+PLAN = "iiooo" + "i" * 7     # per planted subject: in, in, out x3, in x7
 SIM_SUBJECTS = 150
 SEED = 3
 
 
 def test_backup_mid_stream_restores_into_an_engine_that_resumes_without_repeats(tmp_path):
+    """The engine moves on between every two files copied (planted fixes evaluated, their
+    alarms imported), as a busy engine may: every cursor of the restored files must still
+    point at data in the restored files, and the restored engine, fed the planted
+    carrier's resends, must raise every planted alarm exactly once."""
     doc = population_document(SIM_SUBJECTS, seed=SEED)      # the simulated carrier's people
     planted = [dict(s, id=f"S9{k:04d}", devices=[str(15800000000 + k)])
                for k, s in enumerate(doc["subjects"][:8])]  # fixes only from the test
@@ -46,31 +51,38 @@ def test_backup_mid_stream_restores_into_an_engine_that_resumes_without_repeats(
     exits = {alarm_id(s["id"], "zone_exit", frame.t0 + (2 if s["risk"] == "key" else 3) * STEP_MS)
              for s in planted}
     expected = exits | {alarm_id(s["id"], "zone_return", frame.t0 + 6 * STEP_MS) for s in planted}
+    backup_dir = tmp_path / "backup"
 
     engine = Engine(config)
     sim = SimulatedCarrier(engine.endpoint)
     try:
         wait_for(lambda: last_seq(engine.paths), lambda seq: seq >= 3)   # the feed flows
         carrier = Carrier(engine.endpoint)
-        for step in range(BEFORE_BACKUP):
-            assert carrier.request(frame(step))["status"] == "ok"
-        wait_for(lambda: raised(engine.paths), lambda r: exits <= set(r))
+        steps = iter(range(len(PLAN)))
+
+        def advance(copied: str = "") -> None:
+            """Two planted steps, evaluated and their alarms imported."""
+            for step in (next(steps), next(steps)):
+                assert carrier.request(frame(step))["status"] == "ok"
+            sent = last_seq(engine.paths)
+            wait_for(lambda: caught_up(engine.paths), lambda seq: seq >= sent)
+
+        advance()
+        advance()                                  # steps 0-3: every exit raised
+        assert exits <= set(raised(engine.paths))
         acked_seq = last_seq(engine.paths)         # every fix acknowledged so far is <= this
         acked_batches = batches(engine.paths, acked_seq)
         stored_alarms = raised(engine.paths)
-        backup_dir = tmp_path / "backup"
-        done = geofence("--config", str(config), "backup", str(backup_dir))
-        assert done.returncode == 0, done.stderr
-        assert done.stdout.splitlines()[-1].startswith(f"backup of 4 store file(s) in {backup_dir}")  # no desk
+        copied = backup(engine.paths, backup_dir, out=advance)   # steps 4-9 between copies
+        assert [f.name for f in copied] == ["alarms.sqlite", "evaluation-0-of-1.sqlite",
+                                            "fixes.sqlite", "registry.sqlite"]   # no desk
+        assert expected <= set(raised(engine.paths))
         refused = geofence("--config", str(config), "restore", str(backup_dir))
         assert refused.returncode == 2
         assert refused.stderr.startswith(f"geofence: error: an engine (pid {engine.proc.pid}) "
                                          f"runs on {engine.paths.root}")
-        sim.join()
-        for step in range(BEFORE_BACKUP, len(PLAN)):   # the returns, raised after the backup
-            assert carrier.request(frame(step))["status"] == "ok"
-        wait_for(lambda: raised(engine.paths), lambda r: expected <= set(r))
         carrier.close()
+        sim.join()
         live_last_seq = last_seq(engine.paths)
     finally:
         sim.join()
@@ -85,17 +97,25 @@ def test_backup_mid_stream_restores_into_an_engine_that_resumes_without_repeats(
     paths = EnginePaths(fresh / "data")
     restored_seq = last_seq(paths)
     # Mid-stream: the simulated carrier's batches kept coming after the fixes were copied
-    # (beyond the planted batches sent after the backup).
-    assert live_last_seq - restored_seq > len(PLAN) - BEFORE_BACKUP
+    # (beyond the four planted batches sent after that copy).
+    assert live_last_seq - restored_seq > 4
     assert batches(paths, acked_seq) == acked_batches      # every acknowledged fix
     assert stored_alarms.items() <= raised(paths).items()  # every stored alarm, as it was
+    with EvaluationReader(paths.worker_db(0, 1)) as evaluation:
+        assert evaluation.checkpoint() <= restored_seq     # no fix skipped on resuming
+        alarms = AlarmStore(paths.alarms_db, read_only=True)
+        try:    # the dispatcher resumes within the rows the evaluation file has
+            assert alarms.position(evaluation.file_id()) <= max(
+                a.rowid for a in evaluation.alarms_after(0, 1_000_000))
+        finally:
+            alarms.close()
 
     engine = Engine(restored_config)
     try:
         carrier = Carrier(engine.endpoint)
         for step in range(len(PLAN)):   # the planted carrier resends everything
             status = carrier.request(frame(step))["status"]
-            assert status == ("duplicate" if step < BEFORE_BACKUP else "ok"), step
+            assert status == ("duplicate" if step < 8 else "ok"), step   # 8-11: after the fixes
         carrier.close()
         after = wait_for(lambda: raised(engine.paths), lambda r: expected <= set(r))
         store = AlarmStore(engine.paths.alarms_db, read_only=True)
@@ -215,6 +235,18 @@ def batches(paths: EnginePaths, up_to_seq: int) -> list[tuple[int, int, int]]:
             if seq <= up_to_seq:
                 found.append((seq, len(fixes.t_ms), int(np.sum(fixes.t_ms))))
     return found
+
+
+def caught_up(paths: EnginePaths) -> int:
+    """The last seq evaluated and whose alarms the dispatcher has imported (0 before)."""
+    with EvaluationReader(paths.worker_db(0, 1)) as evaluation:
+        rows = evaluation.alarms_after(0, 1_000_000)
+        store = AlarmStore(paths.alarms_db, read_only=True)
+        try:
+            imported = not rows or store.position(evaluation.file_id()) >= rows[-1].rowid
+        finally:
+            store.close()
+        return evaluation.checkpoint() if imported else 0
 
 
 def raised(paths: EnginePaths) -> dict[str, str]:
