@@ -12,7 +12,9 @@ Children log to stderr, or, given a log file (the demo's), everything they write
 
 Children are started with the "spawn" method (fresh interpreters: no ZeroMQ or SQLite
 state crosses a fork). A child that dies is restarted; whatever it had acknowledged or
-checkpointed is in the store, so nothing is lost. Ctrl-C or SIGTERM stops the children
+checkpointed is in the store, so nothing is lost; but a damaged store file heals by no
+restart: `serve` refuses to start on one, and a child that meets one at run time stops
+the tree with one line (`engine.store_check`). Ctrl-C or SIGTERM stops the children
 (each finishes its current group) and then the supervisor. A child whose supervisor
 vanished (kill -9) stops by itself.
 """

@@ -6,7 +6,6 @@ unfinished backup, a running engine)."""
 import json
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import shapely
@@ -23,6 +22,7 @@ from service.cli import main as cli
 from service.evaluation_store import EvaluationReader
 from sim.simulate import simulate
 from tests.engine_harness import Carrier, Engine, population_document, write_config
+from tests.test_engine_delivery import wait_for
 from tests.test_store_check import garbage_pages, geofence, make_storage
 
 FAR = (115.5, 33.5)          # 100+ km from Zaozhuang
@@ -258,14 +258,3 @@ def raised(paths: EnginePaths) -> dict[str, str]:
     finally:
         store.close()
 
-
-def wait_for(read, done, timeout_s: float = 120):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = read()
-        if done(value):
-            time.sleep(1.0)     # and nothing more arrives after
-            return read()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting; last value: {value!r}")
-        time.sleep(0.2)
