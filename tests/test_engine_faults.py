@@ -1,0 +1,204 @@
+"""Disk faults under a real `geofence serve`: nothing acknowledged unless it is stored, and
+people are told (issue 10). Each fault is made for real: the fixes store moved away and
+back, a tmpfs storage path that fills up, the data directory deleted. While it lasts, new
+batches are answered `busy`, /healthz answers 503 with the reason, the metrics count it,
+the log says it once and a critical `engine_fault` alarm reaches the root office's desk
+user; once it is gone, batches are taken again and every fix acknowledged before, during
+and after is in the store exactly once."""
+
+import io
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from http.cookiejar import CookieJar
+
+import numpy as np
+import pytest
+
+from ingest.protocol import encode_cols
+from ingest.store import StoreReader
+from service.cli import main as cli
+from tests.engine_harness import Carrier, Engine, population_document, write_config
+from tests.filesystems import fill, small_tmpfs
+
+PASSWORD = "correct horse battery staple"
+T0 = int(time.time() * 1000) - 3_600_000
+WAL_FILES = ("", "-wal", "-shm")
+
+
+def wait_until(condition, timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while not (found := condition()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+    return found
+
+
+class Desk:
+    """The root office's desk user, logged in."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+        body = json.dumps({"user": "city", "password": PASSWORD}).encode()
+        request = urllib.request.Request(url + "/api/login", body,
+                                         {"Content-Type": "application/json"})
+        assert self.opener.open(request, timeout=10).status == 200
+
+    def alarms(self, kind: str) -> list[dict]:
+        with self.opener.open(f"{self.url}/api/alarms?type={kind}", timeout=10) as r:
+            return json.loads(r.read())["alarms"]
+
+    def health(self) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+
+class Feed:
+    """A carrier sending numbered batches of one device; remembers what was acked."""
+
+    def __init__(self, engine: Engine, device: str, fixes_per_batch: int = 1):
+        self.carrier = Carrier(engine.endpoint)
+        self.device = np.array([int(device)] * fixes_per_batch)
+        self.n = fixes_per_batch
+        self.acked: dict[int, str] = {}
+
+    def send(self, batch: int) -> str:
+        t = T0 + (batch * self.n + np.arange(self.n)) * 10   # every fix its own (device, t)
+        frame = encode_cols("cmcc", batch, self.device, t, np.full(self.n, 117.5),
+                            np.full(self.n, 34.8), np.full(self.n, 20.0))
+        ack = self.carrier.request(frame, 10_000)
+        status = ack["status"] if ack else "timeout"
+        if status in ("ok", "partial"):
+            self.acked[batch] = status
+        return status
+
+    def close(self) -> None:
+        self.carrier.close()
+
+
+def start(tmp_path) -> tuple[Engine, Desk, Feed, str]:
+    config = write_config(tmp_path, desk=True)
+    doc = population_document(20)
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps(doc, ensure_ascii=False))
+    assert cli(["--config", str(config), "registry", "import", str(registry)]) == 0
+    root = next(o["code"] for o in doc["offices"] if not o["parent"])
+    stdin, os_stdin = io.StringIO(PASSWORD + "\n"), None
+    import sys
+    os_stdin, sys.stdin = sys.stdin, stdin
+    try:
+        assert cli(["--config", str(config), "user", "add", "city", "--office", root]) == 0
+    finally:
+        sys.stdin = os_stdin
+    engine = Engine(config)
+    desk = Desk(engine.status.endpoints.desk)
+    feed = Feed(engine, doc["subjects"][0]["devices"][0])
+    return engine, desk, feed, root
+
+
+def stored_batches(engine: Engine) -> list[int]:
+    with StoreReader(engine.paths.fixes_db) as reader:
+        return [b for b, in reader._conn().execute(
+            "SELECT batch FROM batches WHERE carrier = 'cmcc' ORDER BY batch")]
+
+
+def fault_lines(engine: Engine) -> tuple[list[str], list[str]]:
+    return ([line for line in engine.lines if "store fault:" in line],
+            [line for line in engine.lines if "store works again" in line])
+
+
+def test_fixes_store_moved_away_and_back(tmp_path):
+    engine, desk, feed, root = start(tmp_path)
+    fixes = engine.paths.fixes_db
+    try:
+        assert [feed.send(b) for b in range(3)] == ["ok"] * 3
+        assert desk.health() == (200, {"status": "ok"})
+        for suffix in WAL_FILES:
+            os.rename(f"{fixes}{suffix}", tmp_path / f"aside{suffix}")
+        assert [feed.send(b) for b in range(3, 6)] == ["busy"] * 3
+        assert feed.send(1) == "duplicate"       # a stored batch still gets its first answer
+        status, body = desk.health()
+        assert status == 503 and body["status"] == "fault"
+        [shown] = body["faults"]
+        assert (shown["process"], shown["store"], shown["kind"]) == ("ingest", "fixes", "missing")
+        assert str(fixes) in shown["reason"] and "put it back" in shown["reason"]
+        metrics = engine.metrics()
+        assert metrics['geofence_storage_fault{process="ingest",store="fixes"}'] == 1
+        assert metrics['geofence_storage_faults_total{kind="missing",process="ingest",'
+                       'store="fixes"}'] == 1
+        [alarm] = wait_until(lambda: desk.alarms("engine_fault"))
+        assert alarm["severity"] == "critical" and alarm["office"] == root
+        assert alarm["subject"] is None and alarm["t"] == shown["since"]
+        assert alarm["details"]["process"] == "ingest" and alarm["details"]["store"] == "fixes"
+
+        for suffix in WAL_FILES:
+            os.rename(tmp_path / f"aside{suffix}", f"{fixes}{suffix}")
+        wait_until(lambda: desk.health()[0] == 200)
+        assert [feed.send(b) for b in range(3, 8)] == ["ok"] * 5   # the refused ones resent
+        assert len(desk.alarms("engine_fault")) == 1
+    finally:
+        feed.close()
+        engine.stop()
+    onsets, recoveries = fault_lines(engine)
+    assert len(onsets) == 1 and "ERROR" in onsets[0] and len(recoveries) == 1
+    assert stored_batches(engine) == sorted(feed.acked) == list(range(8))
+
+
+def test_storage_that_fills_up_then_has_room_again(tmp_path):
+    data = tmp_path / "data"
+    with small_tmpfs(data, 48 * 1024):
+        engine, desk, feed, root = start(tmp_path)
+        feed = Feed(engine, feed.device[0], fixes_per_batch=2000)
+        try:
+            assert feed.send(0) == "ok"
+            ballast = fill(data)
+            batch = 1
+            while (status := feed.send(batch)) == "ok":   # the WAL's free room first
+                batch += 1
+                assert batch < 2000, "the store never noticed the full disk"
+            assert status == "busy"
+            status, body = desk.health()
+            assert status == 503
+            assert ("ingest", "fixes", "disk_full") in {
+                (f["process"], f["store"], f["kind"]) for f in body["faults"]}
+            assert feed.send(batch + 1) == "busy"
+            ballast.unlink()
+            wait_until(lambda: feed.send(batch) == "ok")
+            assert feed.send(batch + 1) == "ok"
+            wait_until(lambda: desk.health()[0] == 200)
+            alarms = wait_until(lambda: desk.alarms("engine_fault"))
+            assert {"ingest"} <= {a["details"]["process"] for a in alarms}
+            assert all(a["details"]["kind"] == "disk_full" for a in alarms)
+        finally:
+            feed.close()
+            engine.stop()
+        onsets, recoveries = fault_lines(engine)
+        assert sum("ingest: fixes" in line for line in onsets) == 1
+        assert sum("ingest: fixes" in line for line in recoveries) == 1
+        assert stored_batches(engine) == sorted(feed.acked) == list(range(batch + 2))
+
+
+def test_data_directory_deleted(tmp_path):
+    engine, desk, feed, root = start(tmp_path)
+    try:
+        assert [feed.send(b) for b in range(3)] == ["ok"] * 3
+        shutil.rmtree(engine.root)
+        assert [feed.send(b) for b in range(3, 8)] == ["busy"] * 5
+        status, body = desk.health()
+        assert status == 503
+        assert ("ingest", "fixes", "missing") in {
+            (f["process"], f["store"], f["kind"]) for f in body["faults"]}
+        assert not engine.paths.fixes_db.exists()   # no new empty store in its place
+    finally:
+        feed.close()
+        engine.stop()
+    onsets, _ = fault_lines(engine)
+    assert sum("ingest: fixes" in line for line in onsets) == 1
+    assert sorted(feed.acked) == [0, 1, 2]
