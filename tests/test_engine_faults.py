@@ -1,6 +1,10 @@
 """Disk faults under a real `geofence serve`: nothing acknowledged unless it is stored, and
 people are told (issue 10). Each fault is made for real: the fixes store moved away and
-back, a tmpfs storage path that fills up, the data directory deleted. While it lasts, new
+back, a tmpfs storage path that fills up, an ext4 storage path the kernel turns read-only
+(as on a disk error; a `mount -o remount,ro` is refused while SQLite has the files open
+for writing, and such a file system stays read-only until unmounted, so recovery from a
+read-only file system is tested at the store with the same error injected), the data
+directory deleted. While it lasts, new
 batches are answered `busy`, /healthz answers 503 with the reason, the metrics count it,
 the log says it once and a critical `engine_fault` alarm reaches the root office's desk
 user; once it is gone, batches are taken again and every fix acknowledged before, during
@@ -22,7 +26,7 @@ from ingest.protocol import encode_cols
 from ingest.store import StoreReader
 from service.cli import main as cli
 from tests.engine_harness import Carrier, Engine, population_document, write_config
-from tests.filesystems import fill, small_tmpfs
+from tests.filesystems import ext4_image, fill, small_tmpfs, turn_read_only
 
 PASSWORD = "correct horse battery staple"
 T0 = int(time.time() * 1000) - 3_600_000
@@ -154,8 +158,9 @@ def test_fixes_store_moved_away_and_back(tmp_path):
 def test_storage_that_fills_up_then_has_room_again(tmp_path):
     data = tmp_path / "data"
     with small_tmpfs(data, 48 * 1024):
-        engine, desk, feed, root = start(tmp_path)
-        feed = Feed(engine, feed.device[0], fixes_per_batch=2000)
+        engine, desk, small, root = start(tmp_path)
+        small.close()
+        feed = Feed(engine, small.device[0], fixes_per_batch=2000)
         try:
             assert feed.send(0) == "ok"
             ballast = fill(data)
@@ -201,4 +206,24 @@ def test_data_directory_deleted(tmp_path):
         engine.stop()
     onsets, _ = fault_lines(engine)
     assert sum("ingest: fixes" in line for line in onsets) == 1
+    assert sorted(feed.acked) == [0, 1, 2]
+
+
+def test_storage_turned_read_only(tmp_path):
+    data = tmp_path / "data"
+    with ext4_image(data, tmp_path / "fs.img", size_mib=64):
+        engine, desk, feed, root = start(tmp_path)
+        try:
+            assert [feed.send(b) for b in range(3)] == ["ok"] * 3
+            turn_read_only(data)
+            assert [feed.send(b) for b in range(3, 6)] == ["busy"] * 3
+            status, body = desk.health()
+            assert status == 503
+            kinds = {(f["process"], f["store"]): f["kind"] for f in body["faults"]}
+            assert kinds[("ingest", "fixes")] in ("read_only", "io_error")
+        finally:
+            feed.close()
+            engine.stop()
+        onsets, _ = fault_lines(engine)
+        assert sum("ingest: fixes" in line for line in onsets) == 1
     assert sorted(feed.acked) == [0, 1, 2]
