@@ -156,17 +156,13 @@ class Dispatcher:
             if key not in self._faults_seen:
                 self._faults_seen.add(key)
                 self._faults_waiting[key] = fault
-        root = self._root_office()
+        root = self.registry.root_office()
         if force or not self._faults_waiting or not root:
             return
         wall = _wall_ms()
         alarms = [engine_fault_alarm(f, root, wall) for f in self._faults_waiting.values()]
         self.alarms.add([self._incoming(a) for a in alarms], wall, set(self.webhooks))
         self._faults_waiting.clear()
-
-    def _root_office(self) -> str:
-        roots = sorted(o.code for o in self.registry.offices.values() if not o.parent)
-        return roots[0] if roots else ""
 
     def publish_changes(self) -> int:
         sent = 0

@@ -20,17 +20,37 @@ import urllib.request
 from http.cookiejar import CookieJar
 
 import numpy as np
-import pytest
+import shapely
+
+from geofence import Layer
+from geofence.builtin import zaozhuang_geojson
 
 from ingest.protocol import encode_cols
 from ingest.store import StoreReader
 from service.cli import main as cli
+from service.evaluation_store import EvaluationReader
 from tests.engine_harness import Carrier, Engine, population_document, write_config
 from tests.filesystems import ext4_image, fill, small_tmpfs, turn_read_only
 
 PASSWORD = "correct horse battery staple"
 T0 = int(time.time() * 1000) - 3_600_000
 WAL_FILES = ("", "-wal", "-shm")
+DOCUMENT = population_document(20)
+SUBJECT = next(s for s in DOCUMENT["subjects"] if s["risk"] == "normal")
+FAR = (115.5, 33.5)   # 100+ km from Zaozhuang: out of everybody's area
+
+
+def home_point() -> tuple[float, float]:
+    layer = Layer.from_geojson(zaozhuang_geojson())
+    home = shapely.union_all(layer.geometries[layer.features_under(SUBJECT["home"][0])])
+    inside = home.representative_point()
+    return inside.x, inside.y
+
+
+def move(path, aside) -> None:
+    for suffix in WAL_FILES:
+        if os.path.exists(f"{path}{suffix}"):
+            os.rename(f"{path}{suffix}", f"{aside}{suffix}")
 
 
 def wait_until(condition, timeout_s: float = 60):
@@ -67,16 +87,18 @@ class Desk:
 class Feed:
     """A carrier sending numbered batches of one device; remembers what was acked."""
 
-    def __init__(self, engine: Engine, device: str, fixes_per_batch: int = 1):
+    def __init__(self, engine: Engine, device: str, fixes_per_batch: int = 1,
+                 at: tuple[float, float] = (117.5, 34.8)):
         self.carrier = Carrier(engine.endpoint)
+        self.at = at
         self.device = np.array([int(device)] * fixes_per_batch)
         self.n = fixes_per_batch
         self.acked: dict[int, str] = {}
 
     def send(self, batch: int) -> str:
         t = T0 + (batch * self.n + np.arange(self.n)) * 10   # every fix its own (device, t)
-        frame = encode_cols("cmcc", batch, self.device, t, np.full(self.n, 117.5),
-                            np.full(self.n, 34.8), np.full(self.n, 20.0))
+        frame = encode_cols("cmcc", batch, self.device, t, np.full(self.n, self.at[0]),
+                            np.full(self.n, self.at[1]), np.full(self.n, 20.0))
         ack = self.carrier.request(frame, 10_000)
         status = ack["status"] if ack else "timeout"
         if status in ("ok", "partial"):
@@ -89,7 +111,7 @@ class Feed:
 
 def start(tmp_path) -> tuple[Engine, Desk, Feed, str]:
     config = write_config(tmp_path, desk=True)
-    doc = population_document(20)
+    doc = DOCUMENT
     registry = tmp_path / "registry.json"
     registry.write_text(json.dumps(doc, ensure_ascii=False))
     assert cli(["--config", str(config), "registry", "import", str(registry)]) == 0
@@ -103,7 +125,7 @@ def start(tmp_path) -> tuple[Engine, Desk, Feed, str]:
         sys.stdin = os_stdin
     engine = Engine(config)
     desk = Desk(engine.status.endpoints.desk)
-    feed = Feed(engine, doc["subjects"][0]["devices"][0])
+    feed = Feed(engine, SUBJECT["devices"][0])
     return engine, desk, feed, root
 
 
@@ -124,8 +146,7 @@ def test_fixes_store_moved_away_and_back(tmp_path):
     try:
         assert [feed.send(b) for b in range(3)] == ["ok"] * 3
         assert desk.health() == (200, {"status": "ok"})
-        for suffix in WAL_FILES:
-            os.rename(f"{fixes}{suffix}", tmp_path / f"aside{suffix}")
+        move(fixes, tmp_path / "aside")
         assert [feed.send(b) for b in range(3, 6)] == ["busy"] * 3
         assert feed.send(1) == "duplicate"       # a stored batch still gets its first answer
         status, body = desk.health()
@@ -142,8 +163,7 @@ def test_fixes_store_moved_away_and_back(tmp_path):
         assert alarm["subject"] is None and alarm["t"] == shown["since"]
         assert alarm["details"]["process"] == "ingest" and alarm["details"]["store"] == "fixes"
 
-        for suffix in WAL_FILES:
-            os.rename(tmp_path / f"aside{suffix}", f"{fixes}{suffix}")
+        move(tmp_path / "aside", fixes)
         wait_until(lambda: desk.health()[0] == 200)
         assert [feed.send(b) for b in range(3, 8)] == ["ok"] * 5   # the refused ones resent
         assert len(desk.alarms("engine_fault")) == 1
@@ -227,3 +247,54 @@ def test_storage_turned_read_only(tmp_path):
         onsets, _ = fault_lines(engine)
         assert sum("ingest: fixes" in line for line in onsets) == 1
     assert sorted(feed.acked) == [0, 1, 2]
+
+
+def test_worker_and_dispatcher_files_moved_away_and_back(tmp_path):
+    """The worker keeps the round it could not commit and the dispatcher stores nothing
+    while their files are away; back, every fix is evaluated once and every alarm is
+    stored once, and each fault has its engine_fault alarm (the dispatcher's own raised
+    once its store works again, with the fault's start time)."""
+    engine, desk, feed, root = start(tmp_path)
+    evaluation, alarms = engine.paths.worker_db(0, 1), engine.paths.alarms_db
+    feed.at = FAR
+    since = {}
+    try:
+        assert feed.send(0) == "ok"
+        wait_until(lambda: engine.evaluated_fixes() == 1)
+        move(evaluation, tmp_path / "evaluation")
+        assert [feed.send(b) for b in (1, 2)] == ["ok", "ok"]   # the fixes store is fine
+        body = wait_until(lambda: desk.health()[1].get("faults"))
+        [shown] = body
+        assert (shown["process"], shown["store"], shown["kind"]) == ("worker-0", "evaluation",
+                                                                    "missing")
+        since["worker-0"] = shown["since"]
+        move(tmp_path / "evaluation", evaluation)
+        wait_until(lambda: desk.health()[0] == 200)
+        wait_until(lambda: desk.alarms("zone_exit"))
+
+        move(alarms, tmp_path / "alarms")
+        body = wait_until(lambda: desk.health()[1].get("faults"))
+        [shown] = body
+        assert (shown["process"], shown["store"]) == ("dispatcher", "alarms")
+        since["dispatcher"] = shown["since"]
+        feed.at = home_point()
+        assert [feed.send(b) for b in (3, 4)] == ["ok", "ok"]
+        wait_until(lambda: engine.evaluated_fixes() == 5)   # the worker is not held up
+        assert not alarms.exists()
+        move(tmp_path / "alarms", alarms)
+        wait_until(lambda: desk.health()[0] == 200)
+        wait_until(lambda: desk.alarms("zone_return"))
+        faults = wait_until(lambda: len(desk.alarms("engine_fault")) == 2
+                            and desk.alarms("engine_fault"))
+    finally:
+        feed.close()
+        engine.stop()
+    assert {a["details"]["process"]: a["t"] for a in faults} == since
+    assert all(a["office"] == root and a["severity"] == "critical" for a in faults)
+    store = engine.alarm_store()
+    kinds = sorted(a.type for a in store.query(limit=100))
+    store.close()
+    assert kinds == ["engine_fault", "engine_fault", "zone_exit", "zone_return"]
+    with EvaluationReader(evaluation) as reader:
+        assert reader.checkpoint() == 5
+        assert len(reader.alarms_after(0, 100)) == 2
