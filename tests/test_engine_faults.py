@@ -14,10 +14,10 @@ import io
 import json
 import os
 import shutil
+import sys
 import time
 import urllib.error
 import urllib.request
-from http.cookiejar import CookieJar
 
 import numpy as np
 import shapely
@@ -30,6 +30,7 @@ from ingest.store import StoreReader
 from service.cli import main as cli
 from service.evaluation_store import EvaluationReader
 from tests.engine_harness import Carrier, Engine, population_document, write_config
+from tests.test_upgrade import Desk, wait_until
 from tests.filesystems import ext4_image, fill, small_tmpfs, turn_read_only
 
 PASSWORD = "correct horse battery staple"
@@ -53,28 +54,14 @@ def move(path, aside) -> None:
             os.rename(f"{path}{suffix}", f"{aside}{suffix}")
 
 
-def wait_until(condition, timeout_s: float = 60):
-    deadline = time.monotonic() + timeout_s
-    while not (found := condition()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
-    return found
-
-
-class Desk:
-    """The root office's desk user, logged in."""
+class RootDesk(Desk):
+    """The root office's desk user, logged in; and /healthz, which needs no login."""
 
     def __init__(self, url: str):
-        self.url = url
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
-        body = json.dumps({"user": "city", "password": PASSWORD}).encode()
-        request = urllib.request.Request(url + "/api/login", body,
-                                         {"Content-Type": "application/json"})
-        assert self.opener.open(request, timeout=10).status == 200
+        super().__init__(url, "city", PASSWORD)
 
-    def alarms(self, kind: str) -> list[dict]:
-        with self.opener.open(f"{self.url}/api/alarms?type={kind}", timeout=10) as r:
-            return json.loads(r.read())["alarms"]
+    def alarms_of(self, kind: str) -> list[dict]:
+        return self.get(f"/api/alarms?type={kind}")["alarms"]
 
     def health(self) -> tuple[int, dict]:
         try:
@@ -109,22 +96,20 @@ class Feed:
         self.carrier.close()
 
 
-def start(tmp_path) -> tuple[Engine, Desk, Feed, str]:
+def start(tmp_path) -> tuple[Engine, RootDesk, Feed, str]:
     config = write_config(tmp_path, desk=True)
     doc = DOCUMENT
     registry = tmp_path / "registry.json"
     registry.write_text(json.dumps(doc, ensure_ascii=False))
     assert cli(["--config", str(config), "registry", "import", str(registry)]) == 0
     root = next(o["code"] for o in doc["offices"] if not o["parent"])
-    stdin, os_stdin = io.StringIO(PASSWORD + "\n"), None
-    import sys
-    os_stdin, sys.stdin = sys.stdin, stdin
+    terminal, sys.stdin = sys.stdin, io.StringIO(PASSWORD + "\n")   # the password
     try:
         assert cli(["--config", str(config), "user", "add", "city", "--office", root]) == 0
     finally:
-        sys.stdin = os_stdin
+        sys.stdin = terminal
     engine = Engine(config)
-    desk = Desk(engine.status.endpoints.desk)
+    desk = RootDesk(engine.status.endpoints.desk)
     feed = Feed(engine, SUBJECT["devices"][0])
     return engine, desk, feed, root
 
@@ -158,7 +143,7 @@ def test_fixes_store_moved_away_and_back(tmp_path):
         assert metrics['geofence_storage_fault{process="ingest",store="fixes"}'] == 1
         assert metrics['geofence_storage_faults_total{kind="missing",process="ingest",'
                        'store="fixes"}'] == 1
-        [alarm] = wait_until(lambda: desk.alarms("engine_fault"))
+        [alarm] = wait_until(lambda: desk.alarms_of("engine_fault"))
         assert alarm["severity"] == "critical" and alarm["office"] == root
         assert alarm["subject"] is None and alarm["t"] == shown["since"]
         assert alarm["details"]["process"] == "ingest" and alarm["details"]["store"] == "fixes"
@@ -166,7 +151,7 @@ def test_fixes_store_moved_away_and_back(tmp_path):
         move(tmp_path / "aside", fixes)
         wait_until(lambda: desk.health()[0] == 200)
         assert [feed.send(b) for b in range(3, 8)] == ["ok"] * 5   # the refused ones resent
-        assert len(desk.alarms("engine_fault")) == 1
+        assert len(desk.alarms_of("engine_fault")) == 1
     finally:
         feed.close()
         engine.stop()
@@ -198,7 +183,7 @@ def test_storage_that_fills_up_then_has_room_again(tmp_path):
             wait_until(lambda: feed.send(batch) == "ok")
             assert feed.send(batch + 1) == "ok"
             wait_until(lambda: desk.health()[0] == 200)
-            alarms = wait_until(lambda: desk.alarms("engine_fault"))
+            alarms = wait_until(lambda: desk.alarms_of("engine_fault"))
             assert {"ingest"} <= {a["details"]["process"] for a in alarms}
             assert all(a["details"]["kind"] == "disk_full" for a in alarms)
         finally:
@@ -210,43 +195,37 @@ def test_storage_that_fills_up_then_has_room_again(tmp_path):
         assert stored_batches(engine) == sorted(feed.acked) == list(range(batch + 2))
 
 
-def test_data_directory_deleted(tmp_path):
-    engine, desk, feed, root = start(tmp_path)
+def refused_after(tmp_path, make_fault) -> tuple[Engine, dict]:
+    """Three batches taken, then `make_fault(engine)`: the next ones are answered busy,
+    /healthz is 503, the ingest logs it once, nothing is acknowledged after it. Returns
+    the engine (stopped) and the faults shown, {(process, store): kind}."""
+    engine, desk, feed, _ = start(tmp_path)
     try:
         assert [feed.send(b) for b in range(3)] == ["ok"] * 3
-        shutil.rmtree(engine.root)
+        make_fault(engine)
         assert [feed.send(b) for b in range(3, 8)] == ["busy"] * 5
         status, body = desk.health()
         assert status == 503
-        assert ("ingest", "fixes", "missing") in {
-            (f["process"], f["store"], f["kind"]) for f in body["faults"]}
-        assert not engine.paths.fixes_db.exists()   # no new empty store in its place
     finally:
         feed.close()
         engine.stop()
     onsets, _ = fault_lines(engine)
     assert sum("ingest: fixes" in line for line in onsets) == 1
     assert sorted(feed.acked) == [0, 1, 2]
+    return engine, {(f["process"], f["store"]): f["kind"] for f in body["faults"]}
+
+
+def test_data_directory_deleted(tmp_path):
+    engine, faults = refused_after(tmp_path, lambda engine: shutil.rmtree(engine.root))
+    assert faults[("ingest", "fixes")] == "missing"
+    assert not engine.paths.fixes_db.exists()   # no new empty store in its place
 
 
 def test_storage_turned_read_only(tmp_path):
     data = tmp_path / "data"
     with ext4_image(data, tmp_path / "fs.img", size_mib=64):
-        engine, desk, feed, root = start(tmp_path)
-        try:
-            assert [feed.send(b) for b in range(3)] == ["ok"] * 3
-            turn_read_only(data)
-            assert [feed.send(b) for b in range(3, 6)] == ["busy"] * 3
-            status, body = desk.health()
-            assert status == 503
-            kinds = {(f["process"], f["store"]): f["kind"] for f in body["faults"]}
-            assert kinds[("ingest", "fixes")] in ("read_only", "io_error")
-        finally:
-            feed.close()
-            engine.stop()
-        onsets, _ = fault_lines(engine)
-        assert sum("ingest: fixes" in line for line in onsets) == 1
-    assert sorted(feed.acked) == [0, 1, 2]
+        _, faults = refused_after(tmp_path, lambda engine: turn_read_only(data))
+    assert faults[("ingest", "fixes")] in ("read_only", "io_error")
 
 
 def test_worker_and_dispatcher_files_moved_away_and_back(tmp_path):
@@ -270,7 +249,7 @@ def test_worker_and_dispatcher_files_moved_away_and_back(tmp_path):
         since["worker-0"] = shown["since"]
         move(tmp_path / "evaluation", evaluation)
         wait_until(lambda: desk.health()[0] == 200)
-        wait_until(lambda: desk.alarms("zone_exit"))
+        wait_until(lambda: desk.alarms_of("zone_exit"))
 
         move(alarms, tmp_path / "alarms")
         body = wait_until(lambda: desk.health()[1].get("faults"))
@@ -283,9 +262,9 @@ def test_worker_and_dispatcher_files_moved_away_and_back(tmp_path):
         assert not alarms.exists()
         move(tmp_path / "alarms", alarms)
         wait_until(lambda: desk.health()[0] == 200)
-        wait_until(lambda: desk.alarms("zone_return"))
-        faults = wait_until(lambda: len(desk.alarms("engine_fault")) == 2
-                            and desk.alarms("engine_fault"))
+        wait_until(lambda: desk.alarms_of("zone_return"))
+        faults = wait_until(lambda: len(desk.alarms_of("engine_fault")) == 2
+                            and desk.alarms_of("engine_fault"))
     finally:
         feed.close()
         engine.stop()
