@@ -162,16 +162,21 @@ class HealthBoard:
     def _read(self, k: int) -> dict:
         raw = self._block.get_obj()[k * SLOT_BYTES:(k + 1) * SLOT_BYTES]
         size = int.from_bytes(raw[:4], "little")
-        if not 0 < size <= SLOT_BYTES - 4:
-            return {"faults": {}, "counts": {}}
-        return json.loads(bytes(raw[4:4 + size]))
+        if 0 < size <= SLOT_BYTES - 4:
+            try:
+                return json.loads(bytes(raw[4:4 + size]))
+            except ValueError:
+                pass
+        return {"faults": {}, "counts": {}}
 
     def _write(self, k: int, slot: dict) -> None:
         data = json.dumps(slot, ensure_ascii=False).encode()
-        if len(data) > SLOT_BYTES - 4:   # reasons are one line each: cut, never overflow
+        if len(data) > SLOT_BYTES - 4:   # one line per store: only a very long path gets here
             for entry in slot["faults"].values():
-                entry["reason"] = entry["reason"][:200]
-            data = json.dumps(slot, ensure_ascii=False).encode()[:SLOT_BYTES - 4]
+                entry["reason"] = entry["reason"][:SLOT_BYTES // 8]
+            data = json.dumps(slot, ensure_ascii=False).encode()
+        if len(data) > SLOT_BYTES - 4:
+            raise ValueError(f"health slot of {self.names[k]} overflows ({len(data)} bytes)")
         self._block.get_obj()[k * SLOT_BYTES:k * SLOT_BYTES + 4 + len(data)] = (
             len(data).to_bytes(4, "little") + data)
 
