@@ -19,11 +19,15 @@ directory (that directory may be the fault) but one block of shared memory that 
 a restarted child gets the same block, so a fault outlives the process that saw it):
 
     slot k (SLOT_BYTES)  = the k-th child in serve's list, written only by that child:
-                           JSON {"process", "faults": {store: {kind, reason, since_ms}},
-                                 "counts": {"store|kind": onsets}}
+                           version (8 bytes), length (4), JSON {"process",
+                           "faults": {store: {kind, reason, since_ms}},
+                           "counts": {"store|kind": onsets}}
 
-A child writes its own slot under the block's lock (`HealthReporter`), anybody reads them
-all (`HealthBoard.faults`). Readers: the desk's /healthz (503 while any fault lasts), the
+Only its own child writes a slot (`HealthReporter`), so writers never wait for each
+other, and there is no lock a process killed at the wrong moment could leave taken: each
+slot starts with a version that its writer makes odd while it writes and even again after,
+and a reader copies a slot again until it read the same even version before and after
+(`HealthBoard.faults`, a seqlock). Readers: the desk's /healthz (503 while any fault lasts), the
 ingest's /metrics (`geofence_storage_fault`, `geofence_storage_faults_total`) and the
 dispatcher, which raises one critical `engine_fault` alarm to the root office per fault
 occurrence. A process started without a board (tools, tests) gets a private one.
@@ -39,6 +43,8 @@ import time
 from dataclasses import dataclass
 
 SLOT_BYTES = 4096
+_VERSION = 8                      # bytes of a slot's version, then 4 of length, then JSON
+READ_TRIES = 1000                 # a writer takes microseconds; a dead one never finishes
 RETRY_S = 1.0
 SUFFIXES = ("", "-wal", "-shm")   # the files of a WAL database
 
@@ -148,7 +154,7 @@ class HealthBoard:
     def create(cls, ctx, names: list[str]) -> "HealthBoard":
         """A board for these process names; `ctx` is a multiprocessing context (serve's
         "spawn"), so the block can be handed to the children it starts."""
-        return cls(ctx.Array(ctypes.c_char, SLOT_BYTES * len(names)), names)
+        return cls(ctx.RawArray(ctypes.c_char, SLOT_BYTES * len(names)), names)
 
     @classmethod
     def private(cls, process: str) -> "HealthBoard":
@@ -159,30 +165,44 @@ class HealthBoard:
     def reporter(self, process: str) -> "HealthReporter":
         return HealthReporter(self, process)
 
+    def _version(self, k: int) -> int:
+        return int.from_bytes(self._block[k * SLOT_BYTES:k * SLOT_BYTES + _VERSION], "little")
+
     def _read(self, k: int) -> dict:
-        raw = self._block.get_obj()[k * SLOT_BYTES:(k + 1) * SLOT_BYTES]
+        start = k * SLOT_BYTES
+        for _ in range(READ_TRIES):
+            before = self._version(k)
+            raw = self._block[start + _VERSION:start + SLOT_BYTES]
+            if before % 2 == 0 and self._version(k) == before:
+                break
+            time.sleep(0)
         size = int.from_bytes(raw[:4], "little")
-        if 0 < size <= SLOT_BYTES - 4:
+        if 0 < size <= SLOT_BYTES - _VERSION - 4:
             try:
-                return json.loads(bytes(raw[4:4 + size]))
-            except ValueError:
+                return json.loads(raw[4:4 + size])
+            except ValueError:   # torn by a writer that died mid-write: its successor rewrites
                 pass
         return {"faults": {}, "counts": {}}
 
     def _write(self, k: int, slot: dict) -> None:
+        room = SLOT_BYTES - _VERSION - 4
         data = json.dumps(slot, ensure_ascii=False).encode()
-        if len(data) > SLOT_BYTES - 4:   # one line per store: only a very long path gets here
+        if len(data) > room:   # one line per store: only a very long path gets here
             for entry in slot["faults"].values():
                 entry["reason"] = entry["reason"][:SLOT_BYTES // 8]
             data = json.dumps(slot, ensure_ascii=False).encode()
-        if len(data) > SLOT_BYTES - 4:
+        if len(data) > room:
             raise ValueError(f"health slot of {self.names[k]} overflows ({len(data)} bytes)")
-        self._block.get_obj()[k * SLOT_BYTES:k * SLOT_BYTES + 4 + len(data)] = (
-            len(data).to_bytes(4, "little") + data)
+        start = k * SLOT_BYTES
+        version = self._version(k)
+        version += version % 2        # a writer killed mid-write left it odd
+        self._block[start:start + _VERSION] = (version + 1).to_bytes(_VERSION, "little")
+        end = start + _VERSION + 4 + len(data)
+        self._block[start + _VERSION:end] = len(data).to_bytes(4, "little") + data
+        self._block[start:start + _VERSION] = (version + 2).to_bytes(_VERSION, "little")
 
     def slots(self) -> list[tuple[str, dict]]:
-        with self._block.get_lock():
-            return [(name, self._read(k)) for k, name in enumerate(self.names)]
+        return [(name, self._read(k)) for k, name in enumerate(self.names)]
 
     def faults(self) -> list[BoardFault]:
         """Every fault that lasts now, oldest first."""
@@ -214,26 +234,24 @@ class HealthReporter:
         return FaultWatch(self, store)
 
     def _current(self, store: str) -> StorageFault | None:
-        with self.board._block.get_lock():
-            entry = self.board._read(self._k)["faults"].get(store)
+        entry = self.board._read(self._k)["faults"].get(store)
         return None if entry is None else StorageFault(entry["kind"], entry["reason"])
 
     def _update(self, store: str, found: StorageFault | None) -> None:
         """Set (keeping its start time) or clear `store`'s fault; count each onset."""
-        with self.board._block.get_lock():
-            slot = self.board._read(self._k)
-            slot["process"] = self.process
-            old = slot["faults"].get(store)
-            if found is None:
-                slot["faults"].pop(store, None)
-            else:
-                since = old["since_ms"] if old else int(time.time() * 1000)
-                slot["faults"][store] = {"kind": found.kind, "reason": found.reason,
-                                         "since_ms": since}
-                if old is None:
-                    key = f"{store}|{found.kind}"
-                    slot["counts"][key] = slot["counts"].get(key, 0) + 1
-            self.board._write(self._k, slot)
+        slot = self.board._read(self._k)
+        slot["process"] = self.process
+        old = slot["faults"].get(store)
+        if found is None:
+            slot["faults"].pop(store, None)
+        else:
+            since = old["since_ms"] if old else int(time.time() * 1000)
+            slot["faults"][store] = {"kind": found.kind, "reason": found.reason,
+                                     "since_ms": since}
+            if old is None:
+                key = f"{store}|{found.kind}"
+                slot["counts"][key] = slot["counts"].get(key, 0) + 1
+        self.board._write(self._k, slot)
 
 
 class FaultWatch:

@@ -201,3 +201,15 @@ def test_a_child_reports_on_the_board_it_was_given():
     assert child.exitcode == 0
     [seen] = board.faults()
     assert (seen.process, seen.store, seen.kind) == ("worker-0", "evaluation", "io_error")
+
+
+def test_a_writer_killed_mid_write_blocks_no_reader_and_its_successor_writes_again():
+    board = HealthBoard.private("ingest")
+    board.reporter("ingest").watch("fixes").failed(fault("io_error", "/d/fixes.sqlite"))
+    board._block[0:8] = (3).to_bytes(8, "little")        # odd: a write that never ended
+    board._block[20:40] = b"\xff" * 20                   # and what it left half-written
+    assert board.faults() == []                          # answers, and shows no garbage
+    successor = board.reporter("ingest").watch("fixes")
+    successor.failed(fault("disk_full", "/d/fixes.sqlite"))
+    [shown] = board.faults()
+    assert shown.kind == "disk_full" and board._version(0) % 2 == 0
