@@ -10,9 +10,9 @@ from aiohttp import web
 
 from alerts.alarm_store import AlarmStateError, UnknownAlarmError
 from alerts.alarms import STATUSES
-from alerts.rules import EVENT_TYPES
+from alerts.rules import EVENT_TYPES, ENGINE_TYPES
 from desk import events, tracks
-from desk.context import SESSION, ApiError, desk_of
+from desk.context import HEALTH, SESSION, ApiError, desk_of
 from desk.http import json_response
 from desk.jsonbody import json_body
 from desk.mapdata import build_map_layer
@@ -52,7 +52,7 @@ def _choice(query, name: str, allowed) -> str | None:
 async def list_alarms(request: web.Request) -> web.Response:
     desk, session, q = desk_of(request), request[SESSION], request.query
     status = _choice(q, "status", STATUSES)
-    kind = _choice(q, "type", EVENT_TYPES)
+    kind = _choice(q, "type", EVENT_TYPES + ENGINE_TYPES)
     since = _int(q, "since", 0, MAX_MS)
     limit = _int(q, "limit", 1, MAX_LIMIT, DEFAULT_LIMIT)
     office = q.get("office", "")
@@ -235,8 +235,15 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     return await events.stream(request, desk.feed, client, is_live)
 
 
-async def health(_request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+async def health(request: web.Request) -> web.Response:
+    """200 {"status": "ok"}; 503 with every storage fault of any engine process while
+    one lasts (read from the health board in shared memory, never from the data
+    directory, which may be the fault)."""
+    board = request.app.get(HEALTH)
+    faults = board.faults() if board is not None else []
+    if not faults:
+        return json_response({"status": "ok"})
+    return json_response({"status": "fault", "faults": [f.to_dict() for f in faults]}, 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

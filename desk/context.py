@@ -37,6 +37,8 @@ class DeskState:
 
 
 DESK = web.AppKey("desk", DeskState)
+# The engine's health board (`engine.health.HealthBoard`), when serve started this desk.
+HEALTH = web.AppKey("health", object)
 SESSION = web.RequestKey("session", Session)
 
 

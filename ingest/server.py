@@ -11,6 +11,13 @@ kill -9 of this process; workers evaluate from the store, not from this process'
 Nothing is queued in memory beyond one group: when the workers fall behind by more than
 `max_backlog_fixes`, new batches are answered `busy` (nothing taken) and the carrier
 resends later, so memory stays flat at any offered load.
+
+A storage fault (`engine.health`: the store moved away or deleted, the disk full, failing
+or read-only) is answered the same way: while it lasts every new batch is answered `busy`
+(nothing taken), duplicates of stored batches still get their first answer when the
+store can read it; the fault is logged once, shown on the health board (/healthz 503,
+metrics, the `engine_fault` alarm), and a probe write about once a second notices when
+the store works again.
 """
 
 import logging
@@ -21,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
+from engine.health import HealthBoard, HealthReporter, fault_of
 from engine.messages import MessageError, WorkerReport, encode_new_fixes
 from geofence.datum import to_wgs84
 from ingest import protocol as p
@@ -30,7 +38,7 @@ from ingest.dedup import RecentFixes
 from ingest.devices import DeviceBook, mark_unknown
 from ingest.fixes import FixColumns
 from ingest.metrics import IngestMetrics
-from ingest.store import BatchRecord, Store
+from ingest.store import BatchRecord, Store, StoreError, StoreFaultError
 
 log = logging.getLogger("geofence.ingest")
 
@@ -66,9 +74,12 @@ class IngestServer:
 
     def __init__(self, ctx: zmq.Context, store: Store, devices_source: Callable[[], DevicesSnapshot],
                  options: IngestOptions, metrics: IngestMetrics, notify_endpoint: str,
-                 done_endpoint: str, authenticator=None, server_keys=None):
+                 done_endpoint: str, authenticator=None, server_keys=None,
+                 health: HealthReporter | None = None):
         self.ctx = ctx
         self.store = store
+        self.store_fault = (health or HealthBoard.private("ingest").reporter("ingest")).watch(
+            "fixes")
         self.options = options
         self.metrics = metrics
         self._devices_source = devices_source
@@ -128,6 +139,7 @@ class IngestServer:
             now = time.monotonic()
             self._housekeeping(now)
             if self.router in events:
+                self._check_store()
                 self._serve_group(self._drain())
 
     def _drain(self) -> list[list[zmq.Frame]]:
@@ -163,11 +175,20 @@ class IngestServer:
                 self._group_fixes += outcome.accepted
         if pending:
             started = time.perf_counter()
-            committed = self.store.commit([r for _, r in pending])
+            try:
+                committed = self.store.commit([r for _, r in pending])
+            except StoreFaultError as e:
+                self._store_failed(e)
+                self._forget_group()
+                committed = None
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
-            for (slot, record), result in zip(pending, committed):
+            for slot, record in pending:   # nothing of the group is stored: nothing acked
+                if committed is None:
+                    replies[slot] = (replies[slot][0], self._busy(record.batch))
+            for (slot, record), result in zip(pending, committed or ()):
                 replies[slot] = (replies[slot][0], self._answer(record, result))
-            self.notify.send(encode_new_fixes(self.store.last_seq()))
+            if committed is not None:
+                self.notify.send(encode_new_fixes(self.store.last_seq()))
         for envelope, ack in replies:
             try:
                 self.router.send_multipart([*envelope, ack], zmq.NOBLOCK)
@@ -189,14 +210,54 @@ class IngestServer:
             return self._refuse(dec.batch, dec.error)
         if self._curve and carrier_of(frame) != dec.carrier:
             return self._refuse(dec.batch, p.UNAUTHORIZED)
-        first = self.store.lookup_ack(dec.carrier, dec.batch)
+        try:
+            first = self.store.lookup_ack(dec.carrier, dec.batch)
+        except StoreError as e:   # cannot tell a resend from a new batch: take nothing
+            self._store_failed(e)
+            return self._busy(dec.batch)
         if first is not None:
             self.metrics.batches.labels("duplicate").inc()
             return p.encode_ack(dec.batch, "duplicate", first.accepted, list(first.rejected))
-        if shed or self._backlog + self._group_fixes > self.options.max_backlog_fixes:
-            self.metrics.batches.labels("busy").inc()
-            return p.encode_ack(dec.batch, "busy", 0, [])
+        if (shed or self.store_fault.active
+                or self._backlog + self._group_fixes > self.options.max_backlog_fixes):
+            return self._busy(dec.batch)
         return self._validate(dec, now_ms)
+
+    def _busy(self, batch: int) -> bytes:
+        self.metrics.batches.labels("busy").inc()
+        return p.encode_ack(batch, "busy", 0, [])
+
+    # -- storage faults -------------------------------------------------------------
+
+    def _check_store(self) -> None:
+        """Before a group: are the store's files still the ones it writes? (a few stats)"""
+        if not self.store_fault.active:
+            found = self.store.identity.check()
+            if found is not None:
+                self.store_fault.failed(found)
+
+    def _store_failed(self, error: StoreError) -> None:
+        """A read or write failed: at fault until a probe succeeds."""
+        self.store_fault.failed(error.fault if isinstance(error, StoreFaultError)
+                                else fault_of(error, self.store.path))
+
+    def _forget_group(self) -> None:
+        """The duplicate filter took a group whose commit failed as stored: rebuild it
+        from the store, so that the resends of those fixes are taken."""
+        self.recent = RecentFixes()
+        self.recent.reserve(len(self.devices))
+        try:
+            self._rebuild_recent()
+        except StoreError:
+            pass   # unreadable: an empty filter may let a duplicate fix in, never lose one
+
+    def _retry_store(self) -> None:
+        try:
+            self.store.probe()
+        except StoreError as e:
+            self._store_failed(e)
+        else:
+            self.store_fault.ok()
 
     def _validate(self, dec, now_ms: int):
         reason = np.array(dec.reason, np.int8)
@@ -280,12 +341,22 @@ class IngestServer:
         return min(self._checkpoints.values())
 
     def _housekeeping(self, now: float) -> None:
+        if self.store_fault.active:
+            if self.store_fault.due():
+                self._retry_store()
+            return
+        try:
+            self._keep_store(now)
+        except StoreError as e:
+            self._store_failed(e)
+        if now >= self._next_devices_s:
+            self._refresh_devices()
+
+    def _keep_store(self, now: float) -> None:
         if now >= self._next_backlog_s:
             self._backlog = self.store.fixes_after(self.evaluated_seq())
             self.metrics.backlog.set(self._backlog)
             self._next_backlog_s = now + BACKLOG_REFRESH_S
-        if now >= self._next_devices_s:
-            self._refresh_devices()
         if now >= self._next_purge_s:
             now_ms = int(time.time() * 1000)
             self.store.purge_acks(now_ms - 2 * 24 * 3600 * 1000)

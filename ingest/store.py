@@ -29,6 +29,11 @@ Measured on the 2-core dev VM (groups of 4 batches x 10,000 fixes, one commit ea
 sync=normal 4-9 M fixes/s stored (p50 commit 1.5-2.4 ms), sync=full 3.4-3.6 M fixes/s
 (p50 8 ms, the fsync); a commit that runs a WAL checkpoint takes 35-85 ms (p99).
 
+Storage faults (`engine.health`): the writer checks its files' identity before every
+write and each write's result. A store moved away, deleted, or on a full, failing or
+read-only file system raises `StoreFaultError` (nothing of the group stored, no ack may be
+sent); `probe` says when writing works again. It never re-creates a removed file.
+
 SQLite connections do not cross processes: open a `Store`/`StoreReader` in the process
 that uses it (after fork or spawn); using one from another process raises `StoreError`.
 """
@@ -43,7 +48,8 @@ from typing import Iterator, Sequence
 import msgpack
 import numpy as np
 
-from engine.database import Schema, connect, run_script, transaction
+from engine.database import Schema, connect, run_script, schema_version, transaction
+from engine.health import FileIdentity, StorageFault, fault_of, is_storage_error
 from geofence.errors import GeofenceError
 from ingest.fixes import FixColumns
 
@@ -95,6 +101,15 @@ class StoreError(GeofenceError):
     """The store file cannot be read or written; the message says why (disk, damage).
     Opening it raises `engine.database.DatabaseError` (`NotReadyError` before ingest has
     created it)."""
+
+
+class StoreFaultError(StoreError):
+    """A write was refused or failed for a storage fault (`fault`: which, and what to do);
+    nothing of it was stored."""
+
+    def __init__(self, fault: StorageFault):
+        super().__init__(fault.reason)
+        self.fault = fault
 
 
 @dataclass(frozen=True)
@@ -334,10 +349,29 @@ class Store(StoreReader):
         except BaseException:
             db.close()
             raise
+        self.identity = FileIdentity(self.path)
         self._checkpointer = _Checkpointer(self.path)
 
-    def _transaction(self):
-        return transaction(self._conn())
+    @contextmanager
+    def _writing(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """A write transaction on the files this store opened: StoreFaultError if they
+        are gone or replaced (checked first), or if the write fails for the disk."""
+        found = self.identity.check()
+        if found is not None:
+            raise StoreFaultError(found)
+        try:
+            with transaction(self._conn()) as db:
+                yield db
+        except sqlite3.Error as e:
+            if is_storage_error(e):
+                raise StoreFaultError(fault_of(e, self.path)) from e
+            raise StoreError(f"store {self.path}: {doing} failed: {e}") from e
+
+    def probe(self) -> None:
+        """Write one page (the schema version, unchanged) and commit it: StoreFaultError
+        while the store cannot take writes; returns once it can again."""
+        with self._writing("probe") as db:
+            db.execute(f"PRAGMA user_version = {schema_version(db)}")
 
     def commit(self, records: Sequence[BatchRecord]) -> list[Committed]:
         """Store a group of batches and their acks in ONE transaction; send acks after.
@@ -351,7 +385,7 @@ class Store(StoreReader):
             return []
         blobs = [_check_record(r) for r in records]   # encode before taking the lock
         out = []
-        with _sqlite_errors(self.path, "commit"), self._transaction() as db:
+        with self._writing("commit") as db:
             for r, (blob, rejected) in zip(records, blobs):
                 taken = db.execute(
                     "INSERT OR IGNORE INTO acks VALUES (?, ?, ?, ?, ?, ?)",
@@ -373,7 +407,7 @@ class Store(StoreReader):
         SPEC §4 requires remembering them 24 h: pass at most now - ACK_MEMORY_MS. A batch
         resent after that is taken as new.
         """
-        with _sqlite_errors(self.path, "purge_acks"), self._transaction() as db:
+        with self._writing("purge_acks") as db:
             return db.execute("DELETE FROM acks WHERE at_ms < ?", (older_than_ms,)).rowcount
 
     def purge_batches(self, up_to_seq: int) -> int:
@@ -383,13 +417,13 @@ class Store(StoreReader):
         purged before a worker evaluated it is lost to that worker. Seqs are never
         reused. The file does not shrink; SQLite reuses the freed pages.
         """
-        with _sqlite_errors(self.path, "purge_batches"), self._transaction() as db:
+        with self._writing("purge_batches") as db:
             return db.execute("DELETE FROM batches WHERE seq <= ?", (up_to_seq,)).rowcount
 
     def purge_batches_before(self, received_before_ms: int, up_to_seq: int, limit: int) -> int:
         """Delete up to `limit` batches received before `received_before_ms` with
         seq <= up_to_seq (the lowest checkpoint of every worker); returns how many."""
-        with _sqlite_errors(self.path, "purge_batches"), self._transaction() as db:
+        with self._writing("purge_batches") as db:
             return db.execute(
                 "DELETE FROM batches WHERE seq IN (SELECT seq FROM batches WHERE seq <= ? "
                 "AND received_ms < ? ORDER BY seq LIMIT ?)",

@@ -10,6 +10,12 @@ are compiled or loaded and warmed, so the first fixes meet no compile pause. Pro
 the same from `<storage>/engine.json` (`engine.status`), not from the printed lines.
 Children log to stderr, or, given a log file (the demo's), everything they write goes there.
 
+Health: before it starts any child, the supervisor creates the health board
+(`engine.health.HealthBoard`: a block of shared memory, one slot per child, never a file in
+the data directory, which may be what failed) and passes it to every child it starts or
+restarts. Each child reports its storage faults in its own slot; the desk's /healthz, the
+ingest's /metrics and the dispatcher's `engine_fault` alarm read them all.
+
 Children are started with the "spawn" method (fresh interpreters: no ZeroMQ or SQLite
 state crosses a fork). A child that dies is restarted; whatever it had acknowledged or
 checkpointed is in the store, so nothing is lost; but a damaged store file heals by no
@@ -29,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.config import Settings
+from engine.health import HealthBoard
 from engine.paths import EnginePaths
 from engine.status import Endpoints, EngineStatus
 from engine.store_check import (EXIT_STORE_DAMAGED, exits_on_damage, refuse_damaged_stores,
@@ -67,7 +74,8 @@ def _logging(log_file: Path | None, level: int = logging.INFO) -> None:
 
 
 @exits_on_damage
-def ingest_main(settings: Settings, workers: int, ready, log_file: Path | None) -> None:
+def ingest_main(settings: Settings, workers: int, ready, log_file: Path | None,
+                health: HealthBoard | None = None) -> None:
     _logging(log_file)
     should_stop = _child_stop_flag()
     _write_pid(settings, "ingest")
@@ -103,6 +111,9 @@ def ingest_main(settings: Settings, workers: int, ready, log_file: Path | None) 
         return cache["snapshot"]
 
     metrics = IngestMetrics()
+    health = health or HealthBoard.private("ingest")
+    from ingest.metrics import StorageFaultCollector
+    metrics.registry.register(StorageFaultCollector(health))
     from alerts.alarm_metrics import AlarmMetrics
     metrics.registry.register(AlarmMetrics(paths.alarms_db))
     metrics_port = _start_metrics(settings.ingest.metrics_bind, metrics)
@@ -113,7 +124,8 @@ def ingest_main(settings: Settings, workers: int, ready, log_file: Path | None) 
                              s.default_acc_unknown_m), workers,
                             settings.storage.keep_fixes_days * 24 * 3600 * 1000)
     server = IngestServer(ctx, store, devices_source, options, metrics, paths.notify_endpoint,
-                          paths.done_endpoint, authenticator, server_keys)
+                          paths.done_endpoint, authenticator, server_keys,
+                          health.reporter("ingest"))
     endpoint = server.bind()
     ready.put(("ingest", endpoint, metrics_port))
     try:
@@ -154,28 +166,34 @@ def _curve(ctx, settings: Settings, metrics):
 
 @exits_on_damage
 def worker_main(settings: Settings, index: int, count: int, ready,
-                log_file: Path | None, restarts: int = 0) -> None:
+                log_file: Path | None, restarts: int = 0,
+                health: HealthBoard | None = None) -> None:
     _logging(log_file)
     should_stop = _child_stop_flag()
     _write_pid(settings, f"worker-{index}")
     from service.worker import run_worker
 
+    name = f"worker-{index}"
     run_worker(settings, index, count, should_stop,
-               on_ready=lambda: ready.put((f"worker-{index}",)), restarts=restarts)
+               on_ready=lambda: ready.put((name,)), restarts=restarts,
+               health=(health or HealthBoard.private(name)).reporter(name))
 
 
 @exits_on_damage
-def desk_main(settings: Settings, ready, log_file: Path | None) -> None:
+def desk_main(settings: Settings, ready, log_file: Path | None,
+              health: HealthBoard | None = None) -> None:
     _logging(log_file)
     should_stop = _child_stop_flag()
     _write_pid(settings, "desk")
     from desk.app import run_desk
 
-    run_desk(settings, should_stop, on_ready=lambda url: ready.put(("desk", url)))
+    run_desk(settings, should_stop, on_ready=lambda url: ready.put(("desk", url)),
+             health=health)
 
 
 @exits_on_damage
-def dispatcher_main(settings: Settings, ready, log_file: Path | None) -> None:
+def dispatcher_main(settings: Settings, ready, log_file: Path | None,
+                    health: HealthBoard | None = None) -> None:
     _logging(log_file)
     should_stop = _child_stop_flag()
     _write_pid(settings, "dispatcher")
@@ -184,7 +202,7 @@ def dispatcher_main(settings: Settings, ready, log_file: Path | None) -> None:
     from service.dispatcher import Dispatcher
 
     dispatcher = Dispatcher(EnginePaths.create(settings.storage.path), zmq.Context.instance(),
-                            settings)
+                            settings, health=health or HealthBoard.private("dispatcher"))
     log.info("alarms published on %s", dispatcher.endpoint)
     ready.put(("dispatcher", dispatcher.endpoint))
     try:
@@ -272,17 +290,18 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
 
     def start(name: str, restarts: int = 0):
         if name == "ingest":
-            proc = spawn.Process(target=ingest_main, args=(settings, workers, ready, log_file),
-                                 name=name)
+            proc = spawn.Process(target=ingest_main,
+                                 args=(settings, workers, ready, log_file, health), name=name)
         elif name == "dispatcher":
-            proc = spawn.Process(target=dispatcher_main, args=(settings, ready, log_file),
-                                 name=name)
+            proc = spawn.Process(target=dispatcher_main,
+                                 args=(settings, ready, log_file, health), name=name)
         elif name == "desk":
-            proc = spawn.Process(target=desk_main, args=(settings, ready, log_file), name=name)
+            proc = spawn.Process(target=desk_main, args=(settings, ready, log_file, health),
+                                 name=name)
         else:
             k = int(name.split("-")[1])
             proc = spawn.Process(target=worker_main,
-                                 args=(settings, k, workers, ready, log_file, restarts),
+                                 args=(settings, k, workers, ready, log_file, restarts, health),
                                  name=name)
         proc.start()
         return proc
@@ -290,6 +309,7 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
     names = [f"worker-{k}" for k in range(workers)] + ["ingest", "dispatcher"]
     if settings.desk.bind:
         names.append("desk")
+    health = HealthBoard.create(spawn, names)   # before any child: each gets it at start
     EngineStatus("starting", os.getpid()).write(paths.status_file)
     procs = {name: start(name) for name in names}
     restarts = {name: 0 for name in names}
