@@ -26,7 +26,7 @@ from geofence.datum import to_wgs84
 from ingest import protocol as p
 from ingest.auth import carrier_of
 from ingest.decode import decode_batch
-from ingest.dedup import RecentFixes
+from ingest.dedup import AcceptedFixes, exact_window_ms, remember_stored
 from ingest.devices import DeviceBook, mark_unknown
 from ingest.fixes import FixColumns
 from ingest.metrics import IngestMetrics
@@ -44,7 +44,6 @@ DEVICES_REFRESH_S = 1.0
 ACK_PURGE_EVERY_S = 600.0
 PURGE_BATCHES_PER_PASS = 5_000
 ROUTER_RCVHWM = 32               # frames queued per carrier before ZeroMQ pushes back
-REBUILD_RECENT_BATCHES = 2000    # on start, remember fixes of this many last batches
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,9 @@ class IngestServer:
         self._devices_source = devices_source
         self._devices_version = -1
         self.devices = DeviceBook()
-        self.recent = RecentFixes()
+        # SPEC §4's `duplicate`, exact over the acceptance window (ingest/dedup.py)
+        self.max_fix_age_ms = exact_window_ms(options.max_fix_age_ms, options.keep_fixes_ms)
+        self.accepted_fixes = AcceptedFixes(self.max_fix_age_ms)
         self._curve = authenticator is not None
         self.router = ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -117,7 +118,7 @@ class IngestServer:
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         self._refresh_devices(force=True)
-        self._rebuild_recent()
+        self._refill_accepted_fixes()
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.done, zmq.POLLIN)
@@ -153,8 +154,11 @@ class IngestServer:
         take = OVERLOADED_ACCEPT_FRAMES if self._overloaded else len(group)
         self._group_fixes = 0
         for n, frames in enumerate(group):
-            envelope = [f.bytes for f in frames[:-1]]
-            outcome = self._prepare(frames[-1], now_ms, shed=n >= take)
+            envelope, body = split_envelope(frames)
+            if body is None:
+                outcome = self._refuse(None, p.MALFORMED)
+            else:
+                outcome = self._prepare(body, now_ms, shed=n >= take)
             if isinstance(outcome, bytes):
                 replies.append((envelope, outcome))
             else:
@@ -163,7 +167,12 @@ class IngestServer:
                 self._group_fixes += outcome.accepted
         if pending:
             started = time.perf_counter()
-            committed = self.store.commit([r for _, r in pending])
+            try:
+                committed = self.store.commit([r for _, r in pending])
+            except BaseException:
+                self._forget_unstored(r for _, r in pending)
+                raise
+            self._forget_unstored(r for (_, r), c in zip(pending, committed) if c.duplicate)
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
             for (slot, record), result in zip(pending, committed):
                 replies[slot] = (replies[slot][0], self._answer(record, result))
@@ -184,7 +193,7 @@ class IngestServer:
         payload = frame.buffer
         if len(payload) > p.MAX_FRAME_BYTES:
             return self._refuse(None, p.TOO_LARGE)
-        dec = decode_batch(payload, now_ms, self.options.max_fix_age_ms)
+        dec = decode_batch(payload, now_ms, self.max_fix_age_ms)
         if dec.error:
             return self._refuse(dec.batch, dec.error)
         if self._curve and carrier_of(frame) != dec.carrier:
@@ -202,7 +211,7 @@ class IngestServer:
         reason = np.array(dec.reason, np.int8)
         device = self.devices.lookup(dec)
         mark_unknown(device, reason)
-        self.recent.mark_duplicates(device, dec.t_ms, reason)
+        self.accepted_fixes.mark(device, dec.t_ms, reason, now_ms)
         ok = reason == p.OK
         lon, lat = dec.lon[ok], dec.lat[ok]
         if dec.datum != "wgs84" and ok.any():
@@ -218,7 +227,6 @@ class IngestServer:
                            np.ascontiguousarray(lat, np.float64), acc.astype(np.float32), src)
         n_ok = int(ok.sum())
         status = "ok" if n_ok == dec.n else ("partial" if n_ok else "rejected")
-        self.recent.remember(device, dec.t_ms, ok)
         label = self.metrics.carrier_label(dec.carrier)
         self.metrics.fixes_received.labels(label).inc(dec.n)
         if n_ok:
@@ -291,8 +299,11 @@ class IngestServer:
             self.store.purge_acks(now_ms - 2 * 24 * 3600 * 1000)
             # Fixes every worker has evaluated, older than the retention (the desk's tracks
             # read the last 24 h): a few thousand batches per pass keep the loop responsive.
-            self.store.purge_batches_before(now_ms - self.options.keep_fixes_ms,
-                                            self.evaluated_seq(), PURGE_BATCHES_PER_PASS)
+            # A batch may hold fixes up to FUTURE_TOLERANCE_MS newer than its arrival: kept
+            # that much longer, the duplicate filter can be refilled from it (dedup.py).
+            self.store.purge_batches_before(
+                now_ms - self.options.keep_fixes_ms - p.FUTURE_TOLERANCE_MS,
+                self.evaluated_seq(), PURGE_BATCHES_PER_PASS)
             self._next_purge_s = now + ACK_PURGE_EVERY_S
 
     def _refresh_devices(self, force: bool = False) -> None:
@@ -307,18 +318,35 @@ class IngestServer:
                 self.devices.deactivate(gone)
         if devices:
             self.devices.add(devices, subjects)
-        self.recent.reserve(len(self.devices))
         self._known_devices = devices
         self._devices_version = version
         log.info("device table: %d devices (registry version %d)", len(devices), version)
 
-    def _rebuild_recent(self) -> None:
-        """Refill the duplicate filter from the last stored batches (it lives in memory)."""
-        start = max(0, self.store.last_seq() - REBUILD_RECENT_BATCHES)
-        while True:
-            batches = self.store.read_batches(start, 256)
-            if not batches:
-                return
-            for seq, cols in batches:
-                self.recent.remember(cols.device, cols.t_ms, np.ones(len(cols), np.bool_))
-                start = seq
+    def _refill_accepted_fixes(self) -> None:
+        """Refill the duplicate filter from the store's batches within the window (it
+        lives in memory)."""
+        if self.max_fix_age_ms < self.options.max_fix_age_ms:
+            log.info("fixes older than keep_fixes_days are refused `time`: the store keeps "
+                     "none older, so their resends could not be recognised")
+        started = time.perf_counter()
+        read = remember_stored(self.accepted_fixes, self.store, int(time.time() * 1000))
+        log.info("duplicate filter: %d stored fixes read back in %.1f s", read,
+                 time.perf_counter() - started)
+
+    def _forget_unstored(self, records) -> None:
+        """Take a batch's fixes out of the duplicate filter when it was not stored."""
+        for record in records:
+            self.accepted_fixes.forget(record.fixes.device, record.fixes.t_ms)
+
+
+def split_envelope(frames: list[zmq.Frame]) -> tuple[list[bytes], zmq.Frame | None]:
+    """(the envelope to answer on, the one body frame or None if there is not exactly one).
+
+    The ROUTER hands over [identity, body] from a DEALER and [identity, b"", body] from a
+    REQ; anything else (a DEALER sending several frames) is answered `malformed`."""
+    if len(frames) == 2:
+        return [frames[0].bytes], frames[1]
+    delimited = len(frames) >= 2 and len(frames[1].buffer) == 0
+    if delimited and len(frames) == 3:
+        return [frames[0].bytes, b""], frames[2]
+    return [f.bytes for f in frames[:2 if delimited else 1]], None

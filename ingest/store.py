@@ -244,7 +244,7 @@ class StoreReader:
         parts, kept, dropped = [], 0, False
         with _sqlite_errors(self.path, "track"):
             db = self._conn()
-            start = self._first_seq_received_at(since_ms - TRACK_LATE_MARGIN_MS)
+            start = self.first_seq_received_at(since_ms - TRACK_LATE_MARGIN_MS)
             last_received = until_ms + TRACK_LATE_MARGIN_MS
             while start is not None:
                 rows = db.execute("SELECT seq, received_ms, fixes FROM batches WHERE seq >= ? "
@@ -268,7 +268,7 @@ class StoreReader:
             return FixColumns.empty(), False
         return _newest(parts, limit), dropped or kept > limit
 
-    def _first_seq_received_at(self, received_ms: int) -> int | None:
+    def first_seq_received_at(self, received_ms: int) -> int | None:
         """The smallest seq whose batch was received at or after `received_ms` (binary
         search over the primary key; relies on received_ms growing with seq), None if
         there is none."""
