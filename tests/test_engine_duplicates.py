@@ -1,0 +1,72 @@
+"""SPEC §4 against the running engine: a fix with the device and t of an accepted fix is
+refused `duplicate`, however many fixes of its device came in between, and after the
+ingest restarted (its filter is refilled from the store); nothing is stored twice."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from ingest.protocol import encode_cols
+from ingest.store import StoreReader
+from service.cli import main as cli
+from tests.engine_harness import Carrier, Engine, population_document, write_config
+
+SUBJECTS = 20
+DEVICE = 13900000000 + 3     # a phone of the test population (see test_engine.batch_frame)
+MINUTE = 60_000
+
+
+@pytest.fixture
+def engine_dir(tmp_path):
+    config = write_config(tmp_path)
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps(population_document(SUBJECTS), ensure_ascii=False))
+    assert cli(["--config", str(config), "registry", "import", str(registry)]) == 0
+    return config
+
+
+def send(carrier: Carrier, batch: int, times) -> dict:
+    times = np.asarray(times, np.int64)
+    n = len(times)
+    frame = encode_cols("cmcc", batch, np.full(n, DEVICE), times, np.full(n, 117.3),
+                        np.full(n, 34.8), np.full(n, 30.0))
+    ack = carrier.request(frame, timeout_ms=30_000)
+    assert ack is not None and ack["batch"] == batch
+    return ack
+
+
+def stored_fixes(engine: Engine) -> int:
+    with StoreReader(engine.paths.fixes_db) as store:
+        return store.stats()["fixes"]
+
+
+def test_a_resend_after_100_fixes_of_its_device_and_a_restart_is_refused(engine_dir):
+    t = int(time.time() * 1000) - 3 * 3600_000 + MINUTE * np.arange(103)
+    engine = Engine(engine_dir)
+    carrier = Carrier(engine.endpoint)
+    try:
+        assert send(carrier, 1, t[:1])["status"] == "ok"
+        assert send(carrier, 2, t[1:101])["accepted"] == 100
+        ack = send(carrier, 3, [t[0], t[101], t[101]])   # the old one, a new one twice
+        assert (ack["status"], ack["accepted"]) == ("partial", 1)
+        assert ack["rejected"] == [[0, "duplicate"], [2, "duplicate"]]
+        assert stored_fixes(engine) == 102
+        assert engine.metrics()[
+            'geofence_fixes_rejected_total{carrier="cmcc",reason="duplicate"}'] == 2
+    finally:
+        carrier.close()
+        engine.stop()
+    engine = Engine(engine_dir)
+    carrier = Carrier(engine.endpoint)
+    try:
+        ack = send(carrier, 4, [t[0], t[50], t[101], t[102]])
+        assert (ack["status"], ack["accepted"]) == ("partial", 1)
+        assert ack["rejected"] == [[0, "duplicate"], [1, "duplicate"], [2, "duplicate"]]
+        assert stored_fixes(engine) == 103
+        assert any("duplicate filter: 102 stored fixes read back" in line
+                   for line in engine.lines)
+    finally:
+        carrier.close()
+        engine.stop()
