@@ -14,11 +14,12 @@ The set is one preallocated open-addressing table of int64 keys (linear probing)
   powers of two, so growth can be by less than 2x); a batch is one compiled call that
   looks each fix up and inserts it when new, so the first copy of a (device, t) in a
   batch is accepted and the later ones are refused, as across batches;
-- expiry: when the table is 80 % full, one compiled pass removes the keys older than
+- expiry: when the table is 70 % full, one compiled pass removes the keys older than
   the window (less `CLOCK_SLACK_MS`, so that a wall clock stepped back a little does not
-  let a swept fix back in) and re-homes only the keys of clusters it opened holes in;
-  if it is still more than 65 % full the table is rebuilt at 50 %. So 8 bytes a slot,
-  about 12-20 bytes per remembered fix (`nbytes / len`, measured in benchmarks/ingest.py).
+  let a swept fix back in) and re-homes only the keys of clusters it opened holes in (the
+  pass is skipped while no key can be that old, as in the first week); if the table is
+  still more than 50 % full it is rebuilt at 35 %. So 8 bytes a slot, 11-23 bytes per
+  remembered fix (`nbytes / len`, measured in benchmarks/ingest.py).
 
 A batch's fixes are inserted when it is validated, before the store commit (a later
 batch of the same group must see them); when a batch is not stored after all, its
@@ -39,11 +40,14 @@ T_LIMIT = 1 << T_BITS                 # t_ms - EPOCH_MS must be below this (2054
 MAX_DEVICES = 1 << DEVICE_BITS
 EMPTY = -1
 CLOCK_SLACK_MS = 10 * 60 * 1000       # kept this long past the window
-SWEEP_LOAD = 0.8                      # a pass removes the expired keys at this load ...
-GROW_LOAD = 0.65                      # ... and the table is rebuilt larger if still above this
-REBUILT_LOAD = 0.5                    # the load right after a rebuild
+# Linear probing slows down sharply above ~70 % (measured: 8 M inserts/s filling a table
+# to 80 %, 13 M to 70 %, 17 M to 50 %), so:
+SWEEP_LOAD = 0.7                      # a pass removes the expired keys at this load ...
+GROW_LOAD = 0.5                       # ... and the table is rebuilt larger if still above this
+REBUILT_LOAD = 0.35                   # the load right after a rebuild (it grows 2x or more)
 MIN_SLOTS = 1024
 _T_MASK = T_LIMIT - 1
+_NO_KEY = (1 << 63) - 1
 
 
 @body
@@ -72,10 +76,12 @@ def _place(table, key):
 @kernel
 def _mark(device_idx, t_ms, reason, table, oldest_ms):
     """For each fix still OK with t >= oldest_ms: DUPLICATE if its key is in the table,
-    else insert it. Returns (marked, inserted), or (-1, inserted) at a key out of range."""
+    else insert it. Returns (marked, inserted, the smallest t inserted), marked -1 at a key
+    out of range."""
     size = len(table)
     marked = 0
     inserted = 0
+    floor = np.int64(_NO_KEY)
     for i in range(len(reason)):
         d = device_idx[i]
         t = t_ms[i]
@@ -83,7 +89,7 @@ def _mark(device_idx, t_ms, reason, table, oldest_ms):
             continue
         rel = t - EPOCH_MS
         if d >= MAX_DEVICES or rel < 0 or rel >= T_LIMIT:
-            return -1, inserted
+            return -1, inserted, floor
         key = (np.int64(d) << T_BITS) | rel
         j = _home(key, size)
         while True:
@@ -91,6 +97,7 @@ def _mark(device_idx, t_ms, reason, table, oldest_ms):
             if k == EMPTY:
                 table[j] = key
                 inserted += 1
+                floor = min(floor, t)
                 break
             if k == key:
                 reason[i] = DUPLICATE
@@ -99,7 +106,7 @@ def _mark(device_idx, t_ms, reason, table, oldest_ms):
             j += 1
             if j == size:
                 j = 0
-    return marked, inserted
+    return marked, inserted, floor
 
 
 @kernel
@@ -192,7 +199,8 @@ class AcceptedFixes:
         self.window_ms = int(window_ms)
         self._table = np.full(max(int(slots), MIN_SLOTS), EMPTY, np.int64)
         self._count = 0
-        self.sweeps = 0       # expiry passes so far (for benchmarks and tests)
+        self._floor_ms = _NO_KEY   # no key is older than this
+        self.sweeps = 0         # expiry passes so far (for benchmarks and tests)
 
     def __len__(self) -> int:
         """Keys held (expired ones count until a pass removes them)."""
@@ -210,18 +218,21 @@ class AcceptedFixes:
                              f"(2020 .. 2054)")
         return oldest
 
-    def _make_room(self, n: int, now_ms: int) -> None:
+    def _make_room(self, n: int, oldest_ms: int) -> None:
+        """Before inserting up to n keys: expire those older than `oldest_ms`, or grow."""
         size = len(self._table)
         if self._count + n <= SWEEP_LOAD * size:
             return
-        oldest_rel = self._oldest_ms(now_ms) - EPOCH_MS
-        self._count -= _sweep(self._table, oldest_rel)
-        self.sweeps += 1
+        if self._floor_ms < oldest_ms:       # some key may have expired
+            self._count -= _sweep(self._table, oldest_ms - EPOCH_MS)
+            self.sweeps += 1
+            self._floor_ms = oldest_ms
         if self._count + n > GROW_LOAD * size:
             new = np.full(max(MIN_SLOTS, int((self._count + n) / REBUILT_LOAD) + 1), EMPTY,
                           np.int64)
-            self._count = _rehash(self._table, new, oldest_rel)
+            self._count = _rehash(self._table, new, oldest_ms - EPOCH_MS)
             self._table = new
+            self._floor_ms = max(self._floor_ms, oldest_ms)
 
     def mark(self, device_idx, t_ms, reason, now_ms: int) -> int:
         """Set DUPLICATE (in place, on the int8 reason array) on each fix still OK whose
@@ -236,9 +247,10 @@ class AcceptedFixes:
         if len(device_idx) != len(t_ms) or len(t_ms) != len(reason):
             raise ValueError("device_idx, t_ms and reason must have equal lengths")
         oldest = self._oldest_ms(now_ms)
-        self._make_room(len(reason), now_ms)
-        marked, inserted = _mark(device_idx, t_ms, reason, self._table, oldest)
+        self._make_room(len(reason), oldest)
+        marked, inserted, floor = _mark(device_idx, t_ms, reason, self._table, oldest)
         self._count += inserted
+        self._floor_ms = min(self._floor_ms, int(floor))
         if marked < 0:
             raise ValueError(f"a fix with a device index of {DEVICE_BITS} bits or more, or a "
                              f"t outside 2020 .. 2054, cannot be remembered")

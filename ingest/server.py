@@ -291,6 +291,8 @@ class IngestServer:
         if now >= self._next_backlog_s:
             self._backlog = self.store.fixes_after(self.evaluated_seq())
             self.metrics.backlog.set(self._backlog)
+            self.metrics.duplicate_filter_fixes.set(len(self.accepted_fixes))
+            self.metrics.duplicate_filter_bytes.set(self.accepted_fixes.nbytes)
             self._next_backlog_s = now + BACKLOG_REFRESH_S
         if now >= self._next_devices_s:
             self._refresh_devices()

@@ -79,7 +79,7 @@ def test_grows_and_finds_every_key():
     devices = rng.integers(0, 5000, 200_000)
     times = NOW - rng.integers(0, WEEK, 200_000)
     first = mark(fixes, devices, times)
-    assert fixes.nbytes >= 8 * len(fixes) / 0.8
+    assert fixes.nbytes >= 8 * len(fixes) / 0.7
     assert mark(fixes, devices, times) == [DUPLICATE] * len(times)
     assert first.count(OK) == len(fixes)
 
@@ -96,7 +96,7 @@ def test_expired_fixes_are_swept_and_memory_stays_bounded():
         assert mark(fixes, devices, times, now=now) == [OK] * len(times)
         peak = max(peak, fixes.nbytes)
     per_window = 6 * (WEEK + CLOCK_SLACK_MS) // MINUTE
-    assert fixes.sweeps > 10
+    assert fixes.sweeps >= 5
     assert len(fixes) <= 2 * per_window
     assert peak <= 8 * per_window / 0.5 * 1.3
     week = np.repeat(now - MINUTE * np.arange(WEEK // MINUTE), 6)
