@@ -117,6 +117,7 @@ class IngestServer:
     # -- the loop -----------------------------------------------------------------
 
     def run(self, should_stop: Callable[[], bool]) -> None:
+        self._load_device_ids()
         self._refresh_devices(force=True)
         self._refill_accepted_fixes()
         poller = zmq.Poller()
@@ -319,10 +320,23 @@ class IngestServer:
             if gone:
                 self.devices.deactivate(gone)
         if devices:
-            self.devices.add(devices, subjects)
+            before = len(self.devices)
+            added = self.devices.add(devices, subjects).tolist()
+            new = dict(sorted((i, d) for d, i in zip(devices, added) if i >= before))
+            if new:
+                self.store.add_device_ids(before, list(new.values()))
         self._known_devices = devices
         self._devices_version = version
         log.info("device table: %d devices (registry version %d)", len(devices), version)
+
+    def _load_device_ids(self) -> None:
+        """Every device keeps the index its fixes were stored under (inactive until the
+        registry names it again): the duplicate filter's refill reads fixes by index."""
+        ids = self.store.device_ids()
+        if ids:
+            self.devices.add(ids, np.full(len(ids), -1, np.int32))
+            self.devices.deactivate(ids)
+        self._known_devices = ids
 
     def _refill_accepted_fixes(self) -> None:
         """Refill the duplicate filter from the store's batches within the window (it

@@ -80,7 +80,15 @@ def _version_1(db: sqlite3.Connection) -> None:
         DROP TABLE IF EXISTS meta""")
 
 
-SCHEMA = Schema("fixes store", marker="batches", steps=(_version_1,))
+def _version_2(db: sqlite3.Connection) -> None:
+    """The device id behind each index in the fixes' `device` column, so that an index
+    means the same phone after a restart (the duplicate filter is refilled by index)."""
+    run_script(db, """
+        CREATE TABLE IF NOT EXISTS devices (
+            idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE)""")
+
+
+SCHEMA = Schema("fixes store", marker="batches", steps=(_version_1, _version_2))
 
 
 @dataclass(frozen=True)
@@ -202,6 +210,11 @@ class StoreReader:
                 "ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
         return [StoredBatch(seq, carrier, received_ms, FixColumns.from_bytes(blob))
                 for seq, carrier, received_ms, blob in rows]
+
+    def device_ids(self) -> list[str]:
+        """The device id of every index ever stored, by index (0, 1, ...)."""
+        with _sqlite_errors(self.path, "device_ids"):
+            return [row[0] for row in self._conn().execute("SELECT id FROM devices ORDER BY idx")]
 
     def last_seq(self) -> int:
         """The highest seq ever assigned (0 for none), even if that batch was purged."""
@@ -366,6 +379,21 @@ class Store(StoreReader):
                         " VALUES (?, ?, ?, ?, ?)",
                         (r.carrier, r.batch, r.received_ms, r.accepted, blob)).lastrowid))
         return out
+
+    def add_device_ids(self, first_index: int, ids: Sequence[str]) -> None:
+        """Record the ids of device indices first_index, first_index + 1, ... (before any
+        fix with those indices is committed). ValueError if that does not follow on from
+        the ids recorded so far, or an id is there already."""
+        with _sqlite_errors(self.path, "add_device_ids"), self._transaction() as db:
+            count, = db.execute("SELECT count(*) FROM devices").fetchone()
+            if first_index != count:
+                raise ValueError(f"device index {first_index} does not follow the "
+                                 f"{count} recorded")
+            try:
+                db.executemany("INSERT INTO devices VALUES (?, ?)",
+                               enumerate(ids, start=first_index))
+            except sqlite3.IntegrityError as e:
+                raise ValueError(f"a device id is recorded already: {e}") from e
 
     def purge_acks(self, older_than_ms: int) -> int:
         """Forget acks first given before `older_than_ms`; returns how many.

@@ -1,6 +1,7 @@
 """SPEC §4 against the running engine: a fix with the device and t of an accepted fix is
 refused `duplicate`, however many fixes of its device came in between, and after the
-ingest restarted (its filter is refilled from the store); nothing is stored twice."""
+ingest restarted (its filter is refilled from the store by device index, and a device
+keeps its index when the registry changes); nothing is stored twice, nothing new refused."""
 
 import json
 import time
@@ -14,23 +15,29 @@ from service.cli import main as cli
 from tests.engine_harness import Carrier, Engine, population_document, write_config
 
 SUBJECTS = 20
-DEVICE = 13900000000 + 3     # a phone of the test population (see test_engine.batch_frame)
+FIRST = 13900000000          # the phones of the test population's subjects 0 and 3
+DEVICE = 13900000000 + 3
+REPLACEMENT = 13911111111
 MINUTE = 60_000
+
+
+def import_registry(config, document: dict) -> None:
+    registry = config.parent / "registry.json"
+    registry.write_text(json.dumps(document, ensure_ascii=False))
+    assert cli(["--config", str(config), "registry", "import", str(registry)]) == 0
 
 
 @pytest.fixture
 def engine_dir(tmp_path):
     config = write_config(tmp_path)
-    registry = tmp_path / "registry.json"
-    registry.write_text(json.dumps(population_document(SUBJECTS), ensure_ascii=False))
-    assert cli(["--config", str(config), "registry", "import", str(registry)]) == 0
+    import_registry(config, population_document(SUBJECTS))
     return config
 
 
-def send(carrier: Carrier, batch: int, times) -> dict:
+def send(carrier: Carrier, batch: int, times, device: int = DEVICE) -> dict:
     times = np.asarray(times, np.int64)
     n = len(times)
-    frame = encode_cols("cmcc", batch, np.full(n, DEVICE), times, np.full(n, 117.3),
+    frame = encode_cols("cmcc", batch, np.full(n, device), times, np.full(n, 117.3),
                         np.full(n, 34.8), np.full(n, 30.0))
     ack = carrier.request(frame, timeout_ms=30_000)
     assert ack is not None and ack["batch"] == batch
@@ -47,25 +54,31 @@ def test_a_resend_after_100_fixes_of_its_device_and_a_restart_is_refused(engine_
     engine = Engine(engine_dir)
     carrier = Carrier(engine.endpoint)
     try:
-        assert send(carrier, 1, t[:1])["status"] == "ok"
-        assert send(carrier, 2, t[1:101])["accepted"] == 100
-        ack = send(carrier, 3, [t[0], t[101], t[101]])   # the old one, a new one twice
+        assert send(carrier, 1, t[:1], device=FIRST)["status"] == "ok"
+        assert send(carrier, 2, t[:1])["status"] == "ok"
+        assert send(carrier, 3, t[1:101])["accepted"] == 100
+        ack = send(carrier, 4, [t[0], t[101], t[101]])   # the old one, a new one twice
         assert (ack["status"], ack["accepted"]) == ("partial", 1)
         assert ack["rejected"] == [[0, "duplicate"], [2, "duplicate"]]
-        assert stored_fixes(engine) == 102
+        assert stored_fixes(engine) == 103
         assert engine.metrics()[
             'geofence_fixes_rejected_total{carrier="cmcc",reason="duplicate"}'] == 2
     finally:
         carrier.close()
         engine.stop()
+    # the first subject changes phones: the new one must not inherit the old one's fixes
+    document = population_document(SUBJECTS)
+    document["subjects"][0]["devices"] = [str(REPLACEMENT)]
+    import_registry(engine_dir, document)
     engine = Engine(engine_dir)
     carrier = Carrier(engine.endpoint)
     try:
-        ack = send(carrier, 4, [t[0], t[50], t[101], t[102]])
+        assert send(carrier, 5, t[:1], device=REPLACEMENT)["status"] == "ok"
+        ack = send(carrier, 6, [t[0], t[50], t[101], t[102]])
         assert (ack["status"], ack["accepted"]) == ("partial", 1)
         assert ack["rejected"] == [[0, "duplicate"], [1, "duplicate"], [2, "duplicate"]]
-        assert stored_fixes(engine) == 103
-        assert any("duplicate filter: 102 stored fixes read back" in line
+        assert stored_fixes(engine) == 105
+        assert any("duplicate filter: 103 stored fixes read back" in line
                    for line in engine.lines)
     finally:
         carrier.close()
