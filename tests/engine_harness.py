@@ -54,6 +54,16 @@ def write_config(root: Path, webhooks: dict | None = None, rules: dict | None = 
     return path
 
 
+def import_registry(config: Path, document: dict) -> None:
+    """`geofence registry import` of `document` into the engine configured by `config`."""
+    from service.cli import main as cli
+
+    registry = config.parent / "registry.json"
+    registry.write_text(json.dumps(document, ensure_ascii=False))
+    if cli(["--config", str(config), "registry", "import", str(registry)]):
+        raise RuntimeError("registry import failed")
+
+
 def population_document(n: int, seed: int = 1) -> dict:
     from sim.population import builtin_population, registry_document
 

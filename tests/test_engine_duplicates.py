@@ -3,7 +3,6 @@ refused `duplicate`, however many fixes of its device came in between, and after
 ingest restarted (its filter is refilled from the store by device index, and a device
 keeps its index when the registry changes); nothing is stored twice, nothing new refused."""
 
-import json
 import time
 
 import numpy as np
@@ -11,20 +10,14 @@ import pytest
 
 from ingest.protocol import encode_cols
 from ingest.store import StoreReader
-from service.cli import main as cli
-from tests.engine_harness import Carrier, Engine, population_document, write_config
+from tests.engine_harness import (Carrier, Engine, import_registry, population_document,
+                                  write_config)
 
 SUBJECTS = 20
 FIRST = 13900000000          # the phones of the test population's subjects 0 and 3
 DEVICE = 13900000000 + 3
 REPLACEMENT = 13911111111
 MINUTE = 60_000
-
-
-def import_registry(config, document: dict) -> None:
-    registry = config.parent / "registry.json"
-    registry.write_text(json.dumps(document, ensure_ascii=False))
-    assert cli(["--config", str(config), "registry", "import", str(registry)]) == 0
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 its empty delimiter; exactly one body frame, else the peer gets `malformed` (counted) and
 the engine carries on. Real DEALER and REQ sockets against a running engine."""
 
-import json
 import time
 
 import numpy as np
@@ -10,8 +9,7 @@ import pytest
 import zmq
 
 from ingest.protocol import decode_ack, encode_cols
-from service.cli import main as cli
-from tests.engine_harness import Engine, population_document, write_config
+from tests.engine_harness import Engine, import_registry, population_document, write_config
 
 DEVICE = 13900000000
 TIMEOUT_MS = 30_000
@@ -20,9 +18,7 @@ TIMEOUT_MS = 30_000
 @pytest.fixture
 def engine(tmp_path):
     config = write_config(tmp_path)
-    registry = tmp_path / "registry.json"
-    registry.write_text(json.dumps(population_document(5), ensure_ascii=False))
-    assert cli(["--config", str(config), "registry", "import", str(registry)]) == 0
+    import_registry(config, population_document(5))
     engine = Engine(config)
     yield engine
     engine.stop()
