@@ -40,6 +40,7 @@ T_LIMIT = 1 << T_BITS                 # t_ms - EPOCH_MS must be below this (2054
 MAX_DEVICES = 1 << DEVICE_BITS
 EMPTY = -1
 CLOCK_SLACK_MS = 10 * 60 * 1000       # kept this long past the window
+MAX_WINDOW_MS = 3 * 365 * 24 * 3600 * 1000   # so that now - window stays after EPOCH_MS
 # Linear probing slows down sharply above ~70 % (measured: 8 M inserts/s filling a table
 # to 80 %, 13 M to 70 %, 17 M to 50 %), so:
 SWEEP_LOAD = 0.7                      # a pass removes the expired keys at this load ...
@@ -280,8 +281,9 @@ class AcceptedFixes:
 def exact_window_ms(max_fix_age_ms: int, keep_fixes_ms: int) -> int:
     """The acceptance window over which duplicates are refused exactly, also across a
     restart: the refill reads the fixes back from the store, so the window cannot be
-    longer than the store keeps them. Fixes older than this are refused `time`."""
-    return min(int(max_fix_age_ms), int(keep_fixes_ms))
+    longer than the store keeps them, nor reach back before the keys' epoch (it is at
+    most MAX_WINDOW_MS). Fixes older than this are refused `time`."""
+    return min(int(max_fix_age_ms), int(keep_fixes_ms), MAX_WINDOW_MS)
 
 
 def remember_stored(fixes: AcceptedFixes, store, now_ms: int, page: int = 256) -> int:

@@ -342,8 +342,9 @@ class IngestServer:
         """Refill the duplicate filter from the store's batches within the window (it
         lives in memory)."""
         if self.max_fix_age_ms < self.options.max_fix_age_ms:
-            log.info("fixes older than keep_fixes_days are refused `time`: the store keeps "
-                     "none older, so their resends could not be recognised")
+            log.warning("fixes older than %.1f days are refused `time`: [ingest] max_fix_age_s "
+                        "is longer than [storage] keep_fixes_days (or 3 years), and resends of "
+                        "older fixes could not be recognised", self.max_fix_age_ms / 86_400_000)
         started = time.perf_counter()
         read = remember_stored(self.accepted_fixes, self.store, int(time.time() * 1000))
         log.info("duplicate filter: %d stored fixes read back in %.1f s", read,

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.dedup import (CLOCK_SLACK_MS, MAX_DEVICES, REBUILT_LOAD, AcceptedFixes,
-                          exact_window_ms, remember_stored)
+from ingest.dedup import (CLOCK_SLACK_MS, MAX_DEVICES, MAX_WINDOW_MS, REBUILT_LOAD,
+                          AcceptedFixes, exact_window_ms, remember_stored)
 from ingest.fixes import FixColumns
 from ingest.protocol import DUPLICATE, LON, OK
 from ingest.store import BatchRecord, Store
@@ -155,6 +155,7 @@ def test_refuses_bad_arguments():
 def test_the_window_is_no_longer_than_the_store_keeps_fixes():
     assert exact_window_ms(WEEK, 3 * 24 * 3600 * 1000) == 3 * 24 * 3600 * 1000
     assert exact_window_ms(WEEK, 30 * 24 * 3600 * 1000) == WEEK
+    assert exact_window_ms(10 * 52 * WEEK, 10 * 52 * WEEK) == MAX_WINDOW_MS
 
 
 def test_a_restart_refills_from_the_batches_within_the_window(tmp_path):
