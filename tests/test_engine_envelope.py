@@ -13,6 +13,7 @@ from tests.engine_harness import Engine, import_registry, population_document, w
 
 DEVICE = 13900000000
 TIMEOUT_MS = 30_000
+T0 = int(time.time() * 1000) - 600_000
 
 
 @pytest.fixture
@@ -25,7 +26,8 @@ def engine(tmp_path):
 
 
 def frame(batch: int) -> bytes:
-    t = int(time.time() * 1000) - 60_000 + np.arange(3)
+    """Batch `batch`: three fixes of one phone, at times no other batch uses."""
+    t = T0 + batch * 10 + np.arange(3)
     return encode_cols("cmcc", batch, np.full(3, DEVICE), t, np.full(3, 117.3),
                        np.full(3, 34.8), np.full(3, 30.0))
 
@@ -68,7 +70,7 @@ def test_dealer_and_req_framing(engine):
         assert ack["error"] == "malformed"
         assert decode_ack(exchange(req, [frame(6)])[0])["status"] == "duplicate"
         assert engine.proc.poll() is None
-        assert not any("Traceback" in line for line in engine.lines)
+        assert not [line for line in engine.lines if "Traceback" in line], engine.lines
     finally:
         dealer.close()
         req.close()
