@@ -10,10 +10,10 @@ The set is one preallocated open-addressing table of int64 keys (linear probing)
 - a key packs (device index, t): ``device << 40 | (t_ms - EPOCH_MS)``. 40 bits of
   milliseconds reach from 2020 to 2054, 23 bits of device index hold 8.4 million devices
   (the book's indices, one per registered phone); a key is never negative, -1 is empty;
-- the slot of a key is a 64-bit mix of it scaled to the table's size (any size, not just
-  powers of two, so growth can be by less than 2x); a batch is one compiled call that
-  looks each fix up and inserts it when new, so the first copy of a (device, t) in a
-  batch is accepted and the later ones are refused, as across batches;
+- the slot of a key is a 64-bit mix of it scaled to the table's size (any size below
+  2^32, not just powers of two: a rebuild sizes it to its keys); a batch is one compiled
+  call that looks each fix up and inserts it when new, so the first copy of a (device, t)
+  in a batch is accepted and the later ones are refused, as across batches;
 - expiry: when the table is 70 % full, one compiled pass removes the keys older than
   the window (less `CLOCK_SLACK_MS`, so that a wall clock stepped back a little does not
   let a swept fix back in) and re-homes only the keys of clusters it opened holes in (the
@@ -46,7 +46,8 @@ MAX_WINDOW_MS = 3 * 365 * 24 * 3600 * 1000   # so that now - window stays after 
 SWEEP_LOAD = 0.7                      # a pass removes the expired keys at this load ...
 GROW_LOAD = 0.5                       # ... and the table is rebuilt larger if still above this
 REBUILT_LOAD = 0.35                   # the load right after a rebuild (it grows 2x or more)
-MIN_SLOTS = 1024
+MIN_SLOTS = 16
+MAX_SLOTS = (1 << 32) - 1             # `_home` scales 32 bits of hash (32 GiB of table)
 _T_MASK = T_LIMIT - 1
 _NO_KEY = (1 << 63) - 1
 
@@ -205,7 +206,7 @@ class AcceptedFixes:
 
     Not for concurrent use: the ingest loop's one thread marks, forgets and refills."""
 
-    def __init__(self, window_ms: int, slots: int = MIN_SLOTS):
+    def __init__(self, window_ms: int, slots: int = 1 << 16):
         if window_ms <= 0:
             raise ValueError("the window must be positive")
         self.window_ms = int(window_ms)
@@ -240,8 +241,11 @@ class AcceptedFixes:
             self.sweeps += 1
             self._floor_ms = oldest_ms
         if self._count + n > GROW_LOAD * size:
-            new = np.full(max(MIN_SLOTS, int((self._count + n) / REBUILT_LOAD) + 1), EMPTY,
-                          np.int64)
+            slots = max(MIN_SLOTS, int((self._count + n) / REBUILT_LOAD) + 1)
+            if slots > MAX_SLOTS:
+                raise MemoryError(f"the duplicate filter would need {slots:,} slots; shorten "
+                                  "[ingest] max_fix_age_s")
+            new = np.full(slots, EMPTY, np.int64)
             self._count = _rehash(self._table, new, oldest_ms - EPOCH_MS)
             self._table = new
             self._floor_ms = max(self._floor_ms, oldest_ms)
