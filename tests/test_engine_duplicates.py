@@ -76,3 +76,21 @@ def test_a_resend_after_100_fixes_of_its_device_and_a_restart_is_refused(engine_
     finally:
         carrier.close()
         engine.stop()
+
+
+def test_fixes_older_than_the_store_keeps_are_refused_time(tmp_path):
+    """keep_fixes_days shorter than max_fix_age_s: resends of older fixes could not be
+    recognised after a restart, so such fixes are refused `time`, and the log says so."""
+    config = write_config(tmp_path, storage={"keep_fixes_days": 1}, max_fix_age_s=7 * 86_400)
+    import_registry(config, population_document(SUBJECTS))
+    engine = Engine(config)
+    carrier = Carrier(engine.endpoint)
+    try:
+        now = int(time.time() * 1000)
+        ack = send(carrier, 1, [now - 2 * 86_400_000, now - 3_600_000])
+        assert (ack["status"], ack["rejected"]) == ("partial", [[0, "time"]])
+        assert any("fixes older than 1.0 days are refused `time`" in line
+                   for line in engine.lines)
+    finally:
+        carrier.close()
+        engine.stop()
