@@ -61,7 +61,8 @@ DevicesSnapshot = tuple[int, list[str], list[int]]
 
 
 class IngestServer:
-    """The ROUTER loop. Construct, `bind()`, then `run(should_stop)` in this process."""
+    """The ROUTER loop. Construct, `bind()` (reads the store), then `run(should_stop)`,
+    all in this process."""
 
     def __init__(self, ctx: zmq.Context, store: Store, devices_source: Callable[[], DevicesSnapshot],
                  options: IngestOptions, metrics: IngestMetrics, notify_endpoint: str,
@@ -105,7 +106,11 @@ class IngestServer:
         self.endpoint = ""
 
     def bind(self) -> str:
-        """Bind the ROUTER; returns the endpoint actually bound (port 0 picks a free one)."""
+        """Load the device table and refill the duplicate filter, then bind the ROUTER (so
+        `ready` means answering); returns the endpoint bound (port 0 picks a free one)."""
+        self._load_device_ids()
+        self._refresh_devices(force=True)
+        self._refill_accepted_fixes()
         self.router.bind(self.options.bind)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         return self.endpoint
@@ -117,9 +122,6 @@ class IngestServer:
     # -- the loop -----------------------------------------------------------------
 
     def run(self, should_stop: Callable[[], bool]) -> None:
-        self._load_device_ids()
-        self._refresh_devices(force=True)
-        self._refill_accepted_fixes()
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.done, zmq.POLLIN)
