@@ -41,6 +41,12 @@ class IngestMetrics:
                                         buckets=_SECONDS_BUCKETS, registry=r)
         self.backlog = Gauge("geofence_backlog_fixes",
                              "Fixes stored and acknowledged but not yet evaluated", registry=r)
+        self.duplicate_filter_fixes = Gauge(
+            "geofence_duplicate_filter_fixes",
+            "Accepted (device, t) remembered to refuse resends as duplicate", registry=r)
+        self.duplicate_filter_bytes = Gauge(
+            "geofence_duplicate_filter_bytes", "Memory of the duplicate filter's table",
+            registry=r)
         self.verdicts = Counter("geofence_verdicts", "Verdicts of evaluated fixes, by outcome",
                                 ["outcome"], registry=r)
         self.kernel_seconds = Histogram("geofence_check_kernel_seconds",

@@ -86,7 +86,15 @@ def _version_1(db: sqlite3.Connection) -> None:
         DROP TABLE IF EXISTS meta""")
 
 
-SCHEMA = Schema("fixes store", marker="batches", steps=(_version_1,))
+def _version_2(db: sqlite3.Connection) -> None:
+    """The device id behind each index in the fixes' `device` column, so that an index
+    means the same phone after a restart (the duplicate filter is refilled by index)."""
+    run_script(db, """
+        CREATE TABLE IF NOT EXISTS devices (
+            idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE)""")
+
+
+SCHEMA = Schema("fixes store", marker="batches", steps=(_version_1, _version_2))
 
 
 @dataclass(frozen=True)
@@ -218,6 +226,11 @@ class StoreReader:
         return [StoredBatch(seq, carrier, received_ms, FixColumns.from_bytes(blob))
                 for seq, carrier, received_ms, blob in rows]
 
+    def device_ids(self) -> list[str]:
+        """The device id of every index ever stored, by index (0, 1, ...)."""
+        with _sqlite_errors(self.path, "device_ids"):
+            return [row[0] for row in self._conn().execute("SELECT id FROM devices ORDER BY idx")]
+
     def last_seq(self) -> int:
         """The highest seq ever assigned (0 for none), even if that batch was purged."""
         with _sqlite_errors(self.path, "last_seq"):
@@ -259,7 +272,7 @@ class StoreReader:
         parts, kept, dropped = [], 0, False
         with _sqlite_errors(self.path, "track"):
             db = self._conn()
-            start = self._first_seq_received_at(since_ms - TRACK_LATE_MARGIN_MS)
+            start = self.first_seq_received_at(since_ms - TRACK_LATE_MARGIN_MS)
             last_received = until_ms + TRACK_LATE_MARGIN_MS
             while start is not None:
                 rows = db.execute("SELECT seq, received_ms, fixes FROM batches WHERE seq >= ? "
@@ -283,7 +296,7 @@ class StoreReader:
             return FixColumns.empty(), False
         return _newest(parts, limit), dropped or kept > limit
 
-    def _first_seq_received_at(self, received_ms: int) -> int | None:
+    def first_seq_received_at(self, received_ms: int) -> int | None:
         """The smallest seq whose batch was received at or after `received_ms` (binary
         search over the primary key; relies on received_ms growing with seq), None if
         there is none."""
@@ -400,6 +413,21 @@ class Store(StoreReader):
                         " VALUES (?, ?, ?, ?, ?)",
                         (r.carrier, r.batch, r.received_ms, r.accepted, blob)).lastrowid))
         return out
+
+    def add_device_ids(self, first_index: int, ids: Sequence[str]) -> None:
+        """Record the ids of device indices first_index, first_index + 1, ... (before any
+        fix with those indices is committed). ValueError if that does not follow on from
+        the ids recorded so far, or an id is there already."""
+        with self._writing("add_device_ids") as db:
+            count, = db.execute("SELECT count(*) FROM devices").fetchone()
+            if first_index != count:
+                raise ValueError(f"device index {first_index} does not follow the "
+                                 f"{count} recorded")
+            try:
+                db.executemany("INSERT INTO devices VALUES (?, ?)",
+                               enumerate(ids, start=first_index))
+            except sqlite3.IntegrityError as e:
+                raise ValueError(f"a device id is recorded already: {e}") from e
 
     def purge_acks(self, older_than_ms: int) -> int:
         """Forget acks first given before `older_than_ms`; returns how many.
