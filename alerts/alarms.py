@@ -114,8 +114,13 @@ class Alarm:
 
     @property
     def fold_key(self) -> str:
-        """Whose alarms fold together: the subject's, or a carrier's (feed_outage)."""
-        return self.subject if self.subject else f"carrier:{self.details.get('carrier', '')}"
+        """Whose alarms fold together: the subject's, a carrier's (feed_outage), or an
+        engine process's store (engine_fault)."""
+        if self.subject:
+            return self.subject
+        if "process" in self.details:
+            return f"engine:{self.details['process']}/{self.details.get('store', '')}"
+        return f"carrier:{self.details.get('carrier', '')}"
 
     # -- the one JSON form -----------------------------------------------------------------
 

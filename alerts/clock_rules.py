@@ -15,9 +15,20 @@ A carrier that stops pushing would make all its subjects silent together. The ou
 recognised early, when at least `feed_outage_share` of the carrier's subjects (and at least
 `feed_outage_min_subjects`) have had no fix for `feed_outage_silence_s`: one feed_outage to
 the root office, and the carrier's silent subjects are marked so that they raise no
-signal_lost of their own. When the carrier's fixes flow again, the marks are cleared and
-silence counts afresh from that moment. Subjects are attributed to the carrier of their
-newest fix.
+signal_lost of their own. The outage lasts until fewer than `feed_outage_share` of the
+carrier's subjects are silent (most of them report again); then the marks are cleared
+and the silence of those still missing counts afresh from that moment. Subjects are
+attributed to the carrier of their newest fix. One outage is one alarm: its id derives
+from the carrier's newest fix when it was recognised, the same in every partition while
+the carrier is silent.
+
+The end is judged by the carrier's subjects, not by its newest fix: a carrier whose
+fixes keep coming but more than `feed_outage_silence_s` late (with `clock = "feed"`, a
+carrier that lags behind the others in a replay; with the wall clock, one that delivers
+late) is down for as long as it lags. Ending the outage on any newer fix made such a
+carrier flap: its next batch ended the outage and cleared its subjects' marks (a fix
+clears them), and the same clock check recognised it again, with a new id, once a
+second (a replay's feed_outage folded 41 repeats that way).
 
 permit_overstay: a permit ended `permit_overstay_after_s` ago and the subject's newest fix
 is not `in` the area they may be in now (home, plus any permit still active: an extension
@@ -29,6 +40,7 @@ A subject with no fix at all is not known to be home: overstay.
 `ClockRules` turns all three into alarms; `RulesClock` says what time it is for them.
 """
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -41,6 +53,7 @@ from alerts.rules import NO_TIME, RuleState
 from alerts.subject_book import SubjectBook
 from geofence.verdict import IN
 
+log = logging.getLogger("geofence.worker")
 
 @dataclass(frozen=True)
 class Outage:
@@ -55,6 +68,7 @@ class SilenceEvents:
     signal_lost: np.ndarray     # subject indices that just became lost (already marked)
     since_ms: np.ndarray        # for each, when its silence began (newest fix or watch start)
     outages: list[Outage]       # carriers whose feed just went down
+    restored: list[int]         # carriers whose outage just ended
 
 
 class SilenceWatch:
@@ -90,7 +104,7 @@ class SilenceWatch:
             self.watch_ms = np.concatenate([self.watch_ms, fill])
         mine = np.asarray(mine[:n], np.bool_)
         carrier = state.carrier
-        self._feeds_back(state, carrier, mine, now_ms, carrier_newest_ms)
+        restored = self._feeds_back(state, carrier, mine, now_ms)
         self._forget_stale_outages(state, carrier, mine, now_ms)
         since = np.maximum(state.newest_t_ms, self.watch_ms[:n])
         quiet_for = now_ms - since
@@ -101,16 +115,36 @@ class SilenceWatch:
         held = (state.flags & (rk.SIGNAL_LOST_SET | rk.OUTAGE_SILENT)) != 0
         lost = np.flatnonzero(mine & ~held & (quiet_for > self.lost_after_ms))
         state.mark_signal_lost(lost)
-        return SilenceEvents(lost, since[lost], outages)
+        return SilenceEvents(lost, since[lost], outages, restored)
 
-    def _feeds_back(self, state, carrier, mine, now_ms, carrier_newest_ms) -> None:
-        for c, t_down in list(self.down.items()):
-            if carrier_newest_ms.get(c, NO_TIME) > t_down:
-                del self.down[c]
-                waiting = np.flatnonzero(mine & (carrier == c)
-                                         & ((state.flags & rk.OUTAGE_SILENT) != 0))
-                state.clear_flags(waiting, rk.OUTAGE_SILENT)
-                self.watch_ms[waiting] = now_ms
+    def _silent_counts(self, carrier, mine, quiet_for) -> tuple[np.ndarray, np.ndarray]:
+        """Per carrier id: its subjects here, and how many of them are silent."""
+        known = mine & (carrier >= 0)
+        size = int(carrier[known].max()) + 1 if known.any() else 0
+        size = max(size, max(self.down, default=-1) + 1)
+        subjects = np.bincount(carrier[known], minlength=size)
+        quiet = np.bincount(carrier[known & (quiet_for > self.outage_silence_ms)],
+                            minlength=size)
+        return subjects, quiet
+
+    def _feeds_back(self, state, carrier, mine, now_ms) -> list[int]:
+        """End the outages of carriers most of whose subjects report again."""
+        if not self.down:
+            return []
+        n = state.n_subjects
+        quiet_for = now_ms - np.maximum(state.newest_t_ms, self.watch_ms[:n])
+        subjects, quiet = self._silent_counts(carrier, mine, quiet_for)
+        restored = []
+        for c in list(self.down):
+            if quiet[c] >= self.outage_share * subjects[c] and subjects[c] > 0:
+                continue   # still down, or lagging: its fixes come, but late
+            del self.down[c]
+            restored.append(c)
+            waiting = np.flatnonzero(mine & (carrier == c)
+                                     & ((state.flags & rk.OUTAGE_SILENT) != 0))
+            state.clear_flags(waiting, rk.OUTAGE_SILENT)
+            self.watch_ms[waiting] = now_ms
+        return restored
 
     def _forget_stale_outages(self, state, carrier, mine, now_ms) -> None:
         """Marks whose outage this watch does not know of (it was restarted, and the list
@@ -126,12 +160,7 @@ class SilenceWatch:
             self.watch_ms[stale] = now_ms
 
     def _outages(self, carrier, mine, quiet_for, carrier_newest_ms) -> list[Outage]:
-        known = mine & (carrier >= 0)
-        if not known.any():
-            return []
-        size = int(carrier[known].max()) + 1
-        subjects = np.bincount(carrier[known], minlength=size)
-        quiet = np.bincount(carrier[known & (quiet_for > self.outage_silence_ms)], minlength=size)
+        subjects, quiet = self._silent_counts(carrier, mine, quiet_for)
         outages = []
         for c in np.flatnonzero((subjects >= self.outage_min)
                                 & (quiet >= self.outage_share * subjects)):
@@ -216,6 +245,9 @@ class ClockRules:
         mine[:known] = book.registered[:known]
         mine &= np.arange(n) % self.count == self.index
         events = self.silence.check(state, mine, now_ms, carriers.newest_by_id())
+        for c in events.restored:
+            log.info("feed_outage over: most of carrier %s's subjects report again "
+                     "(partition %d of %d)", carriers.name_of(c), self.index, self.count)
         raised_at = wall_ms()
         alarms = []
         lost = [int(s) for s in events.signal_lost]

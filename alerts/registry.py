@@ -104,6 +104,11 @@ class Registry:
     delegations: dict[str, Delegation] = field(default_factory=dict)
     version: int = 0
 
+    def root_office(self) -> str:
+        """The office at the top of the tree (feed_outage and engine_fault go there)."""
+        roots = sorted(o.code for o in self.offices.values() if not o.parent)
+        return roots[0] if roots else ""
+
     def office_path(self, code: str) -> list[str]:
         """Office codes from the root down to `code` (the PUB topic of SPEC §7)."""
         path = []

@@ -31,11 +31,13 @@ from geofence.verdict import IN, OUT, UNSURE
 EVENT_TYPES = ("zone_exit", "zone_return", "possible_exit", "exclusion_entry",
                "possible_exclusion", "signal_lost", "signal_restored", "permit_overstay",
                "feed_outage")
+# Alarm types no rule raises: the engine's own faults (`alerts.engine_fault`).
+ENGINE_TYPES = ("engine_fault",)
 
 NO_TIME = rk.NO_TIME  # `newest_t_ms` before any fix; `linked_t_ms` of events without a link
 _SEVERITY = {"zone_return": "info", "possible_exit": "medium", "exclusion_entry": "critical",
              "possible_exclusion": "medium", "signal_lost": "high", "signal_restored": "info",
-             "permit_overstay": "high", "feed_outage": "critical"}
+             "permit_overstay": "high", "feed_outage": "critical", "engine_fault": "critical"}
 
 SNAPSHOT_MAGIC = b"GFRULES\x00"
 SNAPSHOT_VERSION = 2

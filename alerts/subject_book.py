@@ -69,5 +69,4 @@ class SubjectBook:
 
     def root_office(self) -> str:
         """The office at the top of the tree (feed_outage goes there)."""
-        roots = sorted(o.code for o in self.registry.offices.values() if not o.parent)
-        return roots[0] if roots else ""
+        return self.registry.root_office()

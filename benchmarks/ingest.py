@@ -6,9 +6,10 @@ Everything runs against the real engine: `geofence serve` started by
 TCP, SQLite files in a temp dir), a fresh engine for every run, stopped in `finally`. Its
 config: `[storage] sync` as stated per group (`normal`, the default: an acked fix survives
 kill -9 of any engine process; `full`: every group commit is also fsynced),
-`[ingest] max_fix_age_s` = 30 days (the feed replays several days, oldest first, like a
-carrier's backfill; the default is 7 days), `max_backlog_fixes` the default 2,000,000
-except in the overload run.
+`[ingest] max_fix_age_s` and `[storage] keep_fixes_days` = 30 days (the feed replays several
+days, oldest first, like a carrier's backfill; the defaults are 7 days; duplicates are refused
+exactly over the shorter of the two), `max_backlog_fixes` the default 2,000,000 except in
+the overload run.
 
 Feed: the seeded Zaozhuang population of `SUBJECTS` subjects (`sim.population.builtin_population`,
 imported with `geofence registry import`, one device each) and `sim.movement.make_day` for
@@ -29,7 +30,8 @@ from other processes is visible.
    each) with 1 worker and `sync=normal`, rows and cols; full mode adds one cols run with 2
    workers and one with `sync=full`. Per run: CPU used by ingest, workers and carriers
    (/proc/<pid>/stat, `os.times`), the ingest loop's time on a CPU and waiting for one,
-   store commits from the engine's /metrics, peak RSS (VmHWM) of ingest and worker.
+   store commits and the duplicate filter's size from the engine's /metrics, peak RSS
+   (VmHWM) of ingest and worker.
 2. Ack latency: one carrier, batches of 1,000 fixes on a fixed schedule of 50 a second
    (50,000 fixes/s), window 8, for `latency_s`; p50/p99/max of the client's latency (send
    to ack, `CarrierStats.latency_ms`). The first 25 batches (0.5 s: connection set-up) are
@@ -47,6 +49,9 @@ from other processes is visible.
    until taken), and the evaluation totals must reach the sum of `accepted` over all acks,
    which the store must hold exactly. If a carrier runs out of frames, the load stops
    there (and a note says so).
+4. The duplicate filter, in process before the engine runs (`benchmarks/ingest_dedup.py`):
+   the exact set against the ring of 16 it replaced on the same feed, and its refill from
+   the store at start (`dedup_days` days of a fix a minute per subject).
 """
 
 import contextlib
@@ -64,6 +69,7 @@ import numpy as np
 import zmq
 
 from benchmarks.common import Report, log
+from benchmarks.ingest_dedup import compare as compare_dedup
 from ingest.carrier import CarrierClient, CarrierStats
 from engine.database import NotReadyError
 from ingest.store import StoreReader
@@ -96,10 +102,10 @@ JOIN_S = 300
 
 FULL = {"subjects": SUBJECTS, "days": 18, "cols_fixes": 6_000_000, "rows_fixes": 3_000_000,
         "repeat": 3, "latency_s": 10, "overload_s": 10, "overload_window": 64,
-        "extra_runs": True}
+        "extra_runs": True, "dedup_days": 7}
 QUICK = {"subjects": SUBJECTS, "days": 5, "cols_fixes": 1_000_000, "rows_fixes": 300_000,
          "repeat": 1, "latency_s": 3, "overload_s": 3, "overload_window": 16,
-         "extra_runs": False}
+         "extra_runs": False, "dedup_days": 1}
 
 
 # ----------------------------------------------------------------------------- the feed
@@ -147,7 +153,8 @@ class Running:
         self.root = Path(tempfile.mkdtemp(prefix="engine-", dir=workdir))
         ingest = {"bind": f"tcp://127.0.0.1:{free_port()}", "metrics_bind": "127.0.0.1:0",
                   "max_fix_age_s": MAX_FIX_AGE_S, **ingest}
-        lines = ["[storage]", f'path = "{self.root / "data"}"', f'sync = "{sync}"', "[ingest]"]
+        lines = ["[storage]", f'path = "{self.root / "data"}"', f'sync = "{sync}"',
+                 f"keep_fixes_days = {MAX_FIX_AGE_S // 86400}", "[ingest]"]
         lines += [f"{k} = {_toml(v)}" for k, v in ingest.items()]
         config = self.root / "geofence.toml"
         config.write_text("\n".join(lines) + "\n")
@@ -414,6 +421,8 @@ def throughput(data: Data, workdir: Path, form: str, workers: int = 1,
         "commits": metrics.get("geofence_store_commit_seconds_count", 0),
         "kernel_s": metrics.get("geofence_check_kernel_seconds_sum", 0.0),
         "ack_engine_ms": _mean_ms(metrics, "geofence_ack_seconds"),
+        "dedup_bytes": metrics.get("geofence_duplicate_filter_bytes", 0.0),
+        "dedup_fixes": metrics.get("geofence_duplicate_filter_fixes", 0.0),
         "hwm_ingest": hwm["ingest"], "hwm_workers": max(v for n, v in hwm.items() if n != "ingest"),
         # the ingest loop until the last ack: running, waiting for a CPU, asleep (I/O, idle)
         "loop_run": (sched_acked["ingest"][0] - sched0["ingest"][0]) / (acked_at - t0),
@@ -452,6 +461,9 @@ def report_throughput(rep: Report, runs: list[dict], target: float | None) -> No
     rep.add(group, "  store commit, mean per group", best["commit_ms"], "ms", fmt=".2f")
     rep.add(group, "  verdict kernel, total wall time in the worker(s)", best["kernel_s"], "s",
             fmt=".2f")
+    rep.add(group, "  duplicate filter: fixes remembered", best["dedup_fixes"], "fixes",
+            fmt=",.0f")
+    rep.add(group, "  duplicate filter: table", best["dedup_bytes"] / 2**20, "MiB", fmt=".1f")
     rep.add(group, "  peak RSS ingest (VmHWM)", best["hwm_ingest"] / 2**20, "MiB", fmt=".0f")
     rep.add(group, "  peak RSS worker (VmHWM)", best["hwm_workers"] / 2**20, "MiB", fmt=".0f")
     rep.notes.append(f"{group}: runs (acked / end to end, M fixes/s): " + "; ".join(
@@ -645,6 +657,7 @@ def run(quick: bool) -> Report:
         log(f"ingest: feed of {sum(len(s) for s in data.streams):,} fixes over "
             f"{sizes['days']} days encoded in {time.perf_counter() - started:.1f} s")
 
+        compare_dedup(rep, sizes["subjects"], sizes["dedup_days"], BATCH_FIXES, workdir)
         full_cols = data.cols
         data.cols = _first(full_cols, sizes["cols_fixes"])
         for form, target in (("cols", TARGET_COLS_MPS), ("rows", TARGET_ROWS_MPS)):

@@ -10,10 +10,11 @@ from aiohttp import web
 
 from alerts.alarm_store import AlarmStateError, UnknownAlarmError
 from alerts.alarms import STATUSES
-from alerts.rules import EVENT_TYPES
+from alerts.rules import EVENT_TYPES, ENGINE_TYPES
 from desk import events, tracks
-from desk.context import SESSION, ApiError, desk_of
-from desk.http import json_body, json_response
+from desk.context import HEALTH, SESSION, ApiError, desk_of
+from desk.http import json_response
+from desk.jsonbody import json_body
 from desk.mapdata import build_map_layer
 from desk.metrics import CONTENT_TYPE
 
@@ -51,7 +52,7 @@ def _choice(query, name: str, allowed) -> str | None:
 async def list_alarms(request: web.Request) -> web.Response:
     desk, session, q = desk_of(request), request[SESSION], request.query
     status = _choice(q, "status", STATUSES)
-    kind = _choice(q, "type", EVENT_TYPES)
+    kind = _choice(q, "type", EVENT_TYPES + ENGINE_TYPES)
     since = _int(q, "since", 0, MAX_MS)
     limit = _int(q, "limit", 1, MAX_LIMIT, DEFAULT_LIMIT)
     office = q.get("office", "")
@@ -64,8 +65,14 @@ async def list_alarms(request: web.Request) -> web.Response:
         if office and office not in subtree:
             return [], seq
         offices = scope.subtree(office) if office else subtree
-        return alarms.query(status=status, type=kind, offices=offices, since_ms=since,
-                            limit=limit), seq
+        fetch = limit
+        while True:   # a delegate's alarms outside its windows are cut: fetch more
+            found = alarms.query(status=status, type=kind, offices=offices, since_ms=since,
+                                 limit=fetch)
+            shown = [a for a in found if scope.in_window(subtree, a)]
+            if len(shown) >= limit or len(found) < fetch:
+                return shown[:limit], seq
+            fetch *= 2
 
     found, seq = await desk.stores.run(read)
     return json_response({"alarms": [a.to_document() for a in found], "seq": seq})
@@ -73,8 +80,11 @@ async def list_alarms(request: web.Request) -> web.Response:
 
 def _visible(desk, session, alarm_id: str) -> bool:
     """Database thread: whether the alarm exists and the user may see it."""
-    subtree = desk.stores.scope().subtree(session.office)
-    return any(code in subtree for code in desk.stores.alarms.offices_of(alarm_id))
+    scope = desk.stores.scope()
+    subtree = scope.subtree(session.office)
+    offices = desk.stores.alarms.offices_of(alarm_id)
+    return any(code in subtree for code in offices) and \
+        scope.in_window(subtree, desk.stores.alarms.get(alarm_id))
 
 
 def _alarm_id(request: web.Request) -> str:
@@ -159,20 +169,19 @@ async def track(request: web.Request) -> web.Response:
     if until - since > tracks.MAX_WINDOW_MS:
         raise ApiError(400, f"a track spans at most {tracks.MAX_WINDOW_MS // 86_400_000} days")
 
-    def subject_index():
+    def subject_windows():   # a delegate office sees its delegations' windows only
         scope = desk.stores.scope()
         subject = scope.registry.subjects.get(subject_id)
-        if subject is None or not scope.sees_subject(scope.subtree(session.office), subject,
-                                                     now):
-            return None
-        return subject.index
+        if subject is None:
+            return None, ()
+        return subject.index, scope.track_windows(scope.subtree(session.office), subject, now)
 
-    index = await desk.stores.run(subject_index)
-    if index is None:
+    index, windows = await desk.stores.run(subject_windows)
+    if not windows:
         raise ApiError(404, NO_SUBJECT)
     async with desk.track_reads:
         fixes, truncated = await asyncio.get_running_loop().run_in_executor(
-            None, tracks.read_track, desk.paths.fixes_db, index, since, until)
+            None, tracks.read_windows, desk.paths.fixes_db, index, since, until, windows)
     return json_response({"subject": subject_id, "since": since, "until": until,
                           "fixes": fixes, "truncated": truncated})
 
@@ -226,8 +235,15 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     return await events.stream(request, desk.feed, client, is_live)
 
 
-async def health(_request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+async def health(request: web.Request) -> web.Response:
+    """200 {"status": "ok"}; 503 with every storage fault of any engine process while
+    one lasts (read from the health board in shared memory, never from the data
+    directory, which may be the fault)."""
+    board = request.app.get(HEALTH)
+    faults = board.faults() if board is not None else []
+    if not faults:
+        return json_response({"status": "ok"})
+    return json_response({"status": "fault", "faults": [f.to_dict() for f in faults]}, 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

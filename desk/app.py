@@ -17,8 +17,10 @@ from collections.abc import Callable
 from aiohttp import web
 
 from desk import api, auth, static
-from desk.context import DESK, DeskState
+from desk.context import DESK, HEALTH, DeskState
 from desk.events import ChangeFeed
+from desk.hosts import configured_hosts, host_middleware
+from desk.jsonbody import MAX_BODY_BYTES
 from desk.http import (RouteAccessLogger, outer_middleware, same_origin_middleware,
                    session_middleware)
 from desk.metrics import DeskMetrics
@@ -35,22 +37,26 @@ STOP_POLL_S = 0.2
 
 
 def make_app(settings: Settings, paths: EnginePaths, *,
-             clock: Callable[[], float] = time.time) -> web.Application:
+             clock: Callable[[], float] = time.time, health=None) -> web.Application:
     """The desk application; its SQLite files open on startup and close on cleanup.
 
-    `clock` (seconds, like time.time) is for tests of session expiry.
+    `clock` (seconds, like time.time) is for tests of session expiry; `health`: the
+    engine's health board (`engine.health`), which /healthz reports.
     """
     from desk.tracks import TRACK_READS_AT_ONCE
 
-    app = web.Application(middlewares=[outer_middleware, same_origin_middleware,
-                                       session_middleware],
-                          client_max_size=64 * 1024)
+    hosts = configured_hosts(settings.desk)
+    app = web.Application(middlewares=[outer_middleware, host_middleware,
+                                       same_origin_middleware, session_middleware],
+                          client_max_size=MAX_BODY_BYTES)
     stores = Stores(paths, settings.storage.sync)
     metrics = DeskMetrics(paths.alarms_db)
     feed = ChangeFeed(stores, on_clients=metrics.sse_clients.set)
     app[DESK] = DeskState(settings, paths, stores, feed, metrics, clock,
                           asyncio.Semaphore(LOGIN_CHECKS_AT_ONCE),
-                          asyncio.Semaphore(TRACK_READS_AT_ONCE), asyncio.Lock())
+                          asyncio.Semaphore(TRACK_READS_AT_ONCE), asyncio.Lock(), hosts)
+    if health is not None:
+        app[HEALTH] = health
 
     async def start(_app):
         await stores.open()
@@ -94,16 +100,17 @@ def parse_bind(bind: str) -> tuple[str, int]:
 
 
 def run_desk(settings: Settings, should_stop: Callable[[], bool],
-             on_ready: Callable[[str], None]) -> None:
+             on_ready: Callable[[str], None], health=None) -> None:
     """Serve the desk until `should_stop()`; `on_ready(url)` once it is listening."""
-    asyncio.run(serve_desk(settings, should_stop, on_ready))
+    asyncio.run(serve_desk(settings, should_stop, on_ready, health=health))
 
 
 async def serve_desk(settings: Settings, should_stop: Callable[[], bool],
-                     on_ready: Callable[[str], None], paths: EnginePaths | None = None) -> None:
+                     on_ready: Callable[[str], None], paths: EnginePaths | None = None,
+                     health=None) -> None:
     host, port = parse_bind(settings.desk.bind)
     paths = paths or EnginePaths.create(settings.storage.path)
-    runner = web.AppRunner(make_app(settings, paths), access_log_class=RouteAccessLogger,
+    runner = web.AppRunner(make_app(settings, paths, health=health), access_log_class=RouteAccessLogger,
                            shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:

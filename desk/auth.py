@@ -14,7 +14,8 @@ import asyncio
 from aiohttp import web
 
 from desk.context import SESSION, ApiError, desk_of
-from desk.http import COOKIE, client_address, json_body, json_response
+from desk.http import COOKIE, client_address, json_response
+from desk.jsonbody import json_body
 from desk.users import MAX_NAME_CHARS, MAX_PASSWORD_CHARS, verify_password
 
 BAD_CREDENTIALS = "wrong user name or password"

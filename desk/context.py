@@ -29,6 +29,7 @@ class DeskState:
     login_checks: asyncio.Semaphore      # scrypt runs at once (CPU and 16 MiB each)
     track_reads: asyncio.Semaphore
     map_lock: asyncio.Lock
+    hosts: frozenset[str]                # the host names it answers to (`desk.hosts`)
     map_layer: MapLayer | None = None
 
     def now_ms(self) -> int:
@@ -36,6 +37,8 @@ class DeskState:
 
 
 DESK = web.AppKey("desk", DeskState)
+# The engine's health board (`engine.health.HealthBoard`), when serve started this desk.
+HEALTH = web.AppKey("health", object)
 SESSION = web.RequestKey("session", Session)
 
 

@@ -20,6 +20,13 @@ An open stream counts as use of the session (it slides), so a patrol screen that
 watches stays logged in. A session has at most STREAMS_PER_SESSION open streams; one
 more is refused with 429.
 
+A stream's slot is freed as soon as its client goes away, so a reload never meets a 429:
+a stream whose connection closed no longer counts (its transport is watched: a closed
+one ends the stream within WATCH_S even when nothing is sent, and a failed write ends
+it at once), and a new stream at the limit waits up to SLOT_WAIT_S for one of its
+session's streams to end (a reload closes the old connection just before it opens the
+new one, and the close may reach the desk a moment after the new request).
+
 A client names where to resume with the `Last-Event-ID` header (or `?after=` on a
 fresh connection, e.g. the `seq` of `GET /api/alarms`); otherwise it starts at the end.
 Resuming replays the missed changes from the store first, then joins the live feed
@@ -52,7 +59,10 @@ REPLAY_PAGE = 500
 RETRY_MS = 3_000
 MAX_REPLAY_CHANGES = 10_000
 STREAMS_PER_SESSION = 4
-_HEARTBEAT = object()   # a queue wait that timed out
+WATCH_S = 0.5       # a stream notices its closed connection within this, sending or not
+SLOT_WAIT_S = 1.0   # a new stream at the limit waits this long for a slot to free
+SLOT_POLL_S = 0.02
+_IDLE = object()    # a queue wait that timed out
 
 
 @dataclass(eq=False)
@@ -61,6 +71,7 @@ class Client:
     session: bytes
     queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
     ended: str | None = None   # why the stream must end: "slow", "logout", "shutdown"
+    gone: Callable[[], bool] = lambda: False   # whether its connection has closed
 
     def end(self, why: str) -> None:
         if self.ended is None:
@@ -109,7 +120,19 @@ class ChangeFeed:
         self._on_clients(len(self.clients))
 
     def streams_of(self, session: bytes) -> int:
-        return sum(client.session == session for client in self.clients)
+        """The session's streams whose connection is still open."""
+        return sum(client.session == session and not client.gone() for client in self.clients)
+
+    async def slot_for(self, session: bytes) -> bool:
+        """Whether the session may open one more stream, waiting up to SLOT_WAIT_S for
+        one of its streams to end."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SLOT_WAIT_S
+        while self.streams_of(session) >= STREAMS_PER_SESSION:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(SLOT_POLL_S)
+        return True
 
     def end_session(self, session: bytes) -> None:
         for client in list(self.clients):
@@ -119,24 +142,24 @@ class ChangeFeed:
     async def _follow(self) -> None:
         while True:
             try:
-                changes = await self.stores.run(_changes_with_offices, self.stores,
-                                                self.position, REPLAY_PAGE)
+                scope, changes = await self.stores.run(_changes_with_offices, self.stores,
+                                                       self.position, REPLAY_PAGE)
             except asyncio.CancelledError:
                 raise
             except Exception as e:   # a locked or briefly missing file: try again
                 log.warning("alarm change feed: %s", type(e).__name__)
                 changes = []
             for seq, offices, alarm in changes:
-                self.dispatch(seq, offices, alarm)
+                self.dispatch(seq, offices, alarm, scope)
             if len(changes) < REPLAY_PAGE:
                 await asyncio.sleep(self.poll_s)
 
-    def dispatch(self, seq: int, offices: list[str], alarm: Alarm) -> None:
+    def dispatch(self, seq: int, offices: list[str], alarm: Alarm, scope: Scope) -> None:
         """Hand one change to every client that may see it; drop clients that lag."""
         self.position = seq
         data = _event(seq, alarm)
         for client in list(self.clients):
-            if client.ended or not Scope.sees_alarm(client.subtree, offices):
+            if client.ended or not scope.sees_alarm(client.subtree, alarm, offices):
                 continue
             try:
                 client.queue.put_nowait((seq, data))
@@ -146,15 +169,25 @@ class ChangeFeed:
                 client.end("slow")
 
 
-def _changes_with_offices(stores, after: int, limit: int) -> list[tuple[int, list[str], Alarm]]:
-    """Changes after `after` with the offices each alarm has gone to (database thread)."""
-    return [(c.seq, stores.alarms.offices_of(c.alarm_id), c.alarm)
-            for c in stores.alarms.changes_after(after, limit)]
+def _changes_with_offices(stores, after: int, limit: int
+                          ) -> tuple[Scope, list[tuple[int, list[str], Alarm]]]:
+    """The registry's scope, and the changes after `after` with the offices each alarm has
+    gone to (database thread)."""
+    return stores.scope(), [(c.seq, stores.alarms.offices_of(c.alarm_id), c.alarm)
+                            for c in stores.alarms.changes_after(after, limit)]
 
 
 def _event(seq: int, alarm: Alarm) -> bytes:
     """One SSE event: the alarm's stored JSON text as it is (one line: compact JSON)."""
     return f"event: alarm\nid: {seq}\ndata: {alarm.to_json()}\n\n".encode()
+
+
+def connection_gone(request: web.Request) -> Callable[[], bool]:
+    """A check of whether the request's connection has closed (its transport is gone)."""
+    def gone() -> bool:
+        transport = request.transport
+        return transport is None or transport.is_closing()
+    return gone
 
 
 def resume_point(request: web.Request) -> int | None:
@@ -171,8 +204,9 @@ async def stream(request: web.Request, feed: ChangeFeed, client: Client,
 
     `is_live()` checks (and slides) the session, and that its scope is still the
     client's, every HEARTBEAT_S."""
-    if feed.streams_of(client.session) >= STREAMS_PER_SESSION:
+    if not await feed.slot_for(client.session):
         raise web.HTTPTooManyRequests(reason="too many open streams for this session")
+    client.gone = connection_gone(request)
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream; charset=utf-8",
         "Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no"})
@@ -186,39 +220,42 @@ async def stream(request: web.Request, feed: ChangeFeed, client: Client,
             await response.write(f"event: reset\nid: {position}\ndata: {{}}\n\n".encode())
         replayed = position if after is None or after > position else after
         while replayed < position:   # replay what the client missed, from the store
-            page = await feed.stores.run(_changes_with_offices, feed.stores, replayed,
-                                         REPLAY_PAGE)
+            scope, page = await feed.stores.run(_changes_with_offices, feed.stores, replayed,
+                                                REPLAY_PAGE)
             page = [change for change in page if change[0] <= position]
             if not page:
                 break
             for seq, offices, alarm in page:
-                if Scope.sees_alarm(client.subtree, offices):
+                if scope.sees_alarm(client.subtree, alarm, offices):
                     await response.write(_event(seq, alarm))
             replayed = page[-1][0]
         sent = position   # the queue holds the changes after it
         loop = asyncio.get_running_loop()
         check_at = loop.time() + HEARTBEAT_S
         while client.ended is None:
+            wait_s = min(WATCH_S, max(0.0, check_at - loop.time()))
             try:
-                item = await asyncio.wait_for(client.queue.get(),
-                                              max(0.0, check_at - loop.time()))
+                item = await asyncio.wait_for(client.queue.get(), wait_s)
             except asyncio.TimeoutError:
-                item = _HEARTBEAT
-            if item is _HEARTBEAT or loop.time() >= check_at:   # busy or not
+                item = _IDLE
+            if client.gone():
+                break
+            if loop.time() >= check_at:   # busy or not
                 if not await is_live():
                     break
                 check_at = loop.time() + HEARTBEAT_S
+                if item is _IDLE:
+                    await response.write(b": keepalive\n\n")
             if item is None:
                 break
-            if item is _HEARTBEAT:
-                await response.write(b": keepalive\n\n")
+            if item is _IDLE:
                 continue
             seq, data = item
             if seq > sent:
                 await response.write(data)
                 sent = seq
-    except ConnectionResetError:
-        pass   # the client went away
+    except ConnectionError:
+        pass   # the client went away (a failed write)
     finally:
         feed.remove(client)
     return response

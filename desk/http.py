@@ -87,7 +87,7 @@ def _count(request: web.Request, status: int) -> None:
     desk_of(request).metrics.requests.labels(route_of(request), str(status)).inc()
 
 
-def _last_entry(request: web.Request, header: str) -> str:
+def last_entry(request: web.Request, header: str) -> str:
     """The last comma-separated entry of the last `header` line ("" if none)."""
     lines = request.headers.getall(header, [])
     return lines[-1].rsplit(",", 1)[-1].strip() if lines else ""
@@ -96,7 +96,7 @@ def _last_entry(request: web.Request, header: str) -> str:
 def client_address(request: web.Request, trust_forwarded_for: bool) -> str:
     """The client's address: the peer, or when the desk sits behind a reverse proxy
     (`trust_forwarded_for`) the last X-Forwarded-For entry, the one the proxy added."""
-    forwarded = _last_entry(request, "X-Forwarded-For") if trust_forwarded_for else ""
+    forwarded = last_entry(request, "X-Forwarded-For") if trust_forwarded_for else ""
     return forwarded or request.remote or ""
 
 
@@ -104,8 +104,8 @@ def own_origin(request: web.Request, trust_forwarded_for: bool) -> str:
     """The desk's scheme://host as the browser sees it (lower case)."""
     scheme, host = request.scheme, request.host
     if trust_forwarded_for:
-        scheme = _last_entry(request, "X-Forwarded-Proto") or scheme
-        host = _last_entry(request, "X-Forwarded-Host") or host
+        scheme = last_entry(request, "X-Forwarded-Proto") or scheme
+        host = last_entry(request, "X-Forwarded-Host") or host
     return f"{scheme}://{host}".lower()
 
 
@@ -140,17 +140,6 @@ async def session_middleware(request: web.Request, handler) -> web.StreamRespons
             raise ApiError(401, "not logged in")
         request[SESSION] = session
     return await handler(request)
-
-
-async def json_body(request: web.Request) -> dict:
-    """The request's JSON object body; 400 if it is not one."""
-    try:
-        body = await request.json(loads=json.loads)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return body
 
 
 class RouteAccessLogger(AbstractAccessLogger):

@@ -26,6 +26,9 @@ class DeskMetrics:
             self.logins.labels(result)
         self.sse_clients = Gauge("geofence_desk_sse_clients",
                                  "Connected live alarm streams", registry=self.registry)
+        self.refused_hosts = Counter("geofence_desk_refused_hosts", "Requests refused for a "
+                                     "host name not in [desk] hosts (DNS rebinding)",
+                                     registry=self.registry)
         self.requests = Counter("geofence_desk_http_requests", "Desk HTTP requests by route "
                                 "template and status", ["route", "status"],
                                 registry=self.registry)

@@ -38,3 +38,23 @@ def read_track(fixes_db: str | os.PathLike, subject_index: int, since_ms: int, u
              "acc": round(float(d), 1), "src": e}
             for a, b, c, d, e in zip(fixes.t_ms.tolist(), fixes.lon.tolist(),
                                      fixes.lat.tolist(), fixes.acc_m.tolist(), names)], truncated
+
+
+def read_windows(fixes_db: str | os.PathLike, subject_index: int, since_ms: int, until_ms: int,
+                 windows, limit: int = MAX_FIXES) -> tuple[list[dict], bool]:
+    """`read_track` cut to `windows` ([from_ms, to_ms) each, in time order, disjoint): the
+    part of the track a delegate office may see. At most `limit` fixes, the newest."""
+    pieces, truncated = [], False
+    for lo, hi in reversed(windows):
+        first, last = max(since_ms, lo), min(until_ms, hi - 1)
+        if first > last:
+            continue
+        if limit == 0:   # full: are older fixes being left out?
+            truncated = bool(read_track(fixes_db, subject_index, first, last, 1)[0])
+            break
+        fixes, truncated = read_track(fixes_db, subject_index, first, last, limit)
+        pieces.append(fixes)
+        limit -= len(fixes)
+        if truncated:
+            break
+    return [fix for piece in reversed(pieces) for fix in piece], truncated

@@ -76,6 +76,10 @@ class Desk:
     trust_forwarded_for: bool = False  # behind a reverse proxy: the client address is the last
                                        # X-Forwarded-For entry, and the page's origin is taken
                                        # from X-Forwarded-Proto and -Host when present
+    hosts: list = field(default_factory=list)  # host names the desk answers to (others: 421,
+                                       # against DNS rebinding); empty: the bind host, plus
+                                       # localhost, 127.0.0.1, ::1 on loopback; required
+                                       # when binding 0.0.0.0 or ::
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,23 @@ class Flag:
 
 
 @dataclass(frozen=True)
+class HostNames:
+    """`[desk] hosts`: names or addresses without a port (`desk.hosts` says which; whether
+    the list may be empty depends on the bind, checked before `serve` starts anything)."""
+
+    def problems(self, value) -> list[str]:
+        if not value:
+            return []
+        from desk.hosts import allowed_hosts
+
+        try:
+            allowed_hosts("", value)   # with entries listed, the bind host plays no part
+        except ConfigError as e:
+            return [str(e).removeprefix("[desk] hosts ")]
+        return []
+
+
+@dataclass(frozen=True)
 class Webhooks:
     """`[alerts.webhooks."CODE"]` tables: known keys only, then `alerts.webhooks` checks."""
 
@@ -233,7 +254,7 @@ CHECKS: dict[str, dict[str, Any]] = {
                "webhooks": Webhooks()},
     "desk": {"bind": HTTP_BIND, "session_hours": Real(0, MAX_SESSION_HOURS, above=True),
              "login_attempts": Whole(1, 1_000_000), "cookie_secure": Flag(),
-             "trust_forwarded_for": Flag()},
+             "trust_forwarded_for": Flag(), "hosts": HostNames()},
     "rules": {"exit_margin_m": Real(0, MAX_DISTANCE_M),
               "exit_fixes": FIXES, "exit_fixes_key": FIXES, "return_fixes": FIXES,
               "possible_exit_fixes": FIXES, "exclusion_fixes": FIXES,

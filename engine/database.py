@@ -11,6 +11,10 @@ their files are upgraded by `migrate`, so every file behaves the same way:
 - a schema version in `PRAGMA user_version`: a writer upgrades the file step by step when
   it opens it; a reader never changes it and waits until its writer has; a file newer
   than the code, or another program's file, is refused and left as it is.
+
+File-level operations on any of them live here too: the fast start-up look at a file
+(`file_problem`), the full check (`integrity_problems`), telling damage from other errors
+(`is_damage`) and the online copy a backup takes (`copy_online`).
 """
 
 import os
@@ -24,6 +28,10 @@ from geofence.errors import GeofenceError
 
 SYNC_MODES = ("normal", "full")
 BUSY_TIMEOUT_S = 30.0
+SQLITE_MAGIC = b"SQLite format 3\x00"
+HEADER_BYTES = 100
+MAX_PROBLEMS = 20               # integrity_check lines kept per file
+_DAMAGE_CODES = (11, 26)        # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -176,3 +184,99 @@ def _refuse_foreign(db: sqlite3.Connection, schema: Schema, where: str) -> None:
     if tables and schema.marker not in tables:
         raise DatabaseError(f"{where} is not a geofence {schema.name} (it has tables "
                             f"{', '.join(sorted(tables))})")
+
+
+def _open_existing(path: Path, read_only: bool = True) -> sqlite3.Connection:
+    """A plain connection to an existing file, never creating one (tools, not the engine)."""
+    mode = "ro" if read_only else "rw"
+    return sqlite3.connect(path.absolute().as_uri() + f"?mode={mode}", uri=True,
+                           isolation_level=None, timeout=BUSY_TIMEOUT_S)
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """What makes `path` unusable as a SQLite file at a glance, or None: the header (magic,
+    page size, a file shorter than its header says), then the schema and version read.
+    Fast on any size (a few pages); the whole file is `integrity_problems`' job."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            header = f.read(HEADER_BYTES)
+        size = path.stat().st_size
+    except OSError as e:
+        return f"cannot read it: {e.strerror or e}"
+    if len(header) < HEADER_BYTES or not header.startswith(SQLITE_MAGIC):
+        return "its header is not a SQLite header"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        return f"its header has an impossible page size ({page_size})"
+    pages = int.from_bytes(header[28:32], "big")
+    header_counts = pages > 0 and header[24:28] == header[92:96]   # the count is current
+    wal = path.with_name(path.name + "-wal")
+    wal_empty = not wal.exists() or wal.stat().st_size == 0   # else pages may be there
+    if header_counts and wal_empty and size < pages * page_size:
+        return f"it is truncated ({size:,} bytes of {pages * page_size:,})"
+    try:
+        db = _open_existing(path)
+        try:
+            db.execute("SELECT name, sql FROM sqlite_master").fetchall()
+            db.execute("PRAGMA user_version").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        return f"its schema cannot be read: {e}"
+    return None
+
+
+def integrity_problems(path: str | os.PathLike, quick: bool = False) -> list[str]:
+    """SQLite's own check of every page of `path` (`quick`: quick_check, without the
+    index-against-table cross check); [] when sound, else its first MAX_PROBLEMS lines."""
+    pragma = "quick_check" if quick else "integrity_check"
+    try:
+        db = _open_existing(Path(path))
+        try:
+            rows = db.execute(f"PRAGMA {pragma}({MAX_PROBLEMS})").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        return [str(e)]
+    lines = [str(row[0]) for row in rows]
+    return [] if lines == ["ok"] else lines
+
+
+def is_damage(error: BaseException) -> bool:
+    """Whether `error`, or an error it was raised from, is SQLite finding a damaged file
+    (SQLITE_CORRUPT, SQLITE_NOTADB): a fault no retry heals, unlike busy or I/O errors."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        code = getattr(error, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _DAMAGE_CODES:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def copy_online(path: str | os.PathLike, target: str | os.PathLike) -> None:
+    """A consistent copy of `path` into the new file `target`, while its writer runs.
+
+    SQLite's backup API in ONE step (pages=-1): the whole copy is made inside one read
+    transaction, so it is the file as of one commit, and WAL lets the writer go on
+    meanwhile (a copy made in several steps restarts whenever another connection writes,
+    forever under a busy writer). The copy is a self-contained file (rollback journal, no
+    -wal beside it); the engine puts it back in WAL mode when it opens it.
+    """
+    path, target = Path(path), Path(target)
+    try:
+        source = _open_existing(path)
+        try:
+            copy = sqlite3.connect(target, isolation_level=None)
+            try:
+                source.backup(copy, pages=-1)
+                copy.execute("PRAGMA journal_mode = DELETE")
+            finally:
+                copy.close()
+        finally:
+            source.close()
+    except sqlite3.Error as e:
+        raise DatabaseError(f"{path}: copy to {target} failed: {e}") from e

@@ -17,6 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _EVALUATION = re.compile(r"evaluation-(\d+)-of-(\d+)\.(sqlite|retired)")
+_SINGLE_STORES = ("alarms.sqlite", "fixes.sqlite", "registry.sqlite", "desk.sqlite")
+
+
+def is_store_name(name: str) -> bool:
+    """Whether `name` is the name of one of an engine's SQLite files (no directory part)."""
+    return name in _SINGLE_STORES or _EVALUATION.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,14 @@ class EnginePaths:
     def desk_db(self) -> Path:
         """Desk users, sessions, failed logins."""
         return self.root / "desk.sqlite"
+
+    def store_files(self) -> list[Path]:
+        """Every SQLite file present, downstream first: alarms, the evaluation files
+        (retired ones too), fixes, registry, desk: the order `engine.backup` copies
+        them in (its docstring says why)."""
+        files = [self.alarms_db] + [e.path for e in self.evaluation_files()]
+        files += [self.fixes_db, self.registry_db, self.desk_db]
+        return [path for path in files if path.exists()]
 
     def pid_file(self, process: str) -> Path:
         """`<name>.pid`: which process is which, for operators (and the kill -9 tests)."""

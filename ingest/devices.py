@@ -268,6 +268,11 @@ class DeviceBook:
         self._set_active(idx, 1)
         return idx
 
+    def ids(self, start: int, stop: int) -> list[str]:
+        """The ids of indices start .. stop - 1."""
+        return [bytes(self._blob[span >> 8:(span >> 8) + (span & 0xFF)]).decode()
+                for span in self._span[start:stop].tolist()]
+
     def deactivate(self, devices) -> None:
         """Mark ids removed: lookups give -1, the index stays theirs. KeyError (nothing
         changed) if one was never added."""

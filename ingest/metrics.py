@@ -41,6 +41,12 @@ class IngestMetrics:
                                         buckets=_SECONDS_BUCKETS, registry=r)
         self.backlog = Gauge("geofence_backlog_fixes",
                              "Fixes stored and acknowledged but not yet evaluated", registry=r)
+        self.duplicate_filter_fixes = Gauge(
+            "geofence_duplicate_filter_fixes",
+            "Accepted (device, t) remembered to refuse resends as duplicate", registry=r)
+        self.duplicate_filter_bytes = Gauge(
+            "geofence_duplicate_filter_bytes", "Memory of the duplicate filter's table",
+            registry=r)
         self.verdicts = Counter("geofence_verdicts", "Verdicts of evaluated fixes, by outcome",
                                 ["outcome"], registry=r)
         self.kernel_seconds = Histogram("geofence_check_kernel_seconds",
@@ -65,3 +71,30 @@ class IngestMetrics:
             self._carriers.add(carrier)
             return carrier
         return "other"
+
+
+class StorageFaultCollector:
+    """`geofence_storage_fault{process,store}` (1 while a fault lasts) and
+    `geofence_storage_faults_total{process,store,kind}` (faults begun since serve started),
+    read from the health board (`engine.health`) at each scrape: every process's faults,
+    though only the ingest serves /metrics. Labels are process, store and kind names only."""
+
+    def __init__(self, board):
+        self.board = board
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        active = GaugeMetricFamily("geofence_storage_fault",
+                                   "1 while a store of this process cannot be written safely",
+                                   labels=["process", "store"])
+        now = {(f.process, f.store) for f in self.board.faults()}
+        counts = self.board.counts()
+        for process, store in sorted(now | {(p, s) for p, s, _ in counts}):
+            active.add_metric([process, store], int((process, store) in now))
+        total = CounterMetricFamily("geofence_storage_faults",
+                                    "Storage faults begun (file removed or replaced, disk full, "
+                                    "read-only, I/O error)", labels=["process", "store", "kind"])
+        for (process, store, kind), n in sorted(counts.items()):
+            total.add_metric([process, store, kind], n)
+        return [active, total]

@@ -11,6 +11,13 @@ kill -9 of this process; workers evaluate from the store, not from this process'
 Nothing is queued in memory beyond one group: when the workers fall behind by more than
 `max_backlog_fixes`, new batches are answered `busy` (nothing taken) and the carrier
 resends later, so memory stays flat at any offered load.
+
+A storage fault (`engine.health`: the store moved away or deleted, the disk full, failing
+or read-only) is answered the same way: while it lasts every new batch is answered `busy`
+(nothing taken), duplicates of stored batches still get their first answer when the
+store can read it; the fault is logged once, shown on the health board (/healthz 503,
+metrics, the `engine_fault` alarm), and a probe write about once a second notices when
+the store works again.
 """
 
 import logging
@@ -21,16 +28,17 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
+from engine.health import HealthBoard, HealthReporter, fault_of
 from engine.messages import MessageError, WorkerReport, encode_new_fixes
 from geofence.datum import to_wgs84
 from ingest import protocol as p
 from ingest.auth import carrier_of
 from ingest.decode import decode_batch
-from ingest.dedup import RecentFixes
+from ingest.dedup import AcceptedFixes, exact_window_ms, remember_stored
 from ingest.devices import DeviceBook, mark_unknown
 from ingest.fixes import FixColumns
 from ingest.metrics import IngestMetrics
-from ingest.store import BatchRecord, Store
+from ingest.store import BatchRecord, Store, StoreError, StoreFaultError
 
 log = logging.getLogger("geofence.ingest")
 
@@ -44,7 +52,6 @@ DEVICES_REFRESH_S = 1.0
 ACK_PURGE_EVERY_S = 600.0
 PURGE_BATCHES_PER_PASS = 5_000
 ROUTER_RCVHWM = 32               # frames queued per carrier before ZeroMQ pushes back
-REBUILD_RECENT_BATCHES = 2000    # on start, remember fixes of this many last batches
 
 
 @dataclass(frozen=True)
@@ -62,19 +69,25 @@ DevicesSnapshot = tuple[int, list[str], list[int]]
 
 
 class IngestServer:
-    """The ROUTER loop. Construct, `bind()`, then `run(should_stop)` in this process."""
+    """The ROUTER loop. Construct, `bind()` (reads the store), then `run(should_stop)`,
+    all in this process."""
 
     def __init__(self, ctx: zmq.Context, store: Store, devices_source: Callable[[], DevicesSnapshot],
                  options: IngestOptions, metrics: IngestMetrics, notify_endpoint: str,
-                 done_endpoint: str, authenticator=None, server_keys=None):
+                 done_endpoint: str, authenticator=None, server_keys=None,
+                 health: HealthReporter | None = None):
         self.ctx = ctx
         self.store = store
+        self.store_fault = (health or HealthBoard.private("ingest").reporter("ingest")).watch(
+            "fixes")
         self.options = options
         self.metrics = metrics
         self._devices_source = devices_source
         self._devices_version = -1
         self.devices = DeviceBook()
-        self.recent = RecentFixes()
+        # SPEC §4's `duplicate`, exact over the acceptance window (ingest/dedup.py)
+        self.max_fix_age_ms = exact_window_ms(options.max_fix_age_ms, options.keep_fixes_ms)
+        self.accepted_fixes = AcceptedFixes(self.max_fix_age_ms)
         self._curve = authenticator is not None
         self.router = ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -100,11 +113,16 @@ class IngestServer:
         self._group_fixes = 0     # fixes accepted so far in the group being served
         self._next_backlog_s = 0.0
         self._next_devices_s = 0.0
+        self._recorded_devices = 0   # device ids stored so far (ids of indices below this)
         self._next_purge_s = 0.0
         self.endpoint = ""
 
     def bind(self) -> str:
-        """Bind the ROUTER; returns the endpoint actually bound (port 0 picks a free one)."""
+        """Load the device table and refill the duplicate filter, then bind the ROUTER (so
+        `ready` means answering); returns the endpoint bound (port 0 picks a free one)."""
+        self._load_device_ids()
+        self._refresh_devices(force=True)
+        self._refill_accepted_fixes()
         self.router.bind(self.options.bind)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         return self.endpoint
@@ -116,8 +134,6 @@ class IngestServer:
     # -- the loop -----------------------------------------------------------------
 
     def run(self, should_stop: Callable[[], bool]) -> None:
-        self._refresh_devices(force=True)
-        self._rebuild_recent()
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.done, zmq.POLLIN)
@@ -128,6 +144,7 @@ class IngestServer:
             now = time.monotonic()
             self._housekeeping(now)
             if self.router in events:
+                self._check_store()
                 self._serve_group(self._drain())
 
     def _drain(self) -> list[list[zmq.Frame]]:
@@ -153,8 +170,11 @@ class IngestServer:
         take = OVERLOADED_ACCEPT_FRAMES if self._overloaded else len(group)
         self._group_fixes = 0
         for n, frames in enumerate(group):
-            envelope = [f.bytes for f in frames[:-1]]
-            outcome = self._prepare(frames[-1], now_ms, shed=n >= take)
+            envelope, body = split_envelope(frames)
+            if body is None:
+                outcome = self._refuse(None, p.MALFORMED)
+            else:
+                outcome = self._prepare(body, now_ms, shed=n >= take)
             if isinstance(outcome, bytes):
                 replies.append((envelope, outcome))
             else:
@@ -163,11 +183,28 @@ class IngestServer:
                 self._group_fixes += outcome.accepted
         if pending:
             started = time.perf_counter()
-            committed = self.store.commit([r for _, r in pending])
+            try:
+                self._record_device_ids()
+                committed = self.store.commit([r for _, r in pending])
+            except StoreFaultError as e:
+                self._store_failed(e)
+                committed = None
+            except BaseException:
+                self._forget_unstored(r for _, r in pending)
+                raise
+            if committed is None:
+                self._forget_unstored(r for _, r in pending)
+            else:
+                self._forget_unstored(r for (_, r), c in zip(pending, committed)
+                                      if c.duplicate)
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
-            for (slot, record), result in zip(pending, committed):
+            for slot, record in pending:   # nothing of the group is stored: nothing acked
+                if committed is None:
+                    replies[slot] = (replies[slot][0], self._busy(record.batch))
+            for (slot, record), result in zip(pending, committed or ()):
                 replies[slot] = (replies[slot][0], self._answer(record, result))
-            self.notify.send(encode_new_fixes(self.store.last_seq()))
+            if committed is not None:
+                self.notify.send(encode_new_fixes(self.store.last_seq()))
         for envelope, ack in replies:
             try:
                 self.router.send_multipart([*envelope, ack], zmq.NOBLOCK)
@@ -184,25 +221,55 @@ class IngestServer:
         payload = frame.buffer
         if len(payload) > p.MAX_FRAME_BYTES:
             return self._refuse(None, p.TOO_LARGE)
-        dec = decode_batch(payload, now_ms, self.options.max_fix_age_ms)
+        dec = decode_batch(payload, now_ms, self.max_fix_age_ms)
         if dec.error:
             return self._refuse(dec.batch, dec.error)
         if self._curve and carrier_of(frame) != dec.carrier:
             return self._refuse(dec.batch, p.UNAUTHORIZED)
-        first = self.store.lookup_ack(dec.carrier, dec.batch)
+        try:
+            first = self.store.lookup_ack(dec.carrier, dec.batch)
+        except StoreError as e:   # cannot tell a resend from a new batch: take nothing
+            self._store_failed(e)
+            return self._busy(dec.batch)
         if first is not None:
             self.metrics.batches.labels("duplicate").inc()
             return p.encode_ack(dec.batch, "duplicate", first.accepted, list(first.rejected))
-        if shed or self._backlog + self._group_fixes > self.options.max_backlog_fixes:
-            self.metrics.batches.labels("busy").inc()
-            return p.encode_ack(dec.batch, "busy", 0, [])
+        if (shed or self.store_fault.active
+                or self._backlog + self._group_fixes > self.options.max_backlog_fixes):
+            return self._busy(dec.batch)
         return self._validate(dec, now_ms)
+
+    def _busy(self, batch: int) -> bytes:
+        self.metrics.batches.labels("busy").inc()
+        return p.encode_ack(batch, "busy", 0, [])
+
+    # -- storage faults -------------------------------------------------------------
+
+    def _check_store(self) -> None:
+        """Before a group: are the store's files still the ones it writes? (a few stats)"""
+        if not self.store_fault.active:
+            found = self.store.identity.check()
+            if found is not None:
+                self.store_fault.failed(found)
+
+    def _store_failed(self, error: StoreError) -> None:
+        """A read or write failed: at fault until a probe succeeds."""
+        self.store_fault.failed(error.fault if isinstance(error, StoreFaultError)
+                                else fault_of(error, self.store.path))
+
+    def _retry_store(self) -> None:
+        try:
+            self.store.probe()
+        except StoreError as e:
+            self._store_failed(e)
+        else:
+            self.store_fault.ok()
 
     def _validate(self, dec, now_ms: int):
         reason = np.array(dec.reason, np.int8)
         device = self.devices.lookup(dec)
         mark_unknown(device, reason)
-        self.recent.mark_duplicates(device, dec.t_ms, reason)
+        self.accepted_fixes.mark(device, dec.t_ms, reason, now_ms)
         ok = reason == p.OK
         lon, lat = dec.lon[ok], dec.lat[ok]
         if dec.datum != "wgs84" and ok.any():
@@ -218,7 +285,6 @@ class IngestServer:
                            np.ascontiguousarray(lat, np.float64), acc.astype(np.float32), src)
         n_ok = int(ok.sum())
         status = "ok" if n_ok == dec.n else ("partial" if n_ok else "rejected")
-        self.recent.remember(device, dec.t_ms, ok)
         label = self.metrics.carrier_label(dec.carrier)
         self.metrics.fixes_received.labels(label).inc(dec.n)
         if n_ok:
@@ -280,19 +346,34 @@ class IngestServer:
         return min(self._checkpoints.values())
 
     def _housekeeping(self, now: float) -> None:
+        if self.store_fault.active:
+            if self.store_fault.due():
+                self._retry_store()
+            return
+        try:
+            self._keep_store(now)
+            if now >= self._next_devices_s:
+                self._refresh_devices()
+        except StoreError as e:
+            self._store_failed(e)
+
+    def _keep_store(self, now: float) -> None:
         if now >= self._next_backlog_s:
             self._backlog = self.store.fixes_after(self.evaluated_seq())
             self.metrics.backlog.set(self._backlog)
+            self.metrics.duplicate_filter_fixes.set(len(self.accepted_fixes))
+            self.metrics.duplicate_filter_bytes.set(self.accepted_fixes.nbytes)
             self._next_backlog_s = now + BACKLOG_REFRESH_S
-        if now >= self._next_devices_s:
-            self._refresh_devices()
         if now >= self._next_purge_s:
             now_ms = int(time.time() * 1000)
             self.store.purge_acks(now_ms - 2 * 24 * 3600 * 1000)
             # Fixes every worker has evaluated, older than the retention (the desk's tracks
             # read the last 24 h): a few thousand batches per pass keep the loop responsive.
-            self.store.purge_batches_before(now_ms - self.options.keep_fixes_ms,
-                                            self.evaluated_seq(), PURGE_BATCHES_PER_PASS)
+            # A batch may hold fixes up to FUTURE_TOLERANCE_MS newer than its arrival: kept
+            # that much longer, the duplicate filter can be refilled from it (dedup.py).
+            self.store.purge_batches_before(
+                now_ms - self.options.keep_fixes_ms - p.FUTURE_TOLERANCE_MS,
+                self.evaluated_seq(), PURGE_BATCHES_PER_PASS)
             self._next_purge_s = now + ACK_PURGE_EVERY_S
 
     def _refresh_devices(self, force: bool = False) -> None:
@@ -307,18 +388,55 @@ class IngestServer:
                 self.devices.deactivate(gone)
         if devices:
             self.devices.add(devices, subjects)
-        self.recent.reserve(len(self.devices))
         self._known_devices = devices
         self._devices_version = version
+        self._record_device_ids()
         log.info("device table: %d devices (registry version %d)", len(devices), version)
 
-    def _rebuild_recent(self) -> None:
-        """Refill the duplicate filter from the last stored batches (it lives in memory)."""
-        start = max(0, self.store.last_seq() - REBUILD_RECENT_BATCHES)
-        while True:
-            batches = self.store.read_batches(start, 256)
-            if not batches:
-                return
-            for seq, cols in batches:
-                self.recent.remember(cols.device, cols.t_ms, np.ones(len(cols), np.bool_))
-                start = seq
+    def _record_device_ids(self) -> None:
+        """Store the ids of devices new to the book, before any fix of theirs is committed
+        (`_serve_group` calls it before each commit, so a failed try is made again)."""
+        if self._recorded_devices < len(self.devices):
+            self.store.add_device_ids(self._recorded_devices,
+                                      self.devices.ids(self._recorded_devices, len(self.devices)))
+            self._recorded_devices = len(self.devices)
+
+    def _load_device_ids(self) -> None:
+        """Every device keeps the index its fixes were stored under (inactive until the
+        registry names it again): the duplicate filter's refill reads fixes by index."""
+        ids = self.store.device_ids()
+        if ids:
+            self.devices.add(ids, np.full(len(ids), -1, np.int32))
+            self.devices.deactivate(ids)
+        self._known_devices = ids
+        self._recorded_devices = len(ids)
+
+    def _refill_accepted_fixes(self) -> None:
+        """Refill the duplicate filter from the store's batches within the window (it
+        lives in memory)."""
+        if self.max_fix_age_ms < self.options.max_fix_age_ms:
+            log.warning("fixes older than %.1f days are refused `time`: [ingest] max_fix_age_s "
+                        "is longer than [storage] keep_fixes_days (or 3 years), and resends of "
+                        "older fixes could not be recognised", self.max_fix_age_ms / 86_400_000)
+        started = time.perf_counter()
+        read = remember_stored(self.accepted_fixes, self.store, int(time.time() * 1000))
+        log.info("duplicate filter: %d stored fixes read back in %.1f s", read,
+                 time.perf_counter() - started)
+
+    def _forget_unstored(self, records) -> None:
+        """Take a batch's fixes out of the duplicate filter when it was not stored."""
+        for record in records:
+            self.accepted_fixes.forget(record.fixes.device, record.fixes.t_ms)
+
+
+def split_envelope(frames: list[zmq.Frame]) -> tuple[list[bytes], zmq.Frame | None]:
+    """(the envelope to answer on, the one body frame or None if there is not exactly one).
+
+    The ROUTER hands over [identity, body] from a DEALER and [identity, b"", body] from a
+    REQ; anything else (a DEALER sending several frames) is answered `malformed`."""
+    if len(frames) == 2:
+        return [frames[0].bytes], frames[1]
+    delimited = len(frames) >= 2 and len(frames[1].buffer) == 0
+    if delimited and len(frames) == 3:
+        return [frames[0].bytes, b""], frames[2]
+    return [f.bytes for f in frames[:2 if delimited else 1]], None

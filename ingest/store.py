@@ -29,6 +29,11 @@ Measured on the 2-core dev VM (groups of 4 batches x 10,000 fixes, one commit ea
 sync=normal 4-9 M fixes/s stored (p50 commit 1.5-2.4 ms), sync=full 3.4-3.6 M fixes/s
 (p50 8 ms, the fsync); a commit that runs a WAL checkpoint takes 35-85 ms (p99).
 
+Storage faults (`engine.health`): the writer checks its files' identity before every
+write and each write's result. A store moved away, deleted, or on a full, failing or
+read-only file system raises `StoreFaultError` (nothing of the group stored, no ack may be
+sent); `probe` says when writing works again. It never re-creates a removed file.
+
 SQLite connections do not cross processes: open a `Store`/`StoreReader` in the process
 that uses it (after fork or spawn); using one from another process raises `StoreError`.
 """
@@ -43,7 +48,8 @@ from typing import Iterator, Sequence
 import msgpack
 import numpy as np
 
-from engine.database import Schema, connect, run_script, transaction
+from engine.database import Schema, connect, run_script, schema_version, transaction
+from engine.health import FileIdentity, StorageFault, fault_of, is_storage_error
 from geofence.errors import GeofenceError
 from ingest.fixes import FixColumns
 
@@ -80,7 +86,15 @@ def _version_1(db: sqlite3.Connection) -> None:
         DROP TABLE IF EXISTS meta""")
 
 
-SCHEMA = Schema("fixes store", marker="batches", steps=(_version_1,))
+def _version_2(db: sqlite3.Connection) -> None:
+    """The device id behind each index in the fixes' `device` column, so that an index
+    means the same phone after a restart (the duplicate filter is refilled by index)."""
+    run_script(db, """
+        CREATE TABLE IF NOT EXISTS devices (
+            idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE)""")
+
+
+SCHEMA = Schema("fixes store", marker="batches", steps=(_version_1, _version_2))
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,15 @@ class StoreError(GeofenceError):
     """The store file cannot be read or written; the message says why (disk, damage).
     Opening it raises `engine.database.DatabaseError` (`NotReadyError` before ingest has
     created it)."""
+
+
+class StoreFaultError(StoreError):
+    """A write was refused or failed for a storage fault (`fault`: which, and what to do);
+    nothing of it was stored."""
+
+    def __init__(self, fault: StorageFault):
+        super().__init__(fault.reason)
+        self.fault = fault
 
 
 @dataclass(frozen=True)
@@ -203,6 +226,11 @@ class StoreReader:
         return [StoredBatch(seq, carrier, received_ms, FixColumns.from_bytes(blob))
                 for seq, carrier, received_ms, blob in rows]
 
+    def device_ids(self) -> list[str]:
+        """The device id of every index ever stored, by index (0, 1, ...)."""
+        with _sqlite_errors(self.path, "device_ids"):
+            return [row[0] for row in self._conn().execute("SELECT id FROM devices ORDER BY idx")]
+
     def last_seq(self) -> int:
         """The highest seq ever assigned (0 for none), even if that batch was purged."""
         with _sqlite_errors(self.path, "last_seq"):
@@ -244,7 +272,7 @@ class StoreReader:
         parts, kept, dropped = [], 0, False
         with _sqlite_errors(self.path, "track"):
             db = self._conn()
-            start = self._first_seq_received_at(since_ms - TRACK_LATE_MARGIN_MS)
+            start = self.first_seq_received_at(since_ms - TRACK_LATE_MARGIN_MS)
             last_received = until_ms + TRACK_LATE_MARGIN_MS
             while start is not None:
                 rows = db.execute("SELECT seq, received_ms, fixes FROM batches WHERE seq >= ? "
@@ -268,7 +296,7 @@ class StoreReader:
             return FixColumns.empty(), False
         return _newest(parts, limit), dropped or kept > limit
 
-    def _first_seq_received_at(self, received_ms: int) -> int | None:
+    def first_seq_received_at(self, received_ms: int) -> int | None:
         """The smallest seq whose batch was received at or after `received_ms` (binary
         search over the primary key; relies on received_ms growing with seq), None if
         there is none."""
@@ -334,10 +362,29 @@ class Store(StoreReader):
         except BaseException:
             db.close()
             raise
+        self.identity = FileIdentity(self.path)
         self._checkpointer = _Checkpointer(self.path)
 
-    def _transaction(self):
-        return transaction(self._conn())
+    @contextmanager
+    def _writing(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """A write transaction on the files this store opened: StoreFaultError if they
+        are gone or replaced (checked first), or if the write fails for the disk."""
+        found = self.identity.check()
+        if found is not None:
+            raise StoreFaultError(found)
+        try:
+            with transaction(self._conn()) as db:
+                yield db
+        except sqlite3.Error as e:
+            if is_storage_error(e):
+                raise StoreFaultError(fault_of(e, self.path)) from e
+            raise StoreError(f"store {self.path}: {doing} failed: {e}") from e
+
+    def probe(self) -> None:
+        """Write one page (the schema version, unchanged) and commit it: StoreFaultError
+        while the store cannot take writes; returns once it can again."""
+        with self._writing("probe") as db:
+            db.execute(f"PRAGMA user_version = {schema_version(db)}")
 
     def commit(self, records: Sequence[BatchRecord]) -> list[Committed]:
         """Store a group of batches and their acks in ONE transaction; send acks after.
@@ -351,7 +398,7 @@ class Store(StoreReader):
             return []
         blobs = [_check_record(r) for r in records]   # encode before taking the lock
         out = []
-        with _sqlite_errors(self.path, "commit"), self._transaction() as db:
+        with self._writing("commit") as db:
             for r, (blob, rejected) in zip(records, blobs):
                 taken = db.execute(
                     "INSERT OR IGNORE INTO acks VALUES (?, ?, ?, ?, ?, ?)",
@@ -367,13 +414,28 @@ class Store(StoreReader):
                         (r.carrier, r.batch, r.received_ms, r.accepted, blob)).lastrowid))
         return out
 
+    def add_device_ids(self, first_index: int, ids: Sequence[str]) -> None:
+        """Record the ids of device indices first_index, first_index + 1, ... (before any
+        fix with those indices is committed). ValueError if that does not follow on from
+        the ids recorded so far, or an id is there already."""
+        with self._writing("add_device_ids") as db:
+            count, = db.execute("SELECT count(*) FROM devices").fetchone()
+            if first_index != count:
+                raise ValueError(f"device index {first_index} does not follow the "
+                                 f"{count} recorded")
+            try:
+                db.executemany("INSERT INTO devices VALUES (?, ?)",
+                               enumerate(ids, start=first_index))
+            except sqlite3.IntegrityError as e:
+                raise ValueError(f"a device id is recorded already: {e}") from e
+
     def purge_acks(self, older_than_ms: int) -> int:
         """Forget acks first given before `older_than_ms`; returns how many.
 
         SPEC §4 requires remembering them 24 h: pass at most now - ACK_MEMORY_MS. A batch
         resent after that is taken as new.
         """
-        with _sqlite_errors(self.path, "purge_acks"), self._transaction() as db:
+        with self._writing("purge_acks") as db:
             return db.execute("DELETE FROM acks WHERE at_ms < ?", (older_than_ms,)).rowcount
 
     def purge_batches(self, up_to_seq: int) -> int:
@@ -383,13 +445,13 @@ class Store(StoreReader):
         purged before a worker evaluated it is lost to that worker. Seqs are never
         reused. The file does not shrink; SQLite reuses the freed pages.
         """
-        with _sqlite_errors(self.path, "purge_batches"), self._transaction() as db:
+        with self._writing("purge_batches") as db:
             return db.execute("DELETE FROM batches WHERE seq <= ?", (up_to_seq,)).rowcount
 
     def purge_batches_before(self, received_before_ms: int, up_to_seq: int, limit: int) -> int:
         """Delete up to `limit` batches received before `received_before_ms` with
         seq <= up_to_seq (the lowest checkpoint of every worker); returns how many."""
-        with _sqlite_errors(self.path, "purge_batches"), self._transaction() as db:
+        with self._writing("purge_batches") as db:
             return db.execute(
                 "DELETE FROM batches WHERE seq IN (SELECT seq FROM batches WHERE seq <= ? "
                 "AND received_ms < ? ORDER BY seq LIMIT ?)",

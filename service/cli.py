@@ -118,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     ulist = user_sub.add_parser("list", parents=[common], help="list desk users")
     ulist.set_defaults(run=_user_list)
 
+    _store_commands(sub, common)
+
     sim = sub.add_parser("simulate", parents=[common], help="a carrier pushing a realistic synthetic feed",
                          description="Replay a simulated day of fixes for N subjects of the "
                          "built-in population to a running engine.")
@@ -132,6 +134,81 @@ def _parser() -> argparse.ArgumentParser:
                      help="first import the simulated subjects into this engine's registry")
     sim.set_defaults(run=_simulate)
     return p
+
+
+def _store_commands(sub, common) -> None:
+    store = sub.add_parser("store", parents=[common], help="the engine's SQLite files")
+    store_sub = store.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    check = store_sub.add_parser(
+        "check", parents=[common], help="check every store file page by page",
+        description="SQLite's integrity check of every store file in the storage path "
+        "(fixes, evaluation files incl. retired ones, alarms, registry, desk), one line per "
+        "file; exit 1 if any is damaged. Safe while the engine runs.")
+    check.add_argument("--quick", action="store_true",
+                       help="quick_check: every page, without matching indexes to tables")
+    check.set_defaults(run=_store_check)
+    backup = sub.add_parser(
+        "backup", parents=[common], help="a consistent copy of every store, while the engine runs",
+        description="Copy every store file into DIR (new or empty) with SQLite's backup API, "
+        "in the order that keeps their cursors consistent, then write DIR/manifest.json. "
+        "Safe while the engine runs.")
+    backup.add_argument("dir", metavar="DIR")
+    backup.set_defaults(run=_backup)
+    restore = sub.add_parser(
+        "restore", parents=[common], help="put a backup into an empty storage path",
+        description="Verify the backup in DIR (manifest, sizes, SHA-256, integrity) and "
+        "copy it into the storage path, which must be missing or empty; then start serve.")
+    restore.add_argument("dir", metavar="DIR")
+    restore.set_defaults(run=_restore)
+
+
+def _storage(args):
+    from pathlib import Path
+
+    from engine.paths import EnginePaths
+
+    return EnginePaths(Path(_settings(args).storage.path).absolute())
+
+
+def _store_check(args) -> int:
+    from engine.store_check import check_stores
+
+    paths = _storage(args)
+    if not paths.root.is_dir():
+        raise UsageError(f"storage path {paths.root} does not exist")
+    checks = check_stores(paths, quick=args.quick)
+    for check in checks:
+        print(check.line(paths.root))
+    damaged = sum(1 for check in checks if check.problems)
+    print(f"{len(checks)} store file(s) in {paths.root}: "
+          + (f"{damaged} damaged" if damaged else "all sound"))
+    return 1 if damaged else 0
+
+
+def _backup(args) -> int:
+    import time
+    from pathlib import Path
+
+    from engine.backup import backup
+
+    started = time.monotonic()
+    target = Path(args.dir).absolute()
+    files = backup(_storage(args), target)
+    print(f"backup of {len(files)} store file(s) in {target} "
+          f"({sum(f.bytes for f in files):,} bytes, {time.monotonic() - started:.1f} s)")
+    return 0
+
+
+def _restore(args) -> int:
+    from pathlib import Path
+
+    from engine.backup import restore
+
+    paths = _storage(args)
+    files = restore(Path(args.dir).absolute(), paths)
+    print(f"restored {len(files)} store file(s) into {paths.root}; start the engine with "
+          "`geofence serve`")
+    return 0
 
 
 def _demo(args) -> int:

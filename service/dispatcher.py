@@ -15,11 +15,19 @@ it also polls, so a lost nudge only costs a few milliseconds. For each new alarm
    With `[alerts] curve_keys`, only subscribers with an allowed key connect (CURVE).
 
 About once a second it escalates alarms nobody acknowledged in time (SPEC §6 timers) to
-the parent office. Webhooks are posted by `alerts.webhooks.WebhookSender` threads from the
+the parent office. It also raises a critical `engine_fault` alarm to the root office for
+every storage fault on the health board (`alerts.engine_fault`, `engine.health`), its own
+included: at once, or, while the alarm store cannot take it, as soon as it can.
+
+Its own store faults (alarms.sqlite moved away or deleted, disk full, read-only, I/O) pause
+everything (nothing imported, escalated or published: an alarm is stored before it goes
+anywhere); it says so once, retries about once a second and goes on when the store works.
+Webhooks are posted by `alerts.webhooks.WebhookSender` threads from the
 durable outbox, retried with backoff until the receiver accepts.
 """
 
 import logging
+import sqlite3
 import time
 from pathlib import Path
 
@@ -27,11 +35,13 @@ import zmq
 
 from alerts.alarm_store import AlarmStore, Incoming
 from alerts.alarms import Alarm
+from alerts.engine_fault import engine_fault_alarm, occurrence
 from engine.messages import encode_alarm_frames
 from alerts.registry import Registry, RegistryStore
 from alerts.webhooks import WebhookSender, parse_webhooks
 from engine.config import Settings
 from engine.database import NotReadyError
+from engine.health import FileIdentity, HealthBoard, fault_of, is_storage_error
 from engine.paths import EnginePaths
 from service.evaluation_store import EvaluationReader
 
@@ -40,18 +50,25 @@ log = logging.getLogger("geofence.dispatcher")
 POLL_MS = 20
 READ_ALARMS = 500
 ESCALATE_EVERY_S = 1.0
+FAULTS_EVERY_S = 0.25    # how often the health board is read for engine_fault alarms
 PUBLISHED = "published"
 ZAP_DOMAIN = "geofence.alarms"
 
 
 class Dispatcher:
     def __init__(self, paths: EnginePaths, ctx: zmq.Context, settings: Settings,
-                 pub_socket: zmq.Socket | None = None):
+                 pub_socket: zmq.Socket | None = None, health: HealthBoard | None = None):
         self.paths = paths
         rules = settings.rules
         self.alarms = AlarmStore(paths.alarms_db, settings.storage.sync, {
             "critical": rules.escalate_critical_s, "high": rules.escalate_high_s,
             "medium": rules.escalate_medium_s})
+        self.identity = FileIdentity(paths.alarms_db)
+        self.health = health or HealthBoard.private("dispatcher")
+        self.store_fault = self.health.reporter("dispatcher").watch("alarms")
+        self._faults_seen: set[tuple[str, str, int]] = set()   # raised (or offered) already
+        self._faults_waiting: dict = {}    # occurrence -> BoardFault, not stored yet
+        self._next_faults = 0.0
         self.registry_store = RegistryStore(paths.registry_db)
         self.registry = Registry()
         self.authenticator = None
@@ -73,13 +90,31 @@ class Dispatcher:
                 if self.nudges.poll(POLL_MS):
                     while self.nudges.poll(0):
                         self.nudges.recv()
-                self.step()
+                if self.store_fault.due():
+                    self.guarded_step()
         finally:
             self.sender.stop()
+
+    def guarded_step(self) -> None:
+        """`step`, unless the alarm store is at fault: then report it and retry later."""
+        found = self.identity.check()
+        if found is None:
+            try:
+                self.step()
+            except sqlite3.Error as e:
+                if not is_storage_error(e):
+                    raise
+                found = fault_of(e, self.paths.alarms_db)
+        if found is None:
+            self.store_fault.ok()
+        else:
+            self.store_fault.failed(found)
+            self.raise_engine_faults(force=True)   # remember it while it is on the board
 
     def step(self) -> int:
         """Import, escalate, publish; returns how many changes were published."""
         self._refresh_registry()
+        self.raise_engine_faults()
         while self.import_new() == READ_ALARMS:
             pass
         now = time.monotonic()
@@ -107,6 +142,27 @@ class Dispatcher:
                             positions={file_id: stored[-1].rowid})
             read = max(read, len(stored))
         return read
+
+    def raise_engine_faults(self, force: bool = False) -> None:
+        """An `engine_fault` alarm to the root office for every new fault occurrence on
+        the health board; one the alarm store cannot take now waits here (with its start
+        time) and is stored as soon as it can (`force`: only note them, do not store)."""
+        now = time.monotonic()
+        if now < self._next_faults and not force:
+            return
+        self._next_faults = now + FAULTS_EVERY_S
+        for fault in self.health.faults():
+            key = occurrence(fault)
+            if key not in self._faults_seen:
+                self._faults_seen.add(key)
+                self._faults_waiting[key] = fault
+        root = self.registry.root_office()
+        if force or not self._faults_waiting or not root:
+            return
+        wall = _wall_ms()
+        alarms = [engine_fault_alarm(f, root, wall) for f in self._faults_waiting.values()]
+        self.alarms.add([self._incoming(a) for a in alarms], wall, set(self.webhooks))
+        self._faults_waiting.clear()
 
     def publish_changes(self) -> int:
         sent = 0

@@ -5,7 +5,8 @@ that does not load, a CURVE directory without keys, a storage path that cannot b
 written) would otherwise surface as a child crash-looping behind a supervisor that never
 becomes ready. Here each becomes one line, all of them at once, and `serve` exits
 non-zero without starting anything. Checks that need the engine's files (`paths`) take
-them; `check_worker_count` runs last because it may retire evaluation files.
+them; the store files are checked for damage once the rest passed, and
+`check_worker_count` runs last because it may retire evaluation files.
 """
 
 import os
@@ -13,6 +14,7 @@ import os
 from engine import config
 from engine.config import ConfigError, Settings
 from engine.paths import EnginePaths
+from engine.store_check import refuse_damaged_stores
 from geofence.errors import GeofenceError
 from service.startup import one_line
 
@@ -42,6 +44,7 @@ def preflight(settings: Settings, workers: int = 1, insecure: bool = False) -> E
             problems += str(e).splitlines()
     if problems:
         raise StartError(problems)
+    refuse_damaged_stores(paths)
     check_worker_count(paths, workers)
     return paths
 
@@ -115,6 +118,8 @@ def check_bind(settings: Settings, insecure: bool) -> None:
     # The desk speaks plain HTTP: off loopback, only behind a TLS proxy (--insecure).
     if settings.desk.bind:
         check_bind_allowed(f"tcp://{settings.desk.bind}", False, insecure)
+        from desk.hosts import configured_hosts
+        configured_hosts(settings.desk)   # [desk] hosts: required when binding 0.0.0.0
 
 
 def check_worker_count(paths: EnginePaths, workers: int) -> None:

@@ -10,13 +10,20 @@ are compiled or loaded and warmed, so the first fixes meet no compile pause. Pro
 the same from `<storage>/engine.json` (`engine.status`), not from the printed lines.
 Children log to stderr, or, given a log file (the demo's), everything they write goes there.
 
+Health: before it starts any child, the supervisor creates the health board
+(`engine.health.HealthBoard`: a block of shared memory, one slot per child, never a file in
+the data directory, which may be what failed) and passes it to every child it starts or
+restarts. Each child reports its storage faults in its own slot; the desk's /healthz, the
+ingest's /metrics and the dispatcher's `engine_fault` alarm read them all.
+
 Before any child starts, `service.preflight` checks everything they need (config ranges,
-bind addresses, layers, CURVE keys, a writable storage path); a problem is one line and a
-non-zero exit. Children are started with the "spawn" method (fresh interpreters: no
-ZeroMQ or SQLite state crosses a fork). A child that dies is restarted; whatever it had
-acknowledged or checkpointed is in the store, so nothing is lost. One that fails the same
-way three times in a row before it said ready stops the tree with its one-line reason
-(`service.startup`). Ctrl-C or SIGTERM stops the children
+bind addresses, layers, CURVE keys, a writable storage path, undamaged store files); a
+problem is one line and a non-zero exit. Children are started with the "spawn" method
+(fresh interpreters: no ZeroMQ or SQLite state crosses a fork). A child that dies is
+restarted; whatever it had acknowledged or checkpointed is in the store, so nothing is
+lost; but a damaged store file heals by no restart: a child that meets one at run time
+stops the tree with one line (`engine.store_check`), and so does one that fails the same
+way three times in a row before it said ready (`service.startup`). Ctrl-C or SIGTERM stops the children
 (each finishes its current group) and then the supervisor. A child whose supervisor
 vanished (kill -9) stops by itself.
 """
@@ -32,8 +39,10 @@ from pathlib import Path
 
 from engine.address import parse_host_port
 from engine.config import Settings
+from engine.health import HealthBoard
 from engine.paths import EnginePaths
 from engine.status import Endpoints, EngineStatus
+from engine.store_check import EXIT_STORE_DAMAGED, exits_on_damage, stopped_on_damage
 from service.preflight import StartError, preflight
 from service.startup import ReadyReporter, StartUpWatch, run_child
 
@@ -69,7 +78,9 @@ def _logging(log_file: Path | None, level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT)
 
 
-def ingest_main(settings: Settings, workers: int, ready, log_file: Path | None) -> None:
+@exits_on_damage
+def ingest_main(settings: Settings, workers: int, ready, log_file: Path | None,
+                health: HealthBoard | None = None) -> None:
     _logging(log_file)
     should_stop = _child_stop_flag()
     _write_pid(settings, "ingest")
@@ -105,6 +116,9 @@ def ingest_main(settings: Settings, workers: int, ready, log_file: Path | None) 
         return cache["snapshot"]
 
     metrics = IngestMetrics()
+    health = health or HealthBoard.private("ingest")
+    from ingest.metrics import StorageFaultCollector
+    metrics.registry.register(StorageFaultCollector(health))
     from alerts.alarm_metrics import AlarmMetrics
     metrics.registry.register(AlarmMetrics(paths.alarms_db))
     metrics_port = _start_metrics(settings.ingest.metrics_bind, metrics)
@@ -115,7 +129,8 @@ def ingest_main(settings: Settings, workers: int, ready, log_file: Path | None) 
                              s.default_acc_unknown_m), workers,
                             settings.storage.keep_fixes_days * 24 * 3600 * 1000)
     server = IngestServer(ctx, store, devices_source, options, metrics, paths.notify_endpoint,
-                          paths.done_endpoint, authenticator, server_keys)
+                          paths.done_endpoint, authenticator, server_keys,
+                          health.reporter("ingest"))
     endpoint = server.bind()
     ready.put(("ingest", endpoint, metrics_port))
     try:
@@ -153,27 +168,36 @@ def _curve(ctx, settings: Settings, metrics):
     return auth, keys
 
 
+@exits_on_damage
 def worker_main(settings: Settings, index: int, count: int, ready,
-                log_file: Path | None, restarts: int = 0) -> None:
+                log_file: Path | None, restarts: int = 0,
+                health: HealthBoard | None = None) -> None:
     _logging(log_file)
     should_stop = _child_stop_flag()
     _write_pid(settings, f"worker-{index}")
     from service.worker import run_worker
 
+    name = f"worker-{index}"
     run_worker(settings, index, count, should_stop,
-               on_ready=lambda: ready.put((f"worker-{index}",)), restarts=restarts)
+               on_ready=lambda: ready.put((name,)), restarts=restarts,
+               health=(health or HealthBoard.private(name)).reporter(name))
 
 
-def desk_main(settings: Settings, ready, log_file: Path | None) -> None:
+@exits_on_damage
+def desk_main(settings: Settings, ready, log_file: Path | None,
+              health: HealthBoard | None = None) -> None:
     _logging(log_file)
     should_stop = _child_stop_flag()
     _write_pid(settings, "desk")
     from desk.app import run_desk
 
-    run_desk(settings, should_stop, on_ready=lambda url: ready.put(("desk", url)))
+    run_desk(settings, should_stop, on_ready=lambda url: ready.put(("desk", url)),
+             health=health)
 
 
-def dispatcher_main(settings: Settings, ready, log_file: Path | None) -> None:
+@exits_on_damage
+def dispatcher_main(settings: Settings, ready, log_file: Path | None,
+                    health: HealthBoard | None = None) -> None:
     _logging(log_file)
     should_stop = _child_stop_flag()
     _write_pid(settings, "dispatcher")
@@ -182,7 +206,7 @@ def dispatcher_main(settings: Settings, ready, log_file: Path | None) -> None:
     from service.dispatcher import Dispatcher
 
     dispatcher = Dispatcher(EnginePaths.create(settings.storage.path), zmq.Context.instance(),
-                            settings)
+                            settings, health=health or HealthBoard.private("dispatcher"))
     log.info("alarms published on %s", dispatcher.endpoint)
     ready.put(("dispatcher", dispatcher.endpoint))
     try:
@@ -211,14 +235,14 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
     def start(name: str, restarts: int = 0):
         reporter = ReadyReporter(ready)
         if name == "ingest":
-            main, args = ingest_main, (settings, workers, reporter, log_file)
+            main, args = ingest_main, (settings, workers, reporter, log_file, health)
         elif name == "dispatcher":
-            main, args = dispatcher_main, (settings, reporter, log_file)
+            main, args = dispatcher_main, (settings, reporter, log_file, health)
         elif name == "desk":
-            main, args = desk_main, (settings, reporter, log_file)
+            main, args = desk_main, (settings, reporter, log_file, health)
         else:
             k = int(name.split("-")[1])
-            main, args = worker_main, (settings, k, workers, reporter, log_file, restarts)
+            main, args = worker_main, (settings, k, workers, reporter, log_file, restarts, health)
         proc = spawn.Process(target=run_child, args=(name, reporter, main, *args), name=name)
         watch.started(name)
         proc.start()
@@ -227,6 +251,7 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
     names = [f"worker-{k}" for k in range(workers)] + ["ingest", "dispatcher"]
     if settings.desk.bind:
         names.append("desk")
+    health = HealthBoard.create(spawn, names)   # before any child: each gets it at start
     EngineStatus("starting", os.getpid()).write(paths.status_file)
     procs = {name: start(name) for name in names}
     restarts = {name: 0 for name in names}
@@ -253,6 +278,8 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
                 take(message)
             for name, proc in procs.items():
                 if not proc.is_alive() and not should_stop():
+                    if proc.exitcode == EXIT_STORE_DAMAGED:   # no restart heals it
+                        raise stopped_on_damage(name, paths)
                     for message in _received(ready):   # what it said before it ended
                         take(message)
                     reason = watch.exited(name, proc.exitcode)

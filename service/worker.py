@@ -19,9 +19,15 @@ It warms every kernel before it takes traffic and resumes after its checkpoint o
 SNAPSHOT_EVERY_S (less often for large registries); batches after the snapshot are
 evaluated again after a crash, and their alarms, already stored, are not inserted twice.
 Registry changes reach it within a second, without a restart.
+
+Storage faults of its own file (moved away or deleted, disk full, read-only, I/O error;
+`engine.health`): the round that could not be committed is kept and committed again about
+once a second, nothing new is read meanwhile (so nothing is committed twice or skipped);
+the fault is logged once and shown on the health board until the commit succeeds.
 """
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,10 +42,12 @@ from alerts.evaluation import Evaluation
 from alerts.registry import RegistryStore
 from alerts.subject_book import SubjectBook
 from engine.config import Settings
+from engine.database import is_damage
+from engine.health import FileIdentity, HealthBoard, HealthReporter, fault_of, is_storage_error
 from engine.layers import load_layers
 from engine.messages import ALARMS_STORED, WorkerReport
 from engine.paths import EnginePaths
-from ingest.store import StoredBatch, StoreReader
+from ingest.store import StoredBatch, StoreError, StoreReader
 from service.evaluation_store import EvaluationStore
 
 log = logging.getLogger("geofence.worker")
@@ -67,7 +75,8 @@ class Round:
 class Worker:
     """Evaluation worker `index` of `count`; see the module docstring for its steps."""
 
-    def __init__(self, settings: Settings, index: int, count: int, restarts: int = 0):
+    def __init__(self, settings: Settings, index: int, count: int, restarts: int = 0,
+                 health: HealthReporter | None = None):
         self.settings = settings
         self.index, self.count, self.restarts = index, count, restarts
         self.paths = EnginePaths.create(settings.storage.path)
@@ -77,6 +86,11 @@ class Worker:
         self.book.refresh(force=True)
         self.results = EvaluationStore(self.paths.worker_db(index, count),
                                        settings.storage.sync)
+        self.identity = FileIdentity(self.results.path)
+        health = health or HealthBoard.private(f"worker-{index}").reporter(f"worker-{index}")
+        self.store_fault = health.watch("evaluation")
+        self.read_fault = health.watch("fixes")
+        self._unsaved: Round | None = None   # evaluated, not yet committed (store at fault)
         snapshot_seq, snapshot, self.checked_until = self.results.rule_snapshot()
         self.evaluation = Evaluation(self.engine, self.book, settings.rules, snapshot)
         self.clock_rules = ClockRules(self.engine, self.book, settings.rules, index, count)
@@ -127,8 +141,9 @@ class Worker:
                 try:
                     self.reader = StoreReader(self.paths.fixes_db)
                     return
-                except Exception:  # created but not yet set up: try again shortly
-                    pass
+                except Exception as e:  # created but not yet set up: try again shortly
+                    if is_damage(e):  # but no wait heals a damaged file
+                        raise
             time.sleep(0.1)
 
     def run(self, should_stop: Callable[[], bool]) -> None:
@@ -142,17 +157,43 @@ class Worker:
 
     def step(self) -> bool:
         """One round of the loop; returns whether any stored batch was read."""
+        if self._unsaved is not None:   # its file was at fault: commit that round first
+            return self.store_fault.due() and self.save(self._unsaved)
         self.book.refresh()
         batches = self.read()
         round_ = self.evaluate(batches)
-        now = time.monotonic()
-        round_.alarms += self.check_clock(now)
-        self.commit(round_, now)
+        round_.alarms += self.check_clock(time.monotonic())
+        return self.save(round_) and bool(batches)
+
+    def save(self, round_: Round) -> bool:
+        """Commit and announce a round; at a storage fault keep it for the next try."""
+        found = self.identity.check()
+        if found is None:
+            try:
+                self.commit(round_, time.monotonic())
+            except sqlite3.Error as e:
+                if not is_storage_error(e):
+                    raise
+                found = fault_of(e, self.results.path)
+        if found is not None:
+            self.store_fault.failed(found)
+            self._unsaved = round_
+            return False
+        self.store_fault.ok()
+        self._unsaved = None
         self.announce(round_)
-        return bool(batches)
+        return True
 
     def read(self) -> list[StoredBatch]:
-        return self.reader.read_records(self.position, READ_BATCHES)
+        if not self.read_fault.due():
+            return []
+        try:
+            batches = self.reader.read_records(self.position, READ_BATCHES)
+        except StoreError as e:
+            self.read_fault.failed(fault_of(e.__cause__ or e, self.reader.path))
+            return []
+        self.read_fault.ok()
+        return batches
 
     def evaluate(self, batches: list[StoredBatch]) -> Round:
         """Verdicts and fix-driven rules for this partition's share of each batch."""
@@ -235,9 +276,10 @@ def warm_up() -> None:
 
 
 def run_worker(settings: Settings, index: int, count: int, should_stop,
-               on_ready: Callable[[], None] = lambda: None, restarts: int = 0) -> None:
+               on_ready: Callable[[], None] = lambda: None, restarts: int = 0,
+               health: HealthReporter | None = None) -> None:
     warm_up()
-    worker = Worker(settings, index, count, restarts)
+    worker = Worker(settings, index, count, restarts, health)
     worker.open_store(should_stop)
     worker.connect(zmq.Context.instance())
     log.info("worker %d/%d ready, resuming after seq %d (rules from seq %d)",

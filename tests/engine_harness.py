@@ -35,11 +35,13 @@ def process_alive(pid: int) -> bool:
 
 
 def write_config(root: Path, webhooks: dict | None = None, rules: dict | None = None,
-                 desk: bool = False, alerts: dict | None = None, **ingest) -> Path:
+                 desk: bool = False, alerts: dict | None = None, storage: dict | None = None,
+                 **ingest) -> Path:
     """A config on free loopback ports in `root`; the desk only when asked (port 0)."""
     port = ingest.pop("port", free_port())
-    lines = ["[storage]", f'path = "{root / "data"}"', "[ingest]",
-             f'bind = "tcp://127.0.0.1:{port}"', 'metrics_bind = "127.0.0.1:0"']
+    lines = ["[storage]", f'path = "{root / "data"}"']
+    lines += [f"{k} = {json.dumps(v)}" for k, v in (storage or {}).items()]
+    lines += ["[ingest]", f'bind = "tcp://127.0.0.1:{port}"', 'metrics_bind = "127.0.0.1:0"']
     lines += [f"{k} = {json.dumps(v)}" for k, v in ingest.items()]
     lines += ["[alerts]", f'publish = "tcp://127.0.0.1:{free_port()}"']
     lines += [f"{k} = {json.dumps(v)}" for k, v in (alerts or {}).items()]
@@ -52,6 +54,16 @@ def write_config(root: Path, webhooks: dict | None = None, rules: dict | None = 
     path = root / "geofence.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def import_registry(config: Path, document: dict) -> None:
+    """`geofence registry import` of `document` into the engine configured by `config`."""
+    from service.cli import main as cli
+
+    registry = config.parent / "registry.json"
+    registry.write_text(json.dumps(document, ensure_ascii=False))
+    if cli(["--config", str(config), "registry", "import", str(registry)]):
+        raise RuntimeError("registry import failed")
 
 
 def population_document(n: int, seed: int = 1) -> dict:

@@ -60,6 +60,7 @@ def test_the_defaults_are_in_range_and_the_fix_counts_fit_the_rules_counters():
     ("[desk]\nlogin_attempts = 0", "[desk] login_attempts: must be a whole number in 1.."),
     ('[desk]\ncookie_secure = "yes"', "[desk] cookie_secure: must be true or false, not 'yes'"),
     ("[rules]\nexit_fixes = 2.5", "[rules] exit_fixes: must be a whole number, not 2.5"),
+    ('[desk]\nhosts = ["desk.example.org:8080"]', "[desk] hosts: entries must be host names"),
     (WEBHOOK + "timeout_s = inf", "[alerts] webhooks: webhook \"370402001\": timeout_s must"),
 ])
 def test_a_value_out_of_range_is_one_line_naming_file_section_and_key(text, problem):

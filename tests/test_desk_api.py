@@ -26,11 +26,12 @@ from aiohttp.test_utils import TestServer
 
 from alerts.alarm_store import AlarmStore, Incoming
 from alerts.alarms import Alarm
-from alerts.registry import RegistryStore
+from alerts.registry import Registry, RegistryStore
 from ingest.fixes import FixColumns
 from ingest.store import BatchRecord, Store
 from engine.config import Desk, Settings, Storage
 from desk import events, make_app, run_desk
+from desk.scope import Scope
 from desk.tracks import read_track
 from desk.users import UserStore
 from engine.paths import EnginePaths
@@ -418,7 +419,8 @@ def test_cross_site_requests_and_posts_that_are_not_json_are_refused(world):
                 assert r.status == 204
 
     async def behind_a_tls_proxy(trusted: bool) -> int:
-        desk = replace(settings.desk, trust_forwarded_for=trusted)
+        desk = replace(settings.desk, trust_forwarded_for=trusted,
+                       hosts=["desk.example", "127.0.0.1"])
         async with serving(replace(settings, desk=desk), paths) as server, \
                 client() as session:
             async with session.post(server.make_url("/api/login"),
@@ -497,7 +499,8 @@ def test_a_name_is_limited_per_client_address_which_a_trusted_proxy_may_name(wor
             return r.status
 
     async def scenario(trusted: bool):
-        desk = replace(settings.desk, trust_forwarded_for=trusted)
+        desk = replace(settings.desk, trust_forwarded_for=trusted,
+                       hosts=["desk.example", "127.0.0.1"])
         async with serving(replace(settings, desk=desk), paths) as server, \
                 client() as session:
             for n in range(5):       # someone at 198.51.100.7 guesses town1's password
@@ -720,7 +723,7 @@ def test_a_client_that_falls_behind_is_dropped_instead_of_buffered():
         feed.add(slow)
         feed.add(other)
         for seq in (1, 2, 3):
-            feed.dispatch(seq, [T1], alarm("a1", 1_000).alarm)
+            feed.dispatch(seq, [T1], alarm("a1", 1_000).alarm, Scope(Registry()))
         assert slow.ended == "slow" and slow not in feed.clients
         assert other.ended is None and other.queue.empty()   # not its office's alarm
         assert feed.position == 3

@@ -24,7 +24,7 @@ from hypothesis.extra import numpy as hnp
 
 from ingest.fixes import BYTES_PER_FIX, FixBlobError, FixColumns
 from engine.database import DatabaseError, NotReadyError, SyncModeError
-from ingest.store import BatchRecord, Committed, Store, StoreError, StoreReader
+from ingest.store import SCHEMA, BatchRecord, Committed, Store, StoreError, StoreReader
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMN_DTYPES = {"device": np.int32, "subject": np.int32, "t_ms": np.int64, "lon": np.float64,
@@ -282,7 +282,7 @@ def test_what_is_not_a_store_is_refused_and_left_alone(tmp_path):
         store._db.execute("PRAGMA user_version = 99")
     for opener in (StoreReader, Store):
         with pytest.raises(DatabaseError, match="schema version 99; this code (reads|knows up "
-                                                "to) version 1"):
+                                                f"to) version {SCHEMA.version}"):
             opener(tmp_path / "new.db")
 
 
@@ -409,3 +409,16 @@ def test_every_reported_commit_survives_kill_9(tmp_path, sync):
                 assert fixes.equals(make_fixes(rows[seq]))
             assert store.stats()["acks"] == len(rows)
             assert store.last_seq() == max(rows)
+
+
+def test_device_ids_are_recorded_by_index_and_only_in_order(tmp_path):
+    with Store(tmp_path / "s.db") as store:
+        assert store.device_ids() == []
+        store.add_device_ids(0, ["a", "b"])
+        store.add_device_ids(2, ["c"])
+        with pytest.raises(ValueError, match="does not follow"):
+            store.add_device_ids(5, ["d"])
+        with pytest.raises(ValueError, match="recorded already"):
+            store.add_device_ids(3, ["d", "a"])
+    with StoreReader(tmp_path / "s.db") as reader:
+        assert reader.device_ids() == ["a", "b", "c"]

@@ -72,8 +72,9 @@ function renderRow(doc) {
     el("span", { class: "bar", "aria-hidden": "true" }),
     el("span", { class: `badge sev-${doc.severity}`, text: SEVERITY_NAMES[doc.severity] || doc.severity }),
     el("span", { class: "type", text: typeName(doc.type) }),
-    el("span", { class: "subject", text: doc.subject || d.carrier || "—",
-      title: doc.subject ? `矫正对象 ${doc.subject}` : d.carrier ? `运营商 ${d.carrier}` : null }),
+    el("span", { class: "subject", text: doc.subject || d.carrier || d.process || "—",
+      title: doc.subject ? `矫正对象 ${doc.subject}` : d.carrier ? `运营商 ${d.carrier}`
+        : d.process ? `引擎进程 ${d.process}` : null }),
     nameAndCode("office", officeName(doc.office), doc.office, `主管单位 ${namedOffice(doc.office)}`),
     el("span", { class: `status st-${doc.status}`, text: STATUS_NAMES[doc.status] || doc.status }),
     el("span", { class: "meta" }, ...[

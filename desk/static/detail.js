@@ -16,8 +16,14 @@ import { UNACKED_STATUSES, state, upsert } from "./state.js";
 
 const DETAIL_KEYS_SHOWN = new Set([
   "exit_id", "copy_to", "escalated_to", "escalation_level", "repeats", "last", "permit",
-  "carrier", "zone", "silent_for_s",
+  "carrier", "zone", "silent_for_s", "process", "store", "kind", "reason",
 ]);
+// engine_fault: which store failed, and how (details.store, details.kind)
+const STORE_NAMES = { fixes: "定位数据库", evaluation: "研判数据库", alarms: "报警数据库" };
+const FAULT_NAMES = {
+  missing: "文件被删除或移走", replaced: "文件被替换", disk_full: "磁盘已满",
+  read_only: "文件系统只读", io_error: "磁盘读写错误", other: "无法写入",
+};
 const HISTORY_DELAY_MS = 250;
 
 export function select(id, { focusRow = false, center = true } = {}) {
@@ -75,7 +81,8 @@ export function renderDetail() {
   const sev = $("detail-sev");
   sev.className = `badge sev-${doc.severity}`;
   sev.textContent = SEVERITY_NAMES[doc.severity] || doc.severity;
-  $("detail-title").textContent = `${typeName(doc.type)} · ${doc.subject || "运营商数据"}`;
+  $("detail-title").textContent = `${typeName(doc.type)} · ${doc.subject ||
+    (doc.type === "engine_fault" ? "引擎" : "运营商数据")}`;
   const status = $("detail-status");
   status.className = `status st-${doc.status}`;
   status.textContent = STATUS_NAMES[doc.status] || doc.status;
@@ -119,6 +126,10 @@ function detailFields(doc) {
   if (d.permit !== undefined) add("外出审批", plain(d.permit));
   if (d.carrier) add("运营商", d.carrier);
   if (d.silent_for_s !== undefined) add("失联时长", fmtDuration(d.silent_for_s));
+  if (d.process) add("进程", d.process);
+  if (d.store) add("存储", STORE_NAMES[d.store] || d.store);
+  if (d.kind) add("故障", FAULT_NAMES[d.kind] || d.kind);
+  if (d.reason) add("原因及处理", d.reason);
   if (d.repeats) {
     const last = d.last || {};
     const lastWhere = last.where && last.where.code ? namedPlace(last.where.code)

@@ -11,6 +11,7 @@ export const TYPE_NAMES = {
   signal_restored: "恢复联系",
   permit_overstay: "外出逾期",
   feed_outage: "数据中断",
+  engine_fault: "系统故障",
 };
 export const SEVERITIES = ["critical", "high", "medium", "info"];
 export const SEVERITY_NAMES = { critical: "严重", high: "高", medium: "中", info: "提示" };
