@@ -45,8 +45,36 @@ def preflight(settings: Settings, workers: int = 1, insecure: bool = False) -> E
     if problems:
         raise StartError(problems)
     refuse_damaged_stores(paths)
+    check_fixes_cover_checkpoints(paths)
     check_worker_count(paths, workers)
     return paths
+
+
+def check_fixes_cover_checkpoints(paths: EnginePaths) -> None:
+    """Refuse a fixes store that is missing or older than the workers' checkpoints.
+
+    A new (or older) store hands out batch numbers the workers have already passed: every
+    fix stored from then on would be acknowledged and never evaluated. A removed store is
+    restored, never started anew."""
+    from ingest.store import StoreReader
+    from service.evaluation_store import EvaluationStore
+
+    done = 0
+    for evaluation in paths.evaluation_files():
+        if not evaluation.retired:
+            with EvaluationStore(evaluation.path) as store:
+                done = max(done, store.checkpoint())
+    if done == 0:
+        return
+    last = 0
+    if paths.fixes_db.exists():
+        with StoreReader(paths.fixes_db) as reader:
+            last = reader.last_seq()
+    if last < done:
+        state = "is missing" if not paths.fixes_db.exists() else f"ends at batch {last}"
+        raise StartError(f"{paths.fixes_db} {state}, but the workers have evaluated up to "
+                         f"batch {done}: restore the storage path from a backup (geofence "
+                         f"restore), or put the file back")
 
 
 def check_storage(settings: Settings) -> EnginePaths:

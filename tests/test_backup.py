@@ -4,6 +4,7 @@ or repeating anything; and every refusal (a non-empty target, a damaged, tampere
 unfinished backup, a running engine)."""
 
 import json
+import sqlite3
 import threading
 import time
 
@@ -13,6 +14,7 @@ import shapely
 from alerts.alarm_store import AlarmStore
 from alerts.alarms import alarm_id
 from engine.backup import backup
+from engine.database import schema_version
 from engine.paths import EnginePaths
 from geofence import Layer
 from geofence.builtin import zaozhuang_geojson
@@ -143,7 +145,8 @@ def test_backup_refuses_a_directory_in_use_and_restore_every_bad_backup(tmp_path
     assert geofence("--config", str(config), "backup", str(backup_dir)).returncode == 0
     manifest = json.loads((backup_dir / "manifest.json").read_text())
     assert [f["name"] for f in manifest["files"]] == [p.name for p in paths.store_files()]
-    assert all(f["schema_version"] == 1 for f in manifest["files"])
+    assert [f["schema_version"] for f in manifest["files"]] == [
+        version_of(p) for p in paths.store_files()]
 
     done = geofence("--config", str(config), "restore", str(backup_dir))   # onto live data
     assert done.returncode == 2 and "is not an empty directory: restore into an empty" in done.stderr
@@ -258,3 +261,11 @@ def raised(paths: EnginePaths) -> dict[str, str]:
     finally:
         store.close()
 
+
+def version_of(path) -> int:
+    """The schema version a store file says it has."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return schema_version(db)
+    finally:
+        db.close()

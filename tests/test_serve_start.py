@@ -174,3 +174,20 @@ def test_a_different_reason_or_a_ready_start_begins_the_count_again():
     watch.started("ingest")
     assert watch.exited("ingest", -11) == ("ingest could not start: exited with code -11 "
                                            "before it was ready (3 times in a row)")
+
+
+def test_a_missing_fixes_store_behind_the_workers_checkpoints_is_refused(tmp_path):
+    """A fresh fixes store would number batches from 1 again, below the workers'
+    checkpoints: acknowledged fixes would never be evaluated. Refused, with what to do."""
+    from service.evaluation_store import EvaluationStore
+
+    settings = replace(Settings(), storage=Storage(path=str(tmp_path / "data")))
+    paths = preflight(settings)                       # a new storage path starts
+    with EvaluationStore(paths.worker_db(0, 1)) as store:
+        store.start_after(120)                        # as if 120 batches were evaluated
+    with pytest.raises(StartError) as refused:
+        preflight(settings)
+    assert refused.value.problems == [
+        f"{paths.fixes_db} is missing, but the workers have evaluated up to batch 120: "
+        "restore the storage path from a backup (geofence restore), or put the file back"]
+    assert not paths.fixes_db.exists()
