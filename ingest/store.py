@@ -43,6 +43,7 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import msgpack
@@ -103,6 +104,20 @@ class StoredBatch:
     carrier: str
     received_ms: int     # when ingest received the frame (fix-to-alarm latency starts here)
     fixes: FixColumns
+
+
+def last_seq_of(path: str | os.PathLike) -> int:
+    """The highest seq the fixes store file at `path` ever assigned (0 for none), whatever
+    its schema version: what `serve` compares the workers' checkpoints with before any
+    process has upgraded the file."""
+    db = sqlite3.connect(Path(path).absolute().as_uri() + "?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'").fetchone()
+    except sqlite3.OperationalError:   # no AUTOINCREMENT table yet: nothing stored
+        row = None
+    finally:
+        db.close()
+    return row[0] if row else 0
 
 
 class StoreError(GeofenceError):

@@ -56,7 +56,7 @@ def check_fixes_cover_checkpoints(paths: EnginePaths) -> None:
     A new (or older) store hands out batch numbers the workers have already passed: every
     fix stored from then on would be acknowledged and never evaluated. A removed store is
     restored, never started anew."""
-    from ingest.store import StoreReader
+    from ingest.store import last_seq_of
     from service.evaluation_store import EvaluationStore
 
     done = 0
@@ -66,10 +66,7 @@ def check_fixes_cover_checkpoints(paths: EnginePaths) -> None:
                 done = max(done, store.checkpoint())
     if done == 0:
         return
-    last = 0
-    if paths.fixes_db.exists():
-        with StoreReader(paths.fixes_db) as reader:
-            last = reader.last_seq()
+    last = last_seq_of(paths.fixes_db) if paths.fixes_db.exists() else 0
     if last < done:
         state = "is missing" if not paths.fixes_db.exists() else f"ends at batch {last}"
         raise StartError(f"{paths.fixes_db} {state}, but the workers have evaluated up to "
@@ -168,12 +165,9 @@ def check_worker_count(paths: EnginePaths, workers: int) -> None:
                 old[evaluation] = store.checkpoint()
     if not old:
         return
-    from ingest.store import StoreReader
+    from ingest.store import last_seq_of
 
-    last = 0
-    if paths.fixes_db.exists():
-        with StoreReader(paths.fixes_db) as reader:
-            last = reader.last_seq()
+    last = last_seq_of(paths.fixes_db) if paths.fixes_db.exists() else 0
     if min(old.values()) < last:
         count = min(evaluation.count for evaluation in old)
         raise ConfigError(f"stored fixes are still being evaluated by {count} worker(s); "
