@@ -76,11 +76,13 @@ def check_sync_mode(sync: str) -> str:
 
 
 def connect(path: str | os.PathLike, schema: Schema, *, sync: str = "normal",
-            read_only: bool = False, check_same_thread: bool = True) -> sqlite3.Connection:
+            read_only: bool = False, check_same_thread: bool = True,
+            create: bool = True) -> sqlite3.Connection:
     """A connection (autocommit: write with `transaction`) to a file at `schema.version`.
 
-    A writer creates the file if missing, puts it in WAL mode with `synchronous = sync`
-    and migrates it. A reader (`read_only`) opens an existing file read-only: NotReadyError
+    A writer creates the file if missing (unless not `create`: then a missing file is a
+    DatabaseError, for a store whose loss must not pass as a fresh start), puts it in WAL
+    mode with `synchronous = sync` and migrates it. A reader (`read_only`) opens an existing file read-only: NotReadyError
     if there is none or it is older than the code (its writer will upgrade it).
     """
     check_sync_mode(sync)
@@ -88,6 +90,10 @@ def connect(path: str | os.PathLike, schema: Schema, *, sync: str = "normal",
     where = f"{schema.name} {path}"
     if read_only and not path.exists():
         raise NotReadyError(f"{where} does not exist yet")
+    if not create and not path.exists():
+        raise DatabaseError(f"{where} is missing: put it back or restore the storage path "
+                            f"from a backup (geofence restore); a new empty one would lose "
+                            f"track of what is stored and evaluated")
     try:
         if read_only:
             db = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True,

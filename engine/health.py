@@ -191,7 +191,8 @@ class HealthBoard:
         data = json.dumps(slot, ensure_ascii=False).encode()
         if len(data) > room:   # one line per store: only a very long path gets here
             for entry in slot["faults"].values():
-                entry["reason"] = entry["reason"][:SLOT_BYTES // 8]
+                entry["reason"] = entry["reason"].encode()[:SLOT_BYTES // 8].decode(
+                    errors="ignore")
             data = json.dumps(slot, ensure_ascii=False).encode()
         if len(data) > room:
             raise ValueError(f"health slot of {self.names[k]} overflows ({len(data)} bytes)")

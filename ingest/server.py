@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
+from engine.database import is_damage
 from engine.health import HealthBoard, HealthReporter, fault_of
 from engine.messages import MessageError, WorkerReport, encode_new_fixes
 from geofence.datum import to_wgs84
@@ -121,7 +122,10 @@ class IngestServer:
         """Load the device table and refill the duplicate filter, then bind the ROUTER (so
         `ready` means answering); returns the endpoint bound (port 0 picks a free one)."""
         self._load_device_ids()
-        self._refresh_devices(force=True)
+        try:
+            self._refresh_devices(force=True)
+        except StoreFaultError as e:   # started at fault (disk full...): ids recorded later
+            self._store_failed(e)
         self._refill_accepted_fixes()
         self.router.bind(self.options.bind)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -253,7 +257,10 @@ class IngestServer:
                 self.store_fault.failed(found)
 
     def _store_failed(self, error: StoreError) -> None:
-        """A read or write failed: at fault until a probe succeeds."""
+        """A read or write failed: at fault until a probe succeeds (a damaged file: no
+        retry heals it, the error goes on and stops the engine, `engine.store_check`)."""
+        if is_damage(error):
+            raise error
         self.store_fault.failed(error.fault if isinstance(error, StoreFaultError)
                                 else fault_of(error, self.store.path))
 

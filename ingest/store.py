@@ -366,11 +366,13 @@ class Store(StoreReader):
     writer (there should be none) waits up to `engine.database.BUSY_TIMEOUT_S` for the lock.
     """
 
-    def __init__(self, path: str | os.PathLike, sync: str = "normal"):
+    def __init__(self, path: str | os.PathLike, sync: str = "normal", create: bool = True):
+        """`create`: make the file if it is missing (`geofence serve` does that once, before
+        any process starts; a restarted ingest must find its store, never start a new one)."""
         self.path = os.fspath(path)
         self.sync = sync
         self._pid = os.getpid()
-        self._db = db = connect(self.path, SCHEMA, sync=sync)
+        self._db = db = connect(self.path, SCHEMA, sync=sync, create=create)
         try:
             db.execute("PRAGMA wal_autocheckpoint = 0")   # `_Checkpointer` does it, off the loop
             db.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
@@ -383,7 +385,9 @@ class Store(StoreReader):
     @contextmanager
     def _writing(self, doing: str) -> Iterator[sqlite3.Connection]:
         """A write transaction on the files this store opened: StoreFaultError if they
-        are gone or replaced (checked first), or if the write fails for the disk."""
+        are gone or replaced (checked before, and again after the commit: a file moved
+        while it committed took the write, but nothing of it may be acknowledged), or if
+        the write fails for the disk."""
         found = self.identity.check()
         if found is not None:
             raise StoreFaultError(found)
@@ -394,6 +398,9 @@ class Store(StoreReader):
             if is_storage_error(e):
                 raise StoreFaultError(fault_of(e, self.path)) from e
             raise StoreError(f"store {self.path}: {doing} failed: {e}") from e
+        found = self.identity.check()
+        if found is not None:
+            raise StoreFaultError(found)
 
     def probe(self) -> None:
         """Write one page (the schema version, unchanged) and commit it: StoreFaultError

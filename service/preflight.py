@@ -47,7 +47,17 @@ def preflight(settings: Settings, workers: int = 1, insecure: bool = False) -> E
     refuse_damaged_stores(paths)
     check_fixes_cover_checkpoints(paths)
     check_worker_count(paths, workers)
+    create_fixes_store(settings, paths)
     return paths
+
+
+def create_fixes_store(settings: Settings, paths: EnginePaths) -> None:
+    """The fixes store is made (or upgraded) here, once: the ingest process only opens it,
+    so an ingest restarted after the file was deleted stays down and says so, instead of
+    acknowledging fixes into a new store whose batch numbers the workers have passed."""
+    from ingest.store import Store
+
+    Store(paths.fixes_db, settings.storage.sync).close()
 
 
 def check_fixes_cover_checkpoints(paths: EnginePaths) -> None:

@@ -63,8 +63,13 @@ def _child_stop_flag() -> Callable[[], bool]:
 
 
 def _write_pid(settings: Settings, name: str) -> None:
-    """<storage>/<name>.pid: which process is which, for operators (and the kill -9 tests)."""
-    EnginePaths.create(settings.storage.path).pid_file(name).write_text(f"{os.getpid()}\n")
+    """<storage>/<name>.pid: which process is which, for operators (and the kill -9 tests).
+    Best effort: a process restarted while the disk is full or read-only starts anyway, and
+    its store reports the fault."""
+    try:
+        EnginePaths.create(settings.storage.path).pid_file(name).write_text(f"{os.getpid()}\n")
+    except OSError as e:
+        log.warning("%s: pid file not written: %s", name, e.strerror or e)
 
 
 def _logging(log_file: Path | None, level: int = logging.INFO) -> None:
@@ -100,7 +105,7 @@ def ingest_main(settings: Settings, workers: int, ready, log_file: Path | None,
     import geofence.datum
     geofence.datum.warm_up()
     ctx = zmq.Context.instance()
-    store = Store(paths.fixes_db, settings.storage.sync)
+    store = Store(paths.fixes_db, settings.storage.sync, create=False)   # preflight made it
     registry = RegistryStore(paths.registry_db)
     cache: dict = {}
 

@@ -190,6 +190,8 @@ class Worker:
         try:
             batches = self.reader.read_records(self.position, READ_BATCHES)
         except StoreError as e:
+            if is_damage(e):   # no retry heals it: stops the engine (engine.store_check)
+                raise
             self.read_fault.failed(fault_of(e.__cause__ or e, self.reader.path))
             return []
         self.read_fault.ok()

@@ -277,3 +277,23 @@ def test_worker_and_dispatcher_files_moved_away_and_back(tmp_path):
     with EvaluationReader(evaluation) as reader:
         assert reader.checkpoint() == 5
         assert len(reader.alarms_after(0, 100)) == 2
+
+
+def test_an_ingest_restarted_without_its_store_never_starts_a_new_one(tmp_path):
+    """The fixes store moved away, then the ingest killed: a new empty store would number
+    batches from 1 again, below the workers' checkpoints, and acknowledge fixes nobody
+    evaluates. The restarted ingest finds no store, and the engine stops saying so."""
+    engine, desk, feed, _ = start(tmp_path)
+    fixes = engine.paths.fixes_db
+    try:
+        assert [feed.send(b) for b in range(3)] == ["ok"] * 3
+        move(fixes, tmp_path / "aside.sqlite")
+        engine.kill9("ingest")
+        assert engine.proc.wait(120) != 0
+    finally:
+        feed.close()
+        engine.stop()
+    assert not fixes.exists()
+    assert any("ingest could not start" in line and "fixes.sqlite is missing" in line
+               for line in engine.lines), engine.lines[-10:]
+    assert sorted(feed.acked) == [0, 1, 2]

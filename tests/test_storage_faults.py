@@ -213,3 +213,34 @@ def test_a_writer_killed_mid_write_blocks_no_reader_and_its_successor_writes_aga
     successor.failed(fault("disk_full", "/d/fixes.sqlite"))
     [shown] = board.faults()
     assert shown.kind == "disk_full" and board._version(0) % 2 == 0
+
+
+def test_damage_found_at_run_time_is_not_a_fault_to_wait_out(tmp_path):
+    """A damaged page is no disk fault: retrying heals nothing, so it must stop the engine
+    (engine.store_check), not flap between "store fault" and "works again"."""
+    from engine.database import is_damage
+    from engine.health import is_storage_error
+    from ingest.fixes import FixColumns
+    from ingest.store import StoreError
+
+    path = tmp_path / "fixes.sqlite"
+    with Store(path) as store:
+        store.commit([record(b, fixes=FixColumns.empty(), carrier=f"c{b:05d}",
+                             status="rejected") for b in range(5000)])
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages, = db.execute("PRAGMA page_count").fetchone()
+    db.close()
+    with open(path, "r+b") as f:          # garbage in the middle pages (the ack index)
+        for page in range(pages // 2, pages // 2 + 5):
+            f.seek(page * 4096 + 8)
+            f.write(b"\xff" * 200)
+    errors = []
+    with Store(path) as store:
+        for b in range(0, 5000, 50):
+            try:
+                store.lookup_ack(f"c{b:05d}", b)
+            except StoreError as e:
+                errors.append(e)
+    assert errors, "the damaged pages were never read"
+    assert all(is_damage(e) and not is_storage_error(e.__cause__ or e) for e in errors)
