@@ -1,17 +1,19 @@
 """Soak (`scripts/test --slow`): the real engine under a steady feed for a compressed week
 of event time, the desk polled and streamed the whole time (`benchmarks.soak`, full size:
-about 8 minutes on 2 quiet cores). One run, shared by the checks below, each of which
-fails with every problem it found, one line each."""
+about 7 minutes on 2 cores). One run, shared by the checks below, each of which fails
+with every problem it found, one line each."""
 
 import os
 
 import pytest
 
-from benchmarks.soak import (FULL, alarm_problems, desk_problems, file_problems,
+from benchmarks.soak import (FULL, alarm_problems, desk_problems, file_growth, file_problems,
                              log_problems, rss_problems, soak)
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not os.environ.get("GEOFENCE_SLOW"), reason="heavy; set GEOFENCE_SLOW=1 (scripts/test --slow)")]
+
+FIXES_STORE = ("fixes.sqlite", "fixes.sqlite-wal")
 
 
 @pytest.fixture(scope="module")
@@ -20,23 +22,38 @@ def week(tmp_path_factory):
 
 
 def test_rss_of_every_engine_process_stays_flat_after_the_warm_up(week):
-    assert not rss_problems(week), "\n".join(rss_problems(week))
+    found = rss_problems(week)
+    assert not found, "\n".join(found)
 
 
-def test_store_files_stop_growing_once_retention_purges(week):
-    assert not file_problems(week), "\n".join(file_problems(week))
+def test_alarm_evaluation_and_desk_files_stay_bounded(week):
+    others = set(file_growth(week)) - set(FIXES_STORE)
+    assert {"alarms.sqlite", "desk.sqlite", "evaluation-0-of-2.sqlite"} <= others
+    found = file_problems(week, others)
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ingest purges fixes by wall-clock receive time (keep_fixes_days, a pass every 600 s), "
+    "so under clock = \"feed\" a compressed week never reaches its retention"))
+def test_the_fixes_store_stops_growing_once_retention_purges(week):
+    found = file_problems(week, FIXES_STORE)
+    assert not found, "\n".join(found)
 
 
 def test_the_engine_log_has_no_error(week):
-    assert not log_problems(week), "\n".join(log_problems(week))
+    found = log_problems(week)
+    assert not found, "\n".join(found)
 
 
 def test_every_planted_event_is_alarmed_exactly_once(week):
     assert {r["kind"] for r in week["summary"]["rows"]} >= {
         "exit", "permitted_trip", "overstay", "silence", "breach", "delegation_exit", "outage"}
-    assert not alarm_problems(week), "\n".join(alarm_problems(week))
+    found = alarm_problems(week)
+    assert not found, "\n".join(found)
 
 
 def test_the_desk_answers_every_poll_and_streams_every_alarm(week):
     assert week["desk_polls"] >= week["replayed_s"] / 4   # polled the whole run
-    assert week["alarms"] > 0 and not desk_problems(week), "\n".join(desk_problems(week))
+    found = desk_problems(week)
+    assert week["alarms"] > 0 and not found, "\n".join(found)
