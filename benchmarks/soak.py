@@ -516,10 +516,13 @@ def report(result: dict) -> Report:
           "answers", at_most=0)
     r.add("desk", "event stream opened", result["stream_opens"], "times")
     r.add("log", "ERROR or Traceback lines", len(result["log_problems"]), "lines", at_most=0)
-    r.notes.append("store files over the feed clock (MiB): " + "; ".join(
-        f"day {s.feed_days:.1f}: " + ", ".join(f"{n} {v / MIB:.1f}" for n, v in s.files.items()
-                                                if v >= MIB // 10)
-        for s in _daily(result["samples"])))
+    others = result["summary"]["others"]
+    r.notes.append("alarms nobody planted: " + (", ".join(
+        f"{kind} {n}" for kind, n in sorted(others.items(), key=lambda x: -x[1])) or "none"))
+    r.notes.append("stores (each .sqlite with its -wal) over the feed clock, MiB: " + "; ".join(
+        f"{label}: " + ", ".join(f"{store} {size / MIB:.1f}" for store, size in
+                                  _by_store(s.files).items())
+        for label, s in _daily(result["samples"])))
     r.notes += problems(result)
     return r
 
@@ -534,11 +537,20 @@ def desk_times(result: dict) -> dict[str, tuple[float, float]]:
     return out
 
 
-def _daily(samples: list[Sample]) -> list[Sample]:
-    """The first sample of each feed day, and the last one."""
+def _daily(samples: list[Sample]) -> list[tuple[str, Sample]]:
+    """The first sample of each feed day, and the last one (after the catch-up)."""
     picked, day = [], -1
-    for s in samples:
+    for s in samples[:-1]:
         if int(s.feed_days) > day:
-            picked.append(s)
+            picked.append((f"day {s.feed_days:.1f}", s))
             day = int(s.feed_days)
-    return picked if picked and picked[-1] is samples[-1] else picked + samples[-1:]
+    return picked + [("end", samples[-1])]
+
+
+def _by_store(files: dict[str, int]) -> dict[str, int]:
+    """File sizes summed per store: fixes, evaluation (every worker's), alarms, ..."""
+    out: dict[str, int] = {}
+    for name, size in files.items():
+        store = name.split(".")[0].split("-")[0]
+        out[store] = out.get(store, 0) + size
+    return out
