@@ -1,6 +1,6 @@
 """Soak (`scripts/test --slow`): the real engine under a steady feed for a compressed week
 of event time, the desk polled and streamed the whole time (`benchmarks.soak`, full size:
-about 7 minutes on 2 cores). One run, shared by the checks below, each of which fails
+about 6.5 minutes on 2 cores). One run, shared by the checks below, each of which fails
 with every problem it found, one line each."""
 
 import os
