@@ -11,4 +11,5 @@ STAGES = {  # stage name -> module with run(quick) -> Report
     "rules": "benchmarks.rules",
     "alarm_quality": "benchmarks.alarm_quality",
     "alarm_latency": "benchmarks.alarm_latency",
+    "soak": "benchmarks.soak",
 }
