@@ -292,11 +292,14 @@ def exact_window_ms(max_fix_age_ms: int, keep_fixes_ms: int) -> int:
 
 def remember_stored(fixes: AcceptedFixes, store, now_ms: int, page: int = 256) -> int:
     """Refill `fixes` from every stored batch received within the window (a fix is
-    received at most FUTURE_TOLERANCE_MS before its t); returns the fixes read."""
+    received at most FUTURE_TOLERANCE_MS before its t) and stored with recorded device
+    indices (after an upgrade, resends of older fixes are not caught for one window);
+    returns the fixes read."""
     since = now_ms - fixes.window_ms - CLOCK_SLACK_MS - FUTURE_TOLERANCE_MS
     first = store.first_seq_received_at(since)
     if first is None:
         return 0
+    first = max(first, store.devices_recorded_after() + 1)   # older indices may mean others
     read, after = 0, first - 1
     while batches := store.read_batches(after, page):
         for seq, cols in batches:

@@ -92,7 +92,12 @@ def _version_2(db: sqlite3.Connection) -> None:
     means the same phone after a restart (the duplicate filter is refilled by index)."""
     run_script(db, """
         CREATE TABLE IF NOT EXISTS devices (
-            idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE)""")
+            idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
+        -- batches up to this seq were stored before indices were recorded: the process
+        -- that stored them may have numbered devices otherwise
+        CREATE TABLE IF NOT EXISTS devices_recorded_after (seq INTEGER NOT NULL);
+        INSERT INTO devices_recorded_after
+            SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'batches'), 0)""")
 
 
 SCHEMA = Schema("fixes store", marker="batches", steps=(_version_1, _version_2))
@@ -310,6 +315,12 @@ class StoreReader:
         if not parts:
             return FixColumns.empty(), False
         return _newest(parts, limit), dropped or kept > limit
+
+    def devices_recorded_after(self) -> int:
+        """Batches after this seq name devices by recorded index (`device_ids`); older ones
+        were stored by an engine that did not record them."""
+        with _sqlite_errors(self.path, "devices_recorded_after"):
+            return self._conn().execute("SELECT seq FROM devices_recorded_after").fetchone()[0]
 
     def first_seq_received_at(self, received_ms: int) -> int | None:
         """The smallest seq whose batch was received at or after `received_ms` (binary

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -185,6 +186,8 @@ def test_a_missing_fixes_store_behind_the_workers_checkpoints_is_refused(tmp_pat
     paths = preflight(settings)                       # a new storage path starts
     with EvaluationStore(paths.worker_db(0, 1)) as store:
         store.start_after(120)                        # as if 120 batches were evaluated
+    for suffix in ("", "-wal", "-shm"):               # and then the store was removed
+        Path(f"{paths.fixes_db}{suffix}").unlink(missing_ok=True)
     with pytest.raises(StartError) as refused:
         preflight(settings)
     assert refused.value.problems == [

@@ -73,6 +73,8 @@ def test_a_data_directory_of_the_unversioned_engine_opens_upgraded(tmp_path):
                 assert schema_version(db) == schema.version, path.name
         with EvaluationReader(paths.worker_db(0, 1)) as reader:
             assert reader.checkpoint() == OLD_LAST_SEQ   # resumes after the old batches
+        with store.StoreReader(paths.fixes_db) as reader:   # the old engine numbered its
+            assert reader.devices_recorded_after() == OLD_LAST_SEQ   # devices otherwise
         with closing(RegistryStore(paths.registry_db)) as registry_store:
             newcomer = next(s for s in registry_store.load().subjects.values()
                             if s.risk == "normal" and s.id not in expected["subjects"])
