@@ -75,14 +75,25 @@ def check_sync_mode(sync: str) -> str:
     return sync
 
 
+_EXISTING_ONLY: set[Path] = set()
+
+
+def existing_stores_only(directory: str | os.PathLike) -> None:
+    """From now on this process opens the stores in `directory` but never creates one.
+
+    `geofence serve` creates every store before it starts a process; a process restarted
+    after one was deleted must not start a new empty one over the engine's history (a new
+    fixes store would number batches from 1 again, below the workers' checkpoints; a new
+    alarm store would forget every acknowledgement). It stops instead, saying so."""
+    _EXISTING_ONLY.add(Path(directory).absolute())
+
+
 def connect(path: str | os.PathLike, schema: Schema, *, sync: str = "normal",
-            read_only: bool = False, check_same_thread: bool = True,
-            create: bool = True) -> sqlite3.Connection:
+            read_only: bool = False, check_same_thread: bool = True) -> sqlite3.Connection:
     """A connection (autocommit: write with `transaction`) to a file at `schema.version`.
 
-    A writer creates the file if missing (unless not `create`: then a missing file is a
-    DatabaseError, for a store whose loss must not pass as a fresh start), puts it in WAL
-    mode with `synchronous = sync` and migrates it. A reader (`read_only`) opens an existing file read-only: NotReadyError
+    A writer creates the file if missing (not in a directory of `existing_stores_only`:
+    DatabaseError), puts it in WAL mode with `synchronous = sync` and migrates it. A reader (`read_only`) opens an existing file read-only: NotReadyError
     if there is none or it is older than the code (its writer will upgrade it).
     """
     check_sync_mode(sync)
@@ -90,7 +101,7 @@ def connect(path: str | os.PathLike, schema: Schema, *, sync: str = "normal",
     where = f"{schema.name} {path}"
     if read_only and not path.exists():
         raise NotReadyError(f"{where} does not exist yet")
-    if not create and not path.exists():
+    if path.absolute().parent in _EXISTING_ONLY and not path.exists():
         raise DatabaseError(f"{where} is missing: put it back or restore the storage path "
                             f"from a backup (geofence restore); a new empty one would lose "
                             f"track of what is stored and evaluated")

@@ -377,13 +377,11 @@ class Store(StoreReader):
     writer (there should be none) waits up to `engine.database.BUSY_TIMEOUT_S` for the lock.
     """
 
-    def __init__(self, path: str | os.PathLike, sync: str = "normal", create: bool = True):
-        """`create`: make the file if it is missing (`geofence serve` does that once, before
-        any process starts; a restarted ingest must find its store, never start a new one)."""
+    def __init__(self, path: str | os.PathLike, sync: str = "normal"):
         self.path = os.fspath(path)
         self.sync = sync
         self._pid = os.getpid()
-        self._db = db = connect(self.path, SCHEMA, sync=sync, create=create)
+        self._db = db = connect(self.path, SCHEMA, sync=sync)
         try:
             db.execute("PRAGMA wal_autocheckpoint = 0")   # `_Checkpointer` does it, off the loop
             db.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")

@@ -47,17 +47,27 @@ def preflight(settings: Settings, workers: int = 1, insecure: bool = False) -> E
     refuse_damaged_stores(paths)
     check_fixes_cover_checkpoints(paths)
     check_worker_count(paths, workers)
-    create_fixes_store(settings, paths)
+    create_stores(settings, paths, workers)
     return paths
 
 
-def create_fixes_store(settings: Settings, paths: EnginePaths) -> None:
-    """The fixes store is made (or upgraded) here, once: the ingest process only opens it,
-    so an ingest restarted after the file was deleted stays down and says so, instead of
-    acknowledging fixes into a new store whose batch numbers the workers have passed."""
+def create_stores(settings: Settings, paths: EnginePaths, workers: int) -> None:
+    """Every store is made (or upgraded) here, once: the processes only open them
+    (`engine.database.existing_stores_only`), so one restarted after its file was deleted
+    stays down and says so, instead of starting a new empty store over the engine's
+    history (acknowledging fixes nobody evaluates, forgetting acknowledgements)."""
+    from alerts.alarm_store import AlarmStore
+    from alerts.registry import RegistryStore
+    from desk.users import UserStore
     from ingest.store import Store
+    from service.evaluation_store import EvaluationStore
 
-    Store(paths.fixes_db, settings.storage.sync).close()
+    sync = settings.storage.sync
+    opened = [Store(paths.fixes_db, sync), AlarmStore(paths.alarms_db, sync),
+              RegistryStore(paths.registry_db), UserStore(paths.desk_db)]
+    opened += [EvaluationStore(paths.worker_db(k, workers), sync) for k in range(workers)]
+    for store in opened:
+        store.close()
 
 
 def check_fixes_cover_checkpoints(paths: EnginePaths) -> None:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from engine.address import parse_host_port
 from engine.config import Settings
+from engine.database import existing_stores_only
 from engine.health import HealthBoard
 from engine.paths import EnginePaths
 from engine.status import Endpoints, EngineStatus
@@ -60,6 +61,13 @@ def _child_stop_flag() -> Callable[[], bool]:
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us
     return lambda: bool(stopping) or os.getppid() != parent
+
+
+def _child_start(settings: Settings, name: str) -> None:
+    """What every child does first: its pid file, and the rule that it opens the stores
+    `serve` created and never creates one (`engine.database.existing_stores_only`)."""
+    _write_pid(settings, name)
+    existing_stores_only(settings.storage.path)
 
 
 def _write_pid(settings: Settings, name: str) -> None:
@@ -88,7 +96,7 @@ def ingest_main(settings: Settings, workers: int, ready, log_file: Path | None,
                 health: HealthBoard | None = None) -> None:
     _logging(log_file)
     should_stop = _child_stop_flag()
-    _write_pid(settings, "ingest")
+    _child_start(settings, "ingest")
     import zmq
 
     from alerts.registry import RegistryStore
@@ -105,7 +113,7 @@ def ingest_main(settings: Settings, workers: int, ready, log_file: Path | None,
     import geofence.datum
     geofence.datum.warm_up()
     ctx = zmq.Context.instance()
-    store = Store(paths.fixes_db, settings.storage.sync, create=False)   # preflight made it
+    store = Store(paths.fixes_db, settings.storage.sync)
     registry = RegistryStore(paths.registry_db)
     cache: dict = {}
 
@@ -179,7 +187,7 @@ def worker_main(settings: Settings, index: int, count: int, ready,
                 health: HealthBoard | None = None) -> None:
     _logging(log_file)
     should_stop = _child_stop_flag()
-    _write_pid(settings, f"worker-{index}")
+    _child_start(settings, f"worker-{index}")
     from service.worker import run_worker
 
     name = f"worker-{index}"
@@ -193,7 +201,7 @@ def desk_main(settings: Settings, ready, log_file: Path | None,
               health: HealthBoard | None = None) -> None:
     _logging(log_file)
     should_stop = _child_stop_flag()
-    _write_pid(settings, "desk")
+    _child_start(settings, "desk")
     from desk.app import run_desk
 
     run_desk(settings, should_stop, on_ready=lambda url: ready.put(("desk", url)),
@@ -205,7 +213,7 @@ def dispatcher_main(settings: Settings, ready, log_file: Path | None,
                     health: HealthBoard | None = None) -> None:
     _logging(log_file)
     should_stop = _child_stop_flag()
-    _write_pid(settings, "dispatcher")
+    _child_start(settings, "dispatcher")
     import zmq
 
     from service.dispatcher import Dispatcher

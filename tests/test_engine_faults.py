@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 
 import numpy as np
+import pytest
 import shapely
 
 from geofence import Layer
@@ -279,21 +280,27 @@ def test_worker_and_dispatcher_files_moved_away_and_back(tmp_path):
         assert len(reader.alarms_after(0, 100)) == 2
 
 
-def test_an_ingest_restarted_without_its_store_never_starts_a_new_one(tmp_path):
-    """The fixes store moved away, then the ingest killed: a new empty store would number
-    batches from 1 again, below the workers' checkpoints, and acknowledge fixes nobody
-    evaluates. The restarted ingest finds no store, and the engine stops saying so."""
+@pytest.mark.parametrize("process, store", [
+    ("ingest", lambda paths: paths.fixes_db),
+    ("dispatcher", lambda paths: paths.alarms_db),
+    ("worker-0", lambda paths: paths.worker_db(0, 1))], ids=["ingest", "dispatcher", "worker"])
+def test_a_process_restarted_without_its_store_never_starts_a_new_one(tmp_path, process,
+                                                                       store):
+    """A store moved away, then its process killed: a new empty store would restart the
+    engine's history (a fixes store numbering batches from 1 again, below the workers'
+    checkpoints; an alarm store without its acknowledgements). The restarted process finds
+    no store, and the engine stops saying so."""
     engine, desk, feed, _ = start(tmp_path)
-    fixes = engine.paths.fixes_db
+    path = store(engine.paths)
     try:
         assert [feed.send(b) for b in range(3)] == ["ok"] * 3
-        move(fixes, tmp_path / "aside.sqlite")
-        engine.kill9("ingest")
+        move(path, tmp_path / "aside.sqlite")
+        engine.kill9(process)
         assert engine.proc.wait(120) != 0
     finally:
         feed.close()
         engine.stop()
-    assert not fixes.exists()
-    assert any("ingest could not start" in line and "fixes.sqlite is missing" in line
+    assert not path.exists()
+    assert any(f"{process} could not start" in line and f"{path.name} is missing" in line
                for line in engine.lines), engine.lines[-10:]
     assert sorted(feed.acked) == [0, 1, 2]
