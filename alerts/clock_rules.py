@@ -242,7 +242,7 @@ class ClockRules:
         book, n = self.book, state.n_subjects
         mine = np.zeros(n, np.bool_)
         known = min(n, book.size)
-        mine[:known] = book.registered[:known]
+        mine[:known] = book.watched(now_ms)[:known]
         mine &= np.arange(n) % self.count == self.index
         events = self.silence.check(state, mine, now_ms, carriers.newest_by_id())
         for c in events.restored:

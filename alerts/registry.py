@@ -11,7 +11,9 @@ import, and never reused: the compiled stages address subjects by it.
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from functools import cached_property
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,15 +24,21 @@ from geofence.known_keys import unknown_keys
 from ingest.protocol import MAX_DEVICE_CHARS
 
 RISKS = ("normal", "key")
+LEVELS = ("normal", "strict", "loose")   # 普管 (the default), 严管, 宽管 (SPEC §11)
 CATEGORIES = ("probation", "parole", "medical_parole", "control")
 KINDS = ("offices", "subjects", "permits", "delegations")
 # The keys an entry of each kind may have (SPEC §3); any other is refused, never ignored.
 ENTRY_KEYS = {
     "offices": ("code", "name", "parent"),
-    "subjects": ("id", "devices", "office", "home", "exclusions", "risk", "category"),
-    "permits": ("id", "subject", "start", "end", "destinations", "office"),
+    "subjects": ("id", "devices", "office", "home", "exclusions", "risk", "category", "level",
+                 "ended"),
+    "permits": ("id", "subject", "start", "end", "destinations", "office", "source",
+                "recurring"),
     "delegations": ("id", "subject", "start", "end", "office", "home"),
 }
+
+
+Touched = dict[str, set[str]]   # kind -> keys of the entities a change wrote
 
 
 class RegistryError(GeofenceError, ValueError):
@@ -60,16 +68,41 @@ class Subject:
     risk: str = "normal"
     category: str = "probation"
     index: int = -1
+    level: str = "normal"
+    ended_ms: int | None = None     # supervision ended (no alarms from then on; data kept)
+
+    def supervised_at(self, t_ms: int) -> bool:
+        return self.ended_ms is None or t_ms < self.ended_ms
+
+
+@dataclass(frozen=True)
+class Recurring:
+    """A standing permit's weekly window: ISO weekdays (1 Monday .. 7 Sunday) and local
+    hours `from_min` .. `to_min` (minutes after local midnight, from < to)."""
+
+    days: tuple[int, ...]
+    from_min: int
+    to_min: int
+
+    def to_document(self) -> dict:
+        return {"days": list(self.days), "from": _hhmm(self.from_min),
+                "to": _hhmm(self.to_min)}
 
 
 @dataclass(frozen=True)
 class Permit:
+    """A permit (外出审批): destinations count as home from start to end; a standing
+    permit (`recurring`) only within its weekly hours. `source` says where it came from:
+    "import" (a registry document) or "leave:<id>" (approved on the desk)."""
+
     id: str
     subject: str
     start_ms: int
     end_ms: int
     destinations: tuple[str, ...]
     office: str
+    source: str = "import"
+    recurring: Recurring | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +137,16 @@ class Registry:
     delegations: dict[str, Delegation] = field(default_factory=dict)
     version: int = 0
 
+    @cached_property
+    def device_owner(self) -> dict[str, str]:
+        """device -> the id of the subject holding it."""
+        return {d: s.id for s in self.subjects.values() for d in s.devices}
+
+    @cached_property
+    def next_index(self) -> int:
+        """The index the next new subject gets (indices are never reused)."""
+        return max((s.index for s in self.subjects.values()), default=-1) + 1
+
     def root_office(self) -> str:
         """The office at the top of the tree (feed_outage and engine_fault go there)."""
         roots = sorted(o.code for o in self.offices.values() if not o.parent)
@@ -123,11 +166,12 @@ class Registry:
         """The registry in the import format (SPEC §3)."""
         return {
             "offices": [_clean(asdict(o)) for o in self.offices.values()],
-            "subjects": [_clean({k: v for k, v in asdict(s).items() if k != "index"})
-                         for s in self.subjects.values()],
+            "subjects": [_subject_document(s) for s in self.subjects.values()],
             "permits": [_clean({"id": p.id, "subject": p.subject, "start": _rfc3339(p.start_ms),
                                 "end": _rfc3339(p.end_ms), "destinations": list(p.destinations),
-                                "office": p.office}) for p in self.permits.values()],
+                                "office": p.office, "source": p.source,
+                                "recurring": p.recurring.to_document() if p.recurring else None})
+                        for p in self.permits.values()],
             "delegations": [_clean({"id": d.id, "subject": d.subject,
                                     "start": _rfc3339(d.start_ms),
                                     "end": _rfc3339(d.end_ms) if d.end_ms is not None else None,
@@ -142,6 +186,13 @@ def parse_document(doc: Any, current: Registry, is_place: Callable[[str], bool],
 
     `is_place(code)`: a jurisdiction code of the layer (any level); `is_zone(code)`: a zone.
     """
+    return parse_changes(doc, current, is_place, is_zone)[0]
+
+
+def parse_changes(doc: Any, current: Registry, is_place: Callable[[str], bool],
+                  is_zone: Callable[[str], bool]) -> tuple[Registry, Touched]:
+    """`parse_document`, and the keys of the entities the document wrote. Only those are
+    checked (with what they refer to), so one change costs the same on any registry."""
     problems: list[str] = []
     if not isinstance(doc, Mapping):
         raise RegistryError(["the document is not a JSON object"])
@@ -168,11 +219,13 @@ def parse_document(doc: Any, current: Registry, is_place: Callable[[str], bool],
                                 "characters, none of them NUL")
         risk = _choice(raw, "risk", RISKS, where, problems)
         category = _choice(raw, "category", CATEGORIES, where, problems)
+        level = _choice(raw, "level", LEVELS, where, problems)
+        ended = _time(raw, "ended", where, problems, required=False)
         subject = Subject(sid or "", tuple(devices), _text(raw, "office", where, problems) or "",
                           tuple(_codes(raw, "home", where, problems)),
                           tuple(_codes(raw, "exclusions", where, problems, required=False)),
                           risk, category,
-                          subjects[sid].index if sid in subjects else -1)
+                          subjects[sid].index if sid in subjects else -1, level, ended)
         if sid and _once(seen["subjects"], sid, where, problems):
             subjects[sid] = subject
 
@@ -184,7 +237,9 @@ def parse_document(doc: Any, current: Registry, is_place: Callable[[str], bool],
             problems.append(f"{where}: end is not after start")
         permit = Permit(pid, sid or "", start or 0, end or 0,
                         tuple(_codes(raw, "destinations", where, problems)),
-                        _text(raw, "office", where, problems) or "")
+                        _text(raw, "office", where, problems) or "",
+                        _text(raw, "source", where, problems, required=False) or "import",
+                        _recurring(raw, where, problems))
         if _once(seen["permits"], pid, where, problems):
             permits[pid] = permit
 
@@ -201,24 +256,39 @@ def parse_document(doc: Any, current: Registry, is_place: Callable[[str], bool],
         if _once(seen["delegations"], did, where, problems):
             delegations[did] = delegation
 
-    problems += _check_references(offices, subjects, permits, delegations, is_place, is_zone)
+    problems += _check_references(offices, subjects, permits, delegations, is_place, is_zone,
+                                   seen, current.device_owner)
     if problems:
         raise RegistryError(problems)
-    next_index = max((s.index for s in subjects.values()), default=-1) + 1
-    for sid in sorted(s for s, subj in subjects.items() if subj.index < 0):
+    next_index = current.next_index
+    for sid in sorted(s for s in seen["subjects"] if subjects[s].index < 0):
         subjects[sid] = _with_index(subjects[sid], next_index)
         next_index += 1
-    return Registry(offices, subjects, permits, delegations, current.version + 1)
+    new = Registry(offices, subjects, permits, delegations, current.version + 1)
+    owner = dict(current.device_owner)
+    for sid in seen["subjects"]:
+        for d in current.subjects[sid].devices if sid in current.subjects else ():
+            owner.pop(d, None)
+    for sid in seen["subjects"]:
+        owner.update(dict.fromkeys(subjects[sid].devices, sid))
+    new.__dict__["device_owner"] = owner          # carried over, not rebuilt
+    new.__dict__["next_index"] = next_index
+    return new, seen
 
 
-def _check_references(offices, subjects, permits, delegations, is_place, is_zone) -> list[str]:
+def _check_references(offices, subjects, permits, delegations, is_place, is_zone,
+                      touched: Touched, owner_before: dict[str, str]) -> list[str]:
+    """Problems of the touched entities: what they name must exist, devices stay unique."""
     problems = []
-    for o in offices.values():
+    for code in sorted(touched["offices"]):
+        o = offices[code]
         if o.parent and o.parent not in offices:
             problems.append(f"office {o.code}: unknown parent office {o.parent!r}")
-    problems += [f"offices: parent cycle through {c!r}" for c in _office_cycles(offices)]
+    problems += [f"offices: parent cycle through {c!r}"
+                 for c in _office_cycles(offices, touched["offices"])]
     owner: dict[str, str] = {}
-    for s in subjects.values():
+    for sid in sorted(touched["subjects"]):
+        s = subjects[sid]
         if s.office not in offices:
             problems.append(f"subject {s.id}: unknown office {s.office!r}")
         for code in s.home:
@@ -230,10 +300,16 @@ def _check_references(offices, subjects, permits, delegations, is_place, is_zone
             if not is_zone(code):
                 problems.append(f"subject {s.id}: unknown zone code {code!r} in exclusions")
         for d in s.devices:
-            if d in owner and owner[d] != s.id:
-                problems.append(f"device {d!r} is claimed by subjects {owner[d]} and {s.id}")
+            other = owner.get(d)
+            if other is None:
+                before = owner_before.get(d)
+                if before is not None and before != s.id and before not in touched["subjects"]:
+                    other = before
+            if other is not None and other != s.id:
+                problems.append(f"device {d!r} is claimed by subjects {other} and {s.id}")
             owner.setdefault(d, s.id)
-    for p in permits.values():
+    for pid in sorted(touched["permits"]):
+        p = permits[pid]
         if p.subject not in subjects:
             problems.append(f"permit {p.id}: unknown subject {p.subject!r}")
         if p.office not in offices:
@@ -241,7 +317,8 @@ def _check_references(offices, subjects, permits, delegations, is_place, is_zone
         for code in p.destinations:
             if not (is_place(code) or is_zone(code)):
                 problems.append(f"permit {p.id}: unknown jurisdiction or zone code {code!r}")
-    for d in delegations.values():
+    for did in sorted(touched["delegations"]):
+        d = delegations[did]
         if d.subject not in subjects:
             problems.append(f"delegation {d.id}: unknown subject {d.subject!r}")
         if d.office not in offices:
@@ -252,9 +329,10 @@ def _check_references(offices, subjects, permits, delegations, is_place, is_zone
     return problems
 
 
-def _office_cycles(offices: dict[str, Office]) -> list[str]:
+def _office_cycles(offices: dict[str, Office], starts: Iterable[str]) -> list[str]:
+    """Offices on a parent cycle reachable from `starts` (a new cycle passes a touched one)."""
     cycles, done = [], set()
-    for start in offices:
+    for start in sorted(starts):
         path, code = [], start
         while code in offices and code not in done and code not in path:
             path.append(code)
@@ -348,7 +426,59 @@ def _once(seen: set, key: str, where: str, problems: list[str]) -> bool:
 
 
 def _with_index(s: Subject, index: int) -> Subject:
-    return Subject(s.id, s.devices, s.office, s.home, s.exclusions, s.risk, s.category, index)
+    return replace(s, index=index)
+
+
+RECURRING_KEYS = ("days", "from", "to")
+
+
+def _recurring(raw, where, problems) -> Recurring | None:
+    """A standing permit's `recurring: {days: [1-7], from: "HH:MM", to: "HH:MM"}`."""
+    value = raw.get("recurring")
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        problems.append(f"{where}: recurring must be an object {{days, from, to}}")
+        return None
+    problems += unknown_keys(value, RECURRING_KEYS, f"{where}: recurring")
+    days = value.get("days")
+    if not isinstance(days, list) or not days or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 7 for d in days):
+        problems.append(f"{where}: recurring days must be a non-empty array of weekdays "
+                        "1 (Monday) .. 7 (Sunday)")
+        days = [1]
+    start, end = _minutes(value.get("from"), where, "from", problems), \
+        _minutes(value.get("to"), where, "to", problems)
+    if start is not None and end is not None and end <= start:
+        problems.append(f"{where}: recurring to is not after from")
+    if start is None or end is None:
+        return None
+    return Recurring(tuple(sorted(set(days))), start, end)
+
+
+def _minutes(value, where, key, problems) -> int | None:
+    """Minutes after midnight of "HH:MM" (00:00 .. 24:00)."""
+    try:
+        hours, minutes = value.split(":")
+        if len(hours) != 2 or len(minutes) != 2:
+            raise ValueError
+        total = int(hours) * 60 + int(minutes)
+        if not (0 <= int(minutes) < 60 and 0 <= total <= 24 * 60):
+            raise ValueError
+        return total
+    except (AttributeError, ValueError):
+        problems.append(f"{where}: recurring {key} must be a time \"HH:MM\", not {value!r}")
+        return None
+
+
+def _hhmm(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _subject_document(s: Subject) -> dict:
+    doc = {k: v for k, v in asdict(s).items() if k not in ("index", "ended_ms")}
+    doc["ended"] = _rfc3339(s.ended_ms) if s.ended_ms is not None else None
+    return _clean(doc)
 
 
 def _rfc3339(ms: int) -> str:
@@ -360,6 +490,21 @@ def _clean(d: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if v is not None}
 
 
+def _subject_of(d: dict) -> Subject:
+    """A stored subject (documents written before levels existed have none)."""
+    return Subject(d["id"], tuple(d["devices"]), d["office"], tuple(d["home"]),
+                   tuple(d["exclusions"]), d["risk"], d["category"], d["index"],
+                   d.get("level", "normal"), d.get("ended_ms"))
+
+
+def _permit_of(d: dict) -> Permit:
+    recurring = d.get("recurring")
+    return Permit(d["id"], d["subject"], d["start_ms"], d["end_ms"], tuple(d["destinations"]),
+                  d["office"], d.get("source", "import"),
+                  Recurring(tuple(recurring["days"]), recurring["from_min"],
+                            recurring["to_min"]) if recurring else None)
+
+
 def _version_1(db: sqlite3.Connection) -> None:
     """One JSON document per entity, and the registry's version in `meta`."""
     run_script(db, """
@@ -368,15 +513,43 @@ def _version_1(db: sqlite3.Connection) -> None:
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)""")
 
 
-SCHEMA = Schema("registry", marker="registry", steps=(_version_1,))
+def _version_2(db: sqlite3.Connection) -> None:
+    """The change log: which entities each version changed, so that a reader holding
+    version v reads only what changed since (a national registry is 700,000 subjects)."""
+    run_script(db, """
+        CREATE TABLE changes (version INTEGER NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL);
+        CREATE INDEX changes_version ON changes (version);
+        INSERT OR REPLACE INTO meta
+            SELECT 'changes_from', COALESCE((SELECT value FROM meta WHERE key='version'), 0)""")
+
+
+SCHEMA = Schema("registry", marker="registry", steps=(_version_1, _version_2))
+KEEP_CHANGES = 10_000   # versions of change log kept; a reader further behind reloads all
+
+
+
+@dataclass(frozen=True)
+class RegistryChange:
+    """What changed between two versions: the new snapshot and the touched keys."""
+
+    registry: Registry
+    touched: Touched
+
+    def keys(self, kind: str) -> set[str]:
+        return self.touched.get(kind, set())
 
 
 class RegistryStore:
-    """The registry in its own SQLite file: one JSON document per entity, imported atomically."""
+    """The registry in its own SQLite file: one JSON document per entity, imported atomically.
+
+    The newest snapshot is cached; `load` and `changes_since` read only the entities
+    changed since the cached version (the change log), never the whole file again.
+    """
 
     def __init__(self, path: str | Path):
         self.path = str(path)
         self._db = connect(self.path, SCHEMA, sync="full")   # imports are rare: fsync them
+        self._cached: Registry | None = None
 
     def close(self) -> None:
         self._db.close()
@@ -386,30 +559,113 @@ class RegistryStore:
         return int(row[0]) if row else 0
 
     def load(self) -> Registry:
+        """The current registry (cached; only what changed since is read)."""
+        change = self.changes_since(self._cached.version if self._cached else -1)
+        return change.registry if change is not None else self._cached
+
+    def changes_since(self, version: int) -> RegistryChange | None:
+        """None if the registry is still at `version`; else the registry now and the keys
+        touched after `version` (every key when the log does not reach back that far)."""
+        with _reading(self._db):   # version, log and rows from one snapshot
+            now = self.version()
+            if version == now and self._cached is not None:
+                return None
+            cached, covered_from = self._cached, self._log_start()
+            if cached is not None and cached.version == now:
+                registry = cached
+            elif cached is not None and covered_from <= cached.version < now:
+                registry = self._read_changes(cached, self._touched(cached.version), now)
+            else:
+                registry = self._read_all(now)
+            self._cached = registry
+            if version == now:
+                return None
+            if covered_from <= version < now:
+                touched = self._touched(version)
+            else:
+                touched = {k: set(getattr(registry, k)) for k in KINDS}
+            return RegistryChange(registry, touched)
+
+    def _log_start(self) -> int:
+        """The change log holds every change after this version."""
+        row = self._db.execute("SELECT value FROM meta WHERE key='changes_from'").fetchone()
+        return int(row[0]) if row else self.version()
+
+    def _touched(self, after: int) -> Touched:
+        touched: Touched = {k: set() for k in KINDS}
+        for kind, key in self._db.execute("SELECT kind, key FROM changes WHERE version > ?",
+                                          (after,)):
+            touched[kind].add(key)
+        return touched
+
+    def _read_all(self, version: int) -> Registry:
         docs: dict[str, list[Any]] = {k: [] for k in KINDS}
         for kind, doc in self._db.execute("SELECT kind, doc FROM registry ORDER BY rowid"):
             docs[kind].append(json.loads(doc))
-        subjects = {d["id"]: Subject(d["id"], tuple(d["devices"]), d["office"], tuple(d["home"]),
-                                     tuple(d["exclusions"]), d["risk"], d["category"], d["index"])
-                    for d in docs["subjects"]}
-        return Registry(
-            {d["code"]: Office(d["code"], d["name"], d["parent"]) for d in docs["offices"]},
-            subjects,
-            {d["id"]: Permit(d["id"], d["subject"], d["start_ms"], d["end_ms"],
-                             tuple(d["destinations"]), d["office"]) for d in docs["permits"]},
-            {d["id"]: Delegation(d["id"], d["subject"], d["start_ms"], d["end_ms"], d["office"],
-                                 tuple(d["home"])) for d in docs["delegations"]},
-            self.version())
+        return _registry_of(docs, {}, version)
 
-    def import_document(self, doc: Any, is_place, is_zone) -> Registry:
-        """Upsert `doc`; raises RegistryError (nothing changed) on any problem."""
+    def _read_changes(self, cached: Registry, touched: Touched, version: int) -> Registry:
+        docs: dict[str, list[Any]] = {k: [] for k in KINDS}
+        for kind, keys in touched.items():
+            for key in keys:
+                row = self._db.execute("SELECT doc FROM registry WHERE kind=? AND key=?",
+                                       (kind, key)).fetchone()
+                if row is not None:
+                    docs[kind].append(json.loads(row[0]))
+        return _registry_of(docs, {k: getattr(cached, k) for k in KINDS}, version)
+
+    def import_document(self, doc: Any, is_place, is_zone,
+                        also: Callable[[sqlite3.Connection, Registry], None] | None = None
+                        ) -> Registry:
+        """Upsert `doc`; raises RegistryError (nothing changed) on any problem.
+
+        `also(db, new_registry)` runs inside the same transaction after validation (the
+        leave that becomes a permit is written with it); an exception from it undoes all.
+        """
         with transaction(self._db) as db:
-            new = parse_document(doc, self.load(), is_place, is_zone)
-            rows = [("offices", o.code, asdict(o)) for o in new.offices.values()]
-            rows += [("subjects", s.id, asdict(s)) for s in new.subjects.values()]
-            rows += [("permits", p.id, asdict(p)) for p in new.permits.values()]
-            rows += [("delegations", d.id, asdict(d)) for d in new.delegations.values()]
+            current = self.load()
+            new, touched = parse_changes(doc, current, is_place, is_zone)
+            rows = [(kind, key, asdict(getattr(new, kind)[key]))
+                    for kind, keys in touched.items() for key in sorted(keys)]
             db.executemany("INSERT OR REPLACE INTO registry VALUES (?, ?, ?)",
                            [(k, key, json.dumps(v, ensure_ascii=False)) for k, key, v in rows])
+            db.executemany("INSERT INTO changes VALUES (?, ?, ?)",
+                           [(new.version, kind, key) for kind, key, _ in rows])
+            if new.version % 1000 == 0 and new.version > KEEP_CHANGES:
+                trim = new.version - KEEP_CHANGES
+                db.execute("DELETE FROM changes WHERE version <= ?", (trim,))
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('changes_from', ?)", (trim,))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (new.version,))
+            if also is not None:
+                also(db, new)
+        self._cached = new
         return new
+
+
+@contextmanager
+def _reading(db: sqlite3.Connection):
+    """A read transaction (deferred: takes no write lock), or the one already open."""
+    if db.in_transaction:
+        yield
+        return
+    db.execute("BEGIN")
+    try:
+        yield
+    finally:
+        db.execute("COMMIT")
+
+
+def _registry_of(docs: dict[str, list[Any]], base: dict[str, dict], version: int) -> Registry:
+    """`base` (kind -> entities, not modified) with the stored documents `docs` over it."""
+    parsed = {
+        "offices": {d["code"]: Office(d["code"], d["name"], d["parent"])
+                    for d in docs["offices"]},
+        "subjects": {d["id"]: _subject_of(d) for d in docs["subjects"]},
+        "permits": {d["id"]: _permit_of(d) for d in docs["permits"]},
+        "delegations": {d["id"]: Delegation(d["id"], d["subject"], d["start_ms"], d["end_ms"],
+                                            d["office"], tuple(d["home"]))
+                        for d in docs["delegations"]},
+    }
+    merged = {k: {**base[k], **parsed[k]} if k in base else parsed[k] for k in KINDS}
+    return Registry(merged["offices"], merged["subjects"], merged["permits"],
+                    merged["delegations"], version)

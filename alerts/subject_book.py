@@ -11,10 +11,17 @@ import time
 import numpy as np
 
 import geofence
-from alerts.registry import Registry, RegistryStore, Subject
+from alerts.registry import LEVELS, Registry, RegistryStore, Subject
 from alerts.schedule import AreaSchedule
 
 REGISTRY_POLL_S = 1.0
+NEVER_MS = np.iinfo(np.int64).max   # `ended_ms` of a subject still supervised
+
+
+def rule_class_of(subject: Subject) -> int:
+    """The subject's row of the per-level rule settings: level * 2 + key (SPEC §11):
+    0 normal, 1 normal key, 2 strict, 3 strict key, 4 loose, 5 loose key."""
+    return LEVELS.index(subject.level) * 2 + (subject.risk == "key")
 
 
 class SubjectBook:
@@ -29,6 +36,8 @@ class SubjectBook:
         self.exclusions_of = np.zeros(0, np.int32)
         self.key = np.zeros(0, np.bool_)
         self.registered = np.zeros(0, np.bool_)
+        self.rule_class = np.zeros(0, np.int8)
+        self.ended_ms = np.zeros(0, np.int64)
         self.subjects: list[Subject | None] = []
         self.index_of: dict[str, int] = {}
         self._next_poll = 0.0
@@ -50,16 +59,33 @@ class SubjectBook:
         size = schedule.n_subjects
         exclusions_of = np.zeros(size, np.int32)
         key = np.zeros(size, np.bool_)
+        rule_class = np.zeros(size, np.int8)
+        ended_ms = np.full(size, NEVER_MS, np.int64)
         subjects: list[Subject | None] = [None] * size
         for s in registry.subjects.values():
             exclusions_of[s.index] = self.engine.exclusion_set_id(s.exclusions)
             key[s.index] = s.risk == "key"
+            rule_class[s.index] = rule_class_of(s)
+            if s.ended_ms is not None:
+                ended_ms[s.index] = s.ended_ms
             subjects[s.index] = s
         self.schedule, self.exclusions_of, self.key, self.subjects = (
             schedule, exclusions_of, key, subjects)
+        self.rule_class, self.ended_ms = rule_class, ended_ms
         self.registered = np.array([s is not None for s in subjects], np.bool_)
         self.index_of = {s.id: s.index for s in registry.subjects.values()}
         self.registry, self.version = registry, registry.version
+
+    def supervised(self, subject: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
+        """Per fix: its subject was under supervision at its time (an ended supervision
+        raises nothing from its end on; its fixes are still stored)."""
+        known = subject < len(self.ended_ms)
+        ended = self.ended_ms[np.where(known, subject, 0)] if len(self.ended_ms) else NEVER_MS
+        return ~known | (t_ms < ended)
+
+    def watched(self, now_ms: int) -> np.ndarray:
+        """Per subject index: registered and still supervised at `now_ms` (clock rules)."""
+        return self.registered & (self.ended_ms > now_ms)
 
     def areas_at(self, subject: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
         """Allowed-area ids of fixes; a subject newer than the book forces a rebuild."""

@@ -31,9 +31,26 @@ class DeskState:
     map_lock: asyncio.Lock
     hosts: frozenset[str]                # the host names it answers to (`desk.hosts`)
     map_layer: MapLayer | None = None
+    code_checkers: tuple | None = None   # (is_place, is_zone) of the layers, once loaded
+
+    async def checkers(self):
+        """(is_place, is_zone) for validating registry writes: the layers are loaded once
+        per process, off the event loop."""
+        if self.code_checkers is None:
+            async with self.map_lock:
+                if self.code_checkers is None:
+                    self.code_checkers = await asyncio.get_running_loop().run_in_executor(
+                        None, _load_checkers, self.settings)
+        return self.code_checkers
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+
+def _load_checkers(settings: Settings):
+    from engine.layers import code_checkers, load_layers
+
+    return code_checkers(*load_layers(settings))
 
 
 DESK = web.AppKey("desk", DeskState)

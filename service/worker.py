@@ -207,7 +207,10 @@ class Worker:
                 newest = int(fixes.t_ms.max())
                 self.carriers.saw(carrier, newest)
                 self.clock.observe(newest)
-            mine = fixes.take(fixes.subject % self.count == self.index)
+            if len(fixes) and fixes.subject.max() >= self.book.size:
+                self.book.refresh(force=True)    # a subject newer than the book
+            mine = fixes.take((fixes.subject % self.count == self.index)
+                              & self.book.supervised(fixes.subject, fixes.t_ms))
             counts = np.zeros(3, np.int64)
             if len(mine):
                 result = self.evaluation.run(mine, carrier, batch.received_ms)
