@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from aiohttp import web
 
 from alerts.registry import ENTRY_KEYS, RegistryError, Subject, parse_document
+from desk import audit
 from desk.context import SESSION, ApiError, desk_of
 from desk.http import json_response
 from desk.jsonbody import json_body
@@ -236,6 +237,4 @@ def _rfc3339(ms: int) -> str:
 
 
 async def _audit(request: web.Request, action: str, subject: str, detail: str = "") -> None:
-    from desk import audit
-
     await audit.record(request, action, subject=subject, detail=detail)
