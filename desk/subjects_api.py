@@ -23,6 +23,7 @@ that held it. An id in use answers 409 whoever asks (an id must be unique), with
 saying whose it is.
 """
 
+import re
 from datetime import datetime, timezone
 
 from aiohttp import web
@@ -192,15 +193,36 @@ def _import(desk, scope, session, entry: dict, problems: list[str], checkers,
     RegistryError with the body's problems and the registry's together."""
     document = {"subjects": [entry]}
     store = desk.stores.registry
-    if problems:   # the body's own problems: report the registry's with them, write nothing
-        try:
-            parse_document(document, store.load(), *checkers)
-        except RegistryError as e:
-            problems = problems + e.problems
-        raise RegistryError(problems)
-    registry = store.import_document(document, *checkers)
+    try:
+        if problems:   # the body's own: report the registry's with them, write nothing
+            try:
+                parse_document(document, store.load(), *checkers)
+            except RegistryError as e:
+                problems = problems + e.problems
+            raise RegistryError(problems)
+        registry = store.import_document(document, *checkers)
+    except RegistryError as e:
+        raise RegistryError([_unseen_hidden(scope, session, p, now_ms)
+                             for p in e.problems]) from None
     subject = registry.subjects[str(entry["id"]).strip()]
     return _detail(desk.stores.scope(), session, subject, now_ms)
+
+
+_CLAIMED = re.compile(r"^device (.*) is claimed by subjects (.+) and (.+)$", re.DOTALL)
+
+
+def _unseen_hidden(scope, session, problem: str, now_ms: int) -> str:
+    """`problem`, without the id of a person the user does not see: a phone number
+    already held elsewhere says "another subject", never whose it is."""
+    match = _CLAIMED.match(problem)
+    if match is None:
+        return problem
+    device, holder, claimant = match.groups()
+    subject = scope.registry.subjects.get(holder)
+    if subject is not None and scope.sees_subject(scope.subtree(session.office), subject,
+                                                  now_ms):
+        return problem
+    return f"device {device} of subject {claimant} is held by a subject outside your offices"
 
 
 def _detail(scope, session, subject: Subject, now_ms: int) -> dict:

@@ -171,7 +171,13 @@ def test_every_problem_of_an_onboarding_is_reported_at_once_and_nothing_changes(
             assert any("'999999' in home" in p for p in problems)
             assert any("'Z7' in exclusions" in p for p in problems)
             assert any("level 'severe'" in p for p in problems)
-            assert any("device '13800000001' is claimed" in p for p in problems)
+            assert any("device '13800000001' is claimed by subjects S1 and S9" in p
+                       for p in problems)   # S1 is town1's own
+            # a phone held by someone town1 does not see: refused without saying whose
+            status, body = await post(town1, server, "/api/subjects",
+                                      {**NEW, "devices": ["13800000003"]})
+            assert status == 422 and body["problems"] == [
+                "device '13800000003' of subject S9 is held by a subject outside your offices"]
             status, body = await post(town1, server, "/api/subjects", {"id": "S9"})
             assert status == 422   # registry import's words: each missing key named
             for key in ("devices", "office", "home"):
