@@ -184,6 +184,10 @@ def test_every_problem_of_an_onboarding_is_reported_at_once_and_nothing_changes(
                 assert any(f"{key} is missing" in p or f"{key} must be" in p
                            for p in body["problems"]), key
             assert (await get(town1, server, "/api/subjects/S9"))[0] == 404
+            for unreachable in ("S/9", "S" * 129):   # an id the path could not name
+                status, body = await post(town1, server, "/api/subjects",
+                                          {**NEW, "id": unreachable})
+                assert status == 422 and len(body["problems"]) == 1, body
     run(scenario())
     after = registry_of(world)
     assert after.version == before.version and "S9" not in after.subjects
