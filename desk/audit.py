@@ -94,17 +94,6 @@ class AuditLog:
                 for row in self._db.execute(sql, (*args, limit))]
 
 
-def audit_log_of(stores) -> AuditLog:
-    """The desk's audit log (database thread): the one its user store holds."""
-    log = getattr(stores.users, "audit", None)
-    if log is None:   # a user store from before desk.sqlite v2: give it the table
-        db = stores.users._db
-        with transaction(db):
-            create_tables(db)
-        log = stores.users.audit = AuditLog(db)
-    return log
-
-
 async def record(request, action: str, subject: str | None = None, detail: str = "",
                  session=None) -> None:
     """Append one entry for the request's user (or `session`: a login has none on the
@@ -115,8 +104,7 @@ async def record(request, action: str, subject: str | None = None, detail: str =
     desk = desk_of(request)
     session = session if session is not None else request[SESSION]
     entry = AuditEntry(at_ms=desk.now_ms(), user=session.user, office=session.office,
-                       role=getattr(session, "role", "officer"), action=action[:MAX_ACTION_CHARS],
-                       subject=subject,
+                       role=session.role, action=action[:MAX_ACTION_CHARS], subject=subject,
                        address=client_address(request, desk.settings.desk.trust_forwarded_for),
                        detail=detail)
-    await desk.stores.run(lambda: audit_log_of(desk.stores).append(entry))
+    await desk.stores.run(desk.stores.users.audit.append, entry)
