@@ -77,12 +77,14 @@ class AuditLog:
 
     def entries(self, *, subject: str | None = None, user: str | None = None,
                 since_ms: int | None = None, before_seq: int | None = None,
-                limit: int = 1000, newest_first: bool = True) -> list[tuple[int, AuditEntry]]:
+                after_seq: int | None = None, limit: int = 1000,
+                newest_first: bool = True) -> list[tuple[int, AuditEntry]]:
         """(seq, entry) pairs matching every filter given, newest first (or oldest first
-        for an export); `before_seq` pages back past entries already read."""
+        for an export); `before_seq` / `after_seq` page past entries already read."""
         where, args = [], []
         for clause, value in (("subject = ?", subject), ("user = ?", user),
-                              ("at_ms >= ?", since_ms), ("seq < ?", before_seq)):
+                              ("at_ms >= ?", since_ms), ("seq < ?", before_seq),
+                              ("seq > ?", after_seq)):
             if value is not None:
                 where.append(clause)
                 args.append(value)
