@@ -15,11 +15,12 @@ import pytest
 
 from alerts.registry import RegistryStore
 from desk.audit import AuditLog
+from desk.users import UserStore
 from engine.config import Desk, Layers, Settings, Storage
 from engine.paths import EnginePaths
 from tests import test_desk_api
-from tests.test_desk_api import (C402, C403, T1, T2, T3, get, logged_in, post, run,
-                                 serving)
+from tests.test_desk_api import (C402, C403, PASSWORD, T1, T2, T3, get, logged_in, post,
+                                 run, serving)
 
 template = test_desk_api.template   # the desk world's files, built once
 
@@ -62,8 +63,6 @@ def audit_of(world, subject: str) -> list[tuple[str, str, str]]:
     """(action, user, detail) of the entries about `subject`, oldest first."""
     db = sqlite3.connect(world[1].desk_db)
     try:
-        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'audit'").fetchone() is None:
-            return []   # nothing recorded yet (a desk.sqlite v1 gets the table on first use)
         return [(e.action, e.user, e.detail)
                 for _, e in AuditLog(db).entries(subject=subject, newest_first=False)]
     finally:
@@ -288,3 +287,24 @@ def test_ending_supervision_keeps_the_record_releases_the_phones_and_freezes_it(
     assert registry.device_owner["13800000001"] == "S9"
     assert [(a, d) for a, _, d in audit_of(world, "S1")] == [("subject.end", "矫正期满"),
                                                              ("subject.read", "")]
+
+
+# -- viewers -----------------------------------------------------------------------------
+
+def test_a_viewer_reads_a_record_with_its_phones_and_changes_nothing(world):
+    with UserStore(world[1].desk_db) as users:
+        users.add("viewer402", C402, PASSWORD, role="viewer")
+    before = registry_of(world)
+
+    async def scenario():
+        async with serving(*world) as server, logged_in(server, "viewer402") as viewer:
+            status, doc = await get(viewer, server, "/api/subjects/S1")
+            assert (status, doc["devices"]) == (200, ["13800000001"])
+            assert (await get(viewer, server, "/api/subjects/S3"))[0] == 404   # other county
+            for method, path, body in (("POST", "/api/subjects", NEW),
+                                       ("PATCH", "/api/subjects/S1", {"level": "loose"}),
+                                       ("POST", "/api/subjects/S1/end", {})):
+                assert (await send(viewer, server, method, path, body))[0] == 403, path
+    run(scenario())
+    assert registry_of(world).subjects == before.subjects
+    assert audit_of(world, "S1") == [("subject.read", "viewer402", "")]
