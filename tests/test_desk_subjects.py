@@ -10,6 +10,7 @@ did not.
 import json
 import shutil
 import sqlite3
+import time
 
 import pytest
 
@@ -258,10 +259,12 @@ def test_ending_supervision_keeps_the_record_releases_the_phones_and_freezes_it(
                 logged_in(server, "town1", "town2") as (town1, town2):
             assert (await post(town2, server, "/api/subjects/S1/end"))[0] == 404
             assert (await post(town1, server, "/api/subjects/S4/end"))[0] == 403
+            asked_ms = int(time.time() * 1000)
             status, doc = await post(town1, server, "/api/subjects/S1/end",
                                      {"note": "矫正期满"})
             assert status == 200, doc
-            assert doc["ended"] is not None and doc["devices"] == []
+            assert asked_ms <= doc["ended"] <= time.time() * 1000   # now, to the ms
+            assert doc["devices"] == []
             ended_at = doc["ended"]
             _, listed = await get(town1, server, "/api/subjects")
             assert {s["id"] for s in listed["subjects"]} == {"S4"}
