@@ -212,7 +212,7 @@ _CLAIMED = re.compile(r"^device (.*) is claimed by subjects (.+) and (.+)$", re.
 
 def _unseen_hidden(scope, session, problem: str, now_ms: int) -> str:
     """`problem`, without the id of a person the user does not see: a phone number
-    already held elsewhere says "another subject", never whose it is."""
+    already held elsewhere says "a subject outside your offices", never whose it is."""
     match = _CLAIMED.match(problem)
     if match is None:
         return problem
