@@ -246,3 +246,16 @@ def test_user_add_role_list_and_disable_on_the_command_line(engine, monkeypatch,
         geofence(monkeypatch, capsys, "s3cret pass\n", "--config", str(engine), "user",
                  "add", "li", "--office", "3704", "--role", "admin")
     assert "officer" in capsys.readouterr().err
+
+
+def test_an_audit_action_must_be_a_dotted_lower_case_word(tmp_path):
+    from desk.audit import AuditEntry
+
+    with UserStore(tmp_path / "desk.sqlite") as users:
+        for action in ("alarm.ack", "leave.approve", "subject.update", "user.login"):
+            users.audit.append(AuditEntry(1, "wang", "3704", "officer", action, None, "::1"))
+        for action in ("ack", "Alarm.Ack", "alarm.", "alarm ack", "alarm.ack; drop"):
+            with pytest.raises(ValueError, match="<what>.<verb>"):
+                users.audit.append(AuditEntry(1, "wang", "3704", "officer", action, None,
+                                              "::1"))
+        assert len(users.audit.entries()) == 4
