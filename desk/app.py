@@ -5,7 +5,8 @@
         on_ready(url) once listening, returns after should_stop() turns true
 
 Routes (SPEC §8): /api/login, /api/logout, /api/me, /api/alarms[/{id}[/ack|/resolve]],
-/api/subjects[/{id}/track], /api/events, /api/layer; /healthz and /metrics without a
+/api/subjects[/{id}/track], /api/events, /api/layer; leaves (SPEC §12, `desk.leaves_api`):
+/api/leaves[/{id}[/approve|/reject|/cancel|/close]], /api/subjects/{id}/leaves; /healthz and /metrics without a
 session; the page at / and /static/.
 """
 
@@ -16,7 +17,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from desk import api, auth, static
+from desk import api, auth, leaves_api, static
 from desk.context import DESK, HEALTH, DeskState
 from desk.events import ChangeFeed
 from desk.hosts import configured_hosts, host_middleware
@@ -85,6 +86,14 @@ def make_app(settings: Settings, paths: EnginePaths, *,
     r.add_get("/api/subjects/{id}/track", api.track)
     r.add_get("/api/events", api.event_stream)
     r.add_get("/api/layer", api.layer)
+    r.add_post("/api/leaves", leaves_api.request_leave)
+    r.add_get("/api/leaves", leaves_api.list_leaves)
+    r.add_get("/api/leaves/{id}", leaves_api.get_leave)
+    r.add_post("/api/leaves/{id}/approve", leaves_api.approve)
+    r.add_post("/api/leaves/{id}/reject", leaves_api.reject)
+    r.add_post("/api/leaves/{id}/cancel", leaves_api.cancel)
+    r.add_post("/api/leaves/{id}/close", leaves_api.close)
+    r.add_get("/api/subjects/{id}/leaves", leaves_api.subject_leaves)
     r.add_get("/healthz", api.health)
     r.add_get("/metrics", api.metrics)
     static.add_routes(app)
