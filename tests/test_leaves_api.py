@@ -160,6 +160,7 @@ def test_ten_days_a_township_officer_may_not_approve_and_the_county_may(world):
             city_leave = await file(server, s["town1"], days=9, start=now_ms() + 40 * DAY_MS)
             status, _ = await post(s["city"], server, f"/api/leaves/{city_leave['id']}/approve")
             assert status == 200                                 # above the county: also
+            assert permits(world)[f"leave-{city_leave['id']}"].office == "3704"   # who did
     run(scenario())
 
 

@@ -18,9 +18,9 @@ from tests.test_desk_api import C402, C403, REGISTRY, T1, code_checkers
 NOW = 1_900_000_000_000   # 2030-03-17: ahead of any real clock for years
 
 
-def pending(start=NOW + DAY_MS, days=2, subject="S1", approver=T1) -> Leave:
-    return Leave("", subject, T1, (C403,), start, start + days * DAY_MS, "探亲", None,
-                 "pending", approver, "town1", NOW)
+def pending(start=NOW + DAY_MS, days=2) -> Leave:
+    return Leave("", "S1", T1, (C403,), start, start + days * DAY_MS, "探亲", None,
+                 "pending", T1, "town1", NOW)
 
 
 @pytest.fixture
@@ -54,9 +54,10 @@ def test_a_registry_of_version_2_gains_the_leave_tables_and_keeps_its_entities(t
 
 def test_an_approval_the_registry_refuses_leaves_the_leave_pending(store):
     leaves = LeaveStore(store)
-    filed = leaves.request(pending(approver="9999"), "town1", T1, NOW)   # no such office
+    unknown = replace(pending(), destinations=("999999",))   # no such jurisdiction or zone
+    filed = leaves.request(unknown, "town1", T1, NOW)
     version = store.version()
-    with pytest.raises(RegistryError, match="unknown office '9999'"):
+    with pytest.raises(RegistryError, match="'999999'"):
         leaves.approve(filed.id, "boss", C402, "", NOW, code_checkers(), Limits())
     assert store.version() == version and permit_id(filed.id) not in store.load().permits
     assert leaves.get(filed.id).status == "pending"
