@@ -43,6 +43,7 @@ def template(tmp_path_factory):
     with UserStore(paths.desk_db) as users:
         for name, office in USERS.items():
             users.add(name, office, PASSWORD)
+        users.add("inspector", C402, PASSWORD, role="viewer")   # the procuratorate
     return root
 
 
@@ -363,6 +364,25 @@ def test_a_begun_leave_is_closed_not_cancelled_and_its_permit_ends_at_the_close(
             status, _ = await post(s["town1"], server, f"/api/leaves/{leave['id']}/close")
             assert status == 409
             assert [h["action"] for h in doc["history"]] == ["request", "approve", "close"]
+    run(scenario())
+
+
+def test_a_viewer_reads_leaves_and_may_take_no_step(world):
+    async def scenario():
+        async with desk(world, "town1", "inspector") as (server, s):
+            leave = await file(server, s["town1"], days=10)
+            status, seen = await get(s["inspector"], server, f"/api/leaves/{leave['id']}")
+            assert status == 200 and seen["can_approve"] is False
+            _, listed = await get(s["inspector"], server, "/api/leaves", status="pending")
+            assert [item["id"] for item in listed["leaves"]] == [leave["id"]]
+            status, _ = await post(s["inspector"], server, "/api/leaves", leave_body())
+            assert status == 403
+            for action in ("approve", "reject", "cancel", "close"):
+                status, _ = await post(s["inspector"], server,
+                                       f"/api/leaves/{leave['id']}/{action}")
+                assert status == 403, action
+            _, after = await get(s["town1"], server, f"/api/leaves/{leave['id']}")
+            assert after["status"] == "pending" and len(after["history"]) == 1
     run(scenario())
 
 
