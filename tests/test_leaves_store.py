@@ -90,3 +90,32 @@ def test_steps_follow_the_states(store):
     over = leaves.request(replace(pending(), end_ms=NOW + DAY_MS), "town1", T1, NOW)
     with pytest.raises(LeaveRefusedError, match="over"):
         leaves.approve(over.id, "b", T1, "", NOW + DAY_MS, code_checkers(), Limits())
+
+
+def test_a_cancelled_approval_allows_nothing_in_the_schedule_built_or_updated(store):
+    import numpy as np
+
+    from alerts.schedule import AreaSchedule
+
+    areas: dict[tuple[str, ...], int] = {}
+
+    def area_id(codes) -> int:
+        return areas.setdefault(tuple(codes), len(areas))
+
+    leaves = LeaveStore(store)
+    leave = leaves.request(pending(), "town1", T1, NOW)
+    leaves.approve(leave.id, "town1b", T1, "", NOW, code_checkers(), Limits())
+    approved = store.load()
+    updated = AreaSchedule.build(approved, area_id)
+    s1 = approved.subjects["S1"].index
+    during = np.array([leave.start_ms, leave.start_ms + DAY_MS], np.int64)
+    index = np.full(2, s1, np.int32)
+    home = area_id((C402,))
+    assert (updated.areas_at(index, during) != home).all()        # approved: allowed away
+
+    leaves.cancel(leave.id, "town1", T1, "", NOW, code_checkers())
+    cancelled = store.load()
+    updated.update(cancelled, permits=[permit_id(leave.id)])
+    for schedule in (updated, AreaSchedule.build(cancelled, area_id)):
+        assert (schedule.areas_at(index, during) == home).all()
+        assert schedule.permits_ending(NOW - DAY_MS, NOW + 10 * DAY_MS) == []
