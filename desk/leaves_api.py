@@ -42,6 +42,7 @@ NOT_SUPERVISING = ("只有监管司法所及其上级可以办理 / only users o
 READ_ONLY = "只读用户不能办理请假 / a viewer cannot change leaves"
 IMPORTED = ("导入的外出审批为只读，请通过登记导入修改 / an imported permit is read-only here: "
             "change it with a registry import")
+ENDED = "社区矫正已解除 / this person's supervision has ended"
 INVALID = "请假申请有误 / the leave request is invalid"
 NOTE_KEYS = ("note",)
 MAX_NOTE_CHARS = 2_000
@@ -150,7 +151,7 @@ async def request_leave(request: web.Request) -> web.Response:
         if subject.office not in subtree:
             raise ApiError(403, NOT_SUPERVISING)
         if not subject.supervised_at(now):
-            raise LeaveRefusedError(["社区矫正已解除 / this person's supervision has ended"])
+            raise LeaveRefusedError([ENDED])
         standing = wanted.recurring is not None
         days = leave_days(wanted.start_ms, wanted.end_ms)
         approver = approver_office(subject.office, _parent_of(scope), days, standing, limits)
@@ -213,6 +214,9 @@ async def _step(request: web.Request, action: str) -> web.Response:
                 if action == "approve" else None
             if refusal:
                 raise ApiError(403, refusal)
+            if action == "approve" and \
+                    not scope.registry.subjects[leave.subject].supervised_at(now):
+                raise LeaveRefusedError([ENDED])
         elif scope.registry.subjects[leave.subject].office not in subtree:
             raise ApiError(403, NOT_SUPERVISING)
         who = (session.user, session.office, note, now)

@@ -305,6 +305,24 @@ def test_bad_requests_list_every_problem_and_write_nothing(world):
     run(scenario())
 
 
+def test_after_supervision_ended_nothing_is_filed_or_approved(world):
+    async def scenario():
+        async with desk(world, "town1", "town1b") as (server, s):
+            leave = await file(server, s["town1"], days=2)
+            store = RegistryStore(world[1].registry_db)
+            try:
+                s1 = next(e for e in REGISTRY["subjects"] if e["id"] == "S1")
+                store.import_document({"subjects": [{**s1, "ended": "2020-01-01T00:00:00Z"}]},
+                                      *code_checkers())
+            finally:
+                store.close()
+            status, body = await post(s["town1b"], server, f"/api/leaves/{leave['id']}/approve")
+            assert status == 422 and "ended" in body["error"]
+            status, body = await post(s["town1"], server, "/api/leaves", leave_body())
+            assert status == 422 and "ended" in body["error"]
+    run(scenario())
+
+
 # -- states --------------------------------------------------------------------------------
 
 def test_reject_and_cancel_a_pending_leave_and_no_step_fits_after(world):
