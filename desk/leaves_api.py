@@ -11,10 +11,12 @@ Who may do what (the rules themselves: `supervision.leave_rules`):
   else answers 404 as if it did not exist.
 - Request, cancel, close: users of the subject's supervising office or above (a delegate
   office that sees the person: 403).
-- Approve, reject: users of the approver office or above; with `four_eyes` not the user
-  who filed it. Every refusal of authority is 403; of the caps 422 with every reason; a
-  step that does not fit the state (approve a rejected leave) 409.
-- A viewer (`role` "viewer") reads and gets 403 on every step.
+- Approve, reject: users of the approver office or above; with `four_eyes` an approval
+  is by another user than the one who filed it (a rejection may be by anyone with the
+  authority: it allows nothing).
+- Every refusal of authority is 403; of the caps 422 with every reason; a step that does
+  not fit the state (approve a rejected leave) 409.
+- A viewer reads and gets 403 on every step (`desk.http`'s viewer middleware, and here).
 - Imported permits show as approved leaves "permit:<id>" with source "import":
   read-only here (409), changed by a registry import.
 Every step, and every read of one person's leaves, is written to the audit log.
