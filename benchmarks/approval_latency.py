@@ -65,7 +65,7 @@ def run(quick: bool) -> Report:
         config = write_config(root, desk=True, rules={"return_fixes": 1})
         log(f"approval_latency: importing {sizes['subjects']:,} subjects")
         import_registry(config, _registry(sizes["subjects"], counties))
-        paths = EnginePaths(load_settings(str(config)).storage.path)
+        paths = EnginePaths.create(load_settings(str(config)).storage.path)
         with UserStore(paths.desk_db) as users:
             users.add("clerk", CITY, PASSWORD)
             users.add("chief", CITY, PASSWORD)
@@ -163,19 +163,19 @@ class _Feed(threading.Thread):
     def __init__(self, carrier: Carrier, device: str, point: tuple[float, float], batch: int):
         super().__init__(daemon=True)
         self.carrier, self.device, self.point, self.batch = carrier, device, point, batch
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             t = int(time.time() * 1000)
             self.carrier.request(encode_rows(CARRIER, self.batch, [self.device], [t],
                                              [self.point[0]], [self.point[1]], [10.0],
                                              ["gps"]))
             self.batch += 1
-            self._stop.wait(INTERVAL_MS / 1000)
+            self._halt.wait(INTERVAL_MS / 1000)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(5)
 
 
