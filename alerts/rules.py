@@ -174,7 +174,7 @@ class RuleState:
         `carrier` (the batch's carrier id) are remembered for each subject's newest fix.
         """
         s, t, v, xv, xz = self._batch(subject, t_ms, verdict, excl_verdict, excl_zone)
-        classes = self._classes(rule_class)
+        classes = self._classes(rule_class, s)
         n = len(s)
         order = sort_batch(s, t)
         batch = rk.SortedBatch(s[order], t[order], order, v[order], xv[order], xz[order])
@@ -282,15 +282,20 @@ class RuleState:
             raise RulesError(f"subject indices must be in 0..{self.n_subjects - 1}")
         return idx
 
-    def _classes(self, rule_class) -> np.ndarray:
+    def _classes(self, rule_class, batch_subjects: np.ndarray) -> np.ndarray:
+        """Rule classes as the kernel takes them; those of the batch's subjects checked
+        (the kernel indexes the limits table with them), not all N every batch."""
         if rule_class is None:
             return np.zeros(self.n_subjects, np.int8)
         given = np.asarray(rule_class)
         if given.shape != (self.n_subjects,):
             raise RulesError(f"rule_class must have one entry per subject ({self.n_subjects}), "
                              f"not shape {given.shape}")
-        if given.dtype != np.bool_ and (given.dtype.kind not in "iu" or (
-                len(given) and (given.min() < 0 or given.max() >= rk.N_CLASSES))):
+        if given.dtype.kind not in "biu":
+            raise RulesError(f"rule_class must hold classes 0..{rk.N_CLASSES - 1} "
+                             f"(level * 2 + key), not {given.dtype}")
+        used = given[batch_subjects]
+        if len(used) and (used.min() < 0 or used.max() >= rk.N_CLASSES):
             raise RulesError(f"rule_class must hold classes 0..{rk.N_CLASSES - 1} "
                              f"(level * 2 + key)")
         return np.ascontiguousarray(given, np.int8)

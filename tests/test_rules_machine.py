@@ -175,7 +175,7 @@ def test_bad_batches_and_settings_are_refused():
             state.apply(*args)
     with pytest.raises(RulesError, match="one entry per subject"):
         state.apply(*ok, rule_class=[True])
-    for bad in ([0, 6], [-1, 0], [0.5, 1.0]):
+    for bad in ([6, 0], [-1, 0], [0.5, 1.0]):   # subject 0 is the one in the batch
         with pytest.raises(RulesError, match=r"classes 0\.\.5"):
             state.apply(*ok, rule_class=bad)
     with pytest.raises(RulesError, match="exit_fixes must be an integer in 1..255"):
