@@ -364,6 +364,10 @@ def from_mapping(raw: dict[str, Any], source: str = "mapping") -> Settings:
         elif not isinstance(table, dict):
             problems.append(f"{source}: [{name}] must be a table")
         else:
+            if name == "rules" and isinstance(table.get("normal"), dict):
+                problems.append(f"{source}: [rules.normal]: the normal level (普管) is "
+                                f"[rules] itself; set its keys there")
+                table = {k: v for k, v in table.items() if k != "normal"}
             values[name] = _section(sections[name], table, f"{source}: [{name}]", problems)
     settings = replace(Settings(), source=source, **values)
     problems += check(settings, only={(s, k) for s, table in raw.items()
@@ -380,6 +384,8 @@ def check(settings: Settings, only: set[tuple[str, str]] | None = None) -> list[
         values = getattr(settings, section)
         for key, rule in checks.items():
             if only is None or (section, key) in only:
+                # a level's table is named as TOML names it; its lines start "KEY: ...",
+                # or ": unknown key ..." (as `unknown_keys` words them)
                 where = f"[{section}.{key}]" if isinstance(rule, LevelTable) else (
                     f"[{section}] {key}:")
                 problems += [f"{settings.source}: {where}{'' if p[0] == ':' else ' '}{p}"

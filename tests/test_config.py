@@ -202,6 +202,8 @@ def test_level_less_keys_work_as_before():
     ("[rules.strict]\ncheck_every_s = 0.5", "[rules.strict] check_every_s: not per level"),
     ("[rules.strict.loose]\nexit_fixes = 1", "[rules.strict] loose: not per level"),
     ("[rules]\nstrict = 3", "geofence.toml: [rules] strict: must be a table, not 3"),
+    ("[rules.normal]\nexit_fixes = 1", "geofence.toml: [rules.normal]: the normal level (普管) "
+                                       "is [rules] itself; set its keys there"),
 ])
 def test_a_bad_level_key_is_one_line_naming_the_level_table(text, problem):
     found = problems(text)
