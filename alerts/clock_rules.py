@@ -100,7 +100,8 @@ class SilenceWatch:
               carrier_newest_ms: dict[int, int],
               rule_class: np.ndarray | None = None) -> SilenceEvents:
         """Mark and return what the clock says now; `mine`: per subject, watched here;
-        `rule_class`: per subject, its level and key (None: all normal)."""
+        `rule_class`: per subject, its level and key (None, or a subject beyond it:
+        normal)."""
         n = state.n_subjects
         if len(self.watch_ms) < n:
             fill = np.full(n - len(self.watch_ms), now_ms, np.int64)
@@ -120,10 +121,13 @@ class SilenceWatch:
             silenced = np.flatnonzero(mine & (carrier == c) & (quiet_for > self.outage_silence_ms))
             state.set_flags(silenced, rk.OUTAGE_SILENT)
         held = (state.flags & (rk.SIGNAL_LOST_SET | rk.OUTAGE_SILENT)) != 0
-        after_ms = self.lost_after_ms[_classes(rule_class, n)]
-        lost = np.flatnonzero(mine & ~held & (quiet_for > after_ms))
+        # silent longer than the shortest threshold, then each by its own level's
+        maybe = np.flatnonzero(mine & ~held & (quiet_for > self.lost_after_ms.min()))
+        after_ms = self.lost_after_ms[_classes_of(rule_class, maybe)]
+        lost_here = quiet_for[maybe] > after_ms
+        lost = maybe[lost_here]
         state.mark_signal_lost(lost)
-        return SilenceEvents(lost, since[lost], after_ms[lost], outages, restored)
+        return SilenceEvents(lost, since[lost], after_ms[lost_here], outages, restored)
 
     def _silent_counts(self, carrier, mine, quiet_for) -> tuple[np.ndarray, np.ndarray]:
         """Per carrier id: its subjects here, and how many of them are silent."""
@@ -251,9 +255,8 @@ class ClockRules:
         known = min(n, book.size)
         mine[:known] = book.watched(now_ms)[:known]
         mine &= np.arange(n) % self.count == self.index
-        classes = np.zeros(n, np.int8)
-        classes[:known] = book.rule_class[:known]
-        events = self.silence.check(state, mine, now_ms, carriers.newest_by_id(), classes)
+        events = self.silence.check(state, mine, now_ms, carriers.newest_by_id(),
+                                    book.rule_class)
         for c in events.restored:
             log.info("feed_outage over: most of carrier %s's subjects report again "
                      "(partition %d of %d)", carriers.name_of(c), self.index, self.count)
@@ -341,12 +344,12 @@ class ClockRules:
         return fixes, [self.places[f] for f in features.tolist()]
 
 
-def _classes(rule_class: np.ndarray | None, n: int) -> np.ndarray:
-    """Per subject of n, its rule class (normal when not given)."""
-    classes = np.zeros(n, np.intp)
+def _classes_of(rule_class: np.ndarray | None, subjects: np.ndarray) -> np.ndarray:
+    """The rule class of each of `subjects` (normal when not given or beyond the array)."""
+    classes = np.zeros(len(subjects), np.intp)
     if rule_class is not None:
-        given = np.asarray(rule_class[:n])
-        classes[:len(given)] = given
+        known = subjects < len(rule_class)
+        classes[known] = rule_class[subjects[known]]
     return classes
 
 
