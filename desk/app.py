@@ -5,8 +5,8 @@
         on_ready(url) once listening, returns after should_stop() turns true
 
 Routes (SPEC §8): /api/login, /api/logout, /api/me, /api/alarms[/{id}[/ack|/resolve]],
-/api/subjects[/{id}/track], /api/events, /api/layer; /healthz and /metrics without a
-session; the page at / and /static/.
+/api/subjects[/{id}[/track|/end]] (desk.subjects_api), /api/events, /api/layer,
+/api/audit; /healthz and /metrics without a session; the page at / and /static/.
 """
 
 import asyncio
@@ -16,14 +16,15 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from desk import api, auth, static
+from desk import api, audit_api, auth, static, subjects_api
 from desk.context import DESK, HEALTH, DeskState
 from desk.events import ChangeFeed
 from desk.hosts import configured_hosts, host_middleware
 from desk.jsonbody import MAX_BODY_BYTES
 from desk.http import (RouteAccessLogger, outer_middleware, same_origin_middleware,
-                   session_middleware)
+                       session_middleware, viewer_middleware)
 from desk.metrics import DeskMetrics
+from desk.revocation import RevocationWatch
 from desk.stores import Stores
 from engine.address import parse_host_port
 from engine.config import ConfigError, Settings
@@ -47,11 +48,13 @@ def make_app(settings: Settings, paths: EnginePaths, *,
 
     hosts = configured_hosts(settings.desk)
     app = web.Application(middlewares=[outer_middleware, host_middleware,
-                                       same_origin_middleware, session_middleware],
+                                       same_origin_middleware, session_middleware,
+                                       viewer_middleware],
                           client_max_size=MAX_BODY_BYTES)
     stores = Stores(paths, settings.storage.sync)
     metrics = DeskMetrics(paths.alarms_db)
     feed = ChangeFeed(stores, on_clients=metrics.sse_clients.set)
+    revocations = RevocationWatch(stores, feed)
     app[DESK] = DeskState(settings, paths, stores, feed, metrics, clock,
                           asyncio.Semaphore(LOGIN_CHECKS_AT_ONCE),
                           asyncio.Semaphore(TRACK_READS_AT_ONCE), asyncio.Lock(), hosts)
@@ -61,8 +64,10 @@ def make_app(settings: Settings, paths: EnginePaths, *,
     async def start(_app):
         await stores.open()
         await feed.start()
+        revocations.start()
 
     async def stop_streams(_app):
+        await revocations.stop()
         await feed.stop()
 
     async def close(_app):
@@ -81,10 +86,15 @@ def make_app(settings: Settings, paths: EnginePaths, *,
     r.add_get("/api/alarms/{id}", api.get_alarm)
     r.add_post("/api/alarms/{id}/ack", api.acknowledge)
     r.add_post("/api/alarms/{id}/resolve", api.resolve)
-    r.add_get("/api/subjects", api.list_subjects)
+    r.add_get("/api/subjects", subjects_api.list_subjects)
+    r.add_post("/api/subjects", subjects_api.onboard)
+    r.add_get("/api/subjects/{id}", subjects_api.get_subject)
+    r.add_patch("/api/subjects/{id}", subjects_api.edit)
+    r.add_post("/api/subjects/{id}/end", subjects_api.end)
     r.add_get("/api/subjects/{id}/track", api.track)
     r.add_get("/api/events", api.event_stream)
     r.add_get("/api/layer", api.layer)
+    r.add_get("/api/audit", audit_api.list_audit)
     r.add_get("/healthz", api.health)
     r.add_get("/metrics", api.metrics)
     static.add_routes(app)

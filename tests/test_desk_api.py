@@ -237,7 +237,8 @@ def test_a_delegated_subject_is_seen_by_the_delegate_and_the_origin_office(world
             _, body = await get(town1, server, "/api/subjects")
             s4 = next(s for s in body["subjects"] if s["id"] == "S4")
             assert s4 == {"id": "S4", "office": T1, "home": [C402], "risk": "normal",
-                          "category": "parole", "exclusions": [], "origin": T3}
+                          "category": "parole", "exclusions": [], "level": "normal",
+                          "ended": None, "origin": T3}
             status, doc = await post(town3, server, "/api/alarms/a4/ack", {"note": "origin"})
             assert status == 200 and doc["history"][-1]["office"] == T3
     run(scenario())
@@ -359,7 +360,7 @@ def test_login_sets_a_strict_http_only_cookie_and_logout_ends_the_session(world)
                                     json={"user": "town1", "password": PASSWORD}) as r:
                 assert r.status == 200
                 assert await r.json() == {"user": "town1", "office": T1,
-                                          "office_name": "中心街司法所"}
+                                          "office_name": "中心街司法所", "role": "officer"}
                 cookie = r.headers["Set-Cookie"]
             token = re.match(r"geofence_session=([^;]+);", cookie).group(1)
             assert len(token) >= 43                               # 32 random bytes
@@ -367,7 +368,8 @@ def test_login_sets_a_strict_http_only_cookie_and_logout_ends_the_session(world)
             assert {"httponly", "samesite=strict", "path=/"} <= flags
             assert "secure" not in flags
             status, me = await get(session, server, "/api/me")
-            assert status == 200 and me["user"] == "town1" and me["offices"] == [
+            assert status == 200 and me["user"] == "town1" and me["role"] == "officer"
+            assert me["offices"] == [
                 {"code": T1, "name": "中心街司法所", "parent": C402}]
             assert await post(session, server, "/api/logout") == (204, None)
             async with client() as replay:                        # the old token is dead
