@@ -245,6 +245,7 @@ class ClockRules:
         self.silence = SilenceWatch(rules_settings, partitions=count)
         self.overstay_after_ms = by_class(rules_settings, "permit_overstay_after_s") * 1000
         self.places = Places.of(engine.jurisdictions)
+        self._classes_seen: np.ndarray | None = None   # rule classes at the last check
 
     def check(self, state: RuleState, now_ms: int, checked_until_ms: int,
               carriers: Carriers) -> list[Alarm]:
@@ -286,8 +287,9 @@ class ClockRules:
     def _permits_ending(self, state: RuleState, now_ms: int,
                         checked_until_ms: int) -> list[tuple]:
         """(permit, subject index, grace) of this partition's permits whose grace, that of
-        the subject's level, ended in (checked_until_ms, now_ms], by (grace end, permit)."""
-        book, ending = self.book, []
+        the subject's level, ended in (checked_until_ms, now_ms], by (grace end, permit);
+        and those a level made stricter since the last check left behind it."""
+        book, ending = self.book, self._regraded(state, checked_until_ms)
         for grace in sorted(set(self.overstay_after_ms.tolist())):
             for p in book.schedule.permits_ending(checked_until_ms - grace, now_ms - grace):
                 s = book.index_of.get(p.subject)
@@ -296,6 +298,28 @@ class ClockRules:
                         and self.overstay_after_ms[book.rule_class[s]] == grace):
                     ending.append((p, s, grace))
         return sorted(ending, key=lambda e: (e[0].end_ms + e[2], e[0].end_ms, e[0].id))
+
+    def _regraded(self, state: RuleState, checked_until_ms: int) -> list[tuple]:
+        """A subject whose level changed since the last check to one with a shorter grace
+        (normal to strict): the permits whose old grace had not run out by then but whose
+        new one has are behind the windows checked from now on; they are looked at now.
+        (A longer grace may look at a permit twice: the same alarm id, stored once.)"""
+        book, before = self.book, self._classes_seen
+        self._classes_seen = book.rule_class.copy()
+        if before is None:
+            return []
+        k = min(len(before), len(book.rule_class))
+        ending = []
+        for s in np.flatnonzero(before[:k] != book.rule_class[:k]).tolist():
+            old = int(self.overstay_after_ms[before[s]])
+            new = int(self.overstay_after_ms[book.rule_class[s]])
+            subject = book.subjects[s]
+            if (new >= old or subject is None or s % self.count != self.index
+                    or s >= state.n_subjects):
+                continue
+            ending += [(p, s, new) for p in book.schedule.permits_ending(
+                checked_until_ms - old, checked_until_ms - new) if p.subject == subject.id]
+        return ending
 
     def _permit_overstays(self, state: RuleState, now_ms: int, checked_until_ms: int,
                           raised_at: int) -> list[Alarm]:

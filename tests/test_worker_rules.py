@@ -655,6 +655,26 @@ def test_permit_overstay_grace_follows_the_level(world):
     assert overstays(END + 3 * HOUR_MS) == [], "each raised once"
 
 
+def test_made_strict_after_the_strict_grace_ran_out_the_overstay_is_raised_at_once(world):
+    """20 minutes after the permit's end (normal grace: 30) the person is made strict
+    (grace 15): already overdue, raised at the next check, as of the strict grace's end;
+    then never again. Made normal again: no second overstay for the same permit."""
+    w = world([subject("s1")], [permit("s1", T0, END)])
+    w.clock(minutes(-10))
+    w.fix("s1", minutes(230), "XUECHENG")
+    assert [a for a in w.clock(END + 20 * MIN_MS) if a.type == "permit_overstay"] == []
+    w.register({"subjects": [subject("s1", level="strict")]})
+    w.book.refresh(force=True)
+    over = only([a for a in w.clock(END + 20 * MIN_MS + 1000) if a.type == "permit_overstay"],
+                "permit_overstay")
+    assert over.to_document()["t"] == END + 15 * MIN_MS
+    w.register({"subjects": [subject("s1")]})
+    w.book.refresh(force=True)
+    later = [a for m in (25, 30, 31, 60) for a in w.clock(END + m * MIN_MS)
+             if a.type == "permit_overstay"]
+    assert {a.id for a in later} <= {over.id}, "at most the same alarm again (stored once)"
+
+
 def test_a_level_changed_in_the_registry_changes_the_rules_at_once(world):
     """Made strict while running: the next single fix outside is an exit; made loose,
     two are not."""
