@@ -22,6 +22,7 @@ the store works again.
 
 import logging
 import time
+from typing import NamedTuple
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -65,15 +66,23 @@ class IngestOptions:
     keep_fixes_ms: int = 7 * 24 * 3600 * 1000   # evaluated fixes older than this are purged
 
 
-# What `devices_source()` returns: (version, device ids, subject index per device).
-DevicesSnapshot = tuple[int, list[str], list[int]]
+class DevicesUpdate(NamedTuple):
+    """What `devices_source(since_version)` returns: the device table at `version`, whole
+    (`full`: every device with its subject index) or as the change since `since_version`
+    (devices added or moved, with their subjects; `removed` devices no longer anyone's)."""
+
+    version: int
+    full: bool
+    devices: list[str]
+    subjects: list[int]
+    removed: list[str] = []
 
 
 class IngestServer:
     """The ROUTER loop. Construct, `bind()` (reads the store), then `run(should_stop)`,
     all in this process."""
 
-    def __init__(self, ctx: zmq.Context, store: Store, devices_source: Callable[[], DevicesSnapshot],
+    def __init__(self, ctx: zmq.Context, store: Store, devices_source: Callable[[int], DevicesUpdate],
                  options: IngestOptions, metrics: IngestMetrics, notify_endpoint: str,
                  done_endpoint: str, authenticator=None, server_keys=None,
                  health: HealthReporter | None = None):
@@ -384,21 +393,30 @@ class IngestServer:
             self._next_purge_s = now + ACK_PURGE_EVERY_S
 
     def _refresh_devices(self, force: bool = False) -> None:
+        """Follow the registry: a change touching a few people costs a few devices, not a
+        rebuild of the table (a national registry holds about a million phones)."""
         self._next_devices_s = time.monotonic() + DEVICES_REFRESH_S
-        version, devices, subjects = self._devices_source()
-        if version == self._devices_version and not force:
+        update = self._devices_source(-1 if force else self._devices_version)
+        if update.version == self._devices_version and not force:
             return
-        known = set(devices)
-        if len(self.devices):
+        if update.full:
+            known = set(update.devices)
             gone = [d for d in self._known_devices if d not in known]
-            if gone:
-                self.devices.deactivate(gone)
-        if devices:
-            self.devices.add(devices, subjects)
-        self._known_devices = devices
-        self._devices_version = version
+            self._known_devices = known
+        else:
+            moved = set(update.devices)
+            gone = [d for d in update.removed if d in self._known_devices and d not in moved]
+            self._known_devices.difference_update(gone)
+            self._known_devices.update(update.devices)
+        if gone:
+            self.devices.deactivate(gone)
+        if update.devices:
+            self.devices.add(update.devices, update.subjects)
+        self._devices_version = update.version
         self._record_device_ids()
-        log.info("device table: %d devices (registry version %d)", len(devices), version)
+        if update.full:
+            log.info("device table: %d devices (registry version %d)", len(update.devices),
+                     update.version)
 
     def _record_device_ids(self) -> None:
         """Store the ids of devices new to the book, before any fix of theirs is committed
@@ -415,7 +433,7 @@ class IngestServer:
         if ids:
             self.devices.add(ids, np.full(len(ids), -1, np.int32))
             self.devices.deactivate(ids)
-        self._known_devices = ids
+        self._known_devices = set(ids)
         self._recorded_devices = len(ids)
 
     def _refill_accepted_fixes(self) -> None:

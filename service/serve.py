@@ -117,19 +117,41 @@ def ingest_main(settings: Settings, workers: int, ready, log_file: Path | None,
     registry = RegistryStore(paths.registry_db)
     cache: dict = {}
 
-    def devices_source():
-        """The device table's source; a new snapshot only when a change touched subjects
-        (an approved leave, a permit, a delegation leave the devices as they are)."""
+    def devices_source(since: int):
+        """The device table since the ingest's `since` version: whole when it has none (or
+        another), else what the change log says changed, person by person."""
+        from ingest.server import DevicesUpdate
+
         change = registry.changes_since(cache.get("version", -1))
         if change is not None:
-            cache["version"] = change.registry.version
-            if "snapshot" not in cache or change.keys("subjects"):
-                devices, subjects = [], []
-                for s in change.registry.subjects.values():
-                    devices += list(s.devices)
-                    subjects += [s.index] * len(s.devices)
-                cache["snapshot"] = (change.registry.version, devices, subjects)
-        return cache["snapshot"]
+            held = cache.setdefault("devices_of", {})
+            if "version" not in cache:
+                touched = set(change.registry.subjects)
+            else:
+                touched = change.keys("subjects")
+            added, subjects, removed = [], [], []
+            for sid in touched:
+                s = change.registry.subjects.get(sid)
+                before = held.get(sid, ())
+                now = s.devices if s is not None else ()
+                removed += [d for d in before if d not in now]
+                added += list(now)
+                subjects += [s.index] * len(now)
+                held[sid] = now
+            cache.update(version=change.registry.version,
+                         delta=(cache.get("version", -1), added, subjects, removed))
+        version = cache["version"]
+        if since == version:
+            return DevicesUpdate(version, False, [], [])
+        after, added, subjects, removed = cache["delta"]
+        if since == after and since >= 0:
+            return DevicesUpdate(version, False, added, subjects, removed)
+        devices, indices = [], []
+        for sid, held_devices in cache["devices_of"].items():
+            index = registry.load().subjects[sid].index
+            devices += list(held_devices)
+            indices += [index] * len(held_devices)
+        return DevicesUpdate(version, True, devices, indices)
 
     metrics = IngestMetrics()
     health = health or HealthBoard.private("ingest")
