@@ -4,9 +4,11 @@
     run_desk(settings, should_stop, on_ready)  blocks: binds [desk] bind, calls
         on_ready(url) once listening, returns after should_stop() turns true
 
-Routes (SPEC §8): /api/login, /api/logout, /api/me, /api/alarms[/{id}[/ack|/resolve]],
-/api/subjects[/{id}/track], /api/events, /api/layer, /api/audit; /healthz and /metrics without a
-session; the page at / and /static/.
+Routes (SPEC §8, §11): /api/login, /api/logout, /api/me,
+/api/alarms[/{id}[/ack|/resolve]], /api/subjects[/{id}/track], /api/events, /api/layer,
+/api/audit; /healthz and /metrics without a session; the page at / and /static/.
+Middlewares, outermost first: JSON errors and headers, allowed hosts, same origin, the
+session, viewers read only.
 """
 
 import asyncio
