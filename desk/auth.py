@@ -6,8 +6,9 @@ desk is reached over HTTPS). Unknown user and wrong password get the same answer
 same time; a disabled user who gives the right password gets 403. Too many failures of
 a name from one client address, or from one address in all
 (`users.UserStore.begin_login`), get 429 with Retry-After, even for the right password.
-Logging in and out are audited (`desk.audit`). The client address is the peer's, or with `[desk] trust_forwarded_for` the
-last `X-Forwarded-For` entry (the one the reverse proxy added).
+The client address is the peer's, or with `[desk] trust_forwarded_for` the last
+`X-Forwarded-For` entry (the one the reverse proxy added). Logging in and out are
+audited (`desk.audit`).
 """
 
 import asyncio
