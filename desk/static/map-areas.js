@@ -62,6 +62,7 @@ function drawLayer(fc) {
       level, bbox,
     };
     if (feature.name) state.placeNames.set(feature.code, feature.name);
+    state.places.push({ code: feature.code, name: feature.name, level, parent: feature.parent });
     if (feature.parent && !state.parents.has(feature.code))
       state.parents.set(feature.code, feature.parent);
     const layer = level === "county" ? "counties" : level === "zone" ? "zones" : "townships";
