@@ -2,6 +2,8 @@
 
 Every answer is cut to the user's office subtree (`desk.scope`). Anything outside
 it answers 404 exactly as a missing id does, so nobody can learn that it exists.
+Reading one person's data (an alarm's detail, a track) and every write is recorded in
+the audit log (`desk.audit`) once it succeeded; lists are not.
 """
 
 import asyncio
@@ -11,7 +13,7 @@ from aiohttp import web
 from alerts.alarm_store import AlarmStateError, UnknownAlarmError
 from alerts.alarms import STATUSES
 from alerts.rules import EVENT_TYPES, ENGINE_TYPES
-from desk import events, tracks
+from desk import audit, events, tracks
 from desk.context import HEALTH, SESSION, ApiError, desk_of
 from desk.http import json_response
 from desk.jsonbody import json_body
@@ -102,7 +104,9 @@ async def get_alarm(request: web.Request) -> web.Response:
             raise ApiError(404, NO_ALARM)
         return _with_history(desk, desk.stores.alarms.get(alarm_id))
 
-    return json_response(await desk.stores.run(read))
+    doc = await desk.stores.run(read)
+    await audit.record(request, "alarm.read", subject=doc.get("subject"), detail=alarm_id)
+    return json_response(doc)
 
 
 def _with_history(desk, alarm) -> dict:
@@ -111,14 +115,14 @@ def _with_history(desk, alarm) -> dict:
 
 
 async def acknowledge(request: web.Request) -> web.Response:
-    return await _act(request, "acknowledge")
+    return await _act(request, "acknowledge", "alarm.ack")
 
 
 async def resolve(request: web.Request) -> web.Response:
-    return await _act(request, "resolve")
+    return await _act(request, "resolve", "alarm.resolve")
 
 
-async def _act(request: web.Request, action: str) -> web.Response:
+async def _act(request: web.Request, action: str, audit_action: str) -> web.Response:
     desk, session, alarm_id = desk_of(request), request[SESSION], _alarm_id(request)
     body = await json_body(request)
     note = body.get("note", "")
@@ -141,6 +145,7 @@ async def _act(request: web.Request, action: str) -> web.Response:
         raise ApiError(404, NO_ALARM) from None
     except AlarmStateError as e:
         raise ApiError(409, str(e)) from None
+    await audit.record(request, audit_action, subject=doc.get("subject"), detail=alarm_id)
     return json_response(doc)
 
 
@@ -182,6 +187,7 @@ async def track(request: web.Request) -> web.Response:
     async with desk.track_reads:
         fixes, truncated = await asyncio.get_running_loop().run_in_executor(
             None, tracks.read_windows, desk.paths.fixes_db, index, since, until, windows)
+    await audit.record(request, "track.read", subject=subject_id, detail=f"{since}..{until}")
     return json_response({"subject": subject_id, "since": since, "until": until,
                           "fixes": fixes, "truncated": truncated})
 

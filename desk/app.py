@@ -22,8 +22,9 @@ from desk.events import ChangeFeed
 from desk.hosts import configured_hosts, host_middleware
 from desk.jsonbody import MAX_BODY_BYTES
 from desk.http import (RouteAccessLogger, outer_middleware, same_origin_middleware,
-                   session_middleware)
+                       session_middleware, viewer_middleware)
 from desk.metrics import DeskMetrics
+from desk.revocation import RevocationWatch
 from desk.stores import Stores
 from engine.address import parse_host_port
 from engine.config import ConfigError, Settings
@@ -47,11 +48,13 @@ def make_app(settings: Settings, paths: EnginePaths, *,
 
     hosts = configured_hosts(settings.desk)
     app = web.Application(middlewares=[outer_middleware, host_middleware,
-                                       same_origin_middleware, session_middleware],
+                                       same_origin_middleware, session_middleware,
+                                       viewer_middleware],
                           client_max_size=MAX_BODY_BYTES)
     stores = Stores(paths, settings.storage.sync)
     metrics = DeskMetrics(paths.alarms_db)
     feed = ChangeFeed(stores, on_clients=metrics.sse_clients.set)
+    revocations = RevocationWatch(stores, feed)
     app[DESK] = DeskState(settings, paths, stores, feed, metrics, clock,
                           asyncio.Semaphore(LOGIN_CHECKS_AT_ONCE),
                           asyncio.Semaphore(TRACK_READS_AT_ONCE), asyncio.Lock(), hosts)
@@ -61,8 +64,10 @@ def make_app(settings: Settings, paths: EnginePaths, *,
     async def start(_app):
         await stores.open()
         await feed.start()
+        revocations.start()
 
     async def stop_streams(_app):
+        await revocations.stop()
         await feed.stop()
 
     async def close(_app):

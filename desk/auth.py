@@ -3,7 +3,7 @@
 The session cookie `geofence_session` holds a random 32-byte token: HttpOnly,
 SameSite=Strict, Path=/, and Secure when `[desk] cookie_secure` (set it whenever the
 desk is reached over HTTPS). Unknown user and wrong password get the same answer in the
-same time; too many failures of a name from one client address, or from one address in
+same time; a disabled user who gives the right password gets 403. Too many failures of a name from one client address, or from one address in
 all (`users.UserStore.begin_login`), get 429 with Retry-After, even for the right
 password. The client address is the peer's, or with `[desk] trust_forwarded_for` the
 last `X-Forwarded-For` entry (the one the reverse proxy added).
@@ -13,6 +13,7 @@ import asyncio
 
 from aiohttp import web
 
+from desk import audit
 from desk.context import SESSION, ApiError, desk_of
 from desk.http import COOKIE, client_address, json_response
 from desk.jsonbody import json_body
@@ -44,12 +45,17 @@ async def login(request: web.Request) -> web.Response:
     if not ok:
         desk.metrics.logins.labels("failed").inc()
         raise ApiError(401, BAD_CREDENTIALS)
-    token, session = await desk.stores.run(users.login_succeeded, name, address,
-                                           desk.settings.desk.session_hours, desk.now_ms())
+    opened = await desk.stores.run(users.login_succeeded, name, address,
+                                   desk.settings.desk.session_hours, desk.now_ms())
+    if opened is None:
+        desk.metrics.logins.labels("failed").inc()
+        raise ApiError(403, "this user is disabled")
+    token, session = opened
+    await audit.record(request, "user.login", session=session)
     office_name = await desk.stores.run(lambda: desk.stores.scope().office_name(session.office))
     desk.metrics.logins.labels("ok").inc()
     response = json_response({"user": session.user, "office": session.office,
-                              "office_name": office_name})
+                              "office_name": office_name, "role": session.role})
     response.set_cookie(COOKIE, token, path="/", httponly=True, samesite="Strict",
                         secure=desk.settings.desk.cookie_secure)
     return response
@@ -60,6 +66,7 @@ async def logout(request: web.Request) -> web.Response:
     session = request[SESSION]
     await desk.stores.run(desk.stores.users.end_session, session.token_hash)
     desk.feed.end_session(session.token_hash)
+    await audit.record(request, "user.logout")
     response = web.Response(status=204)
     response.del_cookie(COOKIE, path="/", secure=desk.settings.desk.cookie_secure,
                         httponly=True, samesite="Strict")
@@ -76,4 +83,5 @@ async def me(request: web.Request) -> web.Response:
 
     office_name, offices = await desk.stores.run(read)
     return json_response({"user": session.user, "office": session.office,
-                          "office_name": office_name, "offices": offices})
+                          "office_name": office_name, "role": session.role,
+                          "offices": offices})

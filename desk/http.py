@@ -1,6 +1,9 @@
 """The desk's request plumbing: sessions, JSON errors, security headers, metrics, logs.
 
 - Every path under /api/ except /api/login needs a live session cookie: 401 otherwise.
+- A `viewer` (desk.users.ROLES) only reads: any method but GET and HEAD under /api/,
+  except logging in and out, is 403 for it, whatever the endpoint (one middleware, so
+  every endpoint added later is covered).
 - Against cross-site requests (CSRF), under /api/: a request whose `Origin` is not the
   desk's own scheme://host, or whose `Sec-Fetch-Site` is neither same-origin nor none,
   is refused with 403; a POST (any method but GET and HEAD) must be `Content-Type:
@@ -25,6 +28,8 @@ log = logging.getLogger("geofence.desk")
 
 COOKIE = "geofence_session"
 PUBLIC_API = frozenset({"/api/login"})
+READ_METHODS = frozenset({"GET", "HEAD"})
+VIEWER_WRITES = frozenset({"/api/login", "/api/logout"})   # the writes a viewer may make
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -139,6 +144,16 @@ async def session_middleware(request: web.Request, handler) -> web.StreamRespons
         if session is None:
             raise ApiError(401, "not logged in")
         request[SESSION] = session
+    return await handler(request)
+
+
+@web.middleware
+async def viewer_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """403 for a viewer's write under /api/ (after `session_middleware`)."""
+    session = request.get(SESSION)
+    if session is not None and session.role != "officer" and \
+            request.method not in READ_METHODS and request.path not in VIEWER_WRITES:
+        raise ApiError(403, "a viewer may read but not change anything")
     return await handler(request)
 
 

@@ -15,6 +15,12 @@
   it succeeds, so a burst of parallel guesses cannot slip past the limit. The rows
   survive restarts.
 
+- A user has a role: an `officer` acts, a `viewer` (the procuratorate 检察院, an
+  inspector) only reads (the desk refuses its writes: `desk.http`). A disabled user
+  (`disable`) has no sessions and cannot log in; the row stays, so the audit log's names
+  keep meaning someone.
+- The audit log (`desk.audit`) is a table of this file too (schema version 2).
+
 One `UserStore` is one SQLite connection: use it from one thread (the desk's database
 thread, or the command line).
 """
@@ -28,6 +34,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from desk import audit
 from engine.database import Schema, connect, run_script, transaction
 from geofence.errors import GeofenceError
 
@@ -41,6 +48,8 @@ MAX_NAME_CHARS = 64
 LOGIN_WINDOW_S = 15 * 60
 ADDRESS_ATTEMPTS_FACTOR = 10     # failures from one address, for any names: this x attempts
 SLIDE_EVERY_MS = 60_000          # write a session's new expiry at most this often
+ROLES = ("officer", "viewer")
+DEFAULT_ROLE = "officer"
 
 
 def _version_1(db: sqlite3.Connection) -> None:
@@ -58,7 +67,15 @@ def _version_1(db: sqlite3.Connection) -> None:
         CREATE INDEX IF NOT EXISTS login_failures_address ON login_failures (address, at_ms)""")
 
 
-SCHEMA = Schema("desk store", marker="users", steps=(_version_1,))
+def _version_2(db: sqlite3.Connection) -> None:
+    """Roles, disabled users (`disabled`: when, in ms; NULL while enabled) and the
+    append-only audit log."""
+    db.execute("ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'officer'")
+    db.execute("ALTER TABLE users ADD COLUMN disabled INTEGER")
+    audit.create_tables(db)
+
+
+SCHEMA = Schema("desk store", marker="users", steps=(_version_1, _version_2))
 
 
 class UserError(GeofenceError, ValueError):
@@ -70,6 +87,12 @@ class User:
     name: str
     office: str
     created_ms: int = 0
+    role: str = DEFAULT_ROLE
+    disabled_ms: int | None = None
+
+    @property
+    def disabled(self) -> bool:
+        return self.disabled_ms is not None
 
 
 @dataclass(frozen=True)
@@ -78,6 +101,7 @@ class Session:
     office: str
     token_hash: bytes
     expires_ms: int
+    role: str = DEFAULT_ROLE
 
 
 @dataclass(frozen=True)
@@ -131,6 +155,12 @@ def check_password(password: str) -> str:
     return password
 
 
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise UserError(f"a role is one of {', '.join(ROLES)}; got {role!r}")
+    return role
+
+
 def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "replace")).digest()
 
@@ -141,6 +171,7 @@ class UserStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._db = connect(self.path, SCHEMA, sync="full")   # few writes: fsync them
+        self.audit = audit.AuditLog(self._db)
 
     def close(self) -> None:
         self._db.close()
@@ -153,32 +184,60 @@ class UserStore:
 
     # -- users -----------------------------------------------------------------------------
 
-    def add(self, name: str, office: str, password: str, *, replace: bool = False,
-            now_ms: int | None = None) -> User:
-        """Create a user (or, with `replace`, give an existing one a new office and
-        password, ending their sessions). UserError if the name is taken or invalid."""
+    def add(self, name: str, office: str, password: str, *, role: str = DEFAULT_ROLE,
+            replace: bool = False, now_ms: int | None = None) -> User:
+        """Create a user (or, with `replace`, give an existing one a new office, role and
+        password, ending their sessions; a disabled user stays disabled). UserError if
+        the name is taken or invalid."""
         check_name(name)
         check_password(password)
+        check_role(role)
         hashed = hash_password(password)
         now_ms = _now_ms() if now_ms is None else now_ms
         with transaction(self._db):
-            exists = self._db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone()
-            if exists and not replace:
+            old = self.get(name)
+            if old and not replace:
                 raise UserError(f"user {name!r} exists (use --replace to set a new password)")
-            self._db.execute("INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                             (name, office, hashed.salt, hashed.key, hashed.n, hashed.r,
-                              hashed.p, now_ms))
+            disabled = old.disabled_ms if old else None
+            self._db.execute("INSERT OR REPLACE INTO users (name, office, salt, hash, n, r, "
+                             "p, created_ms, role, disabled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+                             "?, ?)", (name, office, hashed.salt, hashed.key, hashed.n,
+                                       hashed.r, hashed.p, now_ms, role, disabled))
             self._db.execute("DELETE FROM sessions WHERE user = ?", (name,))
-        return User(name, office, now_ms)
+        return User(name, office, now_ms, role, disabled)
+
+    def disable(self, name: str, now_ms: int | None = None) -> User:
+        """Refuse the user's logins from now on and end every session of theirs (their
+        next request is 401; the desk ends their open streams within a second).
+        UserError if there is no such user."""
+        now_ms = _now_ms() if now_ms is None else now_ms
+        with transaction(self._db):
+            user = self.get(name)
+            if user is None:
+                raise UserError(f"there is no user {name!r}")
+            self._db.execute("UPDATE users SET disabled = coalesce(disabled, ?) "
+                             "WHERE name = ?", (now_ms, name))
+            self._db.execute("DELETE FROM sessions WHERE user = ?", (name,))
+        return self.get(name)
+
+    def enable(self, name: str) -> User:
+        """Let a disabled user log in again. UserError if there is no such user."""
+        with transaction(self._db):
+            if self.get(name) is None:
+                raise UserError(f"there is no user {name!r}")
+            self._db.execute("UPDATE users SET disabled = NULL WHERE name = ?", (name,))
+        return self.get(name)
+
+    _USER_COLUMNS = "name, office, created_ms, role, disabled"
 
     def get(self, name: str) -> User | None:
-        row = self._db.execute("SELECT name, office, created_ms FROM users WHERE name = ?",
+        row = self._db.execute(f"SELECT {self._USER_COLUMNS} FROM users WHERE name = ?",
                                (name,)).fetchone()
         return User(*row) if row else None
 
     def list(self) -> list[User]:
         return [User(*row) for row in self._db.execute(
-            "SELECT name, office, created_ms FROM users ORDER BY office, name")]
+            f"SELECT {self._USER_COLUMNS} FROM users ORDER BY office, name")]
 
     def password_hash(self, name: str) -> PasswordHash | None:
         row = self._db.execute("SELECT salt, hash, n, r, p FROM users WHERE name = ?",
@@ -219,20 +278,23 @@ class UserStore:
         return at - window_start
 
     def login_succeeded(self, name: str, address: str, session_hours: float,
-                        now_ms: int) -> tuple[str, Session]:
+                        now_ms: int) -> tuple[str, Session] | None:
         """Clear the name's failures from this address and open a session: (token for
-        the cookie, session)."""
+        the cookie, session); None, with the attempt left counted, if the user is
+        disabled (checked in the same transaction, so a disable never races a login)."""
         token = secrets.token_urlsafe(TOKEN_BYTES)
         hashed = token_hash(token)
         expires = now_ms + int(session_hours * 3600_000)
         with transaction(self._db):
+            user = self.get(name)
+            if user is None or user.disabled:
+                return None
             self._db.execute("DELETE FROM login_failures WHERE user = ? AND address = ?",
                              (name, address))
             self._db.execute("DELETE FROM sessions WHERE expires_ms < ?", (now_ms,))
             self._db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)",
                              (hashed, name, now_ms, expires))
-        user = self.get(name)
-        return token, Session(name, user.office if user else "", hashed, expires)
+        return token, Session(name, user.office, hashed, expires, user.role)
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -243,11 +305,12 @@ class UserStore:
             return None
         hashed = token_hash(token)
         row = self._db.execute(
-            "SELECT s.user, u.office, s.expires_ms FROM sessions s JOIN users u "
-            "ON u.name = s.user WHERE s.token_hash = ?", (hashed,)).fetchone()
+            "SELECT s.user, u.office, s.expires_ms, u.role FROM sessions s JOIN users u "
+            "ON u.name = s.user WHERE s.token_hash = ? AND u.disabled IS NULL",
+            (hashed,)).fetchone()
         if row is None:
             return None
-        user, office, expires = row
+        user, office, expires, role = row
         if expires <= now_ms:
             self._db.execute("DELETE FROM sessions WHERE token_hash = ?", (hashed,))
             return None
@@ -256,14 +319,14 @@ class UserStore:
             self._db.execute("UPDATE sessions SET expires_ms = ? WHERE token_hash = ?",
                              (slid, hashed))
             expires = slid
-        return Session(user, office, hashed, expires)
+        return Session(user, office, hashed, expires, role)
 
     def touch(self, hashed: bytes, session_hours: float, now_ms: int) -> str | None:
         """The office of the session's user if the session (by token hash) is live, else
         None; slides it like `session`."""
         row = self._db.execute(
             "SELECT s.expires_ms, u.office FROM sessions s JOIN users u ON u.name = s.user "
-            "WHERE s.token_hash = ?", (hashed,)).fetchone()
+            "WHERE s.token_hash = ? AND u.disabled IS NULL", (hashed,)).fetchone()
         if row is None or row[0] <= now_ms:
             return None
         slid = now_ms + int(session_hours * 3600_000)
@@ -274,6 +337,18 @@ class UserStore:
 
     def end_session(self, hashed: bytes) -> None:
         self._db.execute("DELETE FROM sessions WHERE token_hash = ?", (hashed,))
+
+    def live_sessions(self, hashes) -> set[bytes]:
+        """Which of the session token hashes `hashes` are still sessions of an enabled
+        user (expiry aside: streams check that themselves)."""
+        return {hashed for hashed in hashes if self._db.execute(
+            "SELECT 1 FROM sessions s JOIN users u ON u.name = s.user "
+            "WHERE s.token_hash = ? AND u.disabled IS NULL", (hashed,)).fetchone()}
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits to the file (SQLite's
+        `data_version`): a cheap way to notice `geofence user disable` from the desk."""
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
 
 
 def _now_ms() -> int:

@@ -359,7 +359,7 @@ def test_login_sets_a_strict_http_only_cookie_and_logout_ends_the_session(world)
                                     json={"user": "town1", "password": PASSWORD}) as r:
                 assert r.status == 200
                 assert await r.json() == {"user": "town1", "office": T1,
-                                          "office_name": "中心街司法所"}
+                                          "office_name": "中心街司法所", "role": "officer"}
                 cookie = r.headers["Set-Cookie"]
             token = re.match(r"geofence_session=([^;]+);", cookie).group(1)
             assert len(token) >= 43                               # 32 random bytes
@@ -367,7 +367,8 @@ def test_login_sets_a_strict_http_only_cookie_and_logout_ends_the_session(world)
             assert {"httponly", "samesite=strict", "path=/"} <= flags
             assert "secure" not in flags
             status, me = await get(session, server, "/api/me")
-            assert status == 200 and me["user"] == "town1" and me["offices"] == [
+            assert status == 200 and me["user"] == "town1" and me["role"] == "officer"
+            assert me["offices"] == [
                 {"code": T1, "name": "中心街司法所", "parent": C402}]
             assert await post(session, server, "/api/logout") == (204, None)
             async with client() as replay:                        # the old token is dead
