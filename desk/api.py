@@ -151,18 +151,6 @@ async def _act(request: web.Request, action: str, audit_action: str) -> web.Resp
 
 # -- subjects ----------------------------------------------------------------------------
 
-async def list_subjects(request: web.Request) -> web.Response:
-    desk, session = desk_of(request), request[SESSION]
-    now = desk.now_ms()
-
-    def read():
-        scope = desk.stores.scope()
-        subjects = scope.visible_subjects(scope.subtree(session.office), now)
-        return [scope.subject_document(s, now) for s in sorted(subjects, key=lambda s: s.id)]
-
-    return json_response({"subjects": await desk.stores.run(read)})
-
-
 async def track(request: web.Request) -> web.Response:
     desk, session, q = desk_of(request), request[SESSION], request.query
     subject_id = request.match_info["id"]

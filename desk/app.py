@@ -5,7 +5,7 @@
         on_ready(url) once listening, returns after should_stop() turns true
 
 Routes (SPEC §8): /api/login, /api/logout, /api/me, /api/alarms[/{id}[/ack|/resolve]],
-/api/subjects[/{id}/track], /api/events, /api/layer; /healthz and /metrics without a
+/api/subjects[/{id}[/track|/end]] (desk.subjects_api), /api/events, /api/layer; /healthz and /metrics without a
 session; the page at / and /static/.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from desk import api, auth, static
+from desk import api, auth, static, subjects_api
 from desk.context import DESK, HEALTH, DeskState
 from desk.events import ChangeFeed
 from desk.hosts import configured_hosts, host_middleware
@@ -86,7 +86,11 @@ def make_app(settings: Settings, paths: EnginePaths, *,
     r.add_get("/api/alarms/{id}", api.get_alarm)
     r.add_post("/api/alarms/{id}/ack", api.acknowledge)
     r.add_post("/api/alarms/{id}/resolve", api.resolve)
-    r.add_get("/api/subjects", api.list_subjects)
+    r.add_get("/api/subjects", subjects_api.list_subjects)
+    r.add_post("/api/subjects", subjects_api.onboard)
+    r.add_get("/api/subjects/{id}", subjects_api.get_subject)
+    r.add_patch("/api/subjects/{id}", subjects_api.edit)
+    r.add_post("/api/subjects/{id}/end", subjects_api.end)
     r.add_get("/api/subjects/{id}/track", api.track)
     r.add_get("/api/events", api.event_stream)
     r.add_get("/api/layer", api.layer)

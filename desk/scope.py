@@ -138,10 +138,11 @@ class Scope:
         """What the desk shows of a person: never their devices (phone numbers).
 
         During a delegation `office` and `home` are the delegate's, and `origin` names
-        the origin office."""
+        the origin office. `ended`: when supervision ended (ms), None while supervised."""
         doc = {"id": subject.id, "office": subject.office, "home": list(subject.home),
                "risk": subject.risk, "category": subject.category,
-               "exclusions": list(subject.exclusions)}
+               "exclusions": list(subject.exclusions), "level": subject.level,
+               "ended": subject.ended_ms}
         delegation = self.delegation(subject.id, now_ms)
         if delegation is not None:
             doc.update(office=delegation.office, home=list(delegation.home),

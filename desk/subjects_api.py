@@ -1,0 +1,241 @@
+"""People in the desk (SPEC §11): list, read, onboard, edit, end supervision.
+
+Every write is a one-subject registry document handed to `RegistryStore.import_document`
+on the desk's database thread, so it is validated exactly as `geofence registry import`
+validates a file: 422 {error, problems} with every problem at once (unknown body keys
+included), nothing half-applied. The workers and the ingest pick the new registry
+version up as they pick up an import.
+
+Who may do what (`desk.scope`):
+- read (`GET /api/subjects/{id}`): anyone who sees the person; the phone numbers
+  (`devices`) only on the supervising side (the supervising office or above), never to a
+  delegate office and never in lists.
+- onboard: an officer whose subtree holds the new person's `office` (else 403).
+- edit, end: an officer of the supervising office or above; a person outside the user's
+  subtree answers 404, a delegate office that sees them 403.
+
+Ending supervision is final for that id: the record is kept (office, home, level, the
+end time; the fixes and alarms for their retention), the phone numbers are released
+(the ingest refuses their fixes from then on, and a later onboarding may use them), and
+the id cannot be edited (409) or onboarded again (409): a new supervision of the same
+person is a new case, onboarded under a new id, so the old record stays with the office
+that held it. An id in use answers 409 whoever asks (an id must be unique), without
+saying whose it is.
+"""
+
+from datetime import datetime, timezone
+
+from aiohttp import web
+
+from alerts.registry import ENTRY_KEYS, RegistryError, Subject, parse_document
+from desk.context import SESSION, ApiError, desk_of
+from desk.http import json_response
+from desk.jsonbody import json_body
+from geofence.known_keys import unknown_keys
+
+ONBOARD_KEYS = ("id", "devices", "office", "home", "exclusions", "risk", "category", "level")
+EDIT_KEYS = ("devices", "home", "level", "risk", "exclusions", "category")
+END_KEYS = ("note",)
+MAX_NOTE_CHARS = 2_000
+MAX_ID_CHARS = 128
+NO_SUBJECT = "no such subject"
+NOT_SUPERVISING = "only the supervising office or an office above it may change this person"
+ENDED = "supervision of this person has ended: the record is kept and can no longer change"
+ID_IN_USE = "this id is already in use: a new supervision is onboarded under a new id"
+INVALID = "the subject was not saved"
+
+assert set(ONBOARD_KEYS) | {"ended"} == set(ENTRY_KEYS["subjects"])
+assert set(EDIT_KEYS) < set(ONBOARD_KEYS)
+
+
+# -- reads -------------------------------------------------------------------------------
+
+async def list_subjects(request: web.Request) -> web.Response:
+    """The people the user sees, by id: those supervised now, or with `?ended=1` those
+    whose supervision has ended. Never their phone numbers."""
+    desk, session = desk_of(request), request[SESSION]
+    ended = request.query.get("ended", "0")
+    if ended not in ("0", "1"):
+        raise ApiError(400, "ended must be 0 or 1")
+    now = desk.now_ms()
+
+    def read():
+        scope = desk.stores.scope()
+        subjects = [s for s in scope.visible_subjects(scope.subtree(session.office), now)
+                    if s.supervised_at(now) != (ended == "1")]
+        return [scope.subject_document(s, now) for s in sorted(subjects, key=lambda s: s.id)]
+
+    return json_response({"subjects": await desk.stores.run(read)})
+
+
+async def get_subject(request: web.Request) -> web.Response:
+    """One person's record; its phone numbers for the supervising side only. Audited."""
+    desk, session, subject_id = desk_of(request), request[SESSION], _subject_id(request)
+    now = desk.now_ms()
+
+    def read():
+        scope = desk.stores.scope()
+        subject = _visible(scope, session, subject_id, now)
+        return _detail(scope, session, subject, now)
+
+    doc = await desk.stores.run(read)
+    await _audit(request, "subject.read", subject_id)
+    return json_response(doc)
+
+
+# -- writes ------------------------------------------------------------------------------
+
+async def onboard(request: web.Request) -> web.Response:
+    """201 with the new person's record."""
+    desk, session = desk_of(request), request[SESSION]
+    body = await json_body(request)
+    problems = unknown_keys(body, ONBOARD_KEYS, "the body")
+    entry = {k: v for k, v in body.items() if k in ONBOARD_KEYS}
+    office, subject_id = entry.get("office"), entry.get("id")
+    checkers = await desk.checkers()
+    now = desk.now_ms()
+
+    def write():
+        scope = desk.stores.scope()
+        if isinstance(office, str) and office.strip() and \
+                office.strip() not in scope.subtree(session.office):
+            raise ApiError(403, f"office {office.strip()} is not in your offices' subtree")
+        key = str(subject_id).strip() if isinstance(subject_id, (str, int)) else None
+        if key and key in scope.registry.subjects:
+            raise ApiError(409, ID_IN_USE)
+        return _import(desk, scope, session, entry, problems, checkers, now)
+
+    try:
+        doc = await desk.stores.run(write)
+    except RegistryError as e:
+        return _invalid(e.problems)
+    await _audit(request, "subject.create", doc["id"])
+    return json_response(doc, 201)
+
+
+async def edit(request: web.Request) -> web.Response:
+    """200 with the record after the change; only the keys given change."""
+    desk, session, subject_id = desk_of(request), request[SESSION], _subject_id(request)
+    body = await json_body(request)
+    if not body:
+        raise ApiError(400, f"nothing to change: give any of {', '.join(EDIT_KEYS)}")
+    problems = unknown_keys(body, EDIT_KEYS, "the body")
+    checkers = await desk.checkers()
+    now = desk.now_ms()
+
+    def write():
+        scope = desk.stores.scope()
+        subject = _changeable(scope, session, subject_id, now)
+        entry = {**_entry_of(subject), **{k: v for k, v in body.items() if k in EDIT_KEYS}}
+        return _import(desk, scope, session, entry, problems, checkers, now)
+
+    try:
+        doc = await desk.stores.run(write)
+    except RegistryError as e:
+        return _invalid(e.problems)
+    await _audit(request, "subject.update", subject_id)
+    return json_response(doc)
+
+
+async def end(request: web.Request) -> web.Response:
+    """200 with the ended record: supervision ends now, the phone numbers are released."""
+    desk, session, subject_id = desk_of(request), request[SESSION], _subject_id(request)
+    body = await json_body(request)
+    problems = unknown_keys(body, END_KEYS, "the body")
+    if problems:
+        raise ApiError(400, "; ".join(problems))
+    note = body.get("note") or ""
+    if not isinstance(note, str) or len(note) > MAX_NOTE_CHARS:
+        raise ApiError(400, f"note must be text of at most {MAX_NOTE_CHARS} characters")
+    checkers = await desk.checkers()
+    now = desk.now_ms()
+
+    def write():
+        scope = desk.stores.scope()
+        subject = _changeable(scope, session, subject_id, now)
+        entry = {**_entry_of(subject), "devices": [], "ended": _rfc3339(now)}
+        return _import(desk, scope, session, entry, [], checkers, now)
+
+    try:
+        doc = await desk.stores.run(write)
+    except RegistryError as e:
+        return _invalid(e.problems)
+    await _audit(request, "subject.end", subject_id, note.strip())
+    return json_response(doc)
+
+
+# -- on the database thread --------------------------------------------------------------
+
+def _visible(scope, session, subject_id: str, now_ms: int) -> Subject:
+    """The subject if the user sees it; ApiError 404 otherwise, as if it did not exist."""
+    subject = scope.registry.subjects.get(subject_id)
+    if subject is None or not scope.sees_subject(scope.subtree(session.office), subject,
+                                                 now_ms):
+        raise ApiError(404, NO_SUBJECT)
+    return subject
+
+
+def _changeable(scope, session, subject_id: str, now_ms: int) -> Subject:
+    """The subject if the user may change it: 404 unseen, 403 a delegate's, 409 ended."""
+    subject = _visible(scope, session, subject_id, now_ms)
+    if subject.office not in scope.subtree(session.office):
+        raise ApiError(403, NOT_SUPERVISING)
+    if subject.ended_ms is not None:
+        raise ApiError(409, ENDED)
+    return subject
+
+
+def _import(desk, scope, session, entry: dict, problems: list[str], checkers,
+            now_ms: int) -> dict:
+    """Import `entry` as a one-subject registry document and return the new record;
+    RegistryError with the body's problems and the registry's together."""
+    document = {"subjects": [entry]}
+    store = desk.stores.registry
+    if problems:   # the body's own problems: report the registry's with them, write nothing
+        try:
+            parse_document(document, store.load(), *checkers)
+        except RegistryError as e:
+            problems = problems + e.problems
+        raise RegistryError(problems)
+    registry = store.import_document(document, *checkers)
+    subject = registry.subjects[str(entry["id"]).strip()]
+    return _detail(desk.stores.scope(), session, subject, now_ms)
+
+
+def _detail(scope, session, subject: Subject, now_ms: int) -> dict:
+    doc = scope.subject_document(subject, now_ms)
+    if subject.office in scope.subtree(session.office):   # the supervising side
+        doc["devices"] = list(subject.devices)
+    return doc
+
+
+def _invalid(problems: list[str]) -> web.Response:
+    """A registry-style refusal: 422 with every problem (`registry import`'s words)."""
+    return json_response({"error": f"{INVALID}: {len(problems)} problem(s)",
+                          "problems": problems}, 422)
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+def _subject_id(request: web.Request) -> str:
+    subject_id = request.match_info["id"]
+    if not 0 < len(subject_id) <= MAX_ID_CHARS:
+        raise ApiError(404, NO_SUBJECT)
+    return subject_id
+
+
+def _entry_of(subject: Subject) -> dict:
+    """The subject as a registry import entry (every key, so an import changes nothing)."""
+    return {"id": subject.id, "devices": list(subject.devices), "office": subject.office,
+            "home": list(subject.home), "exclusions": list(subject.exclusions),
+            "risk": subject.risk, "category": subject.category, "level": subject.level}
+
+
+def _rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+
+
+async def _audit(request: web.Request, action: str, subject: str, detail: str = "") -> None:
+    from desk import audit
+
+    await audit.record(request, action, subject=subject, detail=detail)
