@@ -88,7 +88,8 @@ export const LEAVE_ACTION_NAMES = {
 };
 export const WEEKDAY_NAMES = ["", "一", "二", "三", "四", "五", "六", "日"];
 export const AUDIT_ACTION_NAMES = {
-  login: "登录", logout: "退出", "alarm.read": "查看报警", "alarm.ack": "确认报警",
+  login: "登录", logout: "退出", "user.login": "登录", "user.logout": "退出",
+  "user.disable": "停用用户", "alarm.read": "查看报警", "alarm.ack": "确认报警",
   "alarm.resolve": "处理报警", "track.read": "查看轨迹", "subject.read": "查看人员",
   "subject.create": "新增人员", "subject.update": "修改人员", "subject.end": "解除矫正",
   "leave.read": "查看请假", "leave.create": "提交请假", "leave.approve": "批准请假",
