@@ -1,12 +1,15 @@
 """The patrol desk (SPEC §8): the JSON API, the live alarm stream and the page.
 
     app.py       make_app(settings, paths), run_desk(settings, should_stop, on_ready)
-    http.py      sessions required under /api/, JSON errors, headers, access log
+    http.py      sessions required under /api/, viewers read only, JSON errors, headers
     auth.py      /api/login, /api/logout, /api/me
     api.py       alarms, subjects, tracks, the map layer, the event stream endpoints
     events.py    one shared follower of the alarm change log, fanned out to SSE clients
     scope.py     who sees what: office subtrees, alarm and subject visibility
-    users.py     users (scrypt), sessions, failed-login limits in <storage>/desk.sqlite
+    users.py     users (scrypt, role, disabled), sessions, failed-login limits: desk.sqlite
+    audit.py     the append-only audit log (in desk.sqlite) and `record` for handlers
+    audit_api.py GET /api/audit, cut to the user's subtree
+    revocation.py  ends the streams of sessions ended by `geofence user disable`
     stores.py    the SQLite connections, all on one thread off the event loop
     tracks.py    a subject's fixes from the fixes store
     mapdata.py   the map's GeoJSON (townships, dissolved counties, zones)

@@ -5,7 +5,8 @@
         on_ready(url) once listening, returns after should_stop() turns true
 
 Routes (SPEC §8): /api/login, /api/logout, /api/me, /api/alarms[/{id}[/ack|/resolve]],
-/api/subjects[/{id}[/track|/end]] (desk.subjects_api), /api/events, /api/layer; /healthz and /metrics without a
+/api/subjects[/{id}[/track|/end]] (desk.subjects_api), /api/events, /api/layer, /api/audit;
+/healthz and /metrics without a
 session; the page at / and /static/.
 """
 
@@ -16,7 +17,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from desk import api, auth, static, subjects_api
+from desk import api, audit_api, auth, static, subjects_api
 from desk.context import DESK, HEALTH, DeskState
 from desk.events import ChangeFeed
 from desk.hosts import configured_hosts, host_middleware
@@ -94,6 +95,7 @@ def make_app(settings: Settings, paths: EnginePaths, *,
     r.add_get("/api/subjects/{id}/track", api.track)
     r.add_get("/api/events", api.event_stream)
     r.add_get("/api/layer", api.layer)
+    r.add_get("/api/audit", audit_api.list_audit)
     r.add_get("/healthz", api.health)
     r.add_get("/metrics", api.metrics)
     static.add_routes(app)

@@ -18,13 +18,15 @@ subject's supervising office or above; an entry about nobody, to users whose sub
 holds the office of the user who acted.
 """
 
+import re
 import sqlite3
 from dataclasses import asdict, dataclass
 
 from engine.database import run_script, transaction
 
 MAX_DETAIL_CHARS = 500
-MAX_ACTION_CHARS = 64
+# "<what>.<verb>", lower case: a misspelt action fails the handler's own tests at once
+ACTION = re.compile(r"[a-z][a-z_]{0,30}(\.[a-z][a-z_]{0,30}){1,2}")
 
 
 def create_tables(db: sqlite3.Connection) -> None:
@@ -69,6 +71,9 @@ class AuditLog:
         self._db = db
 
     def append(self, entry: AuditEntry) -> None:
+        if not ACTION.fullmatch(entry.action):
+            raise ValueError(f"an audit action is <what>.<verb> in lower case, like "
+                             f"alarm.ack; got {entry.action!r}")
         with transaction(self._db):
             self._db.execute(f"INSERT INTO audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                              (entry.at_ms, entry.user, entry.office, entry.role,
@@ -77,12 +82,14 @@ class AuditLog:
 
     def entries(self, *, subject: str | None = None, user: str | None = None,
                 since_ms: int | None = None, before_seq: int | None = None,
-                limit: int = 1000, newest_first: bool = True) -> list[tuple[int, AuditEntry]]:
+                after_seq: int | None = None, limit: int = 1000,
+                newest_first: bool = True) -> list[tuple[int, AuditEntry]]:
         """(seq, entry) pairs matching every filter given, newest first (or oldest first
-        for an export); `before_seq` pages back past entries already read."""
+        for an export); `before_seq` / `after_seq` page past entries already read."""
         where, args = [], []
         for clause, value in (("subject = ?", subject), ("user = ?", user),
-                              ("at_ms >= ?", since_ms), ("seq < ?", before_seq)):
+                              ("at_ms >= ?", since_ms), ("seq < ?", before_seq),
+                              ("seq > ?", after_seq)):
             if value is not None:
                 where.append(clause)
                 args.append(value)
@@ -104,7 +111,7 @@ async def record(request, action: str, subject: str | None = None, detail: str =
     desk = desk_of(request)
     session = session if session is not None else request[SESSION]
     entry = AuditEntry(at_ms=desk.now_ms(), user=session.user, office=session.office,
-                       role=session.role, action=action[:MAX_ACTION_CHARS], subject=subject,
+                       role=session.role, action=action, subject=subject,
                        address=client_address(request, desk.settings.desk.trust_forwarded_for),
                        detail=detail)
     await desk.stores.run(desk.stores.users.audit.append, entry)

@@ -103,20 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--force", action="store_true", help="replace existing keys")
     gen.set_defaults(run=_keys_generate)
 
-    user = sub.add_parser("user", parents=[common], help="desk users (patrol desk log-ins)")
-    user_sub = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
-    uadd = user_sub.add_parser(
-        "add", parents=[common], help="create a desk user of an office",
-        description="Create a desk user who sees OFFICE's subtree. The password is asked "
-        "twice on a terminal, or read from the first line of stdin when it is not one.")
-    uadd.add_argument("name", metavar="NAME")
-    uadd.add_argument("--office", required=True, metavar="CODE",
-                      help="the user's office (a code in the registry)")
-    uadd.add_argument("--replace", action="store_true",
-                      help="give an existing user a new office and password")
-    uadd.set_defaults(run=_user_add)
-    ulist = user_sub.add_parser("list", parents=[common], help="list desk users")
-    ulist.set_defaults(run=_user_list)
+    from service.desk_commands import add_commands as add_desk_commands
+    add_desk_commands(sub, common)
 
     _store_commands(sub, common)
 
@@ -257,55 +245,6 @@ def _registry_import(args) -> int:
 def _registry_export(args) -> int:
     registry = _registry_store(_settings(args)).load()
     print(json.dumps(registry.to_document(), ensure_ascii=False, indent=1))
-    return 0
-
-
-def _user_store(settings):
-    from desk.users import UserStore
-    from engine.paths import EnginePaths
-
-    return UserStore(EnginePaths.create(settings.storage.path).desk_db)
-
-
-def _user_add(args) -> int:
-    from desk.users import check_name, check_password
-
-    settings = _settings(args)
-    check_name(args.name)
-    registry = _registry_store(settings)
-    try:
-        offices = registry.load().offices
-    finally:
-        registry.close()
-    if args.office not in offices:
-        raise UsageError(f"unknown office {args.office!r}: import it with "
-                         "`geofence registry import` first")
-    password = check_password(_read_password())
-    with _user_store(settings) as users:
-        user = users.add(args.name, args.office, password, replace=args.replace)
-    print(f"user {user.name}: office {user.office} {offices[user.office].name}")
-    return 0
-
-
-def _read_password() -> str:
-    """From a prompt (asked twice) on a terminal, else the first line of stdin."""
-    if not sys.stdin.isatty():
-        return sys.stdin.readline().rstrip("\r\n")
-    import getpass
-
-    first = getpass.getpass("password: ")
-    if first != getpass.getpass("again: "):
-        raise UsageError("the two passwords differ")
-    return first
-
-
-def _user_list(args) -> int:
-    from datetime import datetime, timezone
-
-    with _user_store(_settings(args)) as users:
-        for user in users.list():
-            created = datetime.fromtimestamp(user.created_ms / 1000, timezone.utc)
-            print(f"{user.name}\t{user.office}\t{created:%Y-%m-%dT%H:%M:%SZ}")
     return 0
 
 

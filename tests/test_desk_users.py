@@ -170,3 +170,92 @@ def test_user_add_on_a_terminal_asks_twice(engine, monkeypatch, capsys):
     assert cli.main(["--config", str(engine), "user", "add", "wang", "--office", "3704"]) == 2
     assert "differ" in capsys.readouterr().err
     assert cli.main(["--config", str(engine), "user", "add", "wang", "--office", "3704"]) == 0
+
+
+# -- roles, disabled users, schema version 2 ---------------------------------------------
+
+def test_a_version_1_desk_file_gets_roles_disabled_and_the_audit_log_keeping_its_rows(
+        tmp_path):
+    from engine.database import Schema, connect, schema_version
+    from desk import users as users_module
+
+    path = tmp_path / "desk.sqlite"
+    version_1 = Schema("desk store", marker="users", steps=(users_module._version_1,))
+    db = connect(path, version_1)
+    hashed = hash_password("correct horse")
+    db.execute("INSERT INTO users VALUES ('wang', '370402001', ?, ?, ?, ?, ?, 5)",
+               (hashed.salt, hashed.key, hashed.n, hashed.r, hashed.p))
+    db.execute("INSERT INTO sessions VALUES (?, 'wang', 0, ?)",
+               (hashlib.sha256(b"token").digest(), 10**13))
+    db.close()
+    with UserStore(path) as users:
+        (wang,) = users.list()
+        assert (wang.name, wang.office, wang.created_ms, wang.role, wang.disabled) == (
+            "wang", "370402001", 5, "officer", False)
+        session = users.session("token", 12, now_ms=1)   # the v1 session still works
+        assert (session.user, session.role) == ("wang", "officer")
+        assert users.audit.entries() == []
+    db = sqlite3.connect(path)
+    try:
+        assert schema_version(db) == 2
+        names = {name for name, in db.execute("SELECT name FROM sqlite_master")}
+        assert {"audit", "audit_subject", "audit_user", "audit_at", "audit_no_update",
+                "audit_no_delete"} <= names
+    finally:
+        db.close()
+
+
+def test_roles_are_checked_and_replace_keeps_a_disabled_user_disabled(tmp_path):
+    with UserStore(tmp_path / "desk.sqlite") as users:
+        with pytest.raises(UserError, match="officer, viewer"):
+            users.add("wang", "370402001", "long enough", role="admin")
+        users.add("jian", "3704", "long enough", role="viewer")
+        token, session = users.login_succeeded("jian", "10.0.0.1", 12, now_ms=0)
+        assert session.role == "viewer" and users.session(token, 12, 1).role == "viewer"
+        assert users.disable("jian", now_ms=7).disabled_ms == 7
+        assert users.session(token, 12, 2) is None                   # ended at once
+        assert users.login_succeeded("jian", "10.0.0.1", 12, now_ms=8) is None
+        assert users.disable("jian", now_ms=9).disabled_ms == 7      # since when, kept
+        replaced = users.add("jian", "370402001", "long enough", role="officer",
+                             replace=True)
+        assert (replaced.role, replaced.disabled_ms) == ("officer", 7)
+        assert users.enable("jian").disabled_ms is None
+        assert users.login_succeeded("jian", "10.0.0.1", 12, now_ms=10) is not None
+        with pytest.raises(UserError, match="no user"):
+            users.disable("nobody")
+
+
+def test_user_add_role_list_and_disable_on_the_command_line(engine, monkeypatch, capsys):
+    code, out, _ = geofence(monkeypatch, capsys, "s3cret pass\n", "--config", str(engine),
+                            "user", "add", "jian", "--office", "3704", "--role", "viewer")
+    assert code == 0 and "role viewer" in out
+    geofence(monkeypatch, capsys, "s3cret pass\n", "--config", str(engine), "user", "add",
+             "wang", "--office", "370402001")
+    code, out, _ = geofence(monkeypatch, capsys, "", "--config", str(engine), "user",
+                            "disable", "wang")
+    assert code == 0 and "disabled" in out
+    code, out, _ = geofence(monkeypatch, capsys, "", "--config", str(engine), "user", "list")
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert [row[:3] for row in rows] == [["jian", "3704", "viewer"],
+                                         ["wang", "370402001", "officer"]]
+    assert rows[0][3] == "active" and rows[1][3].startswith("disabled 20")
+    code, _, err = geofence(monkeypatch, capsys, "", "--config", str(engine), "user",
+                            "disable", "nobody")
+    assert code == 2 and "no user 'nobody'" in err
+    with pytest.raises(SystemExit):   # argparse: exit 2 and the allowed roles
+        geofence(monkeypatch, capsys, "s3cret pass\n", "--config", str(engine), "user",
+                 "add", "li", "--office", "3704", "--role", "admin")
+    assert "officer" in capsys.readouterr().err
+
+
+def test_an_audit_action_must_be_a_dotted_lower_case_word(tmp_path):
+    from desk.audit import AuditEntry
+
+    with UserStore(tmp_path / "desk.sqlite") as users:
+        for action in ("alarm.ack", "leave.approve", "subject.update", "user.login"):
+            users.audit.append(AuditEntry(1, "wang", "3704", "officer", action, None, "::1"))
+        for action in ("ack", "Alarm.Ack", "alarm.", "alarm ack", "alarm.ack; drop"):
+            with pytest.raises(ValueError, match="<what>.<verb>"):
+                users.audit.append(AuditEntry(1, "wang", "3704", "officer", action, None,
+                                              "::1"))
+        assert len(users.audit.entries()) == 4
