@@ -666,6 +666,7 @@ def _registry_of(docs: dict[str, list[Any]], base: dict[str, dict], version: int
                                             d["office"], tuple(d["home"]))
                         for d in docs["delegations"]},
     }
-    merged = {k: {**base[k], **parsed[k]} if k in base else parsed[k] for k in KINDS}
+    merged = {k: parsed[k] if k not in base else {**base[k], **parsed[k]} if parsed[k]
+              else base[k] for k in KINDS}   # an untouched kind shares the old dict
     return Registry(merged["offices"], merged["subjects"], merged["permits"],
                     merged["delegations"], version)

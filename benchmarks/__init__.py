@@ -12,4 +12,5 @@ STAGES = {  # stage name -> module with run(quick) -> Report
     "alarm_quality": "benchmarks.alarm_quality",
     "alarm_latency": "benchmarks.alarm_latency",
     "soak": "benchmarks.soak",
+    "registry_change": "benchmarks.registry_change",
 }

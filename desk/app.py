@@ -5,9 +5,8 @@
         on_ready(url) once listening, returns after should_stop() turns true
 
 Routes (SPEC §8): /api/login, /api/logout, /api/me, /api/alarms[/{id}[/ack|/resolve]],
-/api/subjects[/{id}[/track|/end]] (desk.subjects_api), /api/events, /api/layer, /api/audit;
-/healthz and /metrics without a
-session; the page at / and /static/.
+/api/subjects[/{id}[/track|/end]] (desk.subjects_api), /api/events, /api/layer,
+/api/audit; /healthz and /metrics without a session; the page at / and /static/.
 """
 
 import asyncio

@@ -23,17 +23,20 @@ that held it. An id in use answers 409 whoever asks (an id must be unique), with
 saying whose it is.
 """
 
+import re
 from datetime import datetime, timezone
 
 from aiohttp import web
 
 from alerts.registry import ENTRY_KEYS, RegistryError, Subject, parse_document
+from desk import audit
 from desk.context import SESSION, ApiError, desk_of
 from desk.http import json_response
 from desk.jsonbody import json_body
 from geofence.known_keys import unknown_keys
 
-ONBOARD_KEYS = ("id", "devices", "office", "home", "exclusions", "risk", "category", "level")
+# An import entry's keys but `ended` (only `end` ends supervision), and the editable ones
+ONBOARD_KEYS = tuple(k for k in ENTRY_KEYS["subjects"] if k != "ended")
 EDIT_KEYS = ("devices", "home", "level", "risk", "exclusions", "category")
 END_KEYS = ("note",)
 MAX_NOTE_CHARS = 2_000
@@ -43,9 +46,6 @@ NOT_SUPERVISING = "only the supervising office or an office above it may change 
 ENDED = "supervision of this person has ended: the record is kept and can no longer change"
 ID_IN_USE = "this id is already in use: a new supervision is onboarded under a new id"
 INVALID = "the subject was not saved"
-
-assert set(ONBOARD_KEYS) | {"ended"} == set(ENTRY_KEYS["subjects"])
-assert set(EDIT_KEYS) < set(ONBOARD_KEYS)
 
 
 # -- reads -------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ async def onboard(request: web.Request) -> web.Response:
     """201 with the new person's record."""
     desk, session = desk_of(request), request[SESSION]
     body = await json_body(request)
-    problems = unknown_keys(body, ONBOARD_KEYS, "the body")
+    problems = unknown_keys(body, ONBOARD_KEYS, "the body") + _id_problems(body.get("id"))
     entry = {k: v for k, v in body.items() if k in ONBOARD_KEYS}
     office, subject_id = entry.get("office"), entry.get("id")
     checkers = await desk.checkers()
@@ -191,15 +191,36 @@ def _import(desk, scope, session, entry: dict, problems: list[str], checkers,
     RegistryError with the body's problems and the registry's together."""
     document = {"subjects": [entry]}
     store = desk.stores.registry
-    if problems:   # the body's own problems: report the registry's with them, write nothing
-        try:
-            parse_document(document, store.load(), *checkers)
-        except RegistryError as e:
-            problems = problems + e.problems
-        raise RegistryError(problems)
-    registry = store.import_document(document, *checkers)
+    try:
+        if problems:   # the body's own: report the registry's with them, write nothing
+            try:
+                parse_document(document, store.load(), *checkers)
+            except RegistryError as e:
+                problems = problems + e.problems
+            raise RegistryError(problems)
+        registry = store.import_document(document, *checkers)
+    except RegistryError as e:
+        raise RegistryError([_unseen_hidden(scope, session, p, now_ms)
+                             for p in e.problems]) from None
     subject = registry.subjects[str(entry["id"]).strip()]
     return _detail(desk.stores.scope(), session, subject, now_ms)
+
+
+_CLAIMED = re.compile(r"^device (.*) is claimed by subjects (.+) and (.+)$", re.DOTALL)
+
+
+def _unseen_hidden(scope, session, problem: str, now_ms: int) -> str:
+    """`problem`, without the id of a person the user does not see: a phone number
+    already held elsewhere says "another subject", never whose it is."""
+    match = _CLAIMED.match(problem)
+    if match is None:
+        return problem
+    device, holder, claimant = match.groups()
+    subject = scope.registry.subjects.get(holder)
+    if subject is not None and scope.sees_subject(scope.subtree(session.office), subject,
+                                                  now_ms):
+        return problem
+    return f"device {device} of subject {claimant} is held by a subject outside your offices"
 
 
 def _detail(scope, session, subject: Subject, now_ms: int) -> dict:
@@ -216,6 +237,16 @@ def _invalid(problems: list[str]) -> web.Response:
 
 
 # -- helpers -----------------------------------------------------------------------------
+
+def _id_problems(value) -> list[str]:
+    """A new id must be reachable as /api/subjects/{id}: at most MAX_ID_CHARS printable
+    characters, no "/" (the import's own checks say whether it is there at all)."""
+    if isinstance(value, str) and (len(value.strip()) > MAX_ID_CHARS or "/" in value
+                                   or not value.isprintable()):
+        return [f"the body: id must have at most {MAX_ID_CHARS} printable characters and "
+                "no \"/\""]
+    return []
+
 
 def _subject_id(request: web.Request) -> str:
     subject_id = request.match_info["id"]
@@ -236,6 +267,4 @@ def _rfc3339(ms: int) -> str:
 
 
 async def _audit(request: web.Request, action: str, subject: str, detail: str = "") -> None:
-    from desk import audit
-
     await audit.record(request, action, subject=subject, detail=detail)

@@ -118,14 +118,17 @@ def ingest_main(settings: Settings, workers: int, ready, log_file: Path | None,
     cache: dict = {}
 
     def devices_source():
-        version = registry.version()
-        if cache.get("version") != version:
-            reg = registry.load()
-            devices, subjects = [], []
-            for s in reg.subjects.values():
-                devices += list(s.devices)
-                subjects += [s.index] * len(s.devices)
-            cache.update(version=version, snapshot=(version, devices, subjects))
+        """The device table's source; a new snapshot only when a change touched subjects
+        (an approved leave, a permit, a delegation leave the devices as they are)."""
+        change = registry.changes_since(cache.get("version", -1))
+        if change is not None:
+            cache["version"] = change.registry.version
+            if "snapshot" not in cache or change.keys("subjects"):
+                devices, subjects = [], []
+                for s in change.registry.subjects.values():
+                    devices += list(s.devices)
+                    subjects += [s.index] * len(s.devices)
+                cache["snapshot"] = (change.registry.version, devices, subjects)
         return cache["snapshot"]
 
     metrics = IngestMetrics()
