@@ -523,7 +523,25 @@ def _version_2(db: sqlite3.Connection) -> None:
             SELECT 'changes_from', COALESCE((SELECT value FROM meta WHERE key='version'), 0)""")
 
 
-SCHEMA = Schema("registry", marker="registry", steps=(_version_1, _version_2))
+def _version_3(db: sqlite3.Connection) -> None:
+    """Leaves requested on the desk and every step taken on them (owned by
+    `supervision.leave_store`): kept in this file so that an approval writes the leave and
+    its permit in one transaction."""
+    run_script(db, """
+        CREATE TABLE leaves (id INTEGER PRIMARY KEY AUTOINCREMENT, subject TEXT NOT NULL,
+            office TEXT NOT NULL, destinations TEXT NOT NULL, start_ms INTEGER NOT NULL,
+            end_ms INTEGER NOT NULL, recurring TEXT, reason TEXT NOT NULL,
+            status TEXT NOT NULL, approver TEXT NOT NULL, requested_by TEXT NOT NULL,
+            requested_ms INTEGER NOT NULL, closed_ms INTEGER, permit TEXT);
+        CREATE INDEX leaves_subject ON leaves (subject, start_ms);
+        CREATE INDEX leaves_status ON leaves (status);
+        CREATE TABLE leave_steps (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            leave_id INTEGER NOT NULL, action TEXT NOT NULL, user TEXT NOT NULL,
+            office TEXT NOT NULL, at_ms INTEGER NOT NULL, note TEXT NOT NULL);
+        CREATE INDEX leave_steps_leave ON leave_steps (leave_id, seq)""")
+
+
+SCHEMA = Schema("registry", marker="registry", steps=(_version_1, _version_2, _version_3))
 KEEP_CHANGES = 10_000   # versions of change log kept; a reader further behind reloads all
 
 

@@ -6,7 +6,9 @@
 
 Routes (SPEC §8): /api/login, /api/logout, /api/me, /api/alarms[/{id}[/ack|/resolve]],
 /api/subjects[/{id}[/track|/end]] (desk.subjects_api), /api/events, /api/layer,
-/api/audit; /healthz and /metrics without a session; the page at / and /static/.
+/api/audit; leaves (SPEC §12, `desk.leaves_api`): /api/leaves[/{id}[/approve|/reject|
+/cancel|/close]], /api/subjects/{id}/leaves; /healthz and /metrics without a session;
+the page at / and /static/.
 """
 
 import asyncio
@@ -16,7 +18,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from desk import api, audit_api, auth, static, subjects_api
+from desk import api, audit_api, auth, leaves_api, static, subjects_api
 from desk.context import DESK, HEALTH, DeskState
 from desk.events import ChangeFeed
 from desk.hosts import configured_hosts, host_middleware
@@ -95,6 +97,14 @@ def make_app(settings: Settings, paths: EnginePaths, *,
     r.add_get("/api/events", api.event_stream)
     r.add_get("/api/layer", api.layer)
     r.add_get("/api/audit", audit_api.list_audit)
+    r.add_post("/api/leaves", leaves_api.request_leave)
+    r.add_get("/api/leaves", leaves_api.list_leaves)
+    r.add_get("/api/leaves/{id}", leaves_api.get_leave)
+    r.add_post("/api/leaves/{id}/approve", leaves_api.approve)
+    r.add_post("/api/leaves/{id}/reject", leaves_api.reject)
+    r.add_post("/api/leaves/{id}/cancel", leaves_api.cancel)
+    r.add_post("/api/leaves/{id}/close", leaves_api.close)
+    r.add_get("/api/subjects/{id}/leaves", leaves_api.subject_leaves)
     r.add_get("/healthz", api.health)
     r.add_get("/metrics", api.metrics)
     static.add_routes(app)

@@ -105,6 +105,17 @@ class Rules:
 
 
 @dataclass(frozen=True)
+class Leave:
+    """Leave (外出请假, SPEC §12; 社区矫正法实施办法 art. 27-28)."""
+    township_max_days: int = 7         # up to this many days the supervising office approves;
+                                       # longer (and every standing permit): its parent
+    max_days: int = 30                 # one leave lasts at most this many days
+    max_days_per_year: int = 60        # approved days of leave in a calendar year (UTC+8)
+    standing_max_days: int = 183       # a standing permit (recurring) runs at most this long
+    four_eyes: bool = True             # the approver must be another user than the requester
+
+
+@dataclass(frozen=True)
 class Settings:
     storage: Storage = Storage()
     layers: Layers = Layers()
@@ -112,6 +123,7 @@ class Settings:
     alerts: Alerts = Alerts()
     desk: Desk = Desk()
     rules: Rules = Rules()
+    leave: Leave = Leave()
     source: str = "built-in defaults"
 
 
@@ -123,6 +135,7 @@ MAX_SESSION_HOURS = 24 * 365
 MAX_DISTANCE_M = 100_000.0
 MAX_CHECK_EVERY_S = 3600.0
 MIN_CHECK_EVERY_S = 0.01                 # below, the clock rules would spin a worker
+MAX_LEAVE_DAYS = 366                     # any leave limit: a calendar year at most
 
 
 @dataclass(frozen=True)
@@ -266,6 +279,9 @@ CHECKS: dict[str, dict[str, Any]] = {
               "escalate_medium_s": SECONDS,
               "clock": OneOf(("wall", "feed")),
               "check_every_s": Real(MIN_CHECK_EVERY_S, MAX_CHECK_EVERY_S)},
+    "leave": {"township_max_days": Whole(1, MAX_LEAVE_DAYS), "max_days": Whole(1, MAX_LEAVE_DAYS),
+              "max_days_per_year": Whole(1, MAX_LEAVE_DAYS),
+              "standing_max_days": Whole(1, MAX_LEAVE_DAYS), "four_eyes": Flag()},
 }
 
 
