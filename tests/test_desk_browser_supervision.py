@@ -50,24 +50,30 @@ def _offices(doc: dict) -> dict[str, dict]:
     return {o["code"]: o for o in doc["offices"]}
 
 
-def _pair(doc: dict) -> tuple[dict, dict]:
-    """Two ordinary subjects (risk normal: two fixes out raise an exit) of one county."""
+def _ordinary(doc: dict, n: int) -> list[dict]:
+    """`n` ordinary subjects (risk normal: two fixes out raise an exit) of one county."""
     by_county = defaultdict(list)
     for s in doc["subjects"]:
-        if s["risk"] == "normal":
+        if s["risk"] == "normal" and not s.get("exclusions"):
             by_county[s["home"][0]].append(s)
-    return next(pair[:2] for pair in by_county.values() if len(pair) >= 2)
+    return next(group[:n] for group in by_county.values() if len(group) >= n)
 
 
-def _places(county: str) -> tuple[tuple[float, float], tuple[float, float], str]:
-    """A point inside `county`, one in another county, and that other county's code."""
+def _pair(doc: dict) -> tuple[dict, dict]:
+    a, b = _ordinary(doc, 2)
+    return a, b
+
+
+def _places(county: str) -> tuple[tuple[float, float], tuple[float, float], str, str]:
+    """A point inside `county`, one in another county, that county's code and name."""
     layer = Layer.from_geojson(zaozhuang_geojson())
     inside = shapely.union_all(layer.geometries[layer.features_under(county)])
     other = next(i for i in range(len(layer.codes))
                  if layer.parents[i] and layer.parents[i] != county)
     far = layer.geometries[other].representative_point()
     here = inside.representative_point()
-    return (here.x, here.y), (far.x, far.y), str(layer.parents[other])
+    code = str(layer.parents[other])
+    return (here.x, here.y), (far.x, far.y), code, layer.hierarchy.name_of(code)
 
 
 def _add_user(config: Path, monkeypatch, name: str, office: str, role: str = "officer"):
@@ -120,15 +126,27 @@ def _login(browser, url: str, user: str, errors: list[str]):
     return page
 
 
-def _send(engine: Engine, device: str, plan: list, times: list[int]) -> None:
+def _send(engine: Engine, device: str, plan: list, times: list[int], batch: int = 1) -> int:
+    """One batch of `device`'s fixes; how many were sent."""
     carrier = Carrier(engine.endpoint)
     try:
         lon, lat = np.array(plan).T
-        ack = carrier.request(encode_cols("cmcc", 1, [device] * len(plan), times, lon, lat,
+        ack = carrier.request(encode_cols("cmcc", batch, [device] * len(plan), times, lon, lat,
                                           np.full(len(plan), 30.0)))
     finally:
         carrier.close()
     assert ack is not None and ack["status"] == "ok", ack
+    return len(plan)
+
+
+def _wait_until(predicate, what: str, timeout_s: float = WAIT_MS / 1000 * 3):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
 def _cst_input(ms: int) -> str:
@@ -151,12 +169,10 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
     from playwright.sync_api import expect
 
     doc = population_document(12, seed=5)
-    a, b = _pair(doc)
+    a, b, m = _ordinary(doc, 3)
     county = _offices(doc)[a["office"]]["parent"]
     assert county == a["home"][0]
-    home, away, destination = _places(county)
-    place_names = {f["properties"]["code"]: f["properties"]["name"]
-                   for f in zaozhuang_geojson()["features"]}
+    home, away, destination, destination_name = _places(county)
     config = _desk(tmp_path, monkeypatch, doc, [("clerk", a["office"], "officer"),
                                                  ("county", county, "officer")])
     plan = [home, home, away, away]
@@ -172,7 +188,7 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
             form = clerk.get_by_test_id("leave-form")
             expect(form).to_be_visible()
             clerk.get_by_test_id("leave-subject").fill(a["id"])
-            clerk.get_by_test_id("leave-dest-search").fill(place_names[destination])
+            clerk.get_by_test_id("leave-dest-search").fill(destination_name)
             clerk.locator(f"[data-testid=leave-dest-results] [data-code='{destination}']").click()
             expect(clerk.get_by_test_id("leave-dest-chosen")).to_contain_text(destination)
             now = int(time.time() * 1000)
@@ -183,7 +199,7 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
             clerk.get_by_test_id("leave-submit").click()
             expect(clerk.get_by_test_id("leave-form-ok")).to_contain_text("已提交")
             expect(clerk.get_by_test_id("leave-form-error")).to_have_text("")
-            mine = clerk.locator(f"[data-testid=leave-row][data-subject='{a['id']}']")
+            mine = clerk.get_by_test_id("leave-list").locator(f"[data-testid=leave-row][data-subject='{a['id']}']")
             expect(mine).to_have_count(1)
             expect(mine).to_have_attribute("data-status", "pending")
             expect(clerk.get_by_test_id("leave-status")).to_have_text("待审批")
@@ -193,10 +209,10 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
             # The county user approves it on the page.
             boss = _login(browser, url, "county", errors)
             boss.get_by_test_id("view-leave").click()
-            row = boss.locator(f"[data-testid=leave-row][data-subject='{a['id']}']")
+            row = boss.get_by_test_id("leave-list").locator(f"[data-testid=leave-row][data-subject='{a['id']}']")
             expect(row).to_have_attribute("data-status", "pending")
             expect(row).to_contain_text("可审批")
-            expect(row).to_contain_text(f"{place_names[destination]} {destination}")
+            expect(row).to_contain_text(f"{destination_name} {destination}")
             row.click()
             expect(boss.get_by_test_id("leave-history")).to_contain_text("clerk")
             boss.get_by_test_id("leave-note").fill("同意，按时销假。")
@@ -205,16 +221,40 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
             expect(boss.get_by_test_id("leave-history")).to_contain_text("同意，按时销假。")
             expect(boss.get_by_test_id("leave-error")).to_have_text("")
 
+            # The worker must judge A with the approval in hand, without asserting a time:
+            # the county user then moves M's home to the destination on the page, and M's
+            # fixes at its old home raise zone_exit only in a registry at least that new.
+            boss.get_by_test_id("view-people").click()
+            boss.locator(f"[data-testid=person-row][data-subject='{m['id']}']").click()
+            boss.get_by_test_id("person-edit").click()
+            boss.locator(f"[data-testid=pf-home-chosen] .chip[data-code='{county}'] button").click()
+            boss.get_by_test_id("pf-home-search").fill(destination_name)
+            boss.locator(f"[data-testid=pf-home-results] [data-code='{destination}']").click()
+            boss.get_by_test_id("pf-submit").click()
+            expect(boss.get_by_test_id("person-form")).to_be_hidden()
+            expect(boss.get_by_test_id("person")).to_contain_text(f"{destination_name} {destination}")
+            sent, batch = 0, 1
+
+            def m_exit_seen():
+                nonlocal sent, batch
+                t = int(time.time() * 1000) - 2000
+                sent += _send(engine, m["devices"][0], [home, home], [t, t + 1000], batch)
+                batch += 1
+                time.sleep(0.5)
+                return m["id"] in _alarm_subjects(boss)
+
+            _wait_until(m_exit_seen, "M's zone_exit (the worker has the approval)")
+
             # A (on leave) and B (no leave) send the same fixes out there, A first.
-            t0 = int(time.time() * 1000) - (len(plan) + 1) * STEP_MS
-            times = [t0 + k * STEP_MS for k in range(len(plan))]
-            _send(engine, a["devices"][0], plan, times)
-            _send(engine, b["devices"][0], plan, times)
+            t0 = int(time.time() * 1000) - (len(plan) + 1) * 1000
+            times = [t0 + k * 1000 for k in range(len(plan))]
+            sent += _send(engine, a["devices"][0], plan, times, batch)
+            sent += _send(engine, b["devices"][0], plan, times, batch + 1)
             boss.get_by_test_id("view-alarms").click()
             expected = alarm_id(b["id"], "zone_exit", times[-1])
             exit_row = boss.locator(f"[data-testid=alarm-row][data-alarm-id='{expected}']")
             expect(exit_row).to_contain_text("越界")
-            # One worker judges in order: B's exit is there, so A's fixes were judged.
+            _wait_until(lambda: engine.evaluated_fixes() >= sent, "every fix evaluated")
             subjects = _alarm_subjects(boss)
             assert b["id"] in subjects and a["id"] not in subjects, subjects
             expect(boss.locator("[data-testid=alarm-row]", has_text=a["id"])).to_have_count(0)
@@ -230,10 +270,11 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
             # The picture for the README: the leave page with the approved leave open.
             boss.get_by_test_id("view-leave").click()
             boss.get_by_test_id("leave-filter").select_option("")
-            boss.locator(f"[data-testid=leave-row][data-subject='{a['id']}']").click()
+            boss.get_by_test_id("leave-list").locator(
+                f"[data-testid=leave-row][data-subject='{a['id']}']").click()
             expect(boss.get_by_test_id("leave-status")).to_have_text("已批准")
             boss.get_by_test_id("leave-subject").fill(b["id"])
-            boss.get_by_test_id("leave-dest-search").fill(place_names[destination][:1])
+            boss.get_by_test_id("leave-dest-search").fill(destination_name[:1])
             boss.wait_for_timeout(300)
             boss.screenshot(path=str(shot), full_page=True)
             assert not errors, errors
@@ -304,7 +345,7 @@ def test_a_viewer_sees_the_read_only_badge_and_no_write_control(tmp_path, monkey
     doc = population_document(12, seed=5)
     a, _ = _pair(doc)
     county = _offices(doc)[a["office"]]["parent"]
-    home, away, _ = _places(county)
+    home, away, _, _ = _places(county)
     config = _desk(tmp_path, monkeypatch, doc, [("inspector", "3704", "viewer"),
                                                  ("officer", "3704", "officer")])
     plan = [home, home, away, away]

@@ -19,8 +19,9 @@ export function refusal(e, what) {
 /** Show `e` in the error paragraph `box` and its 422 problems in the list `list`. */
 export function showRefusal(e, what, box, list = null) {
   const problems = (e.data && Array.isArray(e.data.problems)) ? e.data.problems : [];
-  box.textContent = problems.length ? `不符合规定，未能${what}（共 ${problems.length} 处问题）：`
-    : refusal(e, what);
+  if (problems.length && !list) box.textContent = `不符合规定，未能${what}：${problems.join("；")}`;
+  else if (problems.length) box.textContent = `不符合规定，未能${what}（共 ${problems.length} 处问题）：`;
+  else box.textContent = refusal(e, what);
   if (list) list.replaceChildren(...problems.map((p) => el("li", { text: String(p) })));
 }
 

@@ -134,6 +134,7 @@ function renderLeave() {
     ["申请人", doc.requested_by ? `${doc.requested_by} · ${fmtCst(doc.requested_ms)}` : "—"],
     ["来源", doc.source === "import" ? "登记导入（只读）" : "巡查台"],
   ];
+  if (doc.closed_ms) rows.push(["销假时间", fmtCst(doc.closed_ms)]);
   if (doc.permit) rows.push(["外出许可", el("code", { text: doc.permit })]);
   $("leave-fields").replaceChildren(...rows.flatMap(([k, v]) => [
     el("dt", { text: k }), el("dd", {}, v),

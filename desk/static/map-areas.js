@@ -13,6 +13,7 @@ export async function loadLayer() {
     const fc = await api("/api/layer");
     if (!state.me) return;
     drawLayer(fc);
+    document.dispatchEvent(new Event("places-loaded"));   // pickers waiting for names
     $("map-note").textContent = "";
     renderMapAlarms();
   } catch (e) {

@@ -25,6 +25,10 @@ export class PlacePicker {
     root.replaceChildren(this.input, this.results, this.chips);
     root.classList.add("picker");
     this.input.addEventListener("input", () => this.search());
+    document.addEventListener("places-loaded", () => {
+      if (this.input.value.trim()) this.search();
+      this.renderChips();
+    });
     this.input.addEventListener("keydown", (e) => {
       if (e.key !== "Enter") return;
       e.preventDefault();
@@ -63,6 +67,10 @@ export class PlacePicker {
   }
 
   search() {
+    if (!state.places.length && this.input.value.trim()) {
+      this.results.replaceChildren(el("li", { class: "muted", text: "辖区数据加载中…" }));
+      return;
+    }
     this.results.replaceChildren(...this.matches().map((p) => el("li", {},
       el("button", {
         type: "button", class: "pick", "data-code": p.code,
