@@ -114,7 +114,8 @@ def _login(browser, url: str, user: str, errors: list[str]):
     """A fresh context (its own cookies) logged in as `user`."""
     from playwright.sync_api import expect
 
-    page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+    page = browser.new_context(viewport={"width": 1600, "height": 1000}, locale="zh-CN",
+                               timezone_id="Asia/Shanghai").new_page()
     page.on("pageerror", lambda e: errors.append(f"{user}: {e}"))
     page.set_default_timeout(WAIT_MS)
     page.goto(url)
@@ -193,9 +194,15 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
             expect(clerk.get_by_test_id("leave-dest-chosen")).to_contain_text(destination)
             now = int(time.time() * 1000)
             clerk.get_by_test_id("leave-start").fill(_cst_input(now - 3_600_000))
+            clerk.get_by_test_id("leave-reason").fill("赴外县探望住院的母亲")
+            # Too long: the cap's reason is shown in words, and the form keeps what was typed.
+            clerk.get_by_test_id("leave-end").fill(_cst_input(now + 40 * 86_400_000))
+            clerk.get_by_test_id("leave-submit").click()
+            expect(clerk.get_by_test_id("leave-form-error")).to_contain_text("不符合规定")
+            expect(form).to_contain_text("单次请假最长30天")
+            expect(clerk.get_by_test_id("leave-dest-chosen")).to_contain_text(destination)
             clerk.get_by_test_id("leave-end").fill(_cst_input(now + 86_400_000))
             expect(clerk.get_by_test_id("leave-days")).to_contain_text("共 2 天")
-            clerk.get_by_test_id("leave-reason").fill("赴外县探望住院的母亲")
             clerk.get_by_test_id("leave-submit").click()
             expect(clerk.get_by_test_id("leave-form-ok")).to_contain_text("已提交")
             expect(clerk.get_by_test_id("leave-form-error")).to_have_text("")
@@ -274,6 +281,7 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
                 f"[data-testid=leave-row][data-subject='{a['id']}']").click()
             expect(boss.get_by_test_id("leave-status")).to_have_text("已批准")
             boss.get_by_test_id("leave-subject").fill(b["id"])
+            boss.get_by_test_id("leave-reason").fill("到外县工地务工")
             boss.get_by_test_id("leave-dest-search").fill(destination_name[:1])
             boss.wait_for_timeout(300)
             boss.screenshot(path=str(shot), full_page=True)
