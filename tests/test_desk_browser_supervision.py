@@ -174,6 +174,7 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
     county = _offices(doc)[a["office"]]["parent"]
     assert county == a["home"][0]
     home, away, destination, destination_name = _places(county)
+    names = {o["code"]: o["name"] for o in doc["offices"]}
     config = _desk(tmp_path, monkeypatch, doc, [("clerk", a["office"], "officer"),
                                                  ("county", county, "officer")])
     plan = [home, home, away, away]
@@ -228,6 +229,21 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
             expect(boss.get_by_test_id("leave-history")).to_contain_text("同意，按时销假。")
             expect(boss.get_by_test_id("leave-error")).to_have_text("")
 
+            # The county files a standing permit for B (weekdays 08:00-19:00 to that county):
+            # county level, so pending for the county, and it allows nothing yet.
+            boss.get_by_test_id("leave-subject").fill(b["id"])
+            boss.get_by_test_id("leave-dest-search").fill(destination)
+            boss.get_by_test_id("leave-dest-search").press("Enter")
+            boss.get_by_test_id("leave-reason").fill("跨县务工")
+            boss.get_by_test_id("leave-standing").check()
+            expect(boss.get_by_test_id("leave-from")).to_have_value("08:00")
+            boss.get_by_test_id("leave-submit").click()
+            expect(boss.get_by_test_id("leave-form-ok")).to_contain_text(f"待 {names[county]}")
+            standing = boss.get_by_test_id("leave-list").locator(
+                f"[data-testid=leave-row][data-subject='{b['id']}']")
+            expect(standing).to_contain_text("长期")
+            expect(standing).to_contain_text("每周一、二、三、四、五 08:00–19:00")
+
             # The worker must judge A with the approval in hand, without asserting a time:
             # the county user then moves M's home to the destination on the page, and M's
             # fixes at its old home raise zone_exit only in a registry at least that new.
@@ -274,6 +290,16 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
             expect(boss.get_by_test_id("person-leaves")
                    .locator("[data-testid=leave-row][data-status=approved]")).to_have_count(1)
 
+            # The audit log page: every step on A, by whom.
+            boss.get_by_test_id("view-audit").click()
+            boss.get_by_test_id("audit-subject").fill(a["id"])
+            boss.get_by_test_id("audit-search").click()
+            audit = boss.get_by_test_id("audit-table")
+            expect(audit.locator("[data-action='leave.approve']")).to_contain_text("county")
+            expect(audit.locator("[data-action='leave.create']")).to_contain_text("clerk")
+            expect(audit).to_contain_text("批准请假（leave.approve）")
+            expect(audit).not_to_contain_text(b["id"])
+
             # The picture for the README: the leave page with the approved leave open.
             boss.get_by_test_id("view-leave").click()
             boss.get_by_test_id("leave-filter").select_option("")
@@ -295,7 +321,7 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
 
 # -- people ----------------------------------------------------------------------------------
 
-def test_a_bad_edit_shows_every_problem_and_a_good_one_sets_the_level(tmp_path, monkeypatch):
+def test_a_bad_edit_shows_every_problem_a_good_one_sets_the_level_and_end_is_kept(tmp_path, monkeypatch):
     _chromium()
     from playwright.sync_api import expect
 
@@ -334,11 +360,22 @@ def test_a_bad_edit_shows_every_problem_and_a_good_one_sets_the_level(tmp_path, 
             page.get_by_test_id("pf-submit").click()
             expect(form).to_be_hidden()
             expect(page.get_by_test_id("person-level")).to_have_text("严管")
+            # Ending supervision takes two clicks; the person leaves the list, listed under 只看已解除.
+            page.get_by_test_id("person-end-note").fill("矫正期满，依法解除")
+            page.get_by_test_id("person-end-button").click()
+            page.get_by_test_id("person-end-confirm").click()
+            expect(page.locator("#person-ended")).to_be_visible()
+            expect(page.get_by_test_id("person-edit")).to_be_disabled()
+            expect(page.locator(f"[data-testid=person-row][data-subject='{a['id']}']")).to_have_count(0)
+            page.locator("#people-ended").check()
+            expect(page.locator(f"[data-testid=person-row][data-subject='{a['id']}']")).to_contain_text("已解除")
             page.reload()                            # what the server kept, not the page
             expect(page.get_by_test_id("me-user")).to_have_text("county")
             page.get_by_test_id("view-people").click()
+            page.locator("#people-ended").check()
             page.locator(f"[data-testid=person-row][data-subject='{a['id']}']").click()
             expect(page.get_by_test_id("person-level")).to_have_text("严管")
+            expect(page.locator("#person-ended")).to_be_visible()
             assert not errors, errors
     finally:
         engine.stop()

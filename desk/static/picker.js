@@ -9,6 +9,7 @@ import { namedPlace } from "./names.js";
 import { state } from "./state.js";
 
 const MAX_RESULTS = 12;
+const LEVEL_ORDER = { county: 0, township: 1, zone: 2 };
 const RAW_CODE = /^[0-9A-Za-z_.-]{2,32}$/;
 
 export class PlacePicker {
@@ -57,13 +58,13 @@ export class PlacePicker {
   matches() {
     const q = this.input.value.trim().toLowerCase();
     if (!q) return [];
-    const found = [];
-    for (const p of state.places) {
-      if (!this.levels.has(p.level) || this.chosen.includes(p.code)) continue;
-      if (p.code.startsWith(q) || (p.name && p.name.toLowerCase().includes(q))) found.push(p);
-      if (found.length >= MAX_RESULTS) break;
-    }
-    return found;
+    const found = state.places.filter((p) => this.levels.has(p.level) &&
+      !this.chosen.includes(p.code) &&
+      (p.code.startsWith(q) || (p.name && p.name.toLowerCase().includes(q))));
+    // The exact code first, then the larger areas (a county before its townships).
+    const rank = (p) => (p.code === q ? 0 : 1) * 10 + (LEVEL_ORDER[p.level] ?? 9);
+    return found.sort((x, y) => rank(x) - rank(y) || x.code.localeCompare(y.code))
+      .slice(0, MAX_RESULTS);
   }
 
   search() {
