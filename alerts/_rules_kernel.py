@@ -11,6 +11,11 @@ possible_exclusion. At most one event comes from each group, hence `MAX_EVENTS_P
 Run counters are uint8 and saturate at `RUN_MAX`; thresholds are at most `RUN_MAX`, so a
 saturated counter still compares exactly as an unbounded one would.
 
+Thresholds are a table, one row per rule class (`N_CLASSES`: supervision level * 2 + risk
+key, as `alerts.subject_book.rule_class_of` numbers them), so each subject is judged by
+its level's settings (SPEC §11) at the cost of one byte read per fix; the key columns
+apply to the key class of each level.
+
 Late fixes: a fix with ``t <= newest_t_ms`` of its subject changes nothing and is only
 flagged. Equal times count as late too: a second device reporting the same instant adds
 no new information about *when*, and taking the first one (in batch order, the sort is
@@ -48,10 +53,13 @@ OUTAGE_SILENT = 64        # silent while its carrier's feed is down: no signal_l
 PROGRESS_FIX, PROGRESS_EVENTS, PROGRESS_LATE = 0, 1, 2
 N_PROGRESS = 3
 
-# Columns of the thresholds array `limits` (names as in `engine.config.Rules`).
+# Columns of the thresholds table `limits[class]` (names as in `engine.config.Rules`).
 LIMIT_NAMES = ("exit_fixes", "exit_fixes_key", "return_fixes", "possible_exit_fixes",
                "exclusion_fixes", "possible_exclusion_fixes")
 L_EXIT, L_EXIT_KEY, L_RETURN, L_POSSIBLE_EXIT, L_EXCLUSION, L_POSSIBLE_EXCL = range(6)
+# Rows of `limits`: rule class = level * 2 + key, levels in `alerts.registry.LEVELS` order.
+N_CLASSES = 6
+KEY_CLASS_BIT = 1
 
 # (name, dtype, value before any fix), in argument and snapshot order.
 STATE_FIELDS = (
@@ -88,14 +96,14 @@ class SortedBatch(NamedTuple):
     excl_zone: np.ndarray
 
 
-def apply_batch(state: State, batch: SortedBatch, key, limits, events: EventColumns, late,
-                progress) -> int:
+def apply_batch(state: State, batch: SortedBatch, rule_class, limits, events: EventColumns,
+                late, progress) -> int:
     """`apply_fixes` on named tables: the one place that lays them out as its arguments."""
     return apply_fixes(state.newest_t_ms, state.exit_t_ms, state.verdict, state.flags,
                        state.out_run, state.in_run, state.nonin_run, state.excl_in_run,
                        state.excl_run,
                        batch.subject, batch.t_ms, batch.fix, batch.verdict, batch.excl_verdict,
-                       batch.excl_zone, key, limits,
+                       batch.excl_zone, rule_class, limits,
                        events.type, events.subject, events.fix, events.t_ms,
                        events.linked_t_ms, events.zone, late, progress)
 
@@ -119,13 +127,14 @@ def _emit(ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone, n_ev,
 
 
 @body
-def _area_rules(exit_t_ms, out_run, in_run, nonin_run, fl, s, f, t, v, is_key, limits,
+def _area_rules(exit_t_ms, out_run, in_run, nonin_run, fl, s, f, t, v, c, limits,
                 ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone, n_ev):
-    """zone_exit / zone_return, then possible_exit; returns (flags, events written)."""
+    """zone_exit / zone_return, then possible_exit, by the thresholds of rule class `c`;
+    returns (flags, events written)."""
     if fl & EXIT_OPEN:
         if v == IN:
             run = _bump(in_run[s])
-            if run >= limits[L_RETURN]:
+            if run >= limits[c, L_RETURN]:
                 n_ev = _emit(ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone,
                              n_ev, ZONE_RETURN, s, f, t, exit_t_ms[s], NO_ZONE)
                 fl &= ~EXIT_OPEN
@@ -136,7 +145,7 @@ def _area_rules(exit_t_ms, out_run, in_run, nonin_run, fl, s, f, t, v, is_key, l
             in_run[s] = 0
     elif v == OUT:
         run = _bump(out_run[s])
-        if run >= limits[L_EXIT_KEY if is_key else L_EXIT]:
+        if run >= limits[c, L_EXIT_KEY if c & KEY_CLASS_BIT else L_EXIT]:
             n_ev = _emit(ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone,
                          n_ev, ZONE_EXIT, s, f, t, NO_TIME, NO_ZONE)
             fl |= EXIT_OPEN
@@ -155,7 +164,7 @@ def _area_rules(exit_t_ms, out_run, in_run, nonin_run, fl, s, f, t, v, is_key, l
         run = _bump(nonin_run[s])
         if v == UNSURE:
             fl |= NONIN_UNSURE
-        if (run >= limits[L_POSSIBLE_EXIT] and fl & NONIN_UNSURE
+        if (run >= limits[c, L_POSSIBLE_EXIT] and fl & NONIN_UNSURE
                 and not fl & POSSIBLE_EXIT_DONE):
             n_ev = _emit(ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone,
                          n_ev, POSSIBLE_EXIT, s, f, t, NO_TIME, NO_ZONE)
@@ -165,9 +174,10 @@ def _area_rules(exit_t_ms, out_run, in_run, nonin_run, fl, s, f, t, v, is_key, l
 
 
 @body
-def _exclusion_rules(excl_in_run, excl_run, fl, s, f, t, xv, zone, limits,
+def _exclusion_rules(excl_in_run, excl_run, fl, s, f, t, xv, zone, c, limits,
                      ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone, n_ev):
-    """exclusion_entry, then possible_exclusion; returns (flags, events written).
+    """exclusion_entry, then possible_exclusion, by the thresholds of rule class `c`;
+    returns (flags, events written).
 
     An open entry closes (re-arms) on a fix out of every zone; it emits nothing then,
     the alarm itself is resolved by people. The possible_exclusion run counts `in` fixes
@@ -178,7 +188,7 @@ def _exclusion_rules(excl_in_run, excl_run, fl, s, f, t, xv, zone, limits,
             fl &= ~EXCLUSION_OPEN
     elif xv == IN:
         run = _bump(excl_in_run[s])
-        if run >= limits[L_EXCLUSION]:
+        if run >= limits[c, L_EXCLUSION]:
             n_ev = _emit(ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone,
                          n_ev, EXCLUSION_ENTRY, s, f, t, NO_TIME, zone)
             fl |= EXCLUSION_OPEN
@@ -191,7 +201,7 @@ def _exclusion_rules(excl_in_run, excl_run, fl, s, f, t, xv, zone, limits,
         fl &= ~POSSIBLE_EXCL_DONE
     else:
         run = _bump(excl_run[s])
-        if (run >= limits[L_POSSIBLE_EXCL] and not fl & EXCLUSION_OPEN
+        if (run >= limits[c, L_POSSIBLE_EXCL] and not fl & EXCLUSION_OPEN
                 and not fl & POSSIBLE_EXCL_DONE):
             n_ev = _emit(ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone,
                          n_ev, POSSIBLE_EXCLUSION, s, f, t, NO_TIME, zone)
@@ -203,13 +213,14 @@ def _exclusion_rules(excl_in_run, excl_run, fl, s, f, t, xv, zone, limits,
 @kernel
 def apply_fixes(newest_t_ms, exit_t_ms, verdict, flags, out_run, in_run, nonin_run,
                 excl_in_run, excl_run,
-                subject, t_ms, fix, fix_verdict, excl_verdict, excl_zone, key, limits,
+                subject, t_ms, fix, fix_verdict, excl_verdict, excl_zone, rule_class, limits,
                 ev_type, ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms, ev_zone, late, progress):
     """Apply a batch sorted by (subject, t) to the state; write events; return their count.
 
-    Arguments: the fields of `State`, of `SortedBatch`, the per-subject risk keys, the
-    thresholds (columns `L_*`), the fields of `EventColumns`, `late` and `progress`; call it
-    through `apply_batch`, which passes them by name.
+    Arguments: the fields of `State`, of `SortedBatch`, the per-subject rule class (int8,
+    0..N_CLASSES-1), the thresholds table (a row per class, columns `L_*`), the fields of
+    `EventColumns`, `late` and `progress`; call it through `apply_batch`, which passes
+    them by name.
 
     `progress` (slots `PROGRESS_*`: next fix, events written, late fixes) is where it starts
     and, on return, where it stopped. The kernel stops before a fix whose events might not
@@ -244,11 +255,12 @@ def apply_fixes(newest_t_ms, exit_t_ms, verdict, flags, out_run, in_run, nonin_r
                                  ev_zone, n_ev, SIGNAL_RESTORED, s, f, t, NO_TIME, NO_ZONE)
                     fl &= ~SIGNAL_LOST_SET
                 fl &= ~OUTAGE_SILENT
+                c = rule_class[s]
                 fl, n_ev = _area_rules(exit_t_ms, out_run, in_run, nonin_run, fl, s, f, t,
-                                       v, key[s], limits, ev_type, ev_subject, ev_fix,
+                                       v, c, limits, ev_type, ev_subject, ev_fix,
                                        ev_t_ms, ev_linked_t_ms, ev_zone, n_ev)
                 fl, n_ev = _exclusion_rules(excl_in_run, excl_run, fl, s, f, t,
-                                            excl_verdict[i], excl_zone[i], limits, ev_type,
+                                            excl_verdict[i], excl_zone[i], c, limits, ev_type,
                                             ev_subject, ev_fix, ev_t_ms, ev_linked_t_ms,
                                             ev_zone, n_ev)
                 flags[s] = fl

@@ -30,6 +30,10 @@ carrier flap: its next batch ended the outage and cleared its subjects' marks (a
 clears them), and the same clock check recognised it again, with a new id, once a
 second (a replay's feed_outage folded 41 repeats that way).
 
+Both per-subject thresholds, `signal_lost_after_s` and `permit_overstay_after_s`, are
+those of the subject's supervision level (`engine.config.Rules.for_level`, SPEC §11): a
+strict (严管) subject is lost after 30 minutes by default, a normal one after an hour.
+
 permit_overstay: a permit ended `permit_overstay_after_s` ago and the subject's newest fix
 is not `in` the area they may be in now (home, plus any permit still active: an extension
 that follows the first permit is not an overstay). A fix taken after the permit ended was
@@ -49,7 +53,7 @@ import numpy as np
 import geofence
 from alerts import _rules_kernel as rk
 from alerts.alarms import Alarm, AlarmFix, Places, new_alarm
-from alerts.rules import NO_TIME, RuleState
+from alerts.rules import NO_TIME, RuleState, by_class
 from alerts.subject_book import SubjectBook
 from geofence.verdict import IN
 
@@ -67,6 +71,7 @@ class Outage:
 class SilenceEvents:
     signal_lost: np.ndarray     # subject indices that just became lost (already marked)
     since_ms: np.ndarray        # for each, when its silence began (newest fix or watch start)
+    after_ms: np.ndarray        # for each, the silence its level allows (signal_lost_after_s)
     outages: list[Outage]       # carriers whose feed just went down
     restored: list[int]         # carriers whose outage just ended
 
@@ -77,7 +82,7 @@ class SilenceWatch:
     def __init__(self, rules, partitions: int = 1):
         """`partitions`: how many workers share the subjects (each sees about 1/N of a
         carrier's subjects, so the minimum for an outage is divided among them)."""
-        self.lost_after_ms = int(rules.signal_lost_after_s) * 1000
+        self.lost_after_ms = by_class(rules, "signal_lost_after_s") * 1000   # by rule class
         self.outage_silence_ms = int(rules.feed_outage_silence_s) * 1000
         self.outage_share = float(rules.feed_outage_share)
         self.outage_min = max(1, -(-int(rules.feed_outage_min_subjects) // partitions))
@@ -92,8 +97,11 @@ class SilenceWatch:
         self.resume_ms = int(last_check_ms)
 
     def check(self, state: RuleState, mine: np.ndarray, now_ms: int,
-              carrier_newest_ms: dict[int, int]) -> SilenceEvents:
-        """Mark and return what the clock says now; `mine`: per subject, watched here."""
+              carrier_newest_ms: dict[int, int],
+              rule_class: np.ndarray | None = None) -> SilenceEvents:
+        """Mark and return what the clock says now; `mine`: per subject, watched here;
+        `rule_class`: per subject, its level and key (None, or a subject beyond it:
+        normal)."""
         n = state.n_subjects
         if len(self.watch_ms) < n:
             fill = np.full(n - len(self.watch_ms), now_ms, np.int64)
@@ -113,9 +121,13 @@ class SilenceWatch:
             silenced = np.flatnonzero(mine & (carrier == c) & (quiet_for > self.outage_silence_ms))
             state.set_flags(silenced, rk.OUTAGE_SILENT)
         held = (state.flags & (rk.SIGNAL_LOST_SET | rk.OUTAGE_SILENT)) != 0
-        lost = np.flatnonzero(mine & ~held & (quiet_for > self.lost_after_ms))
+        # silent longer than the shortest threshold, then each by its own level's
+        maybe = np.flatnonzero(mine & ~held & (quiet_for > self.lost_after_ms.min()))
+        after_ms = self.lost_after_ms[_classes_of(rule_class, maybe)]
+        lost_here = quiet_for[maybe] > after_ms
+        lost = maybe[lost_here]
         state.mark_signal_lost(lost)
-        return SilenceEvents(lost, since[lost], outages, restored)
+        return SilenceEvents(lost, since[lost], after_ms[lost_here], outages, restored)
 
     def _silent_counts(self, carrier, mine, quiet_for) -> tuple[np.ndarray, np.ndarray]:
         """Per carrier id: its subjects here, and how many of them are silent."""
@@ -231,9 +243,9 @@ class ClockRules:
         self.book = book
         self.index, self.count = index, count
         self.silence = SilenceWatch(rules_settings, partitions=count)
-        self.lost_after_ms = int(rules_settings.signal_lost_after_s) * 1000
-        self.overstay_after_ms = int(rules_settings.permit_overstay_after_s) * 1000
+        self.overstay_after_ms = by_class(rules_settings, "permit_overstay_after_s") * 1000
         self.places = Places.of(engine.jurisdictions)
+        self._classes_seen: np.ndarray | None = None   # rule classes at the last check
 
     def check(self, state: RuleState, now_ms: int, checked_until_ms: int,
               carriers: Carriers) -> list[Alarm]:
@@ -244,7 +256,8 @@ class ClockRules:
         known = min(n, book.size)
         mine[:known] = book.watched(now_ms)[:known]
         mine &= np.arange(n) % self.count == self.index
-        events = self.silence.check(state, mine, now_ms, carriers.newest_by_id())
+        events = self.silence.check(state, mine, now_ms, carriers.newest_by_id(),
+                                    book.rule_class)
         for c in events.restored:
             log.info("feed_outage over: most of carrier %s's subjects report again "
                      "(partition %d of %d)", carriers.name_of(c), self.index, self.count)
@@ -252,9 +265,10 @@ class ClockRules:
         alarms = []
         lost = [int(s) for s in events.signal_lost]
         fixes, places = self._newest_fixes(state, lost)
-        for s, since, fix, where in zip(lost, events.since_ms.tolist(), fixes, places):
+        for s, since, after, fix, where in zip(lost, events.since_ms.tolist(),
+                                               events.after_ms.tolist(), fixes, places):
             subject = book.subjects[s]
-            t = since + self.lost_after_ms
+            t = since + after
             alarms.append(new_alarm(
                 "signal_lost", subject=subject, route=book.schedule.routing_at(subject.id, t),
                 t_ms=t, trigger_t_ms=fix.t_ms if fix else 0, fix=fix, where=where,
@@ -270,17 +284,52 @@ class ClockRules:
                 office=book.root_office()))
         return alarms + self._permit_overstays(state, now_ms, checked_until_ms, raised_at)
 
+    def _permits_ending(self, state: RuleState, now_ms: int,
+                        checked_until_ms: int) -> list[tuple]:
+        """(permit, subject index, grace) of this partition's permits whose grace, that of
+        the subject's level, ended in (checked_until_ms, now_ms], by (grace end, permit);
+        and those a level made stricter since the last check left behind it."""
+        book, ending = self.book, self._regraded(state, checked_until_ms)
+        for grace in sorted(set(self.overstay_after_ms.tolist())):
+            for p in book.schedule.permits_ending(checked_until_ms - grace, now_ms - grace):
+                s = book.index_of.get(p.subject)
+                if (s is not None and s % self.count == self.index and s < state.n_subjects
+                        and s < book.size
+                        and self.overstay_after_ms[book.rule_class[s]] == grace):
+                    ending.append((p, s, grace))
+        return sorted(ending, key=lambda e: (e[0].end_ms + e[2], e[0].end_ms, e[0].id))
+
+    def _regraded(self, state: RuleState, checked_until_ms: int) -> list[tuple]:
+        """A subject whose level changed since the last check to one with a shorter grace
+        (normal to strict): the permits whose old grace had not run out by then but whose
+        new one has are behind the windows checked from now on; they are looked at now.
+        (A longer grace may look at a permit twice: the same alarm id, stored once.)"""
+        book, before = self.book, self._classes_seen
+        self._classes_seen = book.rule_class.copy()
+        if before is None:
+            return []
+        k = min(len(before), len(book.rule_class))
+        ending = []
+        for s in np.flatnonzero(before[:k] != book.rule_class[:k]).tolist():
+            old = int(self.overstay_after_ms[before[s]])
+            new = int(self.overstay_after_ms[book.rule_class[s]])
+            subject = book.subjects[s]
+            if (new >= old or subject is None or s % self.count != self.index
+                    or s >= state.n_subjects):
+                continue
+            ending += [(p, s, new) for p in book.schedule.permits_ending(
+                checked_until_ms - old, checked_until_ms - new) if p.subject == subject.id]
+        return ending
+
     def _permit_overstays(self, state: RuleState, now_ms: int, checked_until_ms: int,
                           raised_at: int) -> list[Alarm]:
-        grace, book = self.overstay_after_ms, self.book
-        ending = [(p, book.index_of.get(p.subject)) for p in
-                  book.schedule.permits_ending(checked_until_ms - grace, now_ms - grace)]
-        ending = [(p, s) for p, s in ending
-                  if s is not None and s % self.count == self.index and s < state.n_subjects]
+        book = self.book
+        ending = self._permits_ending(state, now_ms, checked_until_ms)
         if not ending:
             return []
-        subjects = np.array([s for _, s in ending], np.int32)
-        at_ms = np.array([p.end_ms + grace for p, _ in ending], np.int64)
+        subjects = np.array([s for _, s, _ in ending], np.int32)
+        grace = np.array([g for _, _, g in ending], np.int64)
+        at_ms = np.array([p.end_ms for p, _, _ in ending], np.int64) + grace
         last = state.last_fix(subjects)
         verdict = last["verdict"]
         stale = (last["t_ms"] < at_ms - grace) & (last["t_ms"] != NO_TIME)
@@ -294,9 +343,9 @@ class ClockRules:
         fixes, places = self._newest_fixes(state, [ending[k][1] for k in over])
         alarms = []
         for k, fix, where in zip(over, fixes, places):
-            permit, s = ending[k]
+            permit, s, _ = ending[k]
             subject = book.subjects[s]
-            t = permit.end_ms + grace
+            t = int(at_ms[k])
             alarms.append(new_alarm(
                 "permit_overstay", subject=subject,
                 route=book.schedule.routing_at(subject.id, t), t_ms=t,
@@ -317,6 +366,15 @@ class ClockRules:
         if has.any():
             features[has] = self.engine.jurisdictions.locate(last["lon"][has], last["lat"][has])
         return fixes, [self.places[f] for f in features.tolist()]
+
+
+def _classes_of(rule_class: np.ndarray | None, subjects: np.ndarray) -> np.ndarray:
+    """The rule class of each of `subjects` (normal when not given or beyond the array)."""
+    classes = np.zeros(len(subjects), np.intp)
+    if rule_class is not None:
+        known = subjects < len(rule_class)
+        classes[known] = rule_class[subjects[known]]
+    return classes
 
 
 def wall_ms() -> int:

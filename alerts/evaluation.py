@@ -3,8 +3,9 @@
 A batch's share of this partition (the fixes of subjects with ``index % count == k``)
 is judged against each subject's allowed area at the fix's own time (`SubjectBook`), its
 exclusion zones checked, and the verdicts run through the per-subject rules
-(`alerts.rules.RuleState`); the events become alarms (`alerts.alarms`). Everything is
-one compiled call per stage for the whole batch; Python touches only the few events.
+(`alerts.rules.RuleState`, with the thresholds of each subject's level and key); the
+events become alarms (`alerts.alarms`). Everything is one compiled call per stage for
+the whole batch; Python touches only the few events.
 """
 
 import logging
@@ -61,7 +62,7 @@ class Evaluation:
             zone = np.full(len(fixes), -1, np.int32)
         self.grow()
         events = self.rules.apply(fixes.subject, fixes.t_ms, verdicts.verdict, worst, zone,
-                                  self.book.key, fixes=fixes, carrier=carrier)
+                                  self.rule_classes(), fixes=fixes, carrier=carrier)
         kernel_s = time.perf_counter() - started
         alarms = []
         if len(events):
@@ -71,6 +72,16 @@ class Evaluation:
                                         int(time.time() * 1000), received_ms, self._zone_codes)
         return Evaluated(np.bincount(verdicts.verdict, minlength=3), alarms, kernel_s,
                          events.n_late)
+
+    def rule_classes(self) -> np.ndarray:
+        """Each subject's rule class (level and key, `SubjectBook.rule_class`), one per
+        subject of the rule state (a subject the book does not know yet: normal)."""
+        classes, n = self.book.rule_class, self.rules.n_subjects
+        if len(classes) != n:
+            fitted = np.zeros(n, np.int8)
+            fitted[:min(n, len(classes))] = classes[:n]
+            classes = fitted
+        return classes
 
     def grow(self) -> None:
         """Room in the rule state for every subject the book knows."""

@@ -10,6 +10,7 @@ import, and never reused: the compiled stages address subjects by it.
 
 import json
 import sqlite3
+from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from functools import cached_property
@@ -186,21 +187,59 @@ def parse_document(doc: Any, current: Registry, is_place: Callable[[str], bool],
 
     `is_place(code)`: a jurisdiction code of the layer (any level); `is_zone(code)`: a zone.
     """
-    return parse_changes(doc, current, is_place, is_zone)[0]
+    return parse_changes(doc, current, is_place, is_zone).applied_to(current, in_place=False)
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A checked document: the entities it writes (`pending`, by kind and key), which keys
+    those are (`touched`), and the next free subject index after it."""
+
+    pending: dict[str, dict]
+    touched: Touched
+    next_index: int
+
+    def preview(self, current: Registry) -> Registry:
+        """The registry after the change, read-only, without copying: overlays of the
+        pending entities on `current` (for an `also` hook inside the transaction)."""
+        maps = [ChainMap(self.pending[k], getattr(current, k)) for k in KINDS]
+        return Registry(*maps, current.version + 1)
+
+    def applied_to(self, current: Registry, in_place: bool) -> Registry:
+        """The registry after the change: `current` copied, or (`in_place`: a store's
+        cache after its commit) updated in place, so that one change costs the same on a
+        national registry as on a county's. The device index is carried over either way."""
+        owner = current.device_owner if in_place else dict(current.device_owner)
+        for sid in self.touched["subjects"]:
+            for d in current.subjects[sid].devices if sid in current.subjects else ():
+                owner.pop(d, None)
+        maps = {k: getattr(current, k) if in_place else dict(getattr(current, k))
+                for k in KINDS}
+        for kind in KINDS:
+            maps[kind].update(self.pending[kind])
+        for sid in self.touched["subjects"]:
+            owner.update(dict.fromkeys(maps["subjects"][sid].devices, sid))
+        new = Registry(maps["offices"], maps["subjects"], maps["permits"],
+                       maps["delegations"], current.version + 1)
+        new.__dict__["device_owner"] = owner          # carried over, not rebuilt
+        new.__dict__["next_index"] = self.next_index
+        return new
 
 
 def parse_changes(doc: Any, current: Registry, is_place: Callable[[str], bool],
-                  is_zone: Callable[[str], bool]) -> tuple[Registry, Touched]:
-    """`parse_document`, and the keys of the entities the document wrote. Only those are
-    checked (with what they refer to), so one change costs the same on any registry."""
+                  is_zone: Callable[[str], bool]) -> Parsed:
+    """Check `doc` against `current` without changing it (RegistryError with every
+    problem). Only the entities it writes are checked, with what they refer to, and
+    nothing is copied: one change costs the same on any registry."""
     problems: list[str] = []
     if not isinstance(doc, Mapping):
         raise RegistryError(["the document is not a JSON object"])
     problems += unknown_keys(doc, KINDS, "the document")
-    offices = dict(current.offices)
-    subjects = dict(current.subjects)
-    permits = dict(current.permits)
-    delegations = dict(current.delegations)
+    # Overlays: writes land in the first map, lookups fall through to the registry.
+    offices = ChainMap({}, current.offices)
+    subjects = ChainMap({}, current.subjects)
+    permits = ChainMap({}, current.permits)
+    delegations = ChainMap({}, current.delegations)
     seen: dict[str, set[str]] = {k: set() for k in KINDS}
 
     for where, raw in _entries(doc, "offices", problems):
@@ -264,16 +303,9 @@ def parse_changes(doc: Any, current: Registry, is_place: Callable[[str], bool],
     for sid in sorted(s for s in seen["subjects"] if subjects[s].index < 0):
         subjects[sid] = _with_index(subjects[sid], next_index)
         next_index += 1
-    new = Registry(offices, subjects, permits, delegations, current.version + 1)
-    owner = dict(current.device_owner)
-    for sid in seen["subjects"]:
-        for d in current.subjects[sid].devices if sid in current.subjects else ():
-            owner.pop(d, None)
-    for sid in seen["subjects"]:
-        owner.update(dict.fromkeys(subjects[sid].devices, sid))
-    new.__dict__["device_owner"] = owner          # carried over, not rebuilt
-    new.__dict__["next_index"] = next_index
-    return new, seen
+    pending = {"offices": offices.maps[0], "subjects": subjects.maps[0],
+               "permits": permits.maps[0], "delegations": delegations.maps[0]}
+    return Parsed(pending, seen, next_index)
 
 
 def _check_references(offices, subjects, permits, delegations, is_place, is_zone,
@@ -630,7 +662,22 @@ class RegistryStore:
                                        (kind, key)).fetchone()
                 if row is not None:
                     docs[kind].append(json.loads(row[0]))
-        return _registry_of(docs, {k: getattr(cached, k) for k in KINDS}, version)
+        owner = cached.__dict__.get("device_owner")      # carried over when it was built
+        if owner is not None:
+            for d in docs["subjects"]:
+                old = cached.subjects.get(d["id"])
+                for device in old.devices if old is not None else ():
+                    owner.pop(device, None)
+        next_index = cached.__dict__.get("next_index")
+        registry = _registry_of(docs, {k: getattr(cached, k) for k in KINDS}, version)
+        if owner is not None:
+            for d in docs["subjects"]:
+                owner.update(dict.fromkeys(d["devices"], d["id"]))
+            registry.__dict__["device_owner"] = owner
+        if next_index is not None:
+            registry.__dict__["next_index"] = max(
+                [next_index] + [d["index"] + 1 for d in docs["subjects"]])
+        return registry
 
     def import_document(self, doc: Any, is_place, is_zone,
                         also: Callable[[sqlite3.Connection, Registry], None] | None = None
@@ -642,22 +689,23 @@ class RegistryStore:
         """
         with transaction(self._db) as db:
             current = self.load()
-            new, touched = parse_changes(doc, current, is_place, is_zone)
-            rows = [(kind, key, asdict(getattr(new, kind)[key]))
-                    for kind, keys in touched.items() for key in sorted(keys)]
+            parsed = parse_changes(doc, current, is_place, is_zone)
+            version = current.version + 1
+            rows = [(kind, key, asdict(parsed.pending[kind][key]))
+                    for kind, keys in parsed.touched.items() for key in sorted(keys)]
             db.executemany("INSERT OR REPLACE INTO registry VALUES (?, ?, ?)",
                            [(k, key, json.dumps(v, ensure_ascii=False)) for k, key, v in rows])
             db.executemany("INSERT INTO changes VALUES (?, ?, ?)",
-                           [(new.version, kind, key) for kind, key, _ in rows])
-            if new.version % 1000 == 0 and new.version > KEEP_CHANGES:
-                trim = new.version - KEEP_CHANGES
+                           [(version, kind, key) for kind, key, _ in rows])
+            if version % 1000 == 0 and version > KEEP_CHANGES:
+                trim = version - KEEP_CHANGES
                 db.execute("DELETE FROM changes WHERE version <= ?", (trim,))
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('changes_from', ?)", (trim,))
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (new.version,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (version,))
             if also is not None:
-                also(db, new)
-        self._cached = new
-        return new
+                also(db, parsed.preview(current))
+        self._cached = parsed.applied_to(current, in_place=True)   # committed: now in place
+        return self._cached
 
 
 @contextmanager
@@ -674,7 +722,8 @@ def _reading(db: sqlite3.Connection):
 
 
 def _registry_of(docs: dict[str, list[Any]], base: dict[str, dict], version: int) -> Registry:
-    """`base` (kind -> entities, not modified) with the stored documents `docs` over it."""
+    """The stored documents `docs` over `base` (kind -> entities, updated in place; the
+    registry it came from is superseded, nobody reads an old snapshot's dicts again)."""
     parsed = {
         "offices": {d["code"]: Office(d["code"], d["name"], d["parent"])
                     for d in docs["offices"]},
@@ -684,7 +733,10 @@ def _registry_of(docs: dict[str, list[Any]], base: dict[str, dict], version: int
                                             d["office"], tuple(d["home"]))
                         for d in docs["delegations"]},
     }
-    merged = {k: parsed[k] if k not in base else {**base[k], **parsed[k]} if parsed[k]
-              else base[k] for k in KINDS}   # an untouched kind shares the old dict
-    return Registry(merged["offices"], merged["subjects"], merged["permits"],
-                    merged["delegations"], version)
+    if not base:
+        return Registry(parsed["offices"], parsed["subjects"], parsed["permits"],
+                        parsed["delegations"], version)
+    for kind in KINDS:   # a reader's cache follows the file in place (one change: O(change))
+        base[kind].update(parsed[kind])
+    return Registry(base["offices"], base["subjects"], base["permits"], base["delegations"],
+                    version)

@@ -19,11 +19,11 @@ that the subject's next fix raises signal_restored.
 import struct
 import zlib
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 
 from alerts import _rules_kernel as rk
+from alerts.registry import LEVELS
 from geofence.errors import GeofenceError
 from geofence.verdict import IN, OUT, UNSURE
 
@@ -122,14 +122,16 @@ def sort_batch(subject: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
 
 
 class RuleState:
-    """Rule state of subjects 0..n-1 and the thresholds from `rules` (a `engine.config.Rules`).
+    """Rule state of subjects 0..n-1 and the thresholds from `rules` (a `engine.config.Rules`):
+    `limits`, one row per rule class (level * 2 + key, `_rules_kernel.N_CLASSES`), each
+    level's row from `rules.for_level`.
 
     One writer at a time: `apply`, `mark_signal_lost`, `grow` and `restore` change the
     state in place (the kernel releases the GIL, so readers must not rely on the GIL).
     """
 
     def __init__(self, n_subjects: int, rules):
-        self.limits = _limits(rules)
+        self.limits = limits_table(rules)
         self._arrays = {name: np.full(0, init, dt) for name, dt, init in ALL_FIELDS}
         self.grow(n_subjects)
 
@@ -157,27 +159,29 @@ class RuleState:
 
     # -- batches ---------------------------------------------------------------------------
 
-    def apply(self, subject, t_ms, verdict, excl_verdict, excl_zone, key=None, *,
+    def apply(self, subject, t_ms, verdict, excl_verdict, excl_zone, rule_class=None, *,
               fixes=None, carrier: int = -1, capacity: int | None = None) -> Events:
         """Apply one batch of evaluated fixes (any order) and return its events.
 
         `excl_verdict` is the worst exclusion verdict per fix (OUT when the subject has no
         zones) and `excl_zone` its zone (-1 none), as `ExclusionVerdicts.worst()` gives;
-        `key` is per subject (risk key), None for nobody. `capacity` is the initial size
+        `rule_class` is per subject (`SubjectBook.rule_class`: level * 2 + risk key; a bool
+        array is the key flag of normal-level subjects), None for all normal, no key.
+        `capacity` is the initial size
         of the event outputs (default n + 16: most fixes raise nothing); if the kernel
         runs out it stops, and the outputs are grown and the kernel resumed.
         `fixes` (anything with `lon`, `lat`, `acc_m`, `src` columns in batch order) and
         `carrier` (the batch's carrier id) are remembered for each subject's newest fix.
         """
         s, t, v, xv, xz = self._batch(subject, t_ms, verdict, excl_verdict, excl_zone)
-        keys = self._keys(key)
+        classes = self._classes(rule_class, s)
         n = len(s)
         order = sort_batch(s, t)
         batch = rk.SortedBatch(s[order], t[order], order, v[order], xv[order], xz[order])
         late = np.empty(n, np.uint8)
         progress = np.zeros(rk.N_PROGRESS, np.int64)
         out = event_columns(n + 16 if capacity is None else max(int(capacity), 0))
-        while rk.apply_batch(self.kernel_state(), batch, keys, self.limits, out, late,
+        while rk.apply_batch(self.kernel_state(), batch, classes, self.limits, out, late,
                              progress) < 0:
             written = int(progress[rk.PROGRESS_EVENTS])
             left = n - int(progress[rk.PROGRESS_FIX])
@@ -278,14 +282,23 @@ class RuleState:
             raise RulesError(f"subject indices must be in 0..{self.n_subjects - 1}")
         return idx
 
-    def _keys(self, key) -> np.ndarray:
-        if key is None:
-            return np.zeros(self.n_subjects, np.bool_)
-        keys = np.ascontiguousarray(key, np.bool_)
-        if keys.shape != (self.n_subjects,):
-            raise RulesError(f"key must have one flag per subject ({self.n_subjects}), "
-                             f"not shape {keys.shape}")
-        return keys
+    def _classes(self, rule_class, batch_subjects: np.ndarray) -> np.ndarray:
+        """Rule classes as the kernel takes them; those of the batch's subjects checked
+        (the kernel indexes the limits table with them), not all N every batch."""
+        if rule_class is None:
+            return np.zeros(self.n_subjects, np.int8)
+        given = np.asarray(rule_class)
+        if given.shape != (self.n_subjects,):
+            raise RulesError(f"rule_class must have one entry per subject ({self.n_subjects}), "
+                             f"not shape {given.shape}")
+        if given.dtype.kind not in "biu":
+            raise RulesError(f"rule_class must hold classes 0..{rk.N_CLASSES - 1} "
+                             f"(level * 2 + key), not {given.dtype}")
+        used = given[batch_subjects]
+        if len(used) and (used.min() < 0 or used.max() >= rk.N_CLASSES):
+            raise RulesError(f"rule_class must hold classes 0..{rk.N_CLASSES - 1} "
+                             f"(level * 2 + key)")
+        return np.ascontiguousarray(given, np.int8)
 
     def _batch(self, subject, t_ms, verdict, excl_verdict, excl_zone):
         s = self._subjects(subject)
@@ -307,17 +320,37 @@ class RuleState:
 
 def warm_up() -> None:
     """Compile or load the rules kernel once, on a tiny batch, before traffic."""
-    ones = SimpleNamespace(**dict.fromkeys(rk.LIMIT_NAMES, 1))
-    RuleState(1, ones).apply([0], [1], [OUT], [OUT], [-1])
+    from engine.config import Rules
+
+    RuleState(1, Rules()).apply([0], [1], [OUT], [OUT], [-1])
 
 
-def _limits(rules) -> np.ndarray:
+def limits_table(rules) -> np.ndarray:
+    """The thresholds by rule class: int64[N_CLASSES, len(LIMIT_NAMES)], the rows of a
+    level's two classes (no key, key) both its `rules.for_level(level)` limits."""
+    rows = []
+    for level in LEVELS:
+        row = _limits(rules.for_level(level), "" if level == "normal" else f"{level}.")
+        rows += [row, row]
+    table = np.array(rows, np.int64)
+    assert table.shape == (rk.N_CLASSES, len(rk.LIMIT_NAMES))
+    return table
+
+
+def by_class(rules, name: str) -> np.ndarray:
+    """One per-subject setting (e.g. ``signal_lost_after_s``) by rule class: int64[N_CLASSES],
+    each level's value from `rules.for_level` (the key flag does not change it)."""
+    return np.repeat(np.array([int(getattr(rules.for_level(level), name)) for level in LEVELS],
+                              np.int64), 2)
+
+
+def _limits(rules, level: str = "") -> np.ndarray:
     values = []
     for name in rk.LIMIT_NAMES:
         value = getattr(rules, name, None)
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not (
                 1 <= value <= rk.RUN_MAX):
-            raise RulesError(f"rules.{name} must be an integer in 1..{rk.RUN_MAX}, "
+            raise RulesError(f"rules.{level}{name} must be an integer in 1..{rk.RUN_MAX}, "
                              f"not {value!r}")
         values.append(int(value))
     return np.array(values, np.int64)

@@ -91,6 +91,7 @@ class SubjectBook:
         """Only what the change touched: its subjects, and those whose permits or
         delegations it touched."""
         registry = change.registry
+        self.engine.areas.live()   # an area new to this worker now: built sooner, coarser
         self.schedule.update(registry, change.keys("subjects"), change.keys("permits"),
                              change.keys("delegations"))
         size = self.schedule.n_subjects

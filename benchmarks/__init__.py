@@ -13,4 +13,5 @@ STAGES = {  # stage name -> module with run(quick) -> Report
     "alarm_latency": "benchmarks.alarm_latency",
     "soak": "benchmarks.soak",
     "registry_change": "benchmarks.registry_change",
+    "approval_latency": "benchmarks.approval_latency",
 }

@@ -44,7 +44,7 @@ def run(quick: bool) -> Report:
                            "key_share": KEY_SHARE, "rules": "engine.config.Rules() defaults"})
     warm_up()
     rng = np.random.default_rng(SEED)
-    key = rng.random(n) < KEY_SHARE
+    key = (rng.random(n) < KEY_SHARE).astype(np.int8)   # rule class: normal level, key or not
     batches = [batch(rng, n, k) for k in range(n_batches)]
     total = n_batches * BATCH
 

@@ -6,9 +6,9 @@
 
 Routes (SPEC §8): /api/login, /api/logout, /api/me, /api/alarms[/{id}[/ack|/resolve]],
 /api/subjects[/{id}[/track|/end]] (desk.subjects_api), /api/events, /api/layer,
-/api/audit; leaves (SPEC §12, `desk.leaves_api`): /api/leaves[/{id}[/approve|/reject|
-/cancel|/close]], /api/subjects/{id}/leaves; /healthz and /metrics without a session;
-the page at / and /static/.
+/api/audit; leaves (SPEC §12, `desk.leaves_api`):
+/api/leaves[/{id}[/approve|/reject|/cancel|/close]], /api/subjects/{id}/leaves;
+/healthz and /metrics without a session; the page at / and /static/.
 """
 
 import asyncio

@@ -11,10 +11,12 @@ Who may do what (the rules themselves: `supervision.leave_rules`):
   else answers 404 as if it did not exist.
 - Request, cancel, close: users of the subject's supervising office or above (a delegate
   office that sees the person: 403).
-- Approve, reject: users of the approver office or above; with `four_eyes` not the user
-  who filed it. Every refusal of authority is 403; of the caps 422 with every reason; a
-  step that does not fit the state (approve a rejected leave) 409.
-- A viewer (`role` "viewer") reads and gets 403 on every step.
+- Approve, reject: users of the approver office or above; with `four_eyes` an approval
+  is by another user than the one who filed it (a rejection may be by anyone with the
+  authority: it allows nothing).
+- Every refusal of authority is 403; of the caps 422 with every reason; a step that does
+  not fit the state (approve a rejected leave) 409.
+- A viewer reads and gets 403 on every step (`desk.http`'s viewer middleware, and here).
 - Imported permits show as approved leaves "permit:<id>" with source "import":
   read-only here (409), changed by a registry import.
 Every step, and every read of one person's leaves, is written to the audit log.
@@ -42,6 +44,7 @@ NOT_SUPERVISING = ("只有监管司法所及其上级可以办理 / only users o
 READ_ONLY = "只读用户不能办理请假 / a viewer cannot change leaves"
 IMPORTED = ("导入的外出审批为只读，请通过登记导入修改 / an imported permit is read-only here: "
             "change it with a registry import")
+ENDED = "社区矫正已解除 / this person's supervision has ended"
 INVALID = "请假申请有误 / the leave request is invalid"
 NOTE_KEYS = ("note",)
 MAX_NOTE_CHARS = 2_000
@@ -150,7 +153,7 @@ async def request_leave(request: web.Request) -> web.Response:
         if subject.office not in subtree:
             raise ApiError(403, NOT_SUPERVISING)
         if not subject.supervised_at(now):
-            raise LeaveRefusedError(["社区矫正已解除 / this person's supervision has ended"])
+            raise LeaveRefusedError([ENDED])
         standing = wanted.recurring is not None
         days = leave_days(wanted.start_ms, wanted.end_ms)
         approver = approver_office(subject.office, _parent_of(scope), days, standing, limits)
@@ -213,6 +216,9 @@ async def _step(request: web.Request, action: str) -> web.Response:
                 if action == "approve" else None
             if refusal:
                 raise ApiError(403, refusal)
+            if action == "approve" and \
+                    not scope.registry.subjects[leave.subject].supervised_at(now):
+                raise LeaveRefusedError([ENDED])
         elif scope.registry.subjects[leave.subject].office not in subtree:
             raise ApiError(403, NOT_SUPERVISING)
         who = (session.user, session.office, note, now)

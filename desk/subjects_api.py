@@ -20,7 +20,8 @@ end time; the fixes and alarms for their retention), the phone numbers are relea
 the id cannot be edited (409) or onboarded again (409): a new supervision of the same
 person is a new case, onboarded under a new id, so the old record stays with the office
 that held it. An id in use answers 409 whoever asks (an id must be unique), without
-saying whose it is.
+saying whose it is. An end still ahead (a registry file may set one) is no end yet:
+edits keep it, and `end` brings it forward to now.
 """
 
 import re
@@ -180,7 +181,7 @@ def _changeable(scope, session, subject_id: str, now_ms: int) -> Subject:
     subject = _visible(scope, session, subject_id, now_ms)
     if subject.office not in scope.subtree(session.office):
         raise ApiError(403, NOT_SUPERVISING)
-    if subject.ended_ms is not None:
+    if not subject.supervised_at(now_ms):   # an end still ahead (imported) is no end yet
         raise ApiError(409, ENDED)
     return subject
 
@@ -211,7 +212,7 @@ _CLAIMED = re.compile(r"^device (.*) is claimed by subjects (.+) and (.+)$", re.
 
 def _unseen_hidden(scope, session, problem: str, now_ms: int) -> str:
     """`problem`, without the id of a person the user does not see: a phone number
-    already held elsewhere says "another subject", never whose it is."""
+    already held elsewhere says "a subject outside your offices", never whose it is."""
     match = _CLAIMED.match(problem)
     if match is None:
         return problem
@@ -256,10 +257,14 @@ def _subject_id(request: web.Request) -> str:
 
 
 def _entry_of(subject: Subject) -> dict:
-    """The subject as a registry import entry (every key, so an import changes nothing)."""
-    return {"id": subject.id, "devices": list(subject.devices), "office": subject.office,
-            "home": list(subject.home), "exclusions": list(subject.exclusions),
-            "risk": subject.risk, "category": subject.category, "level": subject.level}
+    """The subject as a registry import entry (every key, so an import changes nothing;
+    an end still ahead, as a file may set it, is kept)."""
+    entry = {"id": subject.id, "devices": list(subject.devices), "office": subject.office,
+             "home": list(subject.home), "exclusions": list(subject.exclusions),
+             "risk": subject.risk, "category": subject.category, "level": subject.level}
+    if subject.ended_ms is not None:
+        entry["ended"] = _rfc3339(subject.ended_ms)
+    return entry
 
 
 def _rfc3339(ms: int) -> str:

@@ -102,6 +102,47 @@ class Rules:
     clock: str = "wall"                # "feed": event time (newest fix, then wall time since):
                                        # for replays of recorded days and the demo
     check_every_s: float = 1.0         # how often the clock-driven rules run
+    strict: dict = field(default_factory=dict)  # [rules.strict]: 严管 subjects' keys, over
+                                       # STRICT_DEFAULTS (`for_level`)
+    loose: dict = field(default_factory=dict)   # [rules.loose]: 宽管, over LOOSE_DEFAULTS
+
+    def for_level(self, level: str) -> "Rules":
+        """These settings as they apply to subjects of supervision `level` (SPEC §11):
+        `[rules]`, then the level's built-in defaults, then its table from the file."""
+        if level == "normal":
+            return self
+        if level not in LEVEL_DEFAULTS:
+            raise ValueError(f"unknown supervision level {level!r} (known: normal, "
+                             f"{', '.join(LEVEL_DEFAULTS)})")
+        return replace(self, **{**LEVEL_DEFAULTS[level], **getattr(self, level)})
+
+
+# Keys of [rules] that may differ by supervision level (SPEC §11): the ones judged per
+# subject. Any other key in [rules.strict] or [rules.loose] is refused with its reason.
+PER_LEVEL_KEYS = ("exit_fixes", "exit_fixes_key", "return_fixes", "possible_exit_fixes",
+                  "exclusion_fixes", "possible_exclusion_fixes", "signal_lost_after_s",
+                  "permit_overstay_after_s")
+NOT_PER_LEVEL = {
+    "exit_margin_m": "the margin is built into the verdict engine all subjects share",
+    "feed_outage_share": "a carrier's outage concerns all of its subjects",
+    "feed_outage_silence_s": "a carrier's outage concerns all of its subjects",
+    "feed_outage_min_subjects": "a carrier's outage concerns all of its subjects",
+    "escalate_critical_s": "escalation follows an alarm's severity, not its subject",
+    "escalate_high_s": "escalation follows an alarm's severity, not its subject",
+    "escalate_medium_s": "escalation follows an alarm's severity, not its subject",
+    "clock": "the engine has one clock",
+    "check_every_s": "the clock rules run for all subjects at once",
+    "strict": "a level's table holds no other level's",
+    "loose": "a level's table holds no other level's",
+}
+# Built-in settings per level, over [rules]: strict (严管) raises an exit on one `out` fix
+# and signal_lost after 30 min; loose (宽管) gives a little more room. Key persons keep
+# `exit_fixes_key` (1) at every level.
+STRICT_DEFAULTS = {"exit_fixes": 1, "possible_exit_fixes": 2, "signal_lost_after_s": 1800,
+                   "permit_overstay_after_s": 900}
+LOOSE_DEFAULTS = {"exit_fixes": 3, "possible_exit_fixes": 4, "signal_lost_after_s": 7200,
+                  "permit_overstay_after_s": 3600}
+LEVEL_DEFAULTS = {"strict": STRICT_DEFAULTS, "loose": LOOSE_DEFAULTS}
 
 
 @dataclass(frozen=True)
@@ -229,6 +270,28 @@ class HostNames:
 
 
 @dataclass(frozen=True)
+class LevelTable:
+    """`[rules.strict]` / `[rules.loose]`: only `PER_LEVEL_KEYS` (a misspelt one named with
+    the near one; another rules key refused with why it is not per level), each well typed
+    and in the range `[rules]` gives it."""
+
+    def problems(self, value) -> list[str]:
+        default = Rules()
+        problems = []
+        for key, item in value.items():
+            if key in NOT_PER_LEVEL:
+                where = "" if key in LEVEL_DEFAULTS else "; set it in [rules]"
+                problems.append(f"{key}: not per level ({NOT_PER_LEVEL[key]}){where}")
+            elif key not in PER_LEVEL_KEYS:
+                problems += unknown_keys({key: item}, PER_LEVEL_KEYS, "")
+            else:
+                item, wrong = _typed(getattr(default, key), item)
+                problems += ([f"{key}: {wrong}"] if wrong else
+                             [f"{key}: {p}" for p in CHECKS["rules"][key].problems(item)])
+        return problems
+
+
+@dataclass(frozen=True)
 class Webhooks:
     """`[alerts.webhooks."CODE"]` tables: known keys only, then `alerts.webhooks` checks."""
 
@@ -278,7 +341,8 @@ CHECKS: dict[str, dict[str, Any]] = {
               "escalate_critical_s": SECONDS, "escalate_high_s": SECONDS,
               "escalate_medium_s": SECONDS,
               "clock": OneOf(("wall", "feed")),
-              "check_every_s": Real(MIN_CHECK_EVERY_S, MAX_CHECK_EVERY_S)},
+              "check_every_s": Real(MIN_CHECK_EVERY_S, MAX_CHECK_EVERY_S),
+              "strict": LevelTable(), "loose": LevelTable()},
     "leave": {"township_max_days": Whole(1, MAX_LEAVE_DAYS), "max_days": Whole(1, MAX_LEAVE_DAYS),
               "max_days_per_year": Whole(1, MAX_LEAVE_DAYS),
               "standing_max_days": Whole(1, MAX_LEAVE_DAYS), "four_eyes": Flag()},
@@ -316,6 +380,10 @@ def from_mapping(raw: dict[str, Any], source: str = "mapping") -> Settings:
         elif not isinstance(table, dict):
             problems.append(f"{source}: [{name}] must be a table")
         else:
+            if name == "rules" and isinstance(table.get("normal"), dict):
+                problems.append(f"{source}: [rules.normal]: the normal level (普管) is "
+                                f"[rules] itself; set its keys there")
+                table = {k: v for k, v in table.items() if k != "normal"}
             values[name] = _section(sections[name], table, f"{source}: [{name}]", problems)
     settings = replace(Settings(), source=source, **values)
     problems += check(settings, only={(s, k) for s, table in raw.items()
@@ -332,7 +400,11 @@ def check(settings: Settings, only: set[tuple[str, str]] | None = None) -> list[
         values = getattr(settings, section)
         for key, rule in checks.items():
             if only is None or (section, key) in only:
-                problems += [f"{settings.source}: [{section}] {key}: {p}"
+                # a level's table is named as TOML names it; its lines start "KEY: ...",
+                # or ": unknown key ..." (as `unknown_keys` words them)
+                where = f"[{section}.{key}]" if isinstance(rule, LevelTable) else (
+                    f"[{section}] {key}:")
+                problems += [f"{settings.source}: {where}{'' if p[0] == ':' else ' '}{p}"
                              for p in rule.problems(getattr(values, key))]
     return problems
 
@@ -349,16 +421,25 @@ def _section(default, table: dict[str, Any], where: str, problems: list[str]):
     for key, value in table.items():
         if key not in known:
             continue
-        expected = type(getattr(default, key))
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if expected is tuple and isinstance(value, list):
-            value = tuple(value)
-        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
-            problems.append(f"{where} {key}: must be {_type_name(expected)}, not {value!r}")
+        value, wrong = _typed(getattr(default, key), value)
+        if wrong:
+            problems.append(f"{where} {key}: {wrong}")
             continue
         changes[key] = value
     return replace(default, **changes)
+
+
+def _typed(default, value) -> tuple[Any, str | None]:
+    """`value` as the type of `default` (an int where a float goes, a list for a tuple),
+    or the problem when it is of another type."""
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is tuple and isinstance(value, list):
+        value = tuple(value)
+    if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+        return value, f"must be {_type_name(expected)}, not {value!r}"
+    return value, None
 
 
 def _type_name(expected: type) -> str:

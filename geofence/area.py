@@ -23,6 +23,8 @@ from geofence.metric import distance_m as _pair_distance_m
 PAD_M = 5_000.0                # distance grid reaches this far beyond the area
 CELL_MIN_M = 25.0              # finest distance-grid cell
 MAX_CELLS_PER_AREA = 4_000_000  # caps memory at 16 MB per area
+LIVE_MAX_CELLS = 1_000_000      # areas first needed by a live registry change (an approved
+                                # leave): a coarser grid builds 4x faster; verdicts stay exact
 BUCKET_M = 500.0               # cells of the segment buckets for exact distances
 
 
@@ -69,7 +71,15 @@ class AreaSet:
         self.zones = zones
         self._ids: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
         self._areas: list[_Area] = []
-        self._tables: AreaTables | None = None
+        self._tables = _TableBuffers(len(jurisdictions))
+        self._appended = 0
+        # Cells of a new area's distance grid at most; `live()` lowers it once the areas
+        # known at start are built, so that one a live change needs is ready sooner.
+        self.max_cells = MAX_CELLS_PER_AREA
+
+    def live(self) -> None:
+        """From now on new areas are built for a running engine: sooner, coarser grid."""
+        self.max_cells = LIVE_MAX_CELLS
 
     def __len__(self) -> int:
         return len(self._areas)
@@ -93,7 +103,6 @@ class AreaSet:
         if key not in self._ids:
             self._areas.append(self._build(*key))
             self._ids[key] = len(self._areas) - 1
-            self._tables = None
         return self._ids[key]
 
     def _build(self, feats: tuple[int, ...], zones: tuple[int, ...]) -> _Area:
@@ -113,7 +122,7 @@ class AreaSet:
         pad = np.array([PAD_M / kx, PAD_M / ky])
         lo, hi = lo - pad, hi + pad
         width_m, height_m = (hi[0] - lo[0]) * kx, (hi[1] - lo[1]) * ky
-        cell_m = max(CELL_MIN_M, math.sqrt(width_m * height_m / MAX_CELLS_PER_AREA))
+        cell_m = max(CELL_MIN_M, math.sqrt(width_m * height_m / self.max_cells))
         nx, ny = math.ceil(width_m / cell_m), math.ceil(height_m / cell_m)
         cw, ch = cell_m / kx, cell_m / ky
         touched = distance.touched_cells(segs, lo[0], lo[1], cw, ch, nx, ny)
@@ -133,10 +142,12 @@ class AreaSet:
                      offsets, ids)
 
     def tables(self) -> AreaTables:
-        """The areas concatenated for the kernels (rebuilt after a new area is added)."""
-        if self._tables is None:
-            self._tables = _concatenate(self._areas, len(self.jurisdictions))
-        return self._tables
+        """The areas end to end for the kernels; a new area is appended (amortised O(its
+        size)), never the whole set copied again."""
+        while self._appended < len(self._areas):
+            self._tables.append(self._areas[self._appended])
+            self._appended += 1
+        return self._tables.view()
 
     def distance_m(self, area_id: int, lon, lat) -> np.ndarray:
         """Exact distance in metres from each point to the area's boundary (for alarm details)."""
@@ -146,31 +157,59 @@ class AreaSet:
         return np.array([_segments_distance_m(segs, x, y) for x, y in zip(lon, lat)])
 
 
-def _concatenate(areas: list[_Area], n_features: int) -> AreaTables:
-    """One set of tables for all areas: each area's offsets shifted by what precedes it."""
-    seg_base = np.cumsum([0] + [len(a.segs) for a in areas])
-    bucket_base = np.cumsum([0] + [len(a.bucket_offsets) for a in areas])[:-1]
-    offsets_all = np.concatenate([a.bucket_offsets + 0 for a in areas] or [np.zeros(1, np.int64)])
-    # shift each area's offsets into the concatenated id array
-    id_base = np.cumsum([0] + [len(a.bucket_ids) for a in areas])
-    for n, a in enumerate(areas):
-        offsets_all[bucket_base[n]:bucket_base[n] + len(a.bucket_offsets)] += id_base[n]
-    return AreaTables(
-        member=(np.stack([a.member for a in areas]) if areas
-                else np.zeros((0, n_features), np.bool_)),
-        zone_offsets=np.cumsum([0] + [len(a.zones) for a in areas]).astype(np.int64),
-        zone_ids=np.concatenate([a.zones for a in areas] or [np.zeros(0, np.int32)]),
-        params=np.stack([a.params for a in areas]) if areas else np.zeros((0, vk.N_PARAMS)),
-        coarse=np.concatenate([a.coarse for a in areas] or [np.zeros(0, np.float32)]),
-        coarse_base=np.cumsum([0] + [len(a.coarse) for a in areas])[:-1].astype(np.int64),
-        edt=np.concatenate([a.edt for a in areas] or [np.zeros(0, np.float32)]),
-        edt_base=np.cumsum([0] + [len(a.edt) for a in areas])[:-1].astype(np.int64),
-        bucket_base=bucket_base.astype(np.int64),
-        bucket_offsets=offsets_all.astype(np.int64),
-        bucket_ids=np.concatenate([a.bucket_ids.astype(np.int64) + seg_base[n]
-                                   for n, a in enumerate(areas)] or [np.zeros(0, np.int64)]),
-        segs=np.concatenate([a.segs for a in areas] or [np.zeros((0, 4))]),
-    )
+class _Growing:
+    """An array that grows at its end, doubling its capacity (rows for 2-D)."""
+
+    def __init__(self, dtype, width: int | None = None):
+        shape = (16,) if width is None else (16, width)
+        self.data = np.zeros(shape, dtype)
+        self.n = 0
+
+    def extend(self, rows: np.ndarray) -> None:
+        need = self.n + len(rows)
+        if need > len(self.data):
+            grown = np.zeros((max(need, 2 * len(self.data)),) + self.data.shape[1:],
+                             self.data.dtype)
+            grown[:self.n] = self.data[:self.n]
+            self.data = grown
+        self.data[self.n:need] = rows
+        self.n = need
+
+    def view(self) -> np.ndarray:
+        return self.data[:self.n]
+
+
+class _TableBuffers:
+    """`AreaTables` kept as growing buffers: each area's offsets shifted by what precedes."""
+
+    def __init__(self, n_features: int):
+        self.member = _Growing(np.bool_, n_features)
+        self.zone_offsets = _Growing(np.int64)
+        self.zone_offsets.extend(np.zeros(1, np.int64))
+        self.zone_ids = _Growing(np.int32)
+        self.params = _Growing(np.float64, vk.N_PARAMS)
+        self.coarse, self.coarse_base = _Growing(np.float32), _Growing(np.int64)
+        self.edt, self.edt_base = _Growing(np.float32), _Growing(np.int64)
+        self.bucket_base, self.bucket_offsets = _Growing(np.int64), _Growing(np.int64)
+        self.bucket_ids = _Growing(np.int64)
+        self.segs = _Growing(np.float64, 4)
+
+    def append(self, a: _Area) -> None:
+        self.member.extend(a.member[None, :])
+        self.zone_ids.extend(a.zones)
+        self.zone_offsets.extend(np.array([self.zone_ids.n], np.int64))
+        self.params.extend(a.params[None, :])
+        self.coarse_base.extend(np.array([self.coarse.n], np.int64))
+        self.coarse.extend(a.coarse)
+        self.edt_base.extend(np.array([self.edt.n], np.int64))
+        self.edt.extend(a.edt)
+        self.bucket_base.extend(np.array([self.bucket_offsets.n], np.int64))
+        self.bucket_offsets.extend(a.bucket_offsets.astype(np.int64) + self.bucket_ids.n)
+        self.bucket_ids.extend(a.bucket_ids.astype(np.int64) + self.segs.n)
+        self.segs.extend(a.segs)
+
+    def view(self) -> AreaTables:
+        return AreaTables(*(getattr(self, name).view() for name in AreaTables._fields))
 
 
 def boundary_segments(layer: Layer, features: Iterable[int], dissolve: bool = True) -> np.ndarray:

@@ -71,13 +71,14 @@ def permit_id(leave_id: str) -> str:
     return f"leave-{leave_id}"
 
 
-def permit_document(leave: Leave, window: tuple[int, int] | None = None) -> dict:
+def permit_document(leave: Leave, office: str, window: tuple[int, int] | None = None) -> dict:
     """The registry document that makes `leave` the subject's permit (over `window`,
-    default the leave's own start and end); `approver` is the approving office."""
+    default the leave's own start and end); `office`: the office of the user who approved
+    it (the approver office or one above it)."""
     start, end = window or (leave.start_ms, leave.end_ms)
     entry = {"id": permit_id(leave.id), "subject": leave.subject, "start": rfc3339(start),
              "end": rfc3339(end), "destinations": list(leave.destinations),
-             "office": leave.approver, "source": f"leave:{leave.id}"}
+             "office": office, "source": f"leave:{leave.id}"}
     if leave.recurring is not None and window != NEVER:
         entry["recurring"] = leave.recurring.to_document()
     return {"permits": [entry]}

@@ -138,7 +138,7 @@ class LeaveStore:
             _set(db, leave_id, "approved", permit=permit_id(leave_id))
             _step(db, leave_id, "approve", user, office, now_ms, note)
 
-        self.registry.import_document(permit_document(leave), *checkers, also=write)
+        self.registry.import_document(permit_document(leave, office), *checkers, also=write)
         return self.get(leave_id)
 
     def reject(self, leave_id: str, user: str, office: str, note: str, now_ms: int) -> Leave:
@@ -166,7 +166,8 @@ class LeaveStore:
             _set(db, leave_id, "cancelled")
             _step(db, leave_id, "cancel", user, office, now_ms, note)
 
-        self.registry.import_document(permit_document(leave, NEVER), *checkers, also=write)
+        self.registry.import_document(permit_document(leave, self._permit_office(leave), NEVER),
+                                      *checkers, also=write)
         return self.get(leave_id)
 
     def close_leave(self, leave_id: str, user: str, office: str, note: str, now_ms: int,
@@ -184,9 +185,15 @@ class LeaveStore:
             _set(db, leave_id, "closed", closed_ms=end)
             _step(db, leave_id, "close", user, office, now_ms, note)
 
-        self.registry.import_document(permit_document(leave, (leave.start_ms, end)),
-                                      *checkers, also=write)
+        self.registry.import_document(
+            permit_document(leave, self._permit_office(leave), (leave.start_ms, end)),
+            *checkers, also=write)
         return self.get(leave_id)
+
+    def _permit_office(self, leave: Leave) -> str:
+        """The office that approved the leave's permit (kept when the permit changes)."""
+        permit = self.registry.load().permits.get(permit_id(leave.id))
+        return permit.office if permit is not None else leave.approver
 
     def _expect(self, leave_id: str, states: tuple[str, ...], action: str) -> Leave:
         return _expect_in(self._db, leave_id, states, action)

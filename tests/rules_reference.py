@@ -8,11 +8,16 @@ of the run counters the compiled kernel keeps. Slow and obviously correct; the c
 
 Episodes ("once per episode") are identified by the position in the history where they
 began: a rule remembers the episode it last fired in.
+
+Each subject has a rule class (SPEC §11: supervision level * 2 + risk key, as
+`alerts.subject_book.rule_class_of` numbers them): its thresholds are those of
+`rules.for_level(level)`, and the key ones apply when its key bit is set.
 """
 
 from dataclasses import dataclass, field
 
 from alerts import _rules_kernel as rk
+from alerts.registry import LEVELS
 from alerts.rules import EVENT_TYPES, NO_TIME, RuleState
 from geofence.verdict import IN, OUT, UNSURE
 
@@ -67,7 +72,7 @@ Event = tuple[str, int, int, int, int, int]
 
 
 class ReferenceRules:
-    """The rules of SPEC §6 for subjects 0..n-1, with thresholds from a `Rules`-like object."""
+    """The rules of SPEC §6 for subjects 0..n-1, with thresholds from a `Rules`."""
 
     def __init__(self, n_subjects: int, rules):
         self.rules = rules
@@ -90,8 +95,10 @@ class ReferenceRules:
                            exit_t_ms=h.exit_fix.t_ms if h.exit_fix else None,
                            exclusion_open=h.exclusion_open)
 
-    def apply(self, subject, t_ms, verdict, excl_verdict, excl_zone, key) -> tuple[list, list]:
-        """Events and late fix indices of one batch, taken in (subject, t, batch) order."""
+    def apply(self, subject, t_ms, verdict, excl_verdict, excl_zone,
+              rule_class) -> tuple[list, list]:
+        """Events and late fix indices of one batch, taken in (subject, t, batch) order;
+        `rule_class` per subject (level * 2 + key; a bool is the key of a normal subject)."""
         order = sorted(range(len(subject)), key=lambda i: (int(subject[i]), int(t_ms[i])))
         events: list[Event] = []
         late: list[int] = []
@@ -103,13 +110,14 @@ class ReferenceRules:
                 late.append(i)
             else:
                 h.fixes.append(fix)
-                for name, linked, zone in self._rules(h, bool(key[s])):
+                level, key = divmod(int(rule_class[s]), 2)
+                for name, linked, zone in self._rules(h, self.rules.for_level(LEVELS[level]),
+                                                      bool(key)):
                     events.append((name, s, i, fix.t_ms, linked, zone))
         return events, sorted(late)
 
-    def _rules(self, h: Subject, key: bool) -> list[tuple[str, int, int]]:
-        """The events raised by the newest fix of `h`, in rule order."""
-        r = self.rules
+    def _rules(self, h: Subject, r, key: bool) -> list[tuple[str, int, int]]:
+        """The events raised by the newest fix of `h` under thresholds `r`, in rule order."""
         fixes = h.fixes
         fix = fixes[-1]
         now = len(fixes) - 1

@@ -131,3 +131,105 @@ def test_a_bad_host_port_is_refused(text):
 def test_a_bad_zmq_endpoint_is_refused(text):
     with pytest.raises(ValueError):
         check_zmq_endpoint(text)
+
+
+# -- supervision levels: [rules.strict] and [rules.loose] (SPEC §11) -------------------------
+
+def test_every_rules_key_is_per_level_or_says_why_not():
+    from engine.config import NOT_PER_LEVEL, PER_LEVEL_KEYS, Rules
+
+    names = {f.name for f in fields(Rules)}
+    assert set(PER_LEVEL_KEYS) | set(NOT_PER_LEVEL) == names
+    assert not set(PER_LEVEL_KEYS) & set(NOT_PER_LEVEL)
+    from alerts._rules_kernel import LIMIT_NAMES
+    assert set(LIMIT_NAMES) <= set(PER_LEVEL_KEYS)
+
+
+def test_built_in_levels_strict_is_stricter_and_loose_more_lenient_than_normal():
+    from engine.config import LOOSE_DEFAULTS, STRICT_DEFAULTS
+
+    rules = Settings().rules
+    strict, loose = rules.for_level("strict"), rules.for_level("loose")
+    assert rules.for_level("normal") is rules
+    assert (strict.exit_fixes, strict.signal_lost_after_s) == (1, 1800)   # the example
+    for key in STRICT_DEFAULTS:
+        assert getattr(strict, key) < getattr(rules, key), key
+    for key in LOOSE_DEFAULTS:
+        assert getattr(loose, key) > getattr(rules, key), key
+    # key persons keep their one-fix exit at every level; shared keys stay shared
+    assert strict.exit_fixes_key == loose.exit_fixes_key == rules.exit_fixes_key == 1
+    assert strict.escalate_high_s == loose.escalate_high_s == rules.escalate_high_s
+    with pytest.raises(ValueError, match="unknown supervision level 'medium'"):
+        rules.for_level("medium")
+
+
+def test_level_tables_override_rules_and_the_built_in_level_defaults():
+    rules = from_mapping(tomllib.loads(
+        "[rules]\nexit_fixes = 4\nreturn_fixes = 3\nsignal_lost_after_s = 5400\n"
+        "[rules.strict]\nsignal_lost_after_s = 600\nreturn_fixes = 4\n"
+        "[rules.loose]\nexit_fixes = 6\n"), source="geofence.toml").rules
+    normal, strict, loose = (rules.for_level(level) for level in ("normal", "strict", "loose"))
+    assert (normal.exit_fixes, normal.return_fixes, normal.signal_lost_after_s) == (4, 3, 5400)
+    # strict: its table, then its built-in defaults, then [rules]
+    assert (strict.signal_lost_after_s, strict.return_fixes, strict.exit_fixes) == (600, 4, 1)
+    assert strict.possible_exit_fixes == 2 and strict.exclusion_fixes == normal.exclusion_fixes
+    # loose: exit_fixes from its table, signal_lost from its defaults, return from [rules]
+    assert (loose.exit_fixes, loose.signal_lost_after_s, loose.return_fixes) == (6, 7200, 3)
+    assert config.check(Settings(rules=rules)) == []
+
+
+def test_level_less_keys_work_as_before():
+    rules = from_mapping(tomllib.loads("[rules]\nexit_fixes = 3\n"), source="g.toml").rules
+    assert rules.exit_fixes == 3 and rules.strict == {} and rules.loose == {}
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("[rules.strict]\nexit_fixes = 0", "geofence.toml: [rules.strict] exit_fixes: must be a "
+                                       "whole number in 1..255, not 0"),
+    ("[rules.loose]\nsignal_lost_after_s = 1.5", "geofence.toml: [rules.loose] "
+                                                 "signal_lost_after_s: must be a whole number, "
+                                                 "not 1.5"),
+    ("[rules.loose]\npermit_overstay_after_s = -1", "[rules.loose] permit_overstay_after_s: "
+                                                    "must be a whole number in 0.."),
+    ("[rules.strict]\nexit_fixs = 1", 'geofence.toml: [rules.strict]: unknown key "exit_fixs"; '
+                                      'did you mean "exit_fixes"?'),
+    ("[rules.strict]\nescalate_high_s = 60", "geofence.toml: [rules.strict] escalate_high_s: "
+                                             "not per level (escalation follows an alarm's "
+                                             "severity, not its subject); set it in [rules]"),
+    ("[rules.loose]\nexit_margin_m = 500.0", "[rules.loose] exit_margin_m: not per level"),
+    ("[rules.strict]\nfeed_outage_share = 0.2", "[rules.strict] feed_outage_share: not per level"),
+    ('[rules.loose]\nclock = "feed"', "[rules.loose] clock: not per level"),
+    ("[rules.strict]\ncheck_every_s = 0.5", "[rules.strict] check_every_s: not per level"),
+    ("[rules.strict.loose]\nexit_fixes = 1", "[rules.strict] loose: not per level"),
+    ("[rules]\nstrict = 3", "geofence.toml: [rules] strict: must be a table, not 3"),
+    ("[rules.normal]\nexit_fixes = 1", "geofence.toml: [rules.normal]: the normal level (普管) "
+                                       "is [rules] itself; set its keys there"),
+])
+def test_a_bad_level_key_is_one_line_naming_the_level_table(text, problem):
+    found = problems(text)
+    assert len(found) == 1 and found[0].startswith("geofence.toml: "), found
+    assert problem in found[0] and "\n" not in found[0], found
+
+
+def test_every_problem_of_the_level_tables_is_reported_with_the_rest():
+    found = problems("[rules]\nexit_fixes = 0\n[rules.strict]\nexit_fixes = 0\nclock = \"feed\"\n"
+                     "[rules.loose]\nsignal_lost_after_s = 0\nescalate_high_s = 1\n")
+    assert len(found) == 5, found
+    for part in ("[rules] exit_fixes:", "[rules.strict] exit_fixes:", "[rules.strict] clock:",
+                 "[rules.loose] signal_lost_after_s:", "[rules.loose] escalate_high_s:"):
+        assert sum(part in p for p in found) == 1, part
+
+
+def test_level_tables_built_in_code_are_checked_too():
+    from dataclasses import replace
+
+    from alerts.rules import RuleState, RulesError
+
+    bad = replace(Settings(), rules=replace(Settings().rules, strict={"exit_fixes": 0,
+                                                                      "clock": "feed"}))
+    assert config.check(bad) == [
+        "built-in defaults: [rules.strict] exit_fixes: must be a whole number in 1..255, not 0",
+        "built-in defaults: [rules.strict] clock: not per level (the engine has one clock); "
+        "set it in [rules]"]
+    with pytest.raises(RulesError, match=r"rules\.strict\.exit_fixes must be an integer"):
+        RuleState(1, replace(Settings().rules, strict={"exit_fixes": 0}))

@@ -17,7 +17,7 @@ from desk import events, make_app
 from desk.users import UserStore
 from service import cli
 from tests import test_desk_api
-from tests.test_desk_api import (C402, CITY, PASSWORD, SUBJECTS, T1, T2, T3, VISIBLE, Clock,
+from tests.test_desk_api import (C402, CITY, PASSWORD, SUBJECTS, T1, T2, VISIBLE, Clock,
                                  client, get, logged_in, next_event, post, run, serving)
 
 template, world = test_desk_api.template, test_desk_api.world   # the desk world's fixtures

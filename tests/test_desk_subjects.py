@@ -11,6 +11,7 @@ import json
 import shutil
 import sqlite3
 import time
+from datetime import datetime, timezone
 
 import pytest
 
@@ -311,3 +312,26 @@ def test_a_viewer_reads_a_record_with_its_phones_and_changes_nothing(world):
     run(scenario())
     assert registry_of(world).subjects == before.subjects
     assert audit_of(world, "S1") == [("subject.read", "viewer402", "")]
+
+
+def test_an_end_still_ahead_is_kept_by_an_edit_and_brought_forward_by_end(world):
+    ahead_ms = int(time.time() * 1000) + 30 * 86_400_000   # 矫正期满 in 30 days, imported
+    store = RegistryStore(world[1].registry_db)
+    try:
+        store.import_document({"subjects": [
+            {"id": "S7", "devices": ["13800000007"], "office": T1, "home": [C402],
+             "ended": datetime.fromtimestamp(ahead_ms / 1000, timezone.utc).isoformat()}]},
+            *test_desk_api.code_checkers())
+    finally:
+        store.close()
+
+    async def scenario():
+        async with serving(*world) as server, logged_in(server, "town1") as town1:
+            _, listed = await get(town1, server, "/api/subjects")
+            assert "S7" in {s["id"] for s in listed["subjects"]}   # still supervised
+            status, doc = await send(town1, server, "PATCH", "/api/subjects/S7",
+                                     {"level": "strict"})
+            assert (status, doc["level"], doc["ended"]) == (200, "strict", ahead_ms)
+            status, doc = await post(town1, server, "/api/subjects/S7/end")
+            assert status == 200 and doc["ended"] < ahead_ms - 29 * 86_400_000
+    run(scenario())

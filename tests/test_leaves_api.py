@@ -43,6 +43,7 @@ def template(tmp_path_factory):
     with UserStore(paths.desk_db) as users:
         for name, office in USERS.items():
             users.add(name, office, PASSWORD)
+        users.add("inspector", C402, PASSWORD, role="viewer")   # the procuratorate
     return root
 
 
@@ -160,6 +161,7 @@ def test_ten_days_a_township_officer_may_not_approve_and_the_county_may(world):
             city_leave = await file(server, s["town1"], days=9, start=now_ms() + 40 * DAY_MS)
             status, _ = await post(s["city"], server, f"/api/leaves/{city_leave['id']}/approve")
             assert status == 200                                 # above the county: also
+            assert permits(world)[f"leave-{city_leave['id']}"].office == "3704"   # who did
     run(scenario())
 
 
@@ -303,6 +305,24 @@ def test_bad_requests_list_every_problem_and_write_nothing(world):
     run(scenario())
 
 
+def test_after_supervision_ended_nothing_is_filed_or_approved(world):
+    async def scenario():
+        async with desk(world, "town1", "town1b") as (server, s):
+            leave = await file(server, s["town1"], days=2)
+            store = RegistryStore(world[1].registry_db)
+            try:
+                s1 = next(e for e in REGISTRY["subjects"] if e["id"] == "S1")
+                store.import_document({"subjects": [{**s1, "ended": "2020-01-01T00:00:00Z"}]},
+                                      *code_checkers())
+            finally:
+                store.close()
+            status, body = await post(s["town1b"], server, f"/api/leaves/{leave['id']}/approve")
+            assert status == 422 and "ended" in body["error"]
+            status, body = await post(s["town1"], server, "/api/leaves", leave_body())
+            assert status == 422 and "ended" in body["error"]
+    run(scenario())
+
+
 # -- states --------------------------------------------------------------------------------
 
 def test_reject_and_cancel_a_pending_leave_and_no_step_fits_after(world):
@@ -362,6 +382,25 @@ def test_a_begun_leave_is_closed_not_cancelled_and_its_permit_ends_at_the_close(
             status, _ = await post(s["town1"], server, f"/api/leaves/{leave['id']}/close")
             assert status == 409
             assert [h["action"] for h in doc["history"]] == ["request", "approve", "close"]
+    run(scenario())
+
+
+def test_a_viewer_reads_leaves_and_may_take_no_step(world):
+    async def scenario():
+        async with desk(world, "town1", "inspector") as (server, s):
+            leave = await file(server, s["town1"], days=10)
+            status, seen = await get(s["inspector"], server, f"/api/leaves/{leave['id']}")
+            assert status == 200 and seen["can_approve"] is False
+            _, listed = await get(s["inspector"], server, "/api/leaves", status="pending")
+            assert [item["id"] for item in listed["leaves"]] == [leave["id"]]
+            status, _ = await post(s["inspector"], server, "/api/leaves", leave_body())
+            assert status == 403
+            for action in ("approve", "reject", "cancel", "close"):
+                status, _ = await post(s["inspector"], server,
+                                       f"/api/leaves/{leave['id']}/{action}")
+                assert status == 403, action
+            _, after = await get(s["town1"], server, f"/api/leaves/{leave['id']}")
+            assert after["status"] == "pending" and len(after["history"]) == 1
     run(scenario())
 
 

@@ -112,3 +112,17 @@ def test_every_reason_is_given_at_once():
     both = Span("n", at("2026-03-20 08:00"), at("2026-04-25 08:00"))             # 36 days
     refusals = cap_refusals(both, approved, LIMITS)
     assert len(refusals) == 3                                # too long, the year, overlap
+
+
+def test_the_leave_section_of_the_config_is_checked_and_read_into_limits():
+    from engine.config import ConfigError, from_mapping
+
+    settings = from_mapping({"leave": {"township_max_days": 5, "four_eyes": False}})
+    assert Limits.of(settings.leave) == Limits(township_max_days=5, four_eyes=False)
+    assert Limits.of(from_mapping({}).leave) == Limits()       # the defaults agree
+    with pytest.raises(ConfigError) as bad:
+        from_mapping({"leave": {"max_days": 0, "max_days_per_year": 400, "four_eyes": "yes",
+                                "max_day": 3}})
+    text = str(bad.value)
+    assert "[leave] max_days" in text and "max_days_per_year" in text
+    assert "four_eyes" in text and 'did you mean "max_days"' in text

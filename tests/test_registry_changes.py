@@ -35,11 +35,15 @@ class CodeSets:
     """The verdict engine's id functions, as dicts: equal code sets share an id."""
 
     def __init__(self):
-        self.areas: dict[frozenset, int] = {}
+        self.area_sets: dict[frozenset, int] = {}
         self.exclusions: dict[frozenset, int] = {frozenset(): 0}
+        self.areas = self   # the book tells the area set when changes go live
+
+    def live(self) -> None:
+        pass
 
     def area_id(self, codes) -> int:
-        return self.areas.setdefault(frozenset(codes), len(self.areas))
+        return self.area_sets.setdefault(frozenset(codes), len(self.area_sets))
 
     def exclusion_set_id(self, codes) -> int:
         return self.exclusions.setdefault(frozenset(codes), len(self.exclusions))
@@ -111,7 +115,7 @@ def book_on(store: RegistryStore) -> SubjectBook:
 def answers(book: SubjectBook, engine: CodeSets) -> dict:
     """Everything a worker asks of the book, over a grid of subjects and times, in terms
     of code sets (ids differ between books)."""
-    areas = {v: k for k, v in engine.areas.items()}
+    areas = {v: k for k, v in engine.area_sets.items()}
     exclusions = {v: k for k, v in engine.exclusions.items()}
     n = book.size
     subject = np.repeat(np.arange(n, dtype=np.int32), 60)
@@ -222,7 +226,7 @@ def test_a_standing_permit_allows_its_weekly_hours_only():
     registry = parse_document(path_registry, Registry(), is_place, is_zone)
     engine = CodeSets()
     schedule = AreaSchedule.build(registry, engine.area_id)
-    names = {v: k for k, v in engine.areas.items()}
+    names = {v: k for k, v in engine.area_sets.items()}
 
     def allowed(*when) -> frozenset:
         t = np.array([local_ms(*when)], np.int64)

@@ -1,7 +1,8 @@
 """Alarm rules (SPEC §6): the compiled `RuleState` against the plain reference, step by step.
 
 A hypothesis state machine feeds both models batches of fixes for a few subjects (random
-verdicts; times that are often late or equal; a risk key per subject), marks signals lost,
+verdicts; times that are often late or equal; a rule class per subject: supervision
+level and risk key, with small per-level thresholds too), marks signals lost,
 adds subjects, and round-trips the compiled state through a snapshot; after every step
 the events, the late fixes and each subject's observable state must be identical. Small
 thresholds make every rule fire often; tiny event capacities force the resume path.
@@ -23,10 +24,13 @@ from tests.rules_reference import ReferenceRules, compiled_view
 from tests.warm_up_check import assert_warm_up_prepares
 
 VERDICTS = st.sampled_from([IN, UNSURE, OUT])
+CLASSES = st.integers(0, rk.N_CLASSES - 1)      # level * 2 + key
+LEVEL_TABLE = st.dictionaries(st.sampled_from(rk.LIMIT_NAMES), st.integers(1, 4), max_size=4)
 SMALL_RULES = st.builds(
     Rules, exit_fixes=st.integers(1, 3), exit_fixes_key=st.integers(1, 2),
     return_fixes=st.integers(1, 3), possible_exit_fixes=st.integers(1, 4),
-    exclusion_fixes=st.integers(1, 2), possible_exclusion_fixes=st.integers(1, 3))
+    exclusion_fixes=st.integers(1, 2), possible_exclusion_fixes=st.integers(1, 3),
+    strict=LEVEL_TABLE, loose=LEVEL_TABLE)
 
 
 def rows(events):
@@ -37,17 +41,17 @@ def rows(events):
 
 class RulesMachine(RuleBasedStateMachine):
     @initialize(rules=st.one_of(st.just(Rules()), SMALL_RULES),
-                keys=st.lists(st.booleans(), min_size=3, max_size=3))
-    def start(self, rules, keys):
+                classes=st.lists(CLASSES, min_size=3, max_size=3))
+    def start(self, rules, classes):
         self.rules = rules
-        self.key = np.array(keys)
-        self.compiled = RuleState(len(keys), rules)
-        self.reference = ReferenceRules(len(keys), rules)
+        self.classes = np.array(classes, np.int8)
+        self.compiled = RuleState(len(classes), rules)
+        self.reference = ReferenceRules(len(classes), rules)
         self.clock_ms = 1_700_000_000_000
 
     @rule(data=st.data())
     def batch(self, data):
-        n_subjects = len(self.key)
+        n_subjects = len(self.classes)
         fixes = data.draw(st.lists(st.tuples(
             st.integers(0, n_subjects - 1), st.integers(-3, 4), VERDICTS, VERDICTS,
             st.integers(0, 2)), max_size=12))
@@ -57,24 +61,24 @@ class RulesMachine(RuleBasedStateMachine):
         excl_verdict = np.array([f[3] for f in fixes], np.int8)
         excl_zone = np.where(excl_verdict == OUT, -1, [f[4] for f in fixes]).astype(np.int32)
         capacity = data.draw(st.one_of(st.none(), st.integers(0, 4)))
-        got = self.compiled.apply(subject, t_ms, verdict, excl_verdict, excl_zone, self.key,
+        got = self.compiled.apply(subject, t_ms, verdict, excl_verdict, excl_zone, self.classes,
                                   capacity=capacity)
         want, want_late = self.reference.apply(subject, t_ms, verdict, excl_verdict,
-                                               excl_zone, self.key)
+                                               excl_zone, self.classes)
         assert rows(got) == want
         assert got.late.tolist() == want_late
         self.clock_ms += data.draw(st.integers(0, 5)) * 1000
 
     @rule(data=st.data())
     def lose_signal(self, data):
-        subjects = data.draw(st.lists(st.integers(0, len(self.key) - 1), max_size=3))
+        subjects = data.draw(st.lists(st.integers(0, len(self.classes) - 1), max_size=3))
         self.compiled.mark_signal_lost(subjects)
         self.reference.mark_signal_lost(subjects)
 
-    @rule(key=st.booleans())
-    def add_subject(self, key):
-        n = len(self.key) + 1
-        self.key = np.append(self.key, key)
+    @rule(rule_class=CLASSES)
+    def add_subject(self, rule_class):
+        n = len(self.classes) + 1
+        self.classes = np.append(self.classes, np.int8(rule_class))
         self.compiled.grow(n)
         self.reference.grow(n)
 
@@ -88,8 +92,8 @@ class RulesMachine(RuleBasedStateMachine):
     @invariant()
     def same_state(self):
         if hasattr(self, "compiled"):
-            assert self.compiled.n_subjects == len(self.key)
-            for s in range(len(self.key)):
+            assert self.compiled.n_subjects == len(self.classes)
+            for s in range(len(self.classes)):
                 assert compiled_view(self.compiled, s) == self.reference.view(s)
 
 
@@ -128,8 +132,8 @@ def test_kernel_stops_and_resumes_without_losing_or_repeating_events():
     batch = rk.SortedBatch(s[order], t[order], order, v[order], xv[order], xz[order])
     collected = []
     while True:
-        r = rk.apply_batch(state.kernel_state(), batch, np.zeros(subjects, bool), state.limits,
-                           out, late, progress)
+        r = rk.apply_batch(state.kernel_state(), batch, np.zeros(subjects, np.int8),
+                           state.limits, out, late, progress)
         written = progress[rk.PROGRESS_EVENTS]
         assert written <= 5
         collected += list(zip(*(a[:written].tolist() for a in out)))
@@ -169,8 +173,11 @@ def test_bad_batches_and_settings_are_refused():
         args[i] = bad
         with pytest.raises(RulesError, match=message):
             state.apply(*args)
-    with pytest.raises(RulesError, match="one flag per subject"):
-        state.apply(*ok, key=[True])
+    with pytest.raises(RulesError, match="one entry per subject"):
+        state.apply(*ok, rule_class=[True])
+    for bad in ([6, 0], [-1, 0], [0.5, 1.0]):   # subject 0 is the one in the batch
+        with pytest.raises(RulesError, match=r"classes 0\.\.5"):
+            state.apply(*ok, rule_class=bad)
     with pytest.raises(RulesError, match="exit_fixes must be an integer in 1..255"):
         RuleState(1, Rules(exit_fixes=0))
     assert compiled_view(state, 0).newest_t_ms is None  # nothing applied
@@ -199,4 +206,4 @@ def test_warm_up_loads_the_kernel_a_worker_needs():
         "from engine.config import Rules\n"
         "state = rules.RuleState(3, Rules())\n"
         "state.apply(np.array([0, 2], np.int32), np.array([5, 6]), np.array([0, 2], np.int8),\n"
-        "            np.array([2, 1], np.int8), np.array([-1, 0], np.int32), np.zeros(3, bool))")
+        "            np.array([2, 1], np.int8), np.array([-1, 0], np.int32), np.zeros(3, np.int8))")

@@ -5,7 +5,8 @@ a time is given), written as the area verdict, optionally ``/zone`` (inside one 
 person's exclusion zones) or ``/near-zone`` (unsure for a zone); ``LOST`` is the clock
 rules marking the person's signal as lost. Expected events name the fix that raised them
 (counting from 1) and, for a return, the fix of the exit it closes. Every case is also
-run through the plain reference model, which must agree event for event.
+run through the plain reference model, which must agree event for event. A case's
+`level` is the person's supervision level (SPEC §11), judged by that level's settings.
 """
 
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from alerts.registry import LEVELS
 from alerts.rules import EVENT_TYPES, RuleState, RulesError, severity
 from engine.config import Rules
 from geofence.verdict import IN, OUT, UNSURE
@@ -41,6 +43,11 @@ class Case:
     minutes: tuple[int, ...] | None = None  # event time of each fix; default 1, 2, 3...
     late: tuple[int, ...] = ()            # fix numbers counted as late
     rules: Rules = Rules()
+    level: str = "normal"
+
+    @property
+    def rule_class(self) -> int:
+        return LEVELS.index(self.level) * 2 + self.key
 
 
 CASES = [
@@ -104,6 +111,29 @@ CASES = [
          (E("signal_restored", 3, "info"),), minutes=(5, 4, 6), late=(2,)),
     Case("stricter settings: three fixes outside make an exit", "out out in out out out",
          (E("zone_exit", 6, "high"),), rules=Rules(exit_fixes=3)),
+    # supervision levels (built-in [rules.strict] / [rules.loose] unless a case sets them)
+    Case("strict (严管): one fix outside is an exit", "out in in",
+         (E("zone_exit", 1, "high"), E("zone_return", 3, "info", links=1)), level="strict"),
+    Case("strict key person: one fix outside, critical", "out",
+         (E("zone_exit", 1, "critical"),), level="strict", key=True),
+    Case("strict: two unsure fixes are a possible exit", "unsure unsure",
+         (E("possible_exit", 2, "medium"),), level="strict"),
+    Case("normal: two unsure fixes are not yet a possible exit", "unsure unsure", ()),
+    Case("loose (宽管): two fixes outside are not yet an exit", "out out in out out", (),
+         level="loose"),
+    Case("loose: three fixes outside make the exit", "out out unsure out",
+         (E("zone_exit", 4, "high"),), level="loose"),
+    Case("loose key person: one fix outside is still an exit", "out",
+         (E("zone_exit", 1, "critical"),), level="loose", key=True),
+    Case("loose: exclusion zones are as strict as for everyone", "in/zone",
+         (E("exclusion_entry", 1, "critical"),), level="loose"),
+    Case("strict with [rules.strict] exit_fixes = 2: two fixes", "out in out out",
+         (E("zone_exit", 4, "high"),), level="strict", rules=Rules(strict={"exit_fixes": 2})),
+    Case("normal is untouched by [rules.strict]", "out out",
+         (E("zone_exit", 2, "high"),), rules=Rules(strict={"exit_fixes": 5})),
+    Case("[rules.loose] return_fixes = 3: the return takes three fixes inside",
+         "out out out in in in", (E("zone_exit", 3, "high"), E("zone_return", 6, "info", links=3)),
+         level="loose", rules=Rules(loose={"return_fixes": 3})),
 ]
 
 
@@ -112,7 +142,7 @@ def run(case: Case):
     tokens = case.fixes.split()
     compiled = RuleState(1, case.rules)
     reference = ReferenceRules(1, case.rules)
-    key = np.array([case.key])
+    key = np.array([case.rule_class], np.int8)
     events, late, number = [], [], 0
     for token in tokens:
         if token == "LOST":

@@ -313,12 +313,16 @@ class Reference:
     zones: list[shapely.Geometry]    # per zone feature
 
 
-@pytest.fixture(scope="module")
-def zaozhuang() -> Reference:
+@pytest.fixture(scope="module", params=["built at start", "built live"])
+def zaozhuang(request) -> Reference:
+    """The engine's areas built as at start, or as for a live change (a coarser distance
+    grid, `AreaSet.live`): the verdicts must be the same, exact, either way."""
     towns = Layer.from_geojson(zaozhuang_geojson())
     zones = Layer.from_geojson(collection(
         *(feature(code, regular_polygon(*spec)) for code, spec in ZAOZHUANG_ZONES.items())))
     engine = VerdictEngine(towns, zones)
+    if request.param == "built live":
+        engine.areas.live()
     unions = []
     for codes in ZAOZHUANG_AREAS:
         parts = [towns.geometries[towns.features_under(c)] if towns.hierarchy.is_known(c)

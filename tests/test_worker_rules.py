@@ -83,9 +83,10 @@ def offices() -> list[dict]:
 
 
 def subject(sid: str, risk: str = "normal", office: str = SHIZHONG_OFFICE,
-            home: str = SHIZHONG) -> dict:
-    return {"id": sid, "devices": [f"139{sid}"], "office": office, "home": [home],
-            "risk": risk, "category": "probation"}
+            home: str = SHIZHONG, level: str | None = None) -> dict:
+    doc = {"id": sid, "devices": [f"139{sid}"], "office": office, "home": [home],
+           "risk": risk, "category": "probation"}
+    return doc if level is None else {**doc, "level": level}
 
 
 def permit(sid: str, start_ms: int, end_ms: int, to: str = XUECHENG, pid: str = "p1") -> dict:
@@ -602,3 +603,92 @@ def test_after_a_restart_during_an_outage_a_phone_that_stays_off_is_still_lost(w
         raised += w.clock(now + 1000)
     lost = [a for a in raised if a.type == "signal_lost"]
     assert [a.subject for a in lost] == [ids[-1]]
+
+
+# --- supervision levels (SPEC §11): each subject judged by its level's settings -----------
+
+
+def test_strict_subject_is_lost_after_30_minutes_normal_after_an_hour_loose_after_two(world):
+    w = world([subject("s1", level="strict"), subject("n1"), subject("l1", level="loose")])
+    w.clock(T0)
+    assert w.fixes([(s, minutes(0), "HOME") for s in ("s1", "n1", "l1")])[0] == []
+    assert w.clock(minutes(29)) == [], "29 minutes of silence is not yet lost, even strict"
+    lost = only(w.clock(minutes(31)), "signal_lost")
+    assert lost.subject == "s1" and lost.to_document()["t"] == minutes(30)
+    assert w.clock(minutes(59)) == []
+    assert [(a.subject, a.to_document()["t"]) for a in w.clock(minutes(61))] == [
+        ("n1", minutes(60))]
+    assert w.clock(minutes(119)) == []
+    assert [(a.subject, a.to_document()["t"]) for a in w.clock(minutes(121))] == [
+        ("l1", minutes(120))]
+
+
+def test_level_settings_from_the_config_reach_the_clock_rules(world):
+    rules = Rules(strict={"signal_lost_after_s": 600}, loose={"signal_lost_after_s": 1200})
+    w = world([subject("s1", level="strict"), subject("l1", level="loose")], rules=rules)
+    w.clock(T0)
+    w.fixes([("s1", minutes(0), "HOME"), ("l1", minutes(0), "HOME")])
+    assert w.clock(minutes(9)) == []
+    assert [a.subject for a in w.clock(minutes(11))] == ["s1"]
+    assert [a.subject for a in w.clock(minutes(21))] == ["l1"]
+
+
+def test_permit_overstay_grace_follows_the_level(world):
+    """All away in Xuecheng, silent, after their permits end: the strict one's overstay
+    comes after 15 minutes, the normal one's after 30, the loose one's after an hour
+    (their silence raises signal_lost too, by level: not what this test looks at)."""
+    w = world([subject("s1", level="strict"), subject("n1"), subject("l1", level="loose")],
+              [permit(s, T0, END, pid=f"p-{s}") for s in ("s1", "n1", "l1")])
+    w.clock(minutes(-10))
+    assert w.fixes([(s, minutes(230), "XUECHENG") for s in ("s1", "n1", "l1")])[0] == []
+
+    def overstays(now_ms: int) -> list[tuple[str, int, str]]:
+        return [(a.subject, a.to_document()["t"], a.to_document()["details"]["permit"])
+                for a in w.clock(now_ms) if a.type == "permit_overstay"]
+
+    assert overstays(END + 14 * MIN_MS) == []
+    assert overstays(END + 15 * MIN_MS) == [("s1", END + 15 * MIN_MS, "p-s1")]
+    assert overstays(END + 29 * MIN_MS) == []
+    assert overstays(END + 30 * MIN_MS) == [("n1", END + 30 * MIN_MS, "p-n1")]
+    assert overstays(END + 59 * MIN_MS) == []
+    assert overstays(END + 61 * MIN_MS) == [("l1", END + 60 * MIN_MS, "p-l1")]
+    assert overstays(END + 3 * HOUR_MS) == [], "each raised once"
+
+
+def test_made_strict_after_the_strict_grace_ran_out_the_overstay_is_raised_at_once(world):
+    """20 minutes after the permit's end (normal grace: 30) the person is made strict
+    (grace 15): already overdue, raised at the next check, as of the strict grace's end;
+    then never again. Made normal again: no second overstay for the same permit."""
+    w = world([subject("s1")], [permit("s1", T0, END)])
+    w.clock(minutes(-10))
+    w.fix("s1", minutes(230), "XUECHENG")
+    assert [a for a in w.clock(END + 20 * MIN_MS) if a.type == "permit_overstay"] == []
+    w.register({"subjects": [subject("s1", level="strict")]})
+    w.book.refresh(force=True)
+    over = only([a for a in w.clock(END + 20 * MIN_MS + 1000) if a.type == "permit_overstay"],
+                "permit_overstay")
+    assert over.to_document()["t"] == END + 15 * MIN_MS
+    w.register({"subjects": [subject("s1")]})
+    w.book.refresh(force=True)
+    later = [a for m in (25, 30, 31, 60) for a in w.clock(END + m * MIN_MS)
+             if a.type == "permit_overstay"]
+    assert {a.id for a in later} <= {over.id}, "at most the same alarm again (stored once)"
+
+
+def test_a_level_changed_in_the_registry_changes_the_rules_at_once(world):
+    """Made strict while running: the next single fix outside is an exit; made loose,
+    two are not."""
+    w = world([subject("s1"), subject("s2", level="strict")])
+    w.clock(T0)
+    assert w.fix("s1", minutes(0), "FAR") == [], "normal: one fix outside is not an exit"
+    assert types(w.fix("s2", minutes(0), "FAR")) == ["zone_exit"]
+    assert w.fix("s1", minutes(1), "HOME") == []
+    w.register({"subjects": [subject("s1", level="strict"), subject("s2", level="loose")]})
+    w.book.refresh(force=True)
+    exit_ = only(w.fix("s1", minutes(2), "FAR"), "zone_exit")
+    assert exit_.to_document()["t"] == minutes(2)
+    assert types(w.fix("s2", minutes(2), "HOME")) == []
+    assert types(w.fix("s2", minutes(3), "HOME")) == ["zone_return"]
+    assert w.fixes([("s2", minutes(4), "FAR")])[0] == []
+    assert w.fixes([("s2", minutes(5), "FAR")])[0] == [], "loose: two fixes are not an exit"
+    assert types(w.fix("s2", minutes(6), "FAR")) == ["zone_exit"]
