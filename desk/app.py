@@ -4,11 +4,13 @@
     run_desk(settings, should_stop, on_ready)  blocks: binds [desk] bind, calls
         on_ready(url) once listening, returns after should_stop() turns true
 
-Routes (SPEC §8): /api/login, /api/logout, /api/me, /api/alarms[/{id}[/ack|/resolve]],
-/api/subjects[/{id}[/track|/end]] (desk.subjects_api), /api/events, /api/layer,
-/api/audit; leaves (SPEC §12, `desk.leaves_api`):
+Routes (SPEC §8, §11, §12): /api/login, /api/logout, /api/me,
+/api/alarms[/{id}[/ack|/resolve]], /api/subjects[/{id}[/track|/end]] (desk.subjects_api),
+/api/events, /api/layer, /api/audit; leaves (`desk.leaves_api`):
 /api/leaves[/{id}[/approve|/reject|/cancel|/close]], /api/subjects/{id}/leaves;
 /healthz and /metrics without a session; the page at / and /static/.
+Middlewares, outermost first: JSON errors and headers, allowed hosts, same origin, the
+session, viewers read only.
 """
 
 import asyncio

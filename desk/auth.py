@@ -3,10 +3,12 @@
 The session cookie `geofence_session` holds a random 32-byte token: HttpOnly,
 SameSite=Strict, Path=/, and Secure when `[desk] cookie_secure` (set it whenever the
 desk is reached over HTTPS). Unknown user and wrong password get the same answer in the
-same time; a disabled user who gives the right password gets 403. Too many failures of a name from one client address, or from one address in
-all (`users.UserStore.begin_login`), get 429 with Retry-After, even for the right
-password. The client address is the peer's, or with `[desk] trust_forwarded_for` the
-last `X-Forwarded-For` entry (the one the reverse proxy added).
+same time; a disabled user who gives the right password gets 403. Too many failures of
+a name from one client address, or from one address in all
+(`users.UserStore.begin_login`), get 429 with Retry-After, even for the right password.
+The client address is the peer's, or with `[desk] trust_forwarded_for` the last
+`X-Forwarded-For` entry (the one the reverse proxy added). Logging in and out are
+audited (`desk.audit`).
 """
 
 import asyncio

@@ -149,7 +149,8 @@ async def session_middleware(request: web.Request, handler) -> web.StreamRespons
 
 @web.middleware
 async def viewer_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """403 for a viewer's write under /api/ (after `session_middleware`)."""
+    """403 for a viewer's write under /api/ (after `session_middleware`); only an
+    officer writes, so a role added later reads only until this says otherwise."""
     session = request.get(SESSION)
     if session is not None and session.role != "officer" and \
             request.method not in READ_METHODS and request.path not in VIEWER_WRITES:
