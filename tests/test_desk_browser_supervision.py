@@ -217,6 +217,7 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
             # The county user approves it on the page.
             boss = _login(browser, url, "county", errors)
             boss.get_by_test_id("view-leave").click()
+            expect(boss.get_by_test_id("leave-filter")).to_have_value("mine")
             row = boss.get_by_test_id("leave-list").locator(f"[data-testid=leave-row][data-subject='{a['id']}']")
             expect(row).to_have_attribute("data-status", "pending")
             expect(row).to_contain_text("可审批")
@@ -295,6 +296,7 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
             boss.get_by_test_id("audit-subject").fill(a["id"])
             boss.get_by_test_id("audit-search").click()
             audit = boss.get_by_test_id("audit-table")
+            expect(boss.get_by_test_id("audit-count")).not_to_have_text("查询中…")
             expect(audit.locator("[data-action='leave.approve']")).to_contain_text("county")
             expect(audit.locator("[data-action='leave.create']")).to_contain_text("clerk")
             expect(audit).to_contain_text("批准请假（leave.approve）")
@@ -311,6 +313,13 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
             boss.get_by_test_id("leave-dest-search").fill(destination_name[:1])
             boss.wait_for_timeout(300)
             boss.screenshot(path=str(shot), full_page=True)
+
+            # 销假: A reported back; the leave is closed with the note in its history.
+            boss.get_by_test_id("leave-note").fill("本人已返回报到")
+            boss.get_by_test_id("leave-close").click()
+            expect(boss.get_by_test_id("leave-status")).to_have_text("已销假")
+            expect(boss.get_by_test_id("leave-history")).to_contain_text("本人已返回报到")
+            expect(boss.get_by_test_id("leave-close")).to_be_disabled()
             assert not errors, errors
     finally:
         engine.stop()
@@ -437,6 +446,7 @@ def test_a_viewer_sees_the_read_only_badge_and_no_write_control(tmp_path, monkey
 
             page.get_by_test_id("view-leave").click()
             expect(page.get_by_test_id("leave-view")).to_be_visible()
+            expect(page.get_by_test_id("leave-filter")).to_have_value("pending")
             expect(page.get_by_test_id("leave-form")).to_be_hidden()
             page.get_by_test_id("view-people").click()
             expect(page.get_by_test_id("person-new")).to_be_hidden()

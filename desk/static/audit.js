@@ -27,6 +27,8 @@ export async function loadAudit() {
   const mine = ++seq;
   const error = $("audit-error");
   const since = parseCst($("audit-since").value);
+  $("audit-rows").replaceChildren();            // never the last query's rows under new filters
+  $("audit-count").textContent = "查询中…";
   try {
     const data = await api("/api/audit", { query: {
       subject: $("audit-subject").value.trim(), user: $("audit-user").value.trim(),

@@ -114,7 +114,7 @@ async function submit(event) {
     const doc = await api("/api/leaves", { method: "POST", body });
     resetLeaveForm();
     $("leave-form-ok").textContent = `已提交（编号 ${doc.id}），待 ${namedOffice(doc.approver)} 审批`;
-    $("leave-filter").value = "pending";
+    if ($("leave-filter").value === "mine") $("leave-filter").value = "pending";
     leaves.changed(body.subject);
     await loadLeaves();
     await selectLeave(doc.id);

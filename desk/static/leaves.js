@@ -26,6 +26,8 @@ export function resetLeaves() {
   leaves.selected = null;
   leaves.doc = null;
   leaves.loadSeq++;
+  $("leave-filter").value = "mine";
+  $("leave-filter-subject").value = "";
   $("leave-list").replaceChildren();
   $("leave-count").textContent = "";
   renderLeave();
@@ -35,12 +37,15 @@ export async function loadLeaves() {
   const seq = ++leaves.loadSeq;
   const error = $("leave-list-error");
   try {
-    const data = await api("/api/leaves", {
-      query: { status: $("leave-filter").value, subject: $("leave-filter-subject").value.trim() },
-    });
+    if (isReadOnly() && $("leave-filter").value === "mine") $("leave-filter").value = "pending";
+    const filter = $("leave-filter").value;     // "mine": pending ones this user may approve
+    const data = await api("/api/leaves", { query: {
+      status: filter === "mine" ? "pending" : filter,
+      subject: $("leave-filter-subject").value.trim(),
+    } });
     if (seq !== leaves.loadSeq) return;
     error.textContent = "";
-    leaves.list = data.leaves || [];
+    leaves.list = (data.leaves || []).filter((d) => filter !== "mine" || d.can_approve);
     renderList();
   } catch (e) {
     if (seq !== leaves.loadSeq || e.status === 401) return;
