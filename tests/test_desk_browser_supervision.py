@@ -28,8 +28,6 @@ import numpy as np
 import shapely
 
 from alerts.alarms import alarm_id
-from desk.users import UserStore
-from engine.paths import EnginePaths
 from geofence import Layer
 from geofence.builtin import zaozhuang_geojson
 from ingest.protocol import encode_cols
@@ -77,12 +75,9 @@ def _places(county: str) -> tuple[tuple[float, float], tuple[float, float], str,
 
 
 def _add_user(config: Path, monkeypatch, name: str, office: str, role: str = "officer"):
-    """`geofence user add`, then the role set in desk.sqlite's users table."""
     monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
-    assert cli(["--config", str(config), "user", "add", name, "--office", office]) == 0
-    if role != "officer":
-        with UserStore(EnginePaths(config.parent / "data").desk_db) as users:
-            users.add(name, office, PASSWORD, role=role, replace=True)
+    assert cli(["--config", str(config), "user", "add", name, "--office", office,
+                "--role", role]) == 0
 
 
 def _desk(tmp_path: Path, monkeypatch, doc: dict, users: list[tuple[str, str, str]]) -> Path:
@@ -216,6 +211,7 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
 
             # The county user approves it on the page.
             boss = _login(browser, url, "county", errors)
+            expect(boss.get_by_test_id("leave-mine")).to_have_text("1")    # on the button
             boss.get_by_test_id("view-leave").click()
             expect(boss.get_by_test_id("leave-filter")).to_have_value("mine")
             row = boss.get_by_test_id("leave-list").locator(f"[data-testid=leave-row][data-subject='{a['id']}']")
@@ -229,6 +225,7 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
             expect(boss.get_by_test_id("leave-status")).to_have_text("已批准")
             expect(boss.get_by_test_id("leave-history")).to_contain_text("同意，按时销假。")
             expect(boss.get_by_test_id("leave-error")).to_have_text("")
+            expect(boss.get_by_test_id("leave-mine")).to_be_hidden()
 
             # The county files a standing permit for B (weekdays 08:00-19:00 to that county):
             # county level, so pending for the county, and it allows nothing yet.

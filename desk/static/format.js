@@ -92,7 +92,7 @@ export const AUDIT_ACTION_NAMES = {
   "user.disable": "停用用户", "alarm.read": "查看报警", "alarm.ack": "确认报警",
   "alarm.resolve": "处理报警", "track.read": "查看轨迹", "subject.read": "查看人员",
   "subject.create": "新增人员", "subject.update": "修改人员", "subject.end": "解除矫正",
-  "leave.read": "查看请假", "leave.create": "提交请假", "leave.approve": "批准请假",
+  "leave.read": "查看请假", "leave.list": "查看请假记录", "leave.create": "提交请假", "leave.approve": "批准请假",
   "leave.reject": "驳回请假", "leave.cancel": "撤销请假", "leave.close": "销假",
   "audit.read": "查看审计",
 };

@@ -30,6 +30,7 @@ export function resetLeaves() {
   $("leave-filter-subject").value = "";
   $("leave-list").replaceChildren();
   $("leave-count").textContent = "";
+  showMine(0);
   renderLeave();
 }
 
@@ -46,11 +47,30 @@ export async function loadLeaves() {
     if (seq !== leaves.loadSeq) return;
     error.textContent = "";
     leaves.list = (data.leaves || []).filter((d) => filter !== "mine" || d.can_approve);
+    if (filter === "mine" && !$("leave-filter-subject").value.trim()) showMine(leaves.list.length);
     renderList();
   } catch (e) {
     if (seq !== leaves.loadSeq || e.status === 401) return;
     error.textContent = `请假记录加载失败：${e.message}`;
   }
+}
+
+/** How many pending leaves this user may approve, on the 外出请假 button (not for viewers). */
+export async function countMine() {
+  if (isReadOnly()) return showMine(0);
+  const seq = leaves.loadSeq;
+  try {
+    const data = await api("/api/leaves", { query: { status: "pending" } });
+    if (seq === leaves.loadSeq) showMine((data.leaves || []).filter((d) => d.can_approve).length);
+  } catch (e) {
+    // The count is a hint; the list says what failed when it is opened.
+  }
+}
+
+function showMine(n) {
+  const badge = $("leave-mine");
+  badge.hidden = !n;
+  badge.textContent = n ? String(n) : "";
 }
 
 /** "MM-DD HH:MM 至 MM-DD HH:MM" in Beijing time, and the weekly window if standing. */
@@ -197,4 +217,5 @@ async function leaveAction(action) {
   renderLeave();
   await loadLeaves();
   if (leaves.selected === doc.id) await selectLeave(doc.id, { keepMessage: true });
+  countMine();
 }

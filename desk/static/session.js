@@ -10,7 +10,7 @@ import { cancelHistoryRefresh, loadSubjects, renderDetail } from "./detail.js";
 import { $ } from "./dom.js";
 import { fillFilters } from "./filters.js";
 import { resetLeaveForm } from "./leave-form.js";
-import { resetLeaves } from "./leaves.js";
+import { countMine, resetLeaves } from "./leaves.js";
 import { closeEvents, openEvents, setLive } from "./live.js";
 import { loadLayer } from "./map-areas.js";
 import { eraseTrack } from "./map-track.js";
@@ -109,6 +109,7 @@ function startDesk(me) {
   showView("alarms");
   renderDetail();
   resetLeaveForm();
+  countMine();
   loadSubjects().then(() => {
     if (state.me === me) fillSubjectOptions();
   });
