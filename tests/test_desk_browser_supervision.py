@@ -1,15 +1,16 @@
 """Supervision work on the desk page in a real headless browser against the real engine
-(SPEC §11, §12): leave, people and the read-only look of viewers.
+(SPEC §11, §12): leave, people, audit and the read-only look of viewers.
 
 `geofence serve` runs with its desk and one worker; users log in through the form.
-- Leave: a township officer files a leave for subject A to another county on the page;
-  a user of the county above approves it on the page (four eyes: not the requester).
-  Then A's fixes in that county raise nothing, while B (same county, no leave) raises
-  zone_exit with the same fixes; A's page shows the leave and the days used. The leave
-  page is kept as tests/output/leave.png (docs/leave.png in the README is a copy).
-- People: an edit with bad codes shows every problem (422) and changes nothing; a valid
-  one sets the level to 严管.
-- Viewer: the 只读 badge, no write control on any page, an alarm opens without 确认/处理.
+- Leave: a township officer files a leave for subject A to another county on the page (a
+  40-day one first: the cap's reason is shown); a user of the county above approves it on
+  the page (four eyes: not the requester) and files a standing permit for B. A's fixes in
+  that county then raise nothing, while B (same county, no approved leave) raises
+  zone_exit with the same fixes; A's page shows the leave and the days used, the audit
+  page its steps, and 销假 closes it. The leave page is kept as tests/output/leave.png
+  (docs/leave.png in the README is a copy of it).
+- People: edit with every problem listed (422, nothing changed), level, onboarding, end.
+- Viewer: the 只读 badge and no write control on any page; an alarm opens without 确认.
 
 Needs Debian's Chromium like tests/test_desk_browser.py (skipped without it, a failure
 when CI is set).
@@ -145,6 +146,16 @@ def _wait_until(predicate, what: str, timeout_s: float = WAIT_MS / 1000 * 3):
     raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
+def _leave_row(page, subject: dict):
+    """The subject's row in the leave page's list (a person's page has rows too)."""
+    return page.get_by_test_id("leave-list").locator(
+        f"[data-testid=leave-row][data-subject='{subject['id']}']")
+
+
+def _person_row(page, subject: dict):
+    return page.locator(f"[data-testid=person-row][data-subject='{subject['id']}']")
+
+
 def _cst_input(ms: int) -> str:
     """A datetime-local input's value in Beijing time (the page reads it as UTC+8)."""
     return datetime.fromtimestamp(ms / 1000, CST).strftime("%Y-%m-%dT%H:%M")
@@ -202,7 +213,7 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
             clerk.get_by_test_id("leave-submit").click()
             expect(clerk.get_by_test_id("leave-form-ok")).to_contain_text("已提交")
             expect(clerk.get_by_test_id("leave-form-error")).to_have_text("")
-            mine = clerk.get_by_test_id("leave-list").locator(f"[data-testid=leave-row][data-subject='{a['id']}']")
+            mine = _leave_row(clerk, a)
             expect(mine).to_have_count(1)
             expect(mine).to_have_attribute("data-status", "pending")
             expect(clerk.get_by_test_id("leave-status")).to_have_text("待审批")
@@ -214,7 +225,7 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
             expect(boss.get_by_test_id("leave-mine")).to_have_text("1")    # on the button
             boss.get_by_test_id("view-leave").click()
             expect(boss.get_by_test_id("leave-filter")).to_have_value("mine")
-            row = boss.get_by_test_id("leave-list").locator(f"[data-testid=leave-row][data-subject='{a['id']}']")
+            row = _leave_row(boss, a)
             expect(row).to_have_attribute("data-status", "pending")
             expect(row).to_contain_text("可审批")
             expect(row).to_contain_text(f"{destination_name} {destination}")
@@ -237,8 +248,7 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
             expect(boss.get_by_test_id("leave-from")).to_have_value("08:00")
             boss.get_by_test_id("leave-submit").click()
             expect(boss.get_by_test_id("leave-form-ok")).to_contain_text(f"待 {names[county]}")
-            standing = boss.get_by_test_id("leave-list").locator(
-                f"[data-testid=leave-row][data-subject='{b['id']}']")
+            standing = _leave_row(boss, b)
             expect(standing).to_contain_text("长期")
             expect(standing).to_contain_text("每周一、二、三、四、五 08:00–19:00")
 
@@ -246,14 +256,15 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
             # the county user then moves M's home to the destination on the page, and M's
             # fixes at its old home raise zone_exit only in a registry at least that new.
             boss.get_by_test_id("view-people").click()
-            boss.locator(f"[data-testid=person-row][data-subject='{m['id']}']").click()
+            _person_row(boss, m).click()
             boss.get_by_test_id("person-edit").click()
             boss.locator(f"[data-testid=pf-home-chosen] .chip[data-code='{county}'] button").click()
             boss.get_by_test_id("pf-home-search").fill(destination_name)
             boss.locator(f"[data-testid=pf-home-results] [data-code='{destination}']").click()
             boss.get_by_test_id("pf-submit").click()
             expect(boss.get_by_test_id("person-form")).to_be_hidden()
-            expect(boss.get_by_test_id("person")).to_contain_text(f"{destination_name} {destination}")
+            expect(boss.get_by_test_id("person")).to_contain_text(
+                f"{destination_name} {destination}")
             sent, batch = 0, 1
 
             def m_exit_seen():
@@ -282,7 +293,7 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
 
             # A's page: the level, the leave of the year and the days used.
             boss.get_by_test_id("view-people").click()
-            boss.locator(f"[data-testid=person-row][data-subject='{a['id']}']").click()
+            _person_row(boss, a).click()
             expect(boss.get_by_test_id("person-level")).to_have_text("普管")
             expect(boss.get_by_test_id("person-days")).to_contain_text("已批准外出 2 天")
             expect(boss.get_by_test_id("person-leaves")
@@ -302,8 +313,7 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
             # The picture for the README: the leave page with the approved leave open.
             boss.get_by_test_id("view-leave").click()
             boss.get_by_test_id("leave-filter").select_option("")
-            boss.get_by_test_id("leave-list").locator(
-                f"[data-testid=leave-row][data-subject='{a['id']}']").click()
+            _leave_row(boss, a).click()
             expect(boss.get_by_test_id("leave-status")).to_have_text("已批准")
             boss.get_by_test_id("leave-subject").fill(b["id"])
             boss.get_by_test_id("leave-reason").fill("到外县工地务工")
@@ -327,7 +337,10 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
 
 # -- people ----------------------------------------------------------------------------------
 
-def test_a_bad_edit_shows_every_problem_a_good_one_sets_the_level_and_end_is_kept(tmp_path, monkeypatch):
+def test_person_edit_onboarding_and_end_on_the_page(tmp_path, monkeypatch):
+    """A bad edit shows every problem and changes nothing, a good one sets the level; an
+    empty onboarding lists its problems, a complete one opens the new person; ending
+    supervision takes two clicks and is kept."""
     _chromium()
     from playwright.sync_api import expect
 
@@ -342,7 +355,7 @@ def test_a_bad_edit_shows_every_problem_a_good_one_sets_the_level_and_end_is_kep
             page = _login(browser, url, "county", errors)
             page.get_by_test_id("view-people").click()
             page.get_by_test_id("people-search").fill(a["id"])
-            page.locator(f"[data-testid=person-row][data-subject='{a['id']}']").click()
+            _person_row(page, a).click()
             expect(page.get_by_test_id("person-level")).to_have_text("普管")
             expect(page.get_by_test_id("person")).to_contain_text(a["devices"][0])
             page.get_by_test_id("person-edit").click()
@@ -382,22 +395,22 @@ def test_a_bad_edit_shows_every_problem_a_good_one_sets_the_level_and_end_is_kep
             expect(page.locator("#person-title")).to_have_text("NEW-001")
             expect(page.get_by_test_id("person-level")).to_have_text("宽管")
             expect(page.get_by_test_id("person")).to_contain_text("13912345678")
-            page.locator(f"[data-testid=person-row][data-subject='{a['id']}']").click()
+            _person_row(page, a).click()
 
-            # Ending supervision takes two clicks; the person leaves the list, listed under 只看已解除.
+            # Ending takes two clicks; the person leaves the list, shown under 只看已解除.
             page.get_by_test_id("person-end-note").fill("矫正期满，依法解除")
             page.get_by_test_id("person-end-button").click()
             page.get_by_test_id("person-end-confirm").click()
             expect(page.locator("#person-ended")).to_be_visible()
             expect(page.get_by_test_id("person-edit")).to_be_disabled()
-            expect(page.locator(f"[data-testid=person-row][data-subject='{a['id']}']")).to_have_count(0)
+            expect(_person_row(page, a)).to_have_count(0)
             page.locator("#people-ended").check()
-            expect(page.locator(f"[data-testid=person-row][data-subject='{a['id']}']")).to_contain_text("已解除")
+            expect(_person_row(page, a)).to_contain_text("已解除")
             page.reload()                            # what the server kept, not the page
             expect(page.get_by_test_id("me-user")).to_have_text("county")
             page.get_by_test_id("view-people").click()
             page.locator("#people-ended").check()
-            page.locator(f"[data-testid=person-row][data-subject='{a['id']}']").click()
+            _person_row(page, a).click()
             expect(page.get_by_test_id("person-level")).to_have_text("严管")
             expect(page.locator("#person-ended")).to_be_visible()
             assert not errors, errors
@@ -447,7 +460,7 @@ def test_a_viewer_sees_the_read_only_badge_and_no_write_control(tmp_path, monkey
             expect(page.get_by_test_id("leave-form")).to_be_hidden()
             page.get_by_test_id("view-people").click()
             expect(page.get_by_test_id("person-new")).to_be_hidden()
-            page.locator(f"[data-testid=person-row][data-subject='{a['id']}']").click()
+            _person_row(page, a).click()
             expect(page.get_by_test_id("person-level")).to_have_text("普管")
             for control in ("person-edit", "person-leave", "person-end-button"):
                 expect(page.get_by_test_id(control)).to_be_hidden()
