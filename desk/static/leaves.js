@@ -55,6 +55,25 @@ export async function loadLeaves() {
   }
 }
 
+// Leave changes have no live stream: while logged in the count is refreshed, and the
+// list too while the leave page is open (reads of a whole list are not audited).
+const POLL_MS = 30_000;
+let pollTimer = 0;
+
+export function startLeavePolling() {
+  stopLeavePolling();
+  pollTimer = setInterval(() => {
+    countMine();
+    if ($("desk-view").dataset.view === "leave" && !$("leave-filter-subject").value.trim())
+      loadLeaves();
+  }, POLL_MS);
+}
+
+export function stopLeavePolling() {
+  clearInterval(pollTimer);
+  pollTimer = 0;
+}
+
 /** How many pending leaves this user may approve, on the 外出请假 button (not for viewers). */
 export async function countMine() {
   if (isReadOnly()) return showMine(0);

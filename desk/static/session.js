@@ -10,7 +10,7 @@ import { cancelHistoryRefresh, loadSubjects, renderDetail } from "./detail.js";
 import { $ } from "./dom.js";
 import { fillFilters } from "./filters.js";
 import { resetLeaveForm } from "./leave-form.js";
-import { countMine, resetLeaves } from "./leaves.js";
+import { countMine, resetLeaves, startLeavePolling, stopLeavePolling } from "./leaves.js";
 import { closeEvents, openEvents, setLive } from "./live.js";
 import { loadLayer } from "./map-areas.js";
 import { eraseTrack } from "./map-track.js";
@@ -110,6 +110,7 @@ function startDesk(me) {
   renderDetail();
   resetLeaveForm();
   countMine();
+  startLeavePolling();
   loadSubjects().then(() => {
     if (state.me === me) fillSubjectOptions();
   });
@@ -131,6 +132,7 @@ function stopDesk() {
   eraseTrack();
   setLive("off");
   resetTitle();
+  stopLeavePolling();
   resetLeaves();
   resetPeople();
   resetAudit();
