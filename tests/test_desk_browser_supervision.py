@@ -9,7 +9,8 @@
   zone_exit with the same fixes; A's page shows the leave and the days used, the audit
   page its steps, and 销假 closes it. The leave page is kept as tests/output/leave.png
   (docs/leave.png in the README is a copy of it).
-- People: edit with every problem listed (422, nothing changed), level, onboarding, end.
+- People: edit with every problem listed (422, nothing changed), level, onboarding, a
+  leave filed from the person's page and cancelled (撤销), end of supervision.
 - Viewer: the 只读 badge and no write control on any page; an alarm opens without 确认.
 
 Needs Debian's Chromium like tests/test_desk_browser.py (skipped without it, a failure
@@ -396,6 +397,22 @@ def test_person_edit_onboarding_and_end_on_the_page(tmp_path, monkeypatch):
             expect(page.get_by_test_id("person-level")).to_have_text("宽管")
             expect(page.get_by_test_id("person")).to_contain_text("13912345678")
             _person_row(page, a).click()
+
+            # From a person's page to the leave form, filled in for them.
+            page.get_by_test_id("person-leave").click()
+            expect(page.get_by_test_id("leave-form")).to_be_visible()
+            expect(page.get_by_test_id("leave-subject")).to_have_value(a["id"])
+            page.get_by_test_id("leave-dest-search").fill("370403")
+            page.get_by_test_id("leave-dest-search").press("Enter")
+            page.get_by_test_id("leave-reason").fill("探亲")
+            page.get_by_test_id("leave-submit").click()
+            expect(page.get_by_test_id("leave-status")).to_have_text("待审批")
+            page.get_by_test_id("leave-cancel").click()             # 撤销 a pending request
+            expect(page.get_by_test_id("leave-status")).to_have_text("已撤销")
+            expect(page.get_by_test_id("leave-history")).to_contain_text("撤销")
+            page.get_by_test_id("view-people").click()
+            expect(page.get_by_test_id("person-leaves")
+                   .locator("[data-testid=leave-row][data-status=cancelled]")).to_have_count(1)
 
             # Ending takes two clicks; the person leaves the list, shown under 只看已解除.
             page.get_by_test_id("person-end-note").fill("矫正期满，依法解除")
