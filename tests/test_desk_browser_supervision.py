@@ -4,7 +4,8 @@
 `geofence serve` runs with its desk and one worker; users log in through the form.
 - Leave: a township officer files a leave for subject A to another county on the page (a
   40-day one first: the cap's reason is shown); a user of the county above approves it on
-  the page (four eyes: not the requester) and files a standing permit for B. A's fixes in
+  the page (four eyes: not the requester), after which an overlapping one is refused with
+  its reason, and files a standing permit for B. A's fixes in
   that county then raise nothing, while B (same county, no approved leave) raises
   zone_exit with the same fixes; A's page shows the leave and the days used, the audit
   page its steps, and 销假 closes it. The leave page is kept as tests/output/leave.png
@@ -238,6 +239,15 @@ def test_a_leave_filed_and_approved_on_the_page_lets_the_subject_travel(tmp_path
             expect(boss.get_by_test_id("leave-history")).to_contain_text("同意，按时销假。")
             expect(boss.get_by_test_id("leave-error")).to_have_text("")
             expect(boss.get_by_test_id("leave-mine")).to_be_hidden()
+
+            # Once approved, another leave of A in that time is refused with the reason.
+            clerk.get_by_test_id("leave-subject").fill(a["id"])
+            clerk.get_by_test_id("leave-dest-search").fill(destination)
+            clerk.get_by_test_id("leave-dest-search").press("Enter")
+            clerk.get_by_test_id("leave-reason").fill("再次外出")
+            clerk.get_by_test_id("leave-submit").click()
+            expect(clerk.get_by_test_id("leave-form")).to_contain_text("时间重叠")
+            expect(clerk.get_by_test_id("leave-form-ok")).to_have_text("")
 
             # The county files a standing permit for B (weekdays 08:00-19:00 to that county):
             # county level, so pending for the county, and it allows nothing yet.
