@@ -4,12 +4,11 @@
 `geofence serve` runs with its desk and one worker; users log in through the form.
 - Leave: a township officer files a leave for subject A to another county on the page (a
   40-day one first: the cap's reason is shown); a user of the county above approves it on
-  the page (four eyes: not the requester), after which an overlapping one is refused with
-  its reason, and files a standing permit for B. A's fixes in
-  that county then raise nothing, while B (same county, no approved leave) raises
-  zone_exit with the same fixes; A's page shows the leave and the days used, the audit
-  page its steps, and 销假 closes it. The leave page is kept as tests/output/leave.png
-  (docs/leave.png in the README is a copy of it).
+  the page (four eyes: not the requester); an overlapping one is then refused with its
+  reason; the county files a standing permit for B. A's fixes in that county then raise
+  nothing, while B (same county, no approved leave) raises zone_exit with the same fixes;
+  A's page shows the leave and the days used, the audit page its steps, and 销假 closes
+  it. The leave page is kept as tests/output/leave.png (docs/leave.png is a copy of it).
 - People: edit with every problem listed (422, nothing changed), level, onboarding, a
   leave filed from the person's page and cancelled (撤销), end of supervision.
 - Viewer: the 只读 badge and no write control on any page; an alarm opens without 确认.
