@@ -140,7 +140,7 @@ async def request_leave(request: web.Request) -> web.Response:
     checkers = await desk.checkers()
     limits = Limits.of(desk.settings.leave)
     now = desk.now_ms()
-    wanted, problems = read_request(body, *checkers, now)
+    wanted, problems = read_request(body, *checkers, now, desk.settings.leave.record_past)
     if wanted is None:
         return _invalid(problems)
 

@@ -154,6 +154,9 @@ class Leave:
     max_days_per_year: int = 60        # approved days of leave in a calendar year (UTC+8)
     standing_max_days: int = 183       # a standing permit (recurring) runs at most this long
     four_eyes: bool = True             # the approver must be another user than the requester
+    record_past: bool = False          # a leave whose end has passed may be filed (补录: a
+                                       # paper approval recorded afterwards); the demo, which
+                                       # replays a past day, sets it
 
 
 @dataclass(frozen=True)
@@ -345,7 +348,8 @@ CHECKS: dict[str, dict[str, Any]] = {
               "strict": LevelTable(), "loose": LevelTable()},
     "leave": {"township_max_days": Whole(1, MAX_LEAVE_DAYS), "max_days": Whole(1, MAX_LEAVE_DAYS),
               "max_days_per_year": Whole(1, MAX_LEAVE_DAYS),
-              "standing_max_days": Whole(1, MAX_LEAVE_DAYS), "four_eyes": Flag()},
+              "standing_max_days": Whole(1, MAX_LEAVE_DAYS), "four_eyes": Flag(),
+              "record_past": Flag()},
 }
 
 

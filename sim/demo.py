@@ -5,8 +5,11 @@
 
 1. DIR (default ./geofence-demo) gets a config, the zone layer, the registry and the
    planted truth (`sim.demo_setup`, from `sim.scenario`).
-2. The registry is imported; desk users `demo` (the city's patrol desk, office 3704)
-   and `demo-<township>` (one township office) get fresh random passwords.
+2. The registry is imported; desk users `demo` (the city's patrol desk, office 3704),
+   `demo-clerk` (files leaves, office 3704) and `demo-<township>` (one township office)
+   get fresh random passwords. Half of the day's planted trips are not imported: once the
+   engine is up, demo-clerk files them as leaves on the desk and demo approves them
+   (`sim.demo_leaves`), before the replay reaches them.
 3. The engine starts (`service.serve.serve` in a thread: ingest, 2 workers, dispatcher,
    desk); its `engine.json` (`engine.status`) says when it is ready and where its
    endpoints are. Every process of it, and this one, logs to DIR/data/engine.log.
@@ -120,6 +123,8 @@ def run_demo(subjects: int = 2032, seed: int = 7, speed: float = DEFAULT_SPEED,
                 return summary
             banner(out, root, scenario, logins, engine.endpoints, engine.paths.log_file,
                    resume, speed)
+            if not resume:
+                _leaves_on_desk(out, engine.endpoints.desk, logins, scenario)
             feeder = _carriers(scenario, engine.endpoints.ingest, speed, stop,
                                replay=not resume)
             feeder.start()
@@ -141,6 +146,23 @@ def run_demo(subjects: int = 2032, seed: int = 7, speed: float = DEFAULT_SPEED,
             out(f"demo: stopped; the data stays in {root} (run with --keep to continue "
                 "from it)")
     return summary
+
+
+def _leaves_on_desk(out, desk_url: str | None, logins, scenario) -> None:
+    """Half of the day's trips as leaves filed and approved on the desk (`sim.demo_leaves`)
+    before the replay reaches them."""
+    from sim.demo_leaves import desk_trips, file_leaves
+    from sim.demo_setup import CITY_USER, CLERK_USER
+
+    if not desk_url:
+        return
+    users = {user: (user, password) for user, password, _ in logins}
+    approved, pending, refused = file_leaves(desk_url, users[CLERK_USER], users[CITY_USER],
+                                             desk_trips(scenario.permits), _wall_ms())
+    out(f"demo: {approved} leaves filed by {CLERK_USER} and approved by {CITY_USER} on the "
+        f"desk; {pending} more waits for approval (外出请假 on the page)")
+    for reason in refused:
+        out(f"demo: the desk refused a leave: {reason}")
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from geofence.errors import GeofenceError
 DEFAULT_INGEST_PORT, DEFAULT_PUBLISH_PORT, DEFAULT_METRICS_PORT = 5555, 5556, 9105
 MARKER = "demo.json"            # what makes DIR a demo directory the next run may clear
 CITY_USER = "demo"
+CLERK_USER = "demo-clerk"       # files the day's leaves on the desk; CITY_USER approves
 CITY_OFFICE = "3704"
 CHECK_EVERY_S = 0.1             # the clock rules' period: 1 min of a day replayed at 600x
 
@@ -88,7 +89,8 @@ def write_config(root: Path, desk_bind: str, scenario):
              "[alerts]", f'publish = "tcp://127.0.0.1:{_port(DEFAULT_PUBLISH_PORT)}"',
              "[desk]", f"bind = {json.dumps(desk_bind)}",
              "[rules]", 'clock = "feed"   # the clock rules run in the replayed day\'s time',
-             f"check_every_s = {CHECK_EVERY_S}"]
+             f"check_every_s = {CHECK_EVERY_S}",
+             "[leave]", "record_past = true   # the demo files leaves of a day replayed"]
     (root / "geofence.toml").write_text("\n".join(lines) + "\n")
     return load(str(root / "geofence.toml"))
 
@@ -97,6 +99,7 @@ def prepare(root: Path, settings, scenario, resume: bool) -> list[tuple[str, str
     """Import the registry (unless resuming), write the truth, set the desk users' fresh
     passwords; the logins as (user, password, office)."""
     from alerts.registry import RegistryStore
+    from sim.demo_leaves import desk_trips
     from desk.users import UserStore
     from engine.layers import code_checkers, load_layers
     from engine.paths import EnginePaths
@@ -104,6 +107,8 @@ def prepare(root: Path, settings, scenario, resume: bool) -> list[tuple[str, str
     paths = EnginePaths.create(settings.storage.path)
     if not resume:
         document = scenario.registry_document()
+        on_desk = {t["id"] for t in desk_trips(scenario.permits)}   # filed on the desk
+        document["permits"] = [p for p in document["permits"] if p["id"] not in on_desk]
         (root / "registry.json").write_text(json.dumps(document, ensure_ascii=False, indent=1))
         (root / "truth.json").write_text(json.dumps(scenario.truth, ensure_ascii=False, indent=1))
         registry = RegistryStore(paths.registry_db)
@@ -117,6 +122,7 @@ def prepare(root: Path, settings, scenario, resume: bool) -> list[tuple[str, str
     town = next(r["subject"] for r in scenario.truth if r["kind"] == "exit")
     town_office = next(s["office"] for s in scenario.subjects if s["id"] == town)
     logins = [(CITY_USER, secrets.token_urlsafe(9), CITY_OFFICE),
+              (CLERK_USER, secrets.token_urlsafe(9), CITY_OFFICE),
               (f"demo-{town_office}", secrets.token_urlsafe(9), town_office)]
     with UserStore(paths.desk_db) as users:
         for name, password, office in logins:

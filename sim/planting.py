@@ -211,7 +211,8 @@ def plant_trips(p: Planter, ground, people, ids) -> list[dict]:
             permit = p.window(s, 180, 420, min_fixes=6, earliest=2 * HOUR_MS, latest=latest)
             if permit is None:
                 continue
-            p_start, p_end = permit
+            p_start, p_end = (t // 1000 * 1000 for t in permit)   # whole seconds, as the
+                                                                  # desk keeps a leave's times
             leave = p_start + int(p.rng.uniform(5, 40) * MINUTE_MS)
             back = {"on_time": p_end - int(p.rng.uniform(15, 60) * MINUTE_MS),
                     "late": p_end + int(p.rng.uniform(60, 150) * MINUTE_MS),

@@ -35,9 +35,10 @@ class LeaveRequest:
 
 
 def read_request(body: Mapping, is_place: Callable[[str], bool],
-                 is_zone: Callable[[str], bool], now_ms: int
+                 is_zone: Callable[[str], bool], now_ms: int, record_past: bool = False
                  ) -> tuple[LeaveRequest | None, list[str]]:
-    """(the request, []) or (None, every problem of the body)."""
+    """(the request, []) or (None, every problem of the body). A leave already over is
+    refused unless `record_past` (`[leave] record_past`: recorded after the fact)."""
     problems = unknown_keys(body, KEYS, "the body")
     subject = body.get("subject")
     if not isinstance(subject, str) or not subject.strip():
@@ -60,7 +61,7 @@ def read_request(body: Mapping, is_place: Callable[[str], bool],
     if start is not None and end is not None:
         if end <= start:
             problems.append("结束时间须晚于开始时间 / the end must be after the start")
-        elif end <= now_ms:
+        elif end <= now_ms and not record_past:
             problems.append("请假时间已过 / the leave's end is already past")
     reason = body.get("reason")
     if not isinstance(reason, str) or not reason.strip():

@@ -37,11 +37,12 @@ class Limits:
     max_days_per_year: int = 60
     standing_max_days: int = 183
     four_eyes: bool = True
+    record_past: bool = False     # a leave already over may be filed and approved (补录)
 
     @classmethod
     def of(cls, settings) -> "Limits":
         return cls(settings.township_max_days, settings.max_days, settings.max_days_per_year,
-                   settings.standing_max_days, settings.four_eyes)
+                   settings.standing_max_days, settings.four_eyes, settings.record_past)
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,7 @@ class LeaveStore:
         """pending -> approved, the permit written with it; LeaveRefusedError if a cap
         refuses it now, RegistryError if the registry refuses the permit."""
         leave = self._expect(leave_id, ("pending",), "approve")
-        if leave.end_ms <= now_ms:
+        if leave.end_ms <= now_ms and not limits.record_past:
             raise LeaveRefusedError(["请假期间已过，无法批准 / the leave's time is over: it "
                                      "can no longer be approved"])
 
