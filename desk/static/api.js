@@ -5,9 +5,11 @@
 import { state } from "./state.js";
 
 export class HttpError extends Error {
-  constructor(status, message) {
+  /** `data`: the error's JSON body (a 422 carries `problems`, every one of them). */
+  constructor(status, message, data = null) {
     super(message);
     this.status = status;
+    this.data = data;
   }
 }
 
@@ -18,8 +20,15 @@ export function setUnauthorizedHandler(handler) {
   onUnauthorized = handler;
 }
 
-export async function api(path, { method = "GET", body } = {}) {
+export async function api(path, { method = "GET", body, query } = {}) {
   const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+  if (query) {
+    const params = new URLSearchParams();
+    for (const [k, v] of Object.entries(query))
+      if (v !== undefined && v !== null && v !== "") params.set(k, String(v));
+    const qs = params.toString();
+    if (qs) path = `${path}?${qs}`;
+  }
   if (method !== "GET") {
     // The desk refuses a POST that is not JSON (415), even one without a body.
     init.headers["Content-Type"] = "application/json";
@@ -40,6 +49,6 @@ export async function api(path, { method = "GET", body } = {}) {
     }
   }
   if (res.status === 401 && path !== "/api/login" && state.me) onUnauthorized();
-  if (!res.ok) throw new HttpError(res.status, (data && data.error) || `HTTP ${res.status}`);
+  if (!res.ok) throw new HttpError(res.status, (data && data.error) || `HTTP ${res.status}`, data);
   return data;
 }

@@ -6,12 +6,13 @@ import { renderAll } from "./alarms.js";
 import { api } from "./api.js";
 import { $, el } from "./dom.js";
 import {
-  ACTION_NAMES, CATEGORY_NAMES, RISK_NAMES, SEVERITY_NAMES, STATUS_NAMES,
+  ACTION_NAMES, CATEGORY_NAMES, LEVEL_NAMES, RISK_NAMES, SEVERITY_NAMES, STATUS_NAMES,
   fixText, fmtDuration, fmtTime, plain, typeName,
 } from "./format.js";
 import { centerOnAlarm } from "./map-alarms.js";
 import { track } from "./map-track.js";
 import { namedOffice, namedPlace, whereText } from "./names.js";
+import { selectPerson } from "./people.js";
 import { UNACKED_STATUSES, state, upsert } from "./state.js";
 
 const DETAIL_KEYS_SHOWN = new Set([
@@ -107,7 +108,11 @@ function detailFields(doc) {
     const s = state.subjects.get(doc.subject);
     const extra = s ? [RISK_NAMES[s.risk] || s.risk, CATEGORY_NAMES[s.category] || s.category]
       .filter(Boolean).join(" · ") : "";
-    add("矫正对象", extra ? `${doc.subject}（${extra}）` : doc.subject);
+    const level = s && s.level ? LEVEL_NAMES[s.level] : "";
+    const who = [extra, level].filter(Boolean).join(" · ");
+    add("矫正对象", el("span", {}, who ? `${doc.subject}（${who}）` : doc.subject, " ",
+      el("button", { type: "button", class: "link", text: "人员页", "data-testid": "open-person",
+        onclick: () => selectPerson(doc.subject) })));
     if (s && s.origin) add("委托", `由 ${namedOffice(s.origin)} 委托 ${namedOffice(s.office)} 监管`);
   }
   add("主管单位", namedOffice(doc.office));

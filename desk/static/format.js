@@ -74,3 +74,29 @@ export function plain(v) {
   if (Array.isArray(v)) return v.map(plain).join("、");
   return Object.entries(v).map(([k, x]) => `${k}: ${plain(x)}`).join("；");
 }
+
+// Round 2: levels, leaves, audit.
+export const LEVEL_NAMES = { strict: "严管", normal: "普管", loose: "宽管" };
+export const LEVEL_LABELS = { county: "区县", township: "乡镇街道", zone: "禁止区域" };
+export const LEAVE_STATUS_NAMES = {
+  pending: "待审批", approved: "已批准", rejected: "已驳回", cancelled: "已撤销", closed: "已销假",
+};
+export const LEAVE_ACTION_NAMES = {
+  request: "申请", requested: "申请", create: "申请", approve: "批准", approved: "批准",
+  reject: "驳回", rejected: "驳回", cancel: "撤销", cancelled: "撤销", close: "销假",
+  closed: "销假", import: "导入", imported: "导入",
+};
+export const WEEKDAY_NAMES = ["", "一", "二", "三", "四", "五", "六", "日"];
+export const AUDIT_ACTION_NAMES = {
+  login: "登录", logout: "退出", "user.login": "登录", "user.logout": "退出",
+  "user.disable": "停用用户", "alarm.read": "查看报警", "alarm.ack": "确认报警",
+  "alarm.resolve": "处理报警", "track.read": "查看轨迹", "subject.read": "查看人员",
+  "subject.create": "新增人员", "subject.update": "修改人员", "subject.end": "解除矫正",
+  "leave.read": "查看请假", "leave.list": "查看请假记录", "leave.create": "提交请假", "leave.approve": "批准请假",
+  "leave.reject": "驳回请假", "leave.cancel": "撤销请假", "leave.close": "销假",
+  "audit.read": "查看审计",
+};
+export const ROLE_NAMES = { officer: "工作人员", viewer: "只读（监督）" };
+
+/** "名称 code" for a code in a table of labels. */
+export const labelled = (names, code) => (names[code] ? `${names[code]}（${code}）` : String(code ?? "—"));

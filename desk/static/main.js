@@ -13,17 +13,29 @@
 //   map.js          SVG view, zoom, pan, scale    map-areas.js  jurisdictions and zones
 //   map-alarms.js   alarm dots on the map         map-track.js  a track on the map
 //   state.js, names.js, format.js, dom.js: shared state, names, labels, DOM builders
+// Supervision work (SPEC §11, §12), each a page chosen in the top bar (views.js, which
+// also gives viewers their read-only look):
+//   leave-form.js   the leave request form     leaves.js  the leave list, one leave, steps
+//   people.js       subjects, a person's page  person-form.js  onboarding and edit
+//   audit.js        the audit log page         picker.js  jurisdictions by name or code
+//   dates.js        Beijing-time dates          errors.js  refusals (403/409/422) in words
 
 import { act } from "./actions.js";
 import { setupAlarmList } from "./alarm-list.js";
 import { loadAlarms, renderAll } from "./alarms.js";
 import { setUnauthorizedHandler } from "./api.js";
+import { loadAudit, setupAudit } from "./audit.js";
 import { select } from "./detail.js";
 import { $ } from "./dom.js";
+import { resetLeaveForm, setupLeaveForm } from "./leave-form.js";
+import { leaves, loadLeaves, setupLeaves } from "./leaves.js";
 import { setupMap } from "./map.js";
+import { loadPeople, loadPersonLeaves, people, setupPeople } from "./people.js";
+import { setupPersonForm } from "./person-form.js";
 import { boot, onLogin, onLogout, onUnauthorized } from "./session.js";
 import { renderSoundToggle, toggleSound, unlockAudio } from "./sound.js";
 import { clearTrack, showTrack } from "./track.js";
+import { onShow, setupViews, showView } from "./views.js";
 
 function init() {
   setUnauthorizedHandler(onUnauthorized);
@@ -41,6 +53,22 @@ function init() {
   $("resolve-button").addEventListener("click", () => act("resolve"));
   $("track-show").addEventListener("click", showTrack);
   $("track-clear").addEventListener("click", clearTrack);
+  setupViews();
+  setupLeaves();
+  setupLeaveForm();
+  setupPeople();
+  setupPersonForm();
+  setupAudit();
+  onShow("leave", loadLeaves);
+  onShow("people", loadPeople);
+  onShow("audit", loadAudit);
+  people.onLeave = (id) => {
+    showView("leave");
+    resetLeaveForm(id);
+  };
+  leaves.changed = (subject) => {
+    if (people.selected === subject) loadPersonLeaves(subject);
+  };
   // Browsers allow audio only after a user gesture: the first click or key enables it.
   document.addEventListener("pointerdown", unlockAudio, true);
   document.addEventListener("keydown", unlockAudio, true);

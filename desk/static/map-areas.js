@@ -13,6 +13,7 @@ export async function loadLayer() {
     const fc = await api("/api/layer");
     if (!state.me) return;
     drawLayer(fc);
+    document.dispatchEvent(new Event("places-loaded"));   // pickers waiting for names
     $("map-note").textContent = "";
     renderMapAlarms();
   } catch (e) {
@@ -62,6 +63,7 @@ function drawLayer(fc) {
       level, bbox,
     };
     if (feature.name) state.placeNames.set(feature.code, feature.name);
+    state.places.push({ code: feature.code, name: feature.name, level, parent: feature.parent });
     if (feature.parent && !state.parents.has(feature.code))
       state.parents.set(feature.code, feature.parent);
     const layer = level === "county" ? "counties" : level === "zone" ? "zones" : "townships";

@@ -4,15 +4,21 @@
 import { clearList } from "./alarm-list.js";
 import { cancelRender, loadAlarms } from "./alarms.js";
 import { api } from "./api.js";
+import { resetAudit } from "./audit.js";
 import { resetTitle } from "./counters.js";
 import { cancelHistoryRefresh, loadSubjects, renderDetail } from "./detail.js";
 import { $ } from "./dom.js";
 import { fillFilters } from "./filters.js";
+import { resetLeaveForm } from "./leave-form.js";
+import { countMine, resetLeaves, startLeavePolling, stopLeavePolling } from "./leaves.js";
 import { closeEvents, openEvents, setLive } from "./live.js";
 import { loadLayer } from "./map-areas.js";
 import { eraseTrack } from "./map-track.js";
 import { clearMap } from "./map.js";
+import { fillSubjectOptions, resetPeople } from "./people.js";
+import { closePersonForm } from "./person-form.js";
 import { resetState, state } from "./state.js";
+import { applyRole, showView } from "./views.js";
 
 const BOOT_RETRY_MS = 5000;
 
@@ -97,10 +103,17 @@ function startDesk(me) {
   if (me.office && me.office_name) state.officeNames.set(String(me.office), me.office_name);
   $("me-user").textContent = me.user;
   $("me-office").textContent = `${me.office_name || ""} ${me.office}`.trim();
+  applyRole(me);
   fillFilters(me.offices || []);
   show("desk");
+  showView("alarms");
   renderDetail();
-  loadSubjects();
+  resetLeaveForm();
+  countMine();
+  startLeavePolling();
+  loadSubjects().then(() => {
+    if (state.me === me) fillSubjectOptions();
+  });
   loadLayer();
   // The live stream resumes right after the list's snapshot (its `seq`): nothing between
   // the two is lost. Without a seq it starts at the end, and merging keeps the newest.
@@ -119,4 +132,10 @@ function stopDesk() {
   eraseTrack();
   setLive("off");
   resetTitle();
+  stopLeavePolling();
+  resetLeaves();
+  resetPeople();
+  resetAudit();
+  closePersonForm();
+  applyRole(null);
 }

@@ -9,6 +9,7 @@ export const state = {
   me: null,
   officeNames: new Map(),  // office code -> name (from /api/me)
   placeNames: new Map(),   // jurisdiction or zone code -> name (from /api/layer)
+  places: [],              // [{code, name, level, parent}] of /api/layer, for pickers
   parents: new Map(),      // code -> parent code (offices and layer features)
   alarms: new Map(),       // id -> doc (everything seen: fetched and from SSE)
   fresh: new Set(),        // ids that arrived live and were not opened yet
@@ -28,6 +29,7 @@ export function resetState() {
   });
   state.officeNames.clear();
   state.placeNames.clear();
+  state.places = [];
   state.parents.clear();
   state.alarms.clear();
   state.fresh.clear();
