@@ -59,8 +59,11 @@ class SubjectBook:
         change = self.registry_store.changes_since(self.version)
         if change is None:
             return
-        touched = len(change.keys("subjects"))
-        if self.version < 0 or touched > max(1000, REBUILD_SHARE * self.size):
+        touched = sum(len(change.keys(kind)) for kind in ("subjects", "permits",
+                                                          "delegations"))
+        if self.version < 0 or change.registry.version < self.version or \
+                touched > max(1000, REBUILD_SHARE * self.size):   # a large import, or a
+            # restored older file: built afresh
             self._rebuild(change.registry)
         else:
             self._apply(change)

@@ -5,7 +5,10 @@ An entry about a subject is shown to users of the subject's supervising office o
 (a subject outside the user's subtree, or no longer in the registry, answers as if it
 had no entries; asked for by name, 404 like a missing subject). An entry about nobody
 (a login, say) is shown to users whose subtree holds the office of the user who acted.
-Newest first; `before` (an entry's `seq`) pages back. Reading the log of one person is
+Newest first; `before` (an entry's `seq`) pages back, and `next_before` says where the
+next page starts (null: nothing older). One request reads at most MAX_SCANNED rows, so
+a township's query over a province's log holds the desk's database thread briefly; its
+page may then be short, with `next_before` to go on. Reading the log of one person is
 itself a read of their data, so it is audited too ("audit.read").
 """
 
@@ -18,6 +21,7 @@ from desk.http import json_response
 
 DEFAULT_LIMIT = 200
 PAGE_ROWS = 1_000   # rows read per step while the scope filters them
+MAX_SCANNED = 20_000   # rows one request reads at most; `next_before` continues from there
 
 
 def _text(query, name: str) -> str | None:
@@ -48,18 +52,22 @@ async def list_audit(request: web.Request) -> web.Response:
 
         if subject is not None and not shown(audit.AuditEntry(0, "", "", "", "", subject, "")):
             raise ApiError(404, NO_SUBJECT)
-        log, out, cursor = desk.stores.users.audit, [], before
+        log, out, cursor, scanned = desk.stores.users.audit, [], before, 0
         while len(out) < limit:
             rows = log.entries(subject=subject, user=user, since_ms=since,
                                before_seq=cursor, limit=PAGE_ROWS)
             out.extend((seq, entry) for seq, entry in rows if shown(entry))
+            scanned += len(rows)
             if len(rows) < PAGE_ROWS:
-                break
+                return out[:limit], None
             cursor = rows[-1][0]
-        return out[:limit]
+            if scanned >= MAX_SCANNED:   # a bounded hold of the desk's database thread
+                break
+        # more may be older: continue below the last entry shown, or the last one read
+        return out[:limit], (out[limit - 1][0] if len(out) >= limit else cursor)
 
-    found = await desk.stores.run(read)
+    found, next_before = await desk.stores.run(read)
     if subject is not None:
         await audit.record(request, "audit.read", subject=subject)
     return json_response({"entries": [{**entry.to_document(), "seq": seq}
-                                      for seq, entry in found]})
+                                      for seq, entry in found], "next_before": next_before})

@@ -22,6 +22,8 @@ Who may do what (the rules themselves: `supervision.leave_rules`):
 Every step, and every read of one person's leaves, is written to the audit log.
 """
 
+from dataclasses import replace
+
 from aiohttp import web
 
 from alerts.registry import RegistryError
@@ -33,7 +35,7 @@ from geofence.known_keys import unknown_keys
 from supervision.leave import IMPORTED_PREFIX, STATUSES, Leave, imported_leave, imported_leaves
 from supervision.leave_request import read_request
 from supervision.leave_rules import (Limits, approver_office, authority_refusal, cap_refusals,
-                                     days_used, four_eyes_refusal, leave_days, local_date,
+                                     chained_days, days_used, four_eyes_refusal, local_date,
                                      may_approve)
 from supervision.leave_store import LeaveError, LeaveRefusedError, LeaveStore
 
@@ -155,12 +157,13 @@ async def request_leave(request: web.Request) -> web.Response:
         if not subject.supervised_at(now):
             raise LeaveRefusedError([ENDED])
         standing = wanted.recurring is not None
-        days = leave_days(wanted.start_ms, wanted.end_ms)
-        approver = approver_office(subject.office, _parent_of(scope), days, standing, limits)
-        leave = Leave("", subject.id, subject.office, wanted.destinations, wanted.start_ms,
-                      wanted.end_ms, wanted.reason, wanted.recurring, "pending", approver,
-                      session.user, now)
         store = LeaveStore(desk.stores.registry)
+        leave = Leave("", subject.id, subject.office, wanted.destinations, wanted.start_ms,
+                      wanted.end_ms, wanted.reason, wanted.recurring, "pending", "",
+                      session.user, now)
+        days = chained_days(leave.span(), _neighbours(store, scope, subject.id))
+        leave = replace(leave, approver=approver_office(subject.office, _parent_of(scope),
+                                                        days, standing, limits))
         refusals = cap_refusals(leave.span(), store.approved_spans(subject.id, scope.registry),
                                 limits)
         if refusals:
@@ -208,10 +211,15 @@ async def _step(request: web.Request, action: str) -> web.Response:
             raise ApiError(409, IMPORTED)
         subtree = scope.subtree(session.office)
         if action in ("approve", "reject"):
-            if not may_approve(subtree, leave.approver):
-                raise ApiError(403, authority_refusal(
-                    leave.approver, scope.office_name(leave.approver),
-                    leave_days(leave.start_ms, leave.end_ms), leave.standing, limits))
+            # who approves is decided again now: leaves filed since may have joined this
+            # one into a longer absence (`chained_days`)
+            days = chained_days(leave.span(), _neighbours(store, scope, leave.subject))
+            required = approver_office(scope.registry.subjects[leave.subject].office,
+                                       _parent_of(scope), days, leave.standing, limits)
+            for office in dict.fromkeys((leave.approver, required)):
+                if not may_approve(subtree, office):
+                    raise ApiError(403, authority_refusal(
+                        office, scope.office_name(office), days, leave.standing, limits))
             refusal = four_eyes_refusal(leave.requested_by, session.user, limits) \
                 if action == "approve" else None
             if refusal:
@@ -245,6 +253,13 @@ async def _step(request: web.Request, action: str) -> web.Response:
 
 
 # -- on the database thread --------------------------------------------------------------
+
+def _neighbours(store: LeaveStore, scope, subject_id: str) -> list:
+    """The subject's other leaves that count as one absence with a new one: approved,
+    closed, imported and pending."""
+    pending = [leave.span() for leave in store.query([subject_id], "pending")]
+    return store.approved_spans(subject_id, scope.registry) + pending
+
 
 def _visible(store: LeaveStore, scope, session, leave_id: str, now_ms: int) -> Leave:
     """The leave if the user sees its subject; ApiError 404 otherwise."""

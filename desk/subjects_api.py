@@ -24,7 +24,6 @@ saying whose it is. An end still ahead (a registry file may set one) is no end y
 edits keep it, and `end` brings it forward to now.
 """
 
-import re
 from datetime import datetime, timezone
 
 from aiohttp import web
@@ -98,10 +97,10 @@ async def onboard(request: web.Request) -> web.Response:
 
     def write():
         scope = desk.stores.scope()
-        if isinstance(office, str) and office.strip() and \
-                office.strip() not in scope.subtree(session.office):
-            raise ApiError(403, f"office {office.strip()} is not in your offices' subtree")
-        key = str(subject_id).strip() if isinstance(subject_id, (str, int)) else None
+        code = _code(office)   # read exactly as the registry reads it (a number is a code)
+        if code and code not in scope.subtree(session.office):
+            raise ApiError(403, f"office {code} is not in your offices' subtree")
+        key = _code(subject_id)
         if key and key in scope.registry.subjects:
             raise ApiError(409, ID_IN_USE)
         return _import(desk, scope, session, entry, problems, checkers, now)
@@ -201,27 +200,42 @@ def _import(desk, scope, session, entry: dict, problems: list[str], checkers,
             raise RegistryError(problems)
         registry = store.import_document(document, *checkers)
     except RegistryError as e:
-        raise RegistryError([_unseen_hidden(scope, session, p, now_ms)
-                             for p in e.problems]) from None
+        raise RegistryError(_unseen_hidden(scope, session, e.problems, entry)) from None
     subject = registry.subjects[str(entry["id"]).strip()]
     return _detail(desk.stores.scope(), session, subject, now_ms)
 
 
-_CLAIMED = re.compile(r"^device (.*) is claimed by subjects (.+) and (.+)$", re.DOTALL)
+def _unseen_hidden(scope, session, problems: list[str], entry: dict) -> list[str]:
+    """`problems`, without the id of a person whose phones the user may not know: a phone
+    already held by someone outside the user's supervising side says "a subject outside
+    your offices", never whose it is. Built from the registry, never parsed back out of
+    the message (an id may contain anything)."""
+    claimed = [p for p in problems if p.startswith("device ") and " is claimed by " in p]
+    if not claimed:
+        return problems
+    kept = [p for p in problems if p not in claimed]
+    claimant = _code(entry.get("id")) or ""
+    devices = entry.get("devices") if isinstance(entry.get("devices"), list) else []
+    subtree = scope.subtree(session.office)
+    owner = scope.registry.device_owner
+    for device in dict.fromkeys(str(d) for d in devices):
+        holder = owner.get(device)
+        if holder is None or holder == claimant:
+            continue
+        held = scope.registry.subjects.get(holder)
+        if held is not None and held.office in subtree:   # the supervising side knows it
+            kept.append(f"device {device!r} is claimed by subjects {holder} and {claimant}")
+        else:
+            kept.append(f"device {device!r} of subject {claimant} is held by a subject "
+                        "outside your offices")
+    return kept
 
 
-def _unseen_hidden(scope, session, problem: str, now_ms: int) -> str:
-    """`problem`, without the id of a person the user does not see: a phone number
-    already held elsewhere says "a subject outside your offices", never whose it is."""
-    match = _CLAIMED.match(problem)
-    if match is None:
-        return problem
-    device, holder, claimant = match.groups()
-    subject = scope.registry.subjects.get(holder)
-    if subject is not None and scope.sees_subject(scope.subtree(session.office), subject,
-                                                  now_ms):
-        return problem
-    return f"device {device} of subject {claimant} is held by a subject outside your offices"
+def _code(value) -> str | None:
+    """A code or id as the registry reads it: a string, or a whole number's digits."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value.strip() or None if isinstance(value, str) else None
 
 
 def _detail(scope, session, subject: Subject, now_ms: int) -> dict:
@@ -241,11 +255,14 @@ def _invalid(problems: list[str]) -> web.Response:
 
 def _id_problems(value) -> list[str]:
     """A new id must be reachable as /api/subjects/{id}: at most MAX_ID_CHARS printable
-    characters, no "/" (the import's own checks say whether it is there at all)."""
+    characters, no "/" and no spaces (the import's own checks say whether it is there)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
     if isinstance(value, str) and (len(value.strip()) > MAX_ID_CHARS or "/" in value
-                                   or not value.isprintable()):
-        return [f"the body: id must have at most {MAX_ID_CHARS} printable characters and "
-                "no \"/\""]
+                                   or not value.isprintable()
+                                   or any(ch.isspace() for ch in value.strip())):
+        return [f"the body: id must have at most {MAX_ID_CHARS} printable characters, no "
+                "spaces and no \"/\""]
     return []
 
 

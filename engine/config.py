@@ -108,13 +108,19 @@ class Rules:
 
     def for_level(self, level: str) -> "Rules":
         """These settings as they apply to subjects of supervision `level` (SPEC §11):
-        `[rules]`, then the level's built-in defaults, then its table from the file."""
+        `[rules]`, then the level's built-in defaults, then its table from the file. A
+        built-in default never makes strict looser, or loose stricter, than `[rules]` (a
+        smaller count or time is stricter for every per-level key): with `[rules]
+        signal_lost_after_s = 600`, strict stays at 600, not the default 1800."""
         if level == "normal":
             return self
         if level not in LEVEL_DEFAULTS:
             raise ValueError(f"unknown supervision level {level!r} (known: normal, "
                              f"{', '.join(LEVEL_DEFAULTS)})")
-        return replace(self, **{**LEVEL_DEFAULTS[level], **getattr(self, level)})
+        bound = min if level == "strict" else max
+        defaults = {key: bound(value, getattr(self, key))
+                    for key, value in LEVEL_DEFAULTS[level].items()}
+        return replace(self, **{**defaults, **getattr(self, level)})
 
 
 # Keys of [rules] that may differ by supervision level (SPEC §11): the ones judged per

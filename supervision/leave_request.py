@@ -22,6 +22,8 @@ MAX_REASON_CHARS = 2_000
 MAX_DESTINATIONS = 50
 MAX_CODE_CHARS = 64
 MAX_MS = 2**53
+WITHIN_MS = 2 * 366 * 86_400_000   # a leave's times lie within two years of now: further is
+                                   # a typo (and the calendar-year counts need a real year)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,12 @@ def read_request(body: Mapping, is_place: Callable[[str], bool],
                 _time(body, "end_ms", problems) != end:
             problems.append("end_ms: 长期外出许可以 until_ms 为止 / a standing permit ends at "
                             "until_ms: leave end_ms out or give the same time")
+    for key, value in (("start_ms", start), ("end_ms", end)):
+        if value is not None and abs(value - now_ms) > WITHIN_MS:
+            problems.append(f"{key}: 须在两年之内 / must lie within two years of now")
+    if start is not None and end is not None and max(abs(start - now_ms),
+                                                     abs(end - now_ms)) > WITHIN_MS:
+        start = end = None   # reported above; the caps below need real dates
     if start is not None and end is not None:
         if end <= start:
             problems.append("结束时间须晚于开始时间 / the end must be after the start")

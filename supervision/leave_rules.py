@@ -105,6 +105,26 @@ def approver_office(subject_office: str, parent_of: Callable[[str], str | None],
     return parent_of(subject_office) or subject_office
 
 
+CHAIN_GAP_MS = DAY_MS   # leaves less than a day apart are one absence for who approves it
+
+
+def chained_days(leave: Span, others: Iterable[Span]) -> int:
+    """Days of the absence `leave` belongs to: with the subject's ordinary leaves that
+    overlap it or lie less than CHAIN_GAP_MS before or after it, transitively. Four
+    back-to-back leaves of 7 days are an absence of 28, approved by the county, not four
+    absences the township may approve one by one."""
+    ordinary = [o for o in others if not o.standing and o.id != leave.id]
+    lo, hi = leave.start_ms, leave.end_ms
+    grown = True
+    while grown:
+        grown = False
+        for o in ordinary:
+            near = o.start_ms < hi + CHAIN_GAP_MS and o.end_ms > lo - CHAIN_GAP_MS
+            if near and (o.start_ms < lo or o.end_ms > hi):
+                lo, hi, grown = min(lo, o.start_ms), max(hi, o.end_ms), True
+    return leave_days(lo, hi)
+
+
 def may_approve(user_subtree: Iterable[str], approver: str) -> bool:
     """A user may approve for the approver office or any office above it: the approver
     lies in the user's subtree."""

@@ -163,6 +163,18 @@ def test_built_in_levels_strict_is_stricter_and_loose_more_lenient_than_normal()
         rules.for_level("medium")
 
 
+def test_a_built_in_level_default_never_turns_strict_looser_than_normal():
+    rules = from_mapping(tomllib.loads(
+        "[rules]\nsignal_lost_after_s = 600\nexit_fixes = 5\npermit_overstay_after_s = 300\n"
+    ), source="geofence.toml").rules
+    strict, normal, loose = (rules.for_level(level) for level in ("strict", "normal", "loose"))
+    for key in ("signal_lost_after_s", "exit_fixes", "permit_overstay_after_s",
+                "possible_exit_fixes"):
+        assert getattr(strict, key) <= getattr(normal, key) <= getattr(loose, key), key
+    assert (strict.signal_lost_after_s, strict.exit_fixes) == (600, 1)
+    assert (loose.signal_lost_after_s, loose.exit_fixes) == (7200, 5)
+
+
 def test_level_tables_override_rules_and_the_built_in_level_defaults():
     rules = from_mapping(tomllib.loads(
         "[rules]\nexit_fixes = 4\nreturn_fixes = 3\nsignal_lost_after_s = 5400\n"

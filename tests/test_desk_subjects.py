@@ -149,11 +149,37 @@ def test_onboarding_needs_the_office_in_the_users_subtree(world):
             status, _ = await post(county402, server, "/api/subjects",
                                    {**NEW, "office": T3, "home": [C403]})   # other county
             assert status == 403
+            status, _ = await post(town1, server, "/api/subjects",
+                                   {**NEW, "id": "X1", "office": int(T3)})   # as a number
+            assert status == 403
             status, doc = await post(county402, server, "/api/subjects", {**NEW, "office": T2})
             assert status == 201 and doc["office"] == T2
     run(scenario())
     registry = registry_of(world)
     assert registry.subjects["S9"].office == T2
+    assert "X1" not in registry.subjects
+
+
+def test_a_phone_held_elsewhere_is_never_traced_to_its_holder(world):
+    """Not by an id crafted to look like the registry's message, and not by a delegate
+    office, which sees the person but never their phones."""
+    async def scenario():
+        async with serving(*world) as server, logged_in(server, "town2", "town1") as (
+                town2, town1):
+            crafted = "q is claimed by subjects S2 and z"
+            status, body = await post(town2, server, "/api/subjects",
+                                      {**NEW, "office": T2, "id": crafted,
+                                       "devices": ["13800000003"]})
+            assert status == 422 and not any("S3" in p for p in body["problems"])
+            status, body = await post(town2, server, "/api/subjects",
+                                      {**NEW, "office": T2, "devices": ["13800000003"]})
+            assert status == 422 and not any("S3" in p for p in body["problems"])
+            status, body = await post(town1, server, "/api/subjects",   # S4's delegate
+                                      {**NEW, "devices": ["13800000004"]})
+            assert status == 422 and not any("S4" in p for p in body["problems"])
+            assert body["problems"] == [
+                "device '13800000004' of subject S9 is held by a subject outside your offices"]
+    run(scenario())
 
 
 def test_every_problem_of_an_onboarding_is_reported_at_once_and_nothing_changes(world):

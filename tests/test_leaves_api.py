@@ -165,6 +165,34 @@ def test_ten_days_a_township_officer_may_not_approve_and_the_county_may(world):
     run(scenario())
 
 
+def test_back_to_back_short_leaves_are_one_absence_for_the_county(world):
+    """Four 7-day leaves one after another are 28 days away: not for the township alone."""
+    async def scenario():
+        async with desk(world, "town1", "town1b", "county402") as (server, s):
+            start = now_ms() + DAY_MS
+            first = await file(server, s["town1"], days=7, start=start)
+            assert first["approver"] == T1
+            status, _ = await post(s["town1b"], server, f"/api/leaves/{first['id']}/approve",
+                                   {"note": "同意"})
+            assert status == 200
+            second = await file(server, s["town1"], days=7, start=start + 7 * DAY_MS)
+            assert second["approver"] == C402        # joined to the first: 14 days
+            status, body = await post(s["town1b"], server,
+                                      f"/api/leaves/{second['id']}/approve", {"note": "同意"})
+            assert status == 403 and C402 in body["error"]
+            # filed apart while both pending: the approval decides again
+            third = await file(server, s["town1"], days=5, start=start + 40 * DAY_MS)
+            fourth = await file(server, s["town1"], days=5, start=start + 45 * DAY_MS + 3600_000)
+            assert third["approver"] == T1 and fourth["approver"] == C402
+            status, body = await post(s["town1b"], server,
+                                      f"/api/leaves/{third['id']}/approve", {"note": "同意"})
+            assert status == 403 and C402 in body["error"]
+            status, _ = await post(s["county402"], server,
+                                   f"/api/leaves/{second['id']}/approve", {"note": "同意"})
+            assert status == 200
+    run(scenario())
+
+
 def test_the_county_of_another_branch_may_not_approve(world):
     async def scenario():
         async with desk(world, "town1", "county403") as (server, s):
@@ -292,6 +320,11 @@ def test_bad_requests_list_every_problem_and_write_nothing(world):
             status, body = await post(s["town1"], server, "/api/leaves",
                                       leave_body(until_ms=start + DAY_MS))
             assert status == 422 and "until_ms" in body["error"]
+            for times in ({"start_ms": 300_000_000_000_000, "end_ms": 300_000_086_400_000},
+                          {"end_ms": 2**53}):   # far beyond any calendar the caps count in
+                status, body = await post(s["town1"], server, "/api/leaves",
+                                          leave_body(**times))
+                assert status == 422 and "within two years" in body["error"]
             async with s["town1"].post(server.make_url("/api/leaves"), data=b"{nope",
                                        headers={"Content-Type": "application/json"}) as r:
                 assert r.status == 400
