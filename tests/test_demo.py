@@ -19,6 +19,7 @@ import pytest
 
 from sim.demo import add_demo_arguments, demo_options, run_demo
 from tests.engine_harness import process_alive
+from tests.heavy import heavy_test
 
 TIMEOUT_S = 150
 
@@ -138,6 +139,7 @@ def desk_alarms(url: str, user: str, password: str) -> list[dict]:
     return reply["alarms"] if isinstance(reply, dict) else reply
 
 
+@heavy_test
 def test_ctrl_c_stops_the_carriers_and_every_engine_process(tmp_path):
     demo = Demo(tmp_path / "demo", "--speed", "600")
     try:
