@@ -1,6 +1,6 @@
-"""Heavy runs: the default suite stays under 10 minutes on 2 cores, so these run only with
-`scripts/test --slow` (GEOFENCE_SLOW=1). Mark a test `@heavy`, or a parameter
-`pytest.param(..., marks=heavy)`."""
+"""Heavy or load-sensitive runs: only with `scripts/test --slow` (GEOFENCE_SLOW=1), so the
+default suite stays under 10 minutes on 2 cores and steady on a busy machine. Mark a test
+`@heavy_test`, or a parameter `pytest.param(..., marks=heavy)`."""
 
 import os
 

@@ -14,7 +14,6 @@ from ingest.protocol import encode_cols, encode_rows
 from service.cli import main as cli
 from tests.engine_harness import (Carrier, Engine, population_document, process_alive,
                                   write_config)
-from tests.heavy import heavy_test
 
 SUBJECTS = 200
 BATCH_FIXES = 500
@@ -125,7 +124,6 @@ def test_kill9_of_an_engine_process_loses_nothing_and_evaluates_once(engine_dir,
         engine.stop()
 
 
-@heavy_test
 def test_kill9_of_the_whole_engine_then_restart_evaluates_everything_once(engine_dir):
     engine = Engine(engine_dir)
     carrier = Carrier(engine.endpoint)
@@ -178,7 +176,6 @@ def test_busy_when_evaluation_falls_behind_and_nothing_is_lost(tmp_path):
         engine.stop()
 
 
-@heavy_test
 def test_changing_the_worker_count_never_evaluates_a_batch_twice(engine_dir):
     engine = Engine(engine_dir, workers=1)
     carrier = Carrier(engine.endpoint)
