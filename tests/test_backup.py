@@ -27,6 +27,7 @@ from sim.simulate import simulate
 from tests.engine_harness import Carrier, Engine, population_document, write_config
 from tests.test_engine_delivery import wait_for
 from tests.test_store_check import garbage_pages, geofence, make_storage
+from tests.heavy import heavy_test
 
 FAR = (115.5, 33.5)          # 100+ km from Zaozhuang
 STEP_MS = 60_000
@@ -35,6 +36,7 @@ SIM_SUBJECTS = 150
 SEED = 3
 
 
+@heavy_test
 def test_backup_mid_stream_restores_into_an_engine_that_resumes_without_repeats(tmp_path):
     """The engine moves on between every two files copied (planted fixes evaluated, their
     alarms imported), as a busy engine may: every cursor of the restored files must still

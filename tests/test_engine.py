@@ -14,6 +14,7 @@ from ingest.protocol import encode_cols, encode_rows
 from service.cli import main as cli
 from tests.engine_harness import (Carrier, Engine, population_document, process_alive,
                                   write_config)
+from tests.heavy import heavy_test
 
 SUBJECTS = 200
 BATCH_FIXES = 500
@@ -124,6 +125,7 @@ def test_kill9_of_an_engine_process_loses_nothing_and_evaluates_once(engine_dir,
         engine.stop()
 
 
+@heavy_test
 def test_kill9_of_the_whole_engine_then_restart_evaluates_everything_once(engine_dir):
     engine = Engine(engine_dir)
     carrier = Carrier(engine.endpoint)
