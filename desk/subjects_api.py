@@ -126,6 +126,8 @@ async def edit(request: web.Request) -> web.Response:
     def write():
         scope = desk.stores.scope()
         subject = _changeable(scope, session, subject_id, now)
+        if "home" in body and _moves_home(subject, body["home"]):
+            _may_move_home(scope, session, subject)
         entry = {**_entry_of(subject), **{k: v for k, v in body.items() if k in EDIT_KEYS}}
         return _import(desk, scope, session, entry, problems, checkers, now)
 
@@ -183,6 +185,26 @@ def _changeable(scope, session, subject_id: str, now_ms: int) -> Subject:
     if not subject.supervised_at(now_ms):   # an end still ahead (imported) is no end yet
         raise ApiError(409, ENDED)
     return subject
+
+
+def _moves_home(subject: Subject, home) -> bool:
+    """Whether `home` (as the body gives it) is another area than the subject's; a home
+    that is no list of codes is for the import to refuse with the body's other problems."""
+    if not isinstance(home, list) or not home:
+        return False
+    return sorted({str(_code(c)) for c in home}) != sorted(set(subject.home))
+
+
+def _may_move_home(scope, session, subject: Subject) -> None:
+    """A new home is a change of the place of supervision (变更执行地, 社区矫正法 art. 27):
+    the parent of the supervising office (the county) or above decides it, as it decides
+    a leave beyond `township_max_days`; otherwise a home widened to another county would
+    be a permanent leave nobody above approved. 403 for the supervising office alone."""
+    office = scope.registry.offices.get(subject.office)
+    parent = office.parent if office is not None and office.parent else subject.office
+    if parent not in scope.subtree(session.office):
+        raise ApiError(403, f"变更居住地须由{scope.office_name(parent)}（{parent}）或上级决定 / "
+                            f"a new home is decided by {parent} or above")
 
 
 def _import(desk, scope, session, entry: dict, problems: list[str], checkers,

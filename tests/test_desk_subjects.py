@@ -252,6 +252,25 @@ def test_an_edit_changes_only_the_keys_given(world):
     assert audit_of(world, "S1") == [("subject.update", "town1", "")]
 
 
+def test_a_new_home_is_for_the_county_not_the_township_alone(world):
+    """Widening a home to another county would be a permanent leave: like a long leave,
+    the supervising office's parent decides it (变更执行地)."""
+    async def scenario():
+        async with serving(*world) as server, \
+                logged_in(server, "town1", "county402") as (town1, county402):
+            status, body = await send(town1, server, "PATCH", "/api/subjects/S1",
+                                      {"home": [C402, C403]})
+            assert status == 403 and C402 in body["error"]
+            status, doc = await send(town1, server, "PATCH", "/api/subjects/S1",
+                                     {"home": [C402], "level": "strict"})   # the same home
+            assert status == 200 and doc["level"] == "strict"
+            status, doc = await send(county402, server, "PATCH", "/api/subjects/S1",
+                                     {"home": [C402, C403]})
+            assert status == 200 and doc["home"] == [C402, C403]
+    run(scenario())
+    assert registry_of(world).subjects["S1"].home == (C402, C403)
+
+
 def test_an_edit_is_for_the_supervising_side_and_validated_like_an_import(world):
     before = registry_of(world)
 
