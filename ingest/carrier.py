@@ -149,6 +149,7 @@ class _Flight:
     frame: bytes
     sent_at: float | None = None     # monotonic seconds of the last send
     resend_at: float | None = None   # monotonic seconds; set while backing off after `busy`
+    unsent_since: float | None = None   # refused by the socket since (no connection yet)
 
 
 SEND_RETRY_S = 0.002  # after a send refused by a full pipe
@@ -284,7 +285,10 @@ class CarrierClient:
         self._close_socket()
         self._socket = self._open_socket()
         self.stats.reconnects += 1
+        now = time.monotonic()
         for flight in self._pending.values():
+            if flight.unsent_since is not None:
+                flight.unsent_since = now     # a fresh socket gets a whole timeout to connect
             if flight.sent_at is not None:
                 self._transmit(flight, resend=True)
 
@@ -292,9 +296,12 @@ class CarrierClient:
         try:
             self._socket.send(flight.frame, zmq.NOBLOCK)
         except zmq.Again:   # the pipe is full for now: try again shortly, never drop it
-            flight.sent_at, flight.resend_at = None, time.monotonic() + SEND_RETRY_S
+            now = time.monotonic()
+            flight.sent_at, flight.resend_at = None, now + SEND_RETRY_S
+            if flight.unsent_since is None:
+                flight.unsent_since = now
             return
-        flight.sent_at, flight.resend_at = time.monotonic(), None
+        flight.sent_at, flight.resend_at, flight.unsent_since = time.monotonic(), None, None
         self.stats.sends += 1
         self.stats.resends += resend
 
@@ -368,8 +375,10 @@ class CarrierClient:
             self.stats.batch_errors[ack["error"]] += 1
 
     def _check_timeout(self, now: float) -> None:
-        late = any(f.sent_at is not None and now - f.sent_at >= self.timeout_s
-                   for f in self._pending.values())
+        late = any((f.sent_at is not None and now - f.sent_at >= self.timeout_s)
+                   or (f.unsent_since is not None and now - f.unsent_since >= self.timeout_s)
+                   for f in self._pending.values())   # a socket that never takes it (no
+                                                      # connection, a stalled handshake) too
         if not late:
             return
         self.stats.timeouts += 1
