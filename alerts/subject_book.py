@@ -1,8 +1,8 @@
-"""What evaluation needs of the registry, by subject index, rebuilt on every change.
+"""What evaluation needs of the registry, by subject index, kept current with each change.
 
 The compiled stages address subjects by index (`Subject.index`); this book turns the
-registry's current snapshot into the arrays they take (exclusion set, key flag, rule
-class, end of supervision, registered) and the schedule of allowed areas and routing
+registry's current snapshot into the arrays they take (exclusion set, rule class (level
+and key flag), end of supervision, registered) and the schedule of allowed areas and routing
 (`alerts.schedule`). A running worker polls the registry's version five times a second;
 a change is applied to the subjects it touched only (the registry's change log says
 which), so an approval reaches the verdicts well within a second even on a national
@@ -38,7 +38,6 @@ class SubjectBook:
         self.registry = Registry()
         self.schedule = AreaSchedule.build(self.registry, engine.area_id)
         self.exclusions_of = np.zeros(0, np.int32)
-        self.key = np.zeros(0, np.bool_)
         self.registered = np.zeros(0, np.bool_)
         self.rule_class = np.zeros(0, np.int8)
         self.ended_ms = np.zeros(0, np.int64)
@@ -72,19 +71,16 @@ class SubjectBook:
         schedule = AreaSchedule.build(registry, self.engine.area_id)
         size = schedule.n_subjects
         exclusions_of = np.zeros(size, np.int32)
-        key = np.zeros(size, np.bool_)
         rule_class = np.zeros(size, np.int8)
         ended_ms = np.full(size, NEVER_MS, np.int64)
         subjects: list[Subject | None] = [None] * size
         for s in registry.subjects.values():
             exclusions_of[s.index] = self.engine.exclusion_set_id(s.exclusions)
-            key[s.index] = s.risk == "key"
             rule_class[s.index] = rule_class_of(s)
             if s.ended_ms is not None:
                 ended_ms[s.index] = s.ended_ms
             subjects[s.index] = s
-        self.schedule, self.exclusions_of, self.key, self.subjects = (
-            schedule, exclusions_of, key, subjects)
+        self.schedule, self.exclusions_of, self.subjects = schedule, exclusions_of, subjects
         self.rule_class, self.ended_ms = rule_class, ended_ms
         self.registered = np.array([s is not None for s in subjects], np.bool_)
         self.index_of = {s.id: s.index for s in registry.subjects.values()}
@@ -101,7 +97,6 @@ class SubjectBook:
         if size > len(self.subjects):
             grow = size - len(self.subjects)
             self.exclusions_of = np.concatenate([self.exclusions_of, np.zeros(grow, np.int32)])
-            self.key = np.concatenate([self.key, np.zeros(grow, np.bool_)])
             self.rule_class = np.concatenate([self.rule_class, np.zeros(grow, np.int8)])
             self.ended_ms = np.concatenate([self.ended_ms, np.full(grow, NEVER_MS, np.int64)])
             self.registered = np.concatenate([self.registered, np.zeros(grow, np.bool_)])
@@ -112,7 +107,6 @@ class SubjectBook:
                 continue
             i = s.index
             self.exclusions_of[i] = self.engine.exclusion_set_id(s.exclusions)
-            self.key[i] = s.risk == "key"
             self.rule_class[i] = rule_class_of(s)
             self.ended_ms[i] = NEVER_MS if s.ended_ms is None else s.ended_ms
             self.registered[i] = True

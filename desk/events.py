@@ -65,6 +65,17 @@ SLOT_POLL_S = 0.02
 _IDLE = object()    # a queue wait that timed out
 
 
+
+async def cancel_task(task: asyncio.Task | None) -> None:
+    """Cancel a background task of the desk and wait until it has stopped."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
 @dataclass(eq=False)
 class Client:
     subtree: frozenset[str]
@@ -101,13 +112,8 @@ class ChangeFeed:
     async def stop(self) -> None:
         for client in list(self.clients):
             client.end("shutdown")
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_task(self._task)
+        self._task = None
 
     def add(self, client: Client) -> int:
         """Register a client; returns the position it will be fed after."""

@@ -10,6 +10,8 @@ any table) and only then which streaming sessions are gone, and ends their strea
 import asyncio
 import logging
 
+from desk.events import cancel_task
+
 log = logging.getLogger("geofence.desk")
 
 POLL_S = 0.5
@@ -29,13 +31,8 @@ class RevocationWatch:
         self._task = asyncio.create_task(self._watch(), name="desk-revocations")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_task(self._task)
+        self._task = None
 
     async def _watch(self) -> None:
         while True:
