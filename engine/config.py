@@ -92,6 +92,8 @@ class Rules:
     exclusion_fixes: int = 1
     possible_exclusion_fixes: int = 2
     signal_lost_after_s: int = 3600
+    phone_off_after_s: int = 3 * 3600  # a handset its carrier reports off (关机) or suspended
+                                       # (停机) this long: phone_off (SPEC §14)
     permit_overstay_after_s: int = 1800
     feed_outage_share: float = 0.5
     feed_outage_silence_s: int = 900   # a carrier's subject counts as silent for feed_outage
@@ -127,7 +129,7 @@ class Rules:
 # subject. Any other key in [rules.strict] or [rules.loose] is refused with its reason.
 PER_LEVEL_KEYS = ("exit_fixes", "exit_fixes_key", "return_fixes", "possible_exit_fixes",
                   "exclusion_fixes", "possible_exclusion_fixes", "signal_lost_after_s",
-                  "permit_overstay_after_s")
+                  "phone_off_after_s", "permit_overstay_after_s")
 NOT_PER_LEVEL = {
     "exit_margin_m": "the margin is built into the verdict engine all subjects share",
     "feed_outage_share": "a carrier's outage concerns all of its subjects",
@@ -166,6 +168,16 @@ class Leave:
 
 
 @dataclass(frozen=True)
+class Carriers:
+    """Carriers both ways (SPEC §14): locate requests to their connections."""
+    locate_timeout_s: int = 120        # a request unanswered this long is recorded timed out
+    locate_subject_every_s: int = 60   # the desk asks for one subject at most this often
+    locate_user_per_hour: int = 60     # and one user at most this many times an hour
+    connection_idle_s: int = 300       # a carrier connection silent this long gets no requests
+                                       # (an idle carrier sends an empty batch to stay reachable)
+
+
+@dataclass(frozen=True)
 class Settings:
     storage: Storage = Storage()
     layers: Layers = Layers()
@@ -174,6 +186,7 @@ class Settings:
     desk: Desk = Desk()
     rules: Rules = Rules()
     leave: Leave = Leave()
+    carriers: Carriers = Carriers()
     source: str = "built-in defaults"
 
 
@@ -344,7 +357,8 @@ CHECKS: dict[str, dict[str, Any]] = {
               "exit_fixes": FIXES, "exit_fixes_key": FIXES, "return_fixes": FIXES,
               "possible_exit_fixes": FIXES, "exclusion_fixes": FIXES,
               "possible_exclusion_fixes": FIXES,
-              "signal_lost_after_s": SECONDS, "permit_overstay_after_s": Whole(0, MAX_DURATION_S),
+              "signal_lost_after_s": SECONDS, "phone_off_after_s": SECONDS,
+              "permit_overstay_after_s": Whole(0, MAX_DURATION_S),
               "feed_outage_share": Real(0, 1, above=True), "feed_outage_silence_s": SECONDS,
               "feed_outage_min_subjects": Whole(1, 2**31 - 1),
               "escalate_critical_s": SECONDS, "escalate_high_s": SECONDS,
@@ -356,6 +370,10 @@ CHECKS: dict[str, dict[str, Any]] = {
               "max_days_per_year": Whole(1, MAX_LEAVE_DAYS),
               "standing_max_days": Whole(1, MAX_LEAVE_DAYS), "four_eyes": Flag(),
               "record_past": Flag()},
+    "carriers": {"locate_timeout_s": Whole(1, 24 * 3600),
+                 "locate_subject_every_s": Whole(0, 24 * 3600),
+                 "locate_user_per_hour": Whole(1, 100_000),
+                 "connection_idle_s": Whole(1, 24 * 3600)},
 }
 
 

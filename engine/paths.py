@@ -10,6 +10,8 @@ opens it (`engine.database` says how), and is written by:
                                (with alerts.outbox)
     registry.sqlite            alerts.registry           `geofence registry import`
     desk.sqlite                desk.users                desk, `geofence user add`
+    locate.sqlite              carriers.locate_store     desk (requests), ingest (sent,
+                                                         answered, timed out)
 """
 
 import re
@@ -17,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _EVALUATION = re.compile(r"evaluation-(\d+)-of-(\d+)\.(sqlite|retired)")
-_SINGLE_STORES = ("alarms.sqlite", "fixes.sqlite", "registry.sqlite", "desk.sqlite")
+_SINGLE_STORES = ("alarms.sqlite", "fixes.sqlite", "registry.sqlite", "desk.sqlite",
+                  "locate.sqlite")
 
 
 def is_store_name(name: str) -> bool:
@@ -82,12 +85,17 @@ class EnginePaths:
         """Desk users, sessions, failed logins."""
         return self.root / "desk.sqlite"
 
+    @property
+    def locate_db(self) -> Path:
+        """Locate requests to carriers and their answers (`carriers.locate_store`)."""
+        return self.root / "locate.sqlite"
+
     def store_files(self) -> list[Path]:
         """Every SQLite file present, downstream first: alarms, the evaluation files
-        (retired ones too), fixes, registry, desk: the order `engine.backup` copies
-        them in (its docstring says why)."""
+        (retired ones too), fixes, registry, desk, locate requests: the order
+        `engine.backup` copies them in (its docstring says why)."""
         files = [self.alarms_db] + [e.path for e in self.evaluation_files()]
-        files += [self.fixes_db, self.registry_db, self.desk_db]
+        files += [self.fixes_db, self.registry_db, self.desk_db, self.locate_db]
         return [path for path in files if path.exists()]
 
     def pid_file(self, process: str) -> Path:

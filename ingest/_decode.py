@@ -36,22 +36,26 @@ import numpy as np
 
 from geofence._jit import body, kernel
 from ingest.protocol import (ACC, DEVICE, LAT, LON, MALFORMED, MAX_DEPTH, MAX_DEVICE_CHARS,
-                             MAX_HEADER_KEYS, NO_ERROR, NO_POSITION, NO_SOURCE, OK, SRC, TIME)
+                             MAX_HEADER_KEYS, NO_ERROR, NO_POSITION, NO_SOURCE, OK, SOURCES, SRC,
+                             STATE0, STATES, TIME)
 
 # What `_head` found at a position. ABSENT (0) is what a zeroed header slot says.
 ABSENT, BAD, NIL, BOOL, INT, UINT, FLOAT, STR, BIN, ARRAY, MAP, EXT = range(12)
 _F32, _F64, _U, _S = 100, 101, 102, 103   # internal: fixed-width tails still to convert
 
-# Names the parser knows, by id: header keys 0..5, column keys 6..11, sources 12..14.
+# Names the parser knows, by id: header keys 0..5, column keys 6..11, sources 12..14 and
+# handset states 15..17 (`src` codes 0..5, protocol.SOURCES + protocol.STATES).
 _NAME_LIST = (b"v", b"carrier", b"batch", b"datum", b"fixes", b"cols",
-              b"device", b"t", b"lon", b"lat", b"acc", b"src", b"gps", b"wifi", b"cell")
+              b"device", b"t", b"lon", b"lat", b"acc", b"src", b"gps", b"wifi", b"cell",
+              b"off", b"suspended", b"unreachable")
 _NAMES = np.frombuffer(b"".join(_NAME_LIST), np.uint8).copy()
 _NAME_LEN = np.array([len(s) for s in _NAME_LIST], np.int64)
 _NAME_OFF = np.concatenate(([0], np.cumsum(_NAME_LEN)[:-1])).astype(np.int64)
 K_V, K_CARRIER, K_BATCH, K_DATUM, K_FIXES, K_COLS = range(6)
 C_DEVICE, C_T, C_LON, C_LAT, C_ACC, C_SRC = range(6)   # also the item order of a row
 _COL0, _SRC0 = 6, 12
-BAD_SOURCE = 3          # src code of a given but unknown source (fails SRC)
+N_SRC_NAMES = len(SOURCES) + len(STATES)
+BAD_SOURCE = N_SRC_NAMES   # src code of a given but unknown source (fails SRC)
 
 # hdr slots: per header key k, hdr[3k:3k+3] = (kind, a, b); per column c,
 # hdr[H_COL + 3c : ...] likewise. a = value (INT, UINT bits, BOOL) or offset (STR, BIN:
@@ -417,7 +421,7 @@ def _store_item(buf, field, i, kind, ival, fval, size,
         if kind != NIL:
             s = BAD_SOURCE
             if kind == STR:
-                k = _name_id(buf, ival, size, _SRC0, _SRC0 + 3)
+                k = _name_id(buf, ival, size, _SRC0, _SRC0 + N_SRC_NAMES)
                 if k >= 0:
                     s = k - _SRC0
         src[i] = s
@@ -477,8 +481,9 @@ def fill_column(buf, pos, n, field, dev_off, dev_len, t_ms, lon, lat, acc, src, 
 @kernel
 def fix_reasons(dev_key, t_ms, lon, lat, acc, src, t_lo, t_hi, reason):
     """Each fix's first failing check, in SPEC order: device, time (t_lo <= t <= t_hi),
-    lon, lat, no position, acc, src. On entry reason holds TIME where t was not an
-    integer, OK elsewhere."""
+    lon, lat, no position, acc, src. A handset status row (src `STATE0` and up) has no
+    position: only device and time are checked. On entry reason holds TIME where t was
+    not an integer, OK elsewhere."""
     for i in range(len(reason)):
         r = OK
         t = t_ms[i]
@@ -489,6 +494,8 @@ def fix_reasons(dev_key, t_ms, lon, lat, acc, src, t_lo, t_hi, reason):
             r = DEVICE
         elif reason[i] == TIME or t < t_lo or t > t_hi:
             r = TIME
+        elif src[i] >= STATE0 and src[i] < BAD_SOURCE:
+            r = OK
         elif not (x >= -180.0 and x <= 180.0):
             r = LON
         elif not (y >= -90.0 and y <= 90.0):
@@ -497,6 +504,6 @@ def fix_reasons(dev_key, t_ms, lon, lat, acc, src, t_lo, t_hi, reason):
             r = NO_POSITION
         elif not (np.isnan(a) or (a >= 0.0 and a <= _F64_MAX)):
             r = ACC
-        elif src[i] > 2:
+        elif src[i] >= BAD_SOURCE:
             r = SRC
         reason[i] = r

@@ -42,11 +42,12 @@ import zmq
 from geofence.errors import GeofenceError
 from ingest.auth import configure_client
 from ingest.keys import PUBLIC_SUFFIX, SECRET_SUFFIX, SERVER, load_keypair, load_public_key
-from ingest.protocol import decode_ack
+from ingest.protocol import decode_ack, decode_locate
 
 LATENCY_SAMPLES = 10_000     # the most recent ack latencies kept for percentiles
 BACKOFF_FIRST_MS = 50.0      # first wait after `busy`; doubles per `busy` in a row
 BACKOFF_MAX_MS = 5_000.0     # cap of the wait after `busy`
+LOCATE_QUEUE = 10_000        # locate requests received and not yet taken; older ones drop
 
 
 class CarrierError(GeofenceError, ConnectionError):
@@ -90,7 +91,8 @@ class CarrierStats:
     fixes_rejected: Counter = field(default_factory=Counter)  # reason -> fixes
     fixes_rejected_total: int = 0
     stale_acks: int = 0         # acks for no batch in flight (late or repeated)
-    bad_acks: int = 0           # replies that are not acks
+    bad_acks: int = 0           # replies that are neither acks nor locate requests
+    locate_requests: int = 0    # locate requests the engine sent (SPEC §14)
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
     def latency_percentile(self, q: float) -> float | None:
@@ -107,6 +109,7 @@ class CarrierStats:
                 "fixes_accepted": self.fixes_accepted,
                 "fixes_rejected": dict(self.fixes_rejected),
                 "stale_acks": self.stale_acks, "bad_acks": self.bad_acks,
+                "locate_requests": self.locate_requests,
                 "latency_ms": {"p50": self.latency_percentile(50),
                                "p99": self.latency_percentile(99)}}
 
@@ -117,7 +120,7 @@ class CarrierStats:
         for s in parts:
             for name in ("batches", "sends", "resends", "timeouts", "reconnects",
                          "resends_acknowledged", "fixes_accepted", "fixes_rejected_total",
-                         "stale_acks", "bad_acks"):
+                         "stale_acks", "bad_acks", "locate_requests"):
                 setattr(total, name, getattr(total, name) + getattr(s, name))
             total.acks.update(s.acks)
             total.batch_errors.update(s.batch_errors)
@@ -180,6 +183,7 @@ class CarrierClient:
         self._timeouts_in_row = 0
         self._busy_in_row = 0
         self._socket: zmq.Socket | None = None
+        self._locates: deque[dict] = deque(maxlen=LOCATE_QUEUE)
         self._closed = False
         self._socket = self._open_socket()
 
@@ -237,6 +241,16 @@ class CarrierClient:
         self._pending[batch_no] = flight
         self.stats.batches += 1
         self._transmit(flight, resend=False)
+
+    def take_locate_requests(self) -> list[dict]:
+        """Locate requests (SPEC §14) received so far, oldest first, each once: dicts with
+        `request`, `device` and `reason`. They arrive while the client handles acks (in
+        `send`, `idle`, `drain`); the engine sends them only on a connection that has sent
+        a batch, so an idle carrier that wants them sends an empty batch now and then.
+        Answer with an ordinary batch holding a fix (or a handset status) of the device."""
+        taken = list(self._locates)
+        self._locates.clear()
+        return taken
 
     def unacknowledged(self) -> list[int | None]:
         """Batch numbers in the window without a final ack, in send order."""
@@ -338,7 +352,13 @@ class CarrierClient:
         try:
             ack = decode_ack(frame)
         except ValueError:
-            self.stats.bad_acks += 1
+            try:
+                request = decode_locate(frame)
+            except ValueError:
+                self.stats.bad_acks += 1
+            else:
+                self.stats.locate_requests += 1
+                self._locates.append({k: request[k] for k in ("request", "device", "reason")})
             return None
         key = ack["batch"]
         flight = self._pending.get(key)

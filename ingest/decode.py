@@ -20,7 +20,9 @@ Whole-batch verdicts, first match wins:
 5. TOO_LARGE: more than 100,000 fixes.
 
 Per fix (`reason`, first failing): DEVICE, TIME, LON, LAT, NO_POSITION, ACC, SRC; see
-SPEC §4 and `ingest._decode.fix_reasons`. A float t counts when it is integral and
+SPEC §4 and `ingest._decode.fix_reasons`. A handset status row (`src` one of
+`protocol.STATES`: off, suspended, unreachable) is checked for DEVICE and TIME only: its
+lon, lat and acc are not read. A float t counts when it is integral and
 within int64; booleans are not numbers; nil fails a required number. In a float64 bin
 column of ``acc``, NaN is the bin's way of saying nil (not given).
 
@@ -40,8 +42,8 @@ from ingest import _decode as D
 from ingest.protocol import (ACC, BAD_VERSION, CARRIER_PATTERN, DEFAULT_MAX_FIX_AGE_MS,
                              DEVICE, FUTURE_TOLERANCE_MS, LAT, LON, MALFORMED, MAX_DEPTH,
                              MAX_DEVICE_CHARS, MAX_FIXES, MAX_FRAME_BYTES, MAX_HEADER_KEYS,
-                             NO_ERROR, NO_POSITION, NO_SOURCE, OK, SOURCES, SRC, TIME, TOO_LARGE,
-                             VERSION)
+                             NO_ERROR, NO_POSITION, NO_SOURCE, OK, SRC, SRC_NAMES, STATE0, TIME,
+                             TOO_LARGE, VERSION)
 
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 _CARRIER = re.compile(CARRIER_PATTERN)
@@ -317,12 +319,14 @@ def _ref_fix(device, t, lon, lat, acc, src, lo, hi):
     x, y = _ref_number(lon), _ref_number(lat)
     a = math.nan if acc is None else _ref_number(acc)
     acc_ok = acc is None or (math.isfinite(a) and a >= 0)
-    s = NO_SOURCE if src is None else (SOURCES.index(src) if type(src) is str
-                                       and src in SOURCES else None)
+    s = NO_SOURCE if src is None else (SRC_NAMES.index(src) if type(src) is str
+                                       and src in SRC_NAMES else None)
     if dev is None:
         reason = DEVICE
     elif not t_ok or not lo <= t_val <= hi:
         reason = TIME
+    elif s is not None and s >= STATE0:   # a handset status: no position to check
+        reason = OK
     elif not -180 <= x <= 180:
         reason = LON
     elif not -90 <= y <= 90:

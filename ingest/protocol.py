@@ -16,6 +16,19 @@ Batch (msgpack map, string keys; unknown keys are ignored)::
     {"v": 1, "carrier": ..., "batch": ..., "cols": {"device": [...] | bin int64 LE,
      "t": [...] | bin int64 LE, "lon": [...] | bin f64 LE, "lat": ..., "acc": ..., "src": [...]}}
 
+A row may report the handset's state instead of a position (SPEC §14): `src` is one of
+`STATES` (off 关机, suspended 停机, unreachable 无法接通) and lon, lat, acc are nil::
+
+    [device, t_ms, None, None, None, "off"]       # cols: lon/lat nil (or NaN in a bin)
+
+Locate request (engine -> carrier, unasked, on a DEALER connection; SPEC §14)::
+
+    {"v": 1, "kind": "locate", "request": "L5f0c...", "device": "13800138000",
+     "reason": "desk"}                                                 # or "unsure"
+
+The carrier answers with an ordinary batch; any accepted row of the device made at or
+after the request answers it.
+
 Ack (msgpack map)::
 
     {"v": 1, "batch": 17, "status": "partial", "accepted": 9998,
@@ -53,6 +66,18 @@ STATUSES = ("ok", "partial", "rejected", "duplicate", "busy")
 
 SOURCES = ("gps", "wifi", "cell")   # src codes 0, 1, 2; -1 is nil (unknown)
 NO_SOURCE = -1
+# Handset status instead of a position (关机, 停机, 无法接通): a row whose `src` is one of
+# these carries no position (lon, lat and acc are not read; send nil). src codes 3, 4, 5.
+STATES = ("off", "suspended", "unreachable")
+STATE0 = len(SOURCES)
+SRC_NAMES = SOURCES + STATES
+
+# Engine -> carrier, unasked, on the carrier's DEALER connection (SPEC §14): "give me a
+# fresh position of `device`". The carrier answers with an ordinary batch; the engine takes
+# any accepted row of that device (a fix, or a handset status) made at or after the
+# request as its answer. Acks never carry `kind`, so a carrier tells the two apart by it.
+LOCATE = "locate"
+LOCATE_REASONS = ("desk", "unsure")
 
 
 # ---------------------------------------------------------------- frames, in plain Python
@@ -81,19 +106,24 @@ def _acc_values(acc) -> list:
 
 
 def _src_values(src) -> list:
-    """src as strings or nil: from codes (index of SOURCES, -1 nil) or from strings/None."""
+    """src as strings or nil: from codes (index of SRC_NAMES, -1 nil) or from strings/None."""
     src = np.asarray(src)
     if src.dtype.kind in "iu":
-        return [SOURCES[s] if s >= 0 else None for s in src.tolist()]
+        return [SRC_NAMES[s] if s >= 0 else None for s in src.tolist()]
     return [None if s is None else str(s) for s in src.tolist()]
+
+
+def _coordinates(values) -> list:
+    """lon or lat as numbers, NaN (a handset status row's missing position) as nil."""
+    return [None if math.isnan(v) else v for v in np.asarray(values, np.float64).tolist()]
 
 
 def encode_rows(carrier: str, batch: int, device, t_ms, lon, lat, acc=None, src=None,
                 datum: str | None = None) -> bytes:
-    """A batch in the `fixes` (rows) form. Rows carry acc and src only if given; a NaN acc
-    and a src code of -1 (or None) travel as nil. Devices are sent as their str."""
+    """A batch in the `fixes` (rows) form. Rows carry acc and src only if given; a NaN acc,
+    lon or lat and a src code of -1 (or None) travel as nil. Devices are sent as their str."""
     cols = [_device_strs(device), np.asarray(t_ms, np.int64).tolist(),
-            np.asarray(lon, np.float64).tolist(), np.asarray(lat, np.float64).tolist()]
+            _coordinates(lon), _coordinates(lat)]
     if acc is not None or src is not None:
         cols.append(_acc_values(acc) if acc is not None else [None] * len(cols[0]))
     if src is not None:
@@ -115,8 +145,7 @@ def encode_cols(carrier: str, batch: int, device, t_ms, lon, lat, acc=None, src=
             cols["acc"] = np.asarray(acc, "<f8").tobytes()
     else:
         cols = {"device": _device_strs(device), "t": np.asarray(t_ms, np.int64).tolist(),
-                "lon": np.asarray(lon, np.float64).tolist(),
-                "lat": np.asarray(lat, np.float64).tolist()}
+                "lon": _coordinates(lon), "lat": _coordinates(lat)}
         if acc is not None:
             cols["acc"] = _acc_values(acc)
     if src is not None:
@@ -143,6 +172,34 @@ def encode_ack(batch: int | None, status: str, accepted: int, rejected: list,
         raise ValueError(f"a rejection reason is not one of {REASONS}")
     return _pack({"v": VERSION, "batch": batch, "status": status, "accepted": int(accepted),
                   "rejected": pairs, "error": error})
+
+
+def encode_locate(request: str, device: str, reason: str) -> bytes:
+    """A locate request frame (engine -> carrier)."""
+    if reason not in LOCATE_REASONS:
+        raise ValueError(f"reason {reason!r} is not one of {LOCATE_REASONS}")
+    return _pack({"v": VERSION, "kind": LOCATE, "request": str(request), "device": str(device),
+                  "reason": reason})
+
+
+def is_locate(message: dict) -> bool:
+    """Whether a frame the engine sent a carrier (as msgpack unpacked it) is a locate
+    request rather than an ack."""
+    return isinstance(message, dict) and message.get("kind") == LOCATE
+
+
+def decode_locate(frame: bytes) -> dict:
+    """A locate request frame as {v, kind, request, device, reason}; ValueError if not one."""
+    try:
+        message = msgpack.unpackb(frame, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
+    except Exception as e:
+        raise ValueError(f"not a locate request: {e}") from e
+    keys = ("v", "kind", "request", "device", "reason")
+    if (not is_locate(message) or set(message) != set(keys)
+            or not all(isinstance(message[k], str) for k in keys[2:])
+            or message["reason"] not in LOCATE_REASONS):
+        raise ValueError(f"a locate request is a map with exactly the keys {keys}")
+    return message
 
 
 def _refuse_ext(code, data):

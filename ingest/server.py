@@ -288,13 +288,23 @@ class IngestServer:
         self.accepted_fixes.mark(device, dec.t_ms, reason, now_ms)
         ok = reason == p.OK
         lon, lat = dec.lon[ok], dec.lat[ok]
-        if dec.datum != "wgs84" and ok.any():
-            lon, lat = to_wgs84(lon, lat, dec.datum)
         src = dec.src[ok]
         acc = dec.acc_m[ok]
-        missing = np.isnan(acc)
+        status = src >= p.STATE0      # handset status rows: stored with no position
+        if status.any():
+            lon, lat, acc = (np.where(status, np.nan, col) for col in (lon, lat, acc))
+        positioned = ~status
+        if dec.datum != "wgs84" and positioned.any():
+            if status.any():
+                lon, lat = lon.copy(), lat.copy()
+                lon[positioned], lat[positioned] = to_wgs84(lon[positioned], lat[positioned],
+                                                            dec.datum)
+            else:
+                lon, lat = to_wgs84(lon, lat, dec.datum)
+        missing = np.isnan(acc) & positioned
         if missing.any():
-            acc = np.where(missing, np.asarray(self.options.default_acc_m)[src], acc)
+            acc = np.where(missing, np.asarray(self.options.default_acc_m)[
+                np.where(positioned, src, -1)], acc)
         dev = device[ok]
         fixes = FixColumns(dev, self.devices.subject_of[dev].astype(np.int32), dec.t_ms[ok],
                            np.ascontiguousarray(lon, np.float64),

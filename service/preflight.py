@@ -58,13 +58,15 @@ def create_stores(settings: Settings, paths: EnginePaths, workers: int) -> None:
     history (acknowledging fixes nobody evaluates, forgetting acknowledgements)."""
     from alerts.alarm_store import AlarmStore
     from alerts.registry import RegistryStore
+    from carriers.locate_store import LocateStore
     from desk.users import UserStore
     from ingest.store import Store
     from service.evaluation_store import EvaluationStore
 
     sync = settings.storage.sync
     opened = [Store(paths.fixes_db, sync), AlarmStore(paths.alarms_db, sync),
-              RegistryStore(paths.registry_db), UserStore(paths.desk_db)]
+              RegistryStore(paths.registry_db), UserStore(paths.desk_db),
+              LocateStore(paths.locate_db, sync)]
     opened += [EvaluationStore(paths.worker_db(k, workers), sync) for k in range(workers)]
     for store in opened:
         store.close()

@@ -1,0 +1,1 @@
+"""Carriers both ways (SPEC §14): locate requests to carriers and their answers."""
