@@ -43,27 +43,28 @@ from ingest.protocol import (ACC, DEVICE, LAT, LON, MALFORMED, MAX_DEPTH, MAX_DE
 ABSENT, BAD, NIL, BOOL, INT, UINT, FLOAT, STR, BIN, ARRAY, MAP, EXT = range(12)
 _F32, _F64, _U, _S = 100, 101, 102, 103   # internal: fixed-width tails still to convert
 
-# Names the parser knows, by id: header keys 0..5, column keys 6..11, sources 12..14 and
-# handset states 15..17 (`src` codes 0..5, protocol.SOURCES + protocol.STATES).
-_NAME_LIST = (b"v", b"carrier", b"batch", b"datum", b"fixes", b"cols",
+# Names the parser knows, by id: header keys 0..6, column keys 7..12, sources 13..15 and
+# handset states 16..18 (`src` codes 0..5, protocol.SOURCES + protocol.STATES).
+_NAME_LIST = (b"v", b"carrier", b"batch", b"datum", b"fixes", b"cols", b"request",
               b"device", b"t", b"lon", b"lat", b"acc", b"src", b"gps", b"wifi", b"cell",
               b"off", b"suspended", b"unreachable")
 _NAMES = np.frombuffer(b"".join(_NAME_LIST), np.uint8).copy()
 _NAME_LEN = np.array([len(s) for s in _NAME_LIST], np.int64)
 _NAME_OFF = np.concatenate(([0], np.cumsum(_NAME_LEN)[:-1])).astype(np.int64)
-K_V, K_CARRIER, K_BATCH, K_DATUM, K_FIXES, K_COLS = range(6)
+K_V, K_CARRIER, K_BATCH, K_DATUM, K_FIXES, K_COLS, K_REQUEST = range(7)
 C_DEVICE, C_T, C_LON, C_LAT, C_ACC, C_SRC = range(6)   # also the item order of a row
-_COL0, _SRC0 = 6, 12
+_COL0, _SRC0 = 7, 13
 N_SRC_NAMES = len(SOURCES) + len(STATES)
 BAD_SOURCE = N_SRC_NAMES   # src code of a given but unknown source (fails SRC)
 
 # hdr slots: per header key k, hdr[3k:3k+3] = (kind, a, b); per column c,
 # hdr[H_COL + 3c : ...] likewise. a = value (INT, UINT bits, BOOL) or offset (STR, BIN:
 # payload; ARRAY, MAP: first item); b = byte length (STR, BIN) or item count.
-H_ROWS_BAD = 18         # 1: some element of `fixes` is not an array of 4..6 items
-H_COL = 19
-H_COLS_BAD = 37         # 1: `cols` has a non-str key, a repeated key, or too many keys
-HDR_SIZE = 38
+H_ROWS_BAD = 3 * _COL0  # 1: some element of `fixes` is not an array of 4..6 items
+H_COL = H_ROWS_BAD + 1
+H_COLS_BAD = H_COL + 3 * (_SRC0 - _COL0)  # 1: `cols` has a non-str key, a repeated key,
+                                          # or too many keys
+HDR_SIZE = H_COLS_BAD + 1
 STACK_SIZE = 2 * MAX_DEPTH
 KEYS_SIZE = 6 * MAX_HEADER_KEYS
 

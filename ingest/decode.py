@@ -13,7 +13,8 @@ Whole-batch verdicts, first match wins:
 3. BAD_VERSION: ``v`` is an int other than 1 (checked before the other header fields,
    which a later version may change).
 4. MALFORMED: ``v`` missing or not an int; ``carrier``, ``batch``, ``datum`` missing
-   (datum may be) or mistyped; both or neither of ``fixes`` and ``cols``; a row that is
+   (datum may be) or mistyped; ``request`` (optional: the locate request this batch
+   answers, SPEC §14) not a str of 1..64 of ``[A-Za-z0-9_.-]``; both or neither of ``fixes`` and ``cols``; a row that is
    not an array of 4..6 items; ``cols`` not a map of at most 64 str keys, none repeated,
    with ``device``, ``t``, ``lon``, ``lat``; a column that is not an array (or a bin,
    except ``src``), a bin whose length is not a multiple of 8, columns of unequal length.
@@ -52,6 +53,7 @@ _COLUMNS = ("device", "t", "lon", "lat", "acc", "src")
 _REQUIRED = ("device", "t", "lon", "lat")
 _EMPTY_I64 = np.zeros(0, np.int64)
 _ABSENT = object()
+_INVALID = object()     # a header field given but not valid (`request`)
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,6 +79,7 @@ class DecodedBatch:
     device_off: np.ndarray | None   # int64 offsets into buffer of the UTF-8 device ids
     device_len: np.ndarray | None   # int64 byte lengths; -1 where the device is invalid
     buffer: np.ndarray          # uint8, read-only: the frame
+    request: str | None = None  # the locate request this batch answers (SPEC §14)
 
     def device_strings(self, indices) -> list[str | None]:
         """The device ids of a few fixes (None where invalid): for messages and tests."""
@@ -114,7 +117,8 @@ def _slot(hdr, base):
 
 
 def _header_fields(buf, hdr):
-    """(version, carrier, batch, datum or None if invalid) from the scanned header."""
+    """(version, carrier, batch, datum or None if invalid, request: None if not given,
+    `_INVALID` if invalid) from the scanned header."""
     kind, a, b = _slot(hdr, 3 * D.K_V)
     version = a if kind == D.INT else a + (1 << 64) if kind == D.UINT else None
     kind, a, b = _slot(hdr, 3 * D.K_CARRIER)
@@ -127,7 +131,11 @@ def _header_fields(buf, hdr):
     datum = "wgs84" if kind == D.ABSENT else None
     if kind == D.STR and buf[a:a + b].tobytes().decode() in DATUMS:
         datum = buf[a:a + b].tobytes().decode()
-    return version, carrier, batch, datum
+    kind, a, b = _slot(hdr, 3 * D.K_REQUEST)
+    request = None if kind == D.ABSENT else _INVALID
+    if kind == D.STR and _CARRIER_BYTES.fullmatch(buf[a:a + b].tobytes()):
+        request = buf[a:a + b].tobytes().decode()
+    return version, carrier, batch, datum, request
 
 
 def _layout(hdr):
@@ -169,13 +177,13 @@ def decode_batch(frame: bytes, now_ms: int,
     stack = np.empty(D.STACK_SIZE, np.int64)
     if D.scan_frame(buf, hdr, stack, np.empty(D.KEYS_SIZE, np.int64)) != NO_ERROR:
         return _failed(MALFORMED)
-    version, carrier, batch, datum = _header_fields(buf, hdr)
+    version, carrier, batch, datum, request = _header_fields(buf, hdr)
     header = (version, carrier, batch, datum or "wgs84")
     if version is None:
         return _failed(MALFORMED, *header)
     if version != VERSION:
         return _failed(BAD_VERSION, *header)
-    if carrier is None or batch is None or datum is None:
+    if carrier is None or batch is None or datum is None or request is _INVALID:
         return _failed(MALFORMED, *header)
     error, n, columns = _layout(hdr)
     if error == NO_ERROR and n > MAX_FIXES:
@@ -211,7 +219,7 @@ def decode_batch(frame: bytes, now_ms: int,
     D.fix_reasons(dev_num if numeric else dev_len, t_ms, lon, lat, acc, src, lo, hi, reason)
     return DecodedBatch(NO_ERROR, version, carrier, batch, datum, n, t_ms, lon, lat, acc, src,
                         reason, numeric, dev_num, None if numeric else dev_off,
-                        None if numeric else dev_len, buf)
+                        None if numeric else dev_len, buf, request)
 
 
 def warm_up() -> None:
@@ -361,12 +369,15 @@ def reference_decode(frame: bytes, now_ms: int,
     batch = batch if type(batch) is int and 0 <= batch <= _I64_MAX else None
     datum = m.get("datum", "wgs84")
     datum = datum if type(datum) is str and datum in DATUMS else None
+    request = m.get("request")
+    request_ok = "request" not in m or type(request) is str and _CARRIER.fullmatch(request)
     header = (version, carrier, batch, datum or "wgs84")
     if version is None:
         return _failed(MALFORMED, *header)
     if version != VERSION:
         return _failed(BAD_VERSION, *header)
-    if carrier is None or batch is None or datum is None or ("fixes" in m) == ("cols" in m):
+    if (carrier is None or batch is None or datum is None or not request_ok
+            or ("fixes" in m) == ("cols" in m)):
         return _failed(MALFORMED, *header)
     parsed = _ref_columns(m)
     if parsed is None:
@@ -386,4 +397,4 @@ def reference_decode(frame: bytes, now_ms: int,
         NO_ERROR, version, carrier, batch, datum, n, np.array(t, np.int64), np.array(x, float),
         np.array(y, float), np.array(a, float), np.array(s, np.int8), np.array(reason, np.int8),
         numeric, nums, None if numeric else offs[:n], None if numeric else lens,
-        np.frombuffer(b"".join(encoded), np.uint8))
+        np.frombuffer(b"".join(encoded), np.uint8), request)

@@ -26,8 +26,10 @@ Locate request (engine -> carrier, unasked, on a DEALER connection; SPEC §14)::
     {"v": 1, "kind": "locate", "request": "L5f0c...", "device": "13800138000",
      "reason": "desk"}                                                 # or "unsure"
 
-The carrier answers with an ordinary batch; any accepted row of the device made at or
-after the request answers it.
+The carrier answers with an ordinary batch, best with `"request": "L5f0c..."` in the batch
+map: its first accepted row of the device answers the request, whatever its time. Without
+that key, any accepted row of the device made at or after the request (less 10 s of clock
+skew) answers it.
 
 Ack (msgpack map)::
 
@@ -89,10 +91,12 @@ def _pack(obj) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def _batch_header(carrier: str, batch: int, datum: str | None) -> dict:
+def _batch_header(carrier: str, batch: int, datum: str | None, request: str | None) -> dict:
     header = {"v": VERSION, "carrier": carrier, "batch": int(batch)}
     if datum is not None:
         header["datum"] = datum
+    if request is not None:
+        header["request"] = request
     return header
 
 
@@ -119,7 +123,7 @@ def _coordinates(values) -> list:
 
 
 def encode_rows(carrier: str, batch: int, device, t_ms, lon, lat, acc=None, src=None,
-                datum: str | None = None) -> bytes:
+                datum: str | None = None, request: str | None = None) -> bytes:
     """A batch in the `fixes` (rows) form. Rows carry acc and src only if given; a NaN acc,
     lon or lat and a src code of -1 (or None) travel as nil. Devices are sent as their str."""
     cols = [_device_strs(device), np.asarray(t_ms, np.int64).tolist(),
@@ -128,11 +132,13 @@ def encode_rows(carrier: str, batch: int, device, t_ms, lon, lat, acc=None, src=
         cols.append(_acc_values(acc) if acc is not None else [None] * len(cols[0]))
     if src is not None:
         cols.append(_src_values(src))
-    return _pack({**_batch_header(carrier, batch, datum), "fixes": [list(r) for r in zip(*cols)]})
+    return _pack({**_batch_header(carrier, batch, datum, request),
+                  "fixes": [list(r) for r in zip(*cols)]})
 
 
 def encode_cols(carrier: str, batch: int, device, t_ms, lon, lat, acc=None, src=None,
-                datum: str | None = None, binary: bool = True) -> bytes:
+                datum: str | None = None, binary: bool = True,
+                request: str | None = None) -> bytes:
     """A batch in the `cols` form. binary=True: t, lon, lat, acc as little-endian bins
     (acc NaN = not given) and an integer device array as an int64 bin; else arrays."""
     device = np.asarray(device)
@@ -150,7 +156,7 @@ def encode_cols(carrier: str, batch: int, device, t_ms, lon, lat, acc=None, src=
             cols["acc"] = _acc_values(acc)
     if src is not None:
         cols["src"] = _src_values(src)
-    return _pack({**_batch_header(carrier, batch, datum), "cols": cols})
+    return _pack({**_batch_header(carrier, batch, datum, request), "cols": cols})
 
 
 def rejections(reason) -> list[list]:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from ingest.decode import decode_batch, reference_decode
 from ingest.protocol import (ACC, BAD_VERSION, DEFAULT_MAX_FIX_AGE_MS, DEVICE, DUPLICATE,
                              FUTURE_TOLERANCE_MS, LAT, LON, MALFORMED, MAX_FIXES, MAX_FRAME_BYTES,
-                             NO_ERROR, NO_POSITION, OK, SOURCES, SRC, TIME, TOO_LARGE,
+                             NO_ERROR, NO_POSITION, OK, SOURCES, SRC, STATE0, TIME, TOO_LARGE,
                              decode_ack, encode_ack, encode_cols, encode_rows, rejections)
 
 NOW = 1_700_000_000_000
@@ -132,7 +132,7 @@ _RANK = {DEVICE: 0, TIME: 1, LON: 2, LAT: 3, NO_POSITION: 4, ACC: 5, SRC: 6, OK:
 
 def assert_same(got, want):
     """Same verdicts, and the same values for every field a fix passed."""
-    head = ("error", "version", "carrier", "batch", "datum", "n")
+    head = ("error", "version", "carrier", "batch", "datum", "n", "request")
     assert [getattr(got, k) for k in head] == [getattr(want, k) for k in head]
     if got.error != NO_ERROR:
         return
@@ -143,8 +143,9 @@ def assert_same(got, want):
     assert got.device_strings(ok_dev) == want.device_strings(ok_dev)
     if got.device_numeric:
         np.testing.assert_array_equal(got.device_num[ok_dev], want.device_num[ok_dev])
+    status = (got.reason == OK) & (got.src >= STATE0)   # handset rows: no position read
     for field, passed in (("t_ms", 1), ("lon", 2), ("lat", 3), ("acc_m", 5), ("src", 6)):
-        mask = rank > passed
+        mask = (rank > passed) & ~(status & (field in ("lon", "lat", "acc_m")))
         np.testing.assert_array_equal(getattr(got, field)[mask], getattr(want, field)[mask],
                                       err_msg=field)
     assert got.t_ms.dtype == np.int64 and got.src.dtype == np.int8 and got.reason.dtype == np.int8
@@ -230,6 +231,17 @@ REASON_CASES = [
     ("src in capitals", with_field(5, "GPS"), SRC),
     ("src as bin", with_field(5, b"gps"), SRC),
     ("src as a code", with_field(5, 0), SRC),
+    ("handset off, no position", row_frame(GOOD[0], NOW, None, None, None, "off"), OK),
+    ("handset suspended, position ignored", row_frame(GOOD[0], NOW, 999.0, 0, -1, "suspended"),
+     OK),
+    ("handset unreachable in cols", cols_frame(lon=[None], lat=[None], src=["unreachable"]), OK),
+    ("handset off in bin cols", cols_frame(lon=struct.pack("<d", math.nan),
+                                           lat=struct.pack("<d", math.nan), src=["off"]), OK),
+    ("a handset state still needs its time", row_frame(GOOD[0], None, None, None, None, "off"),
+     TIME),
+    ("a handset state still needs its device", row_frame("", NOW, None, None, None, "off"),
+     DEVICE),
+    ("an unknown state is no position", row_frame(GOOD[0], NOW, None, None, None, "dead"), LON),
     ("device checked before time", row_frame("", None, None, None), DEVICE),
     ("time checked before position", row_frame(GOOD[0], None, 999.0, 999.0), TIME),
 ]
@@ -271,6 +283,10 @@ ERROR_CASES = [
     ("datum gcj02", row_frame(*GOOD, datum="gcj02"), NO_ERROR),
     ("datum unknown", row_frame(*GOOD, datum="WGS84"), MALFORMED),
     ("datum nil", row_frame(*GOOD, datum=None), MALFORMED),
+    ("request of a locate answer", row_frame(*GOOD, request="L0123abcd"), NO_ERROR),
+    ("request empty", row_frame(*GOOD, request=""), MALFORMED),
+    ("request an int", row_frame(*GOOD, request=7), MALFORMED),
+    ("request with a space", row_frame(*GOOD, request="L 1"), MALFORMED),
     ("both fixes and cols", pack({**header(), "fixes": [], "cols": {}}), MALFORMED),
     ("neither fixes nor cols", pack(header()), MALFORMED),
     ("no fixes at all", pack({**header(), "fixes": []}), NO_ERROR),
