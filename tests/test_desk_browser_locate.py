@@ -76,6 +76,22 @@ def desk_running(settings):
         thread.join(30)
 
 
+def login(browser, url: str, user: str, errors: list[str]):
+    """A fresh browser context (its own cookies) logged in as `user`."""
+    from playwright.sync_api import expect
+
+    page = browser.new_context(viewport={"width": 1600, "height": 1000}, locale="zh-CN",
+                               timezone_id="Asia/Shanghai").new_page()
+    page.on("pageerror", lambda e: errors.append(f"{user}: {e}"))
+    page.set_default_timeout(WAIT_MS)
+    page.goto(url)
+    page.get_by_test_id("login-user").fill(user)
+    page.get_by_test_id("login-password").fill(PASSWORD)
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("live-status")).to_have_attribute("data-state", "on")
+    return page
+
+
 def ingest(paths, fn):
     store = LocateStore(paths.locate_db)
     try:
@@ -106,14 +122,7 @@ def test_locate_from_an_alarm_and_a_person_shows_pending_then_the_answer(world):
         browser = p.chromium.launch(executable_path=str(chromium), headless=True,
                                     args=["--no-sandbox"])
         try:
-            page = browser.new_context(viewport={"width": 1600, "height": 1000},
-                                       locale="zh-CN", timezone_id="Asia/Shanghai").new_page()
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.set_default_timeout(WAIT_MS)
-            page.goto(url)
-            page.get_by_test_id("login-user").fill("town1")
-            page.get_by_test_id("login-password").fill(PASSWORD)
-            page.get_by_test_id("login-submit").click()
+            page = login(browser, url, "town1", errors)
             row = page.locator("[data-testid=alarm-row][data-alarm-id='p1']")
             expect(row.locator(".type")).to_have_text("手机关机")
             expect(page.locator("[data-testid=alarm-row][data-alarm-id='u1'] .type")
@@ -170,6 +179,22 @@ def test_locate_from_an_alarm_and_a_person_shows_pending_then_the_answer(world):
             ingest(paths, lambda s: s.expire(request.requested_ms + 120_000, 120_000))
             expect(pnote).to_contain_text("定位超时")
             expect(pbutton).to_be_enabled()
+
+            # the origin office of delegated S4 hears of its request by reading it again
+            # (its events go to the delegate's side)
+            origin = login(browser, url, "town3", errors)
+            origin.get_by_test_id("view-people").click()
+            origin.locator("[data-testid=person-row][data-subject='S4']").click()
+            origin.get_by_test_id("person-locate").click()
+            onote = origin.get_by_test_id("person-locate-note")
+            expect(onote).to_contain_text("已请求")
+            request = open_request(paths, "S4")
+            assert request.office == T1
+            ingest(paths, lambda s: s.answer([(request.id, fix_t + 80, fix_t + 60, "cell",
+                                               117.56, 34.87, 800.0)]))
+            expect(onote).to_contain_text("已定位")
+            expect(onote).to_contain_text("基站")
+            expect(pnote).to_contain_text("已定位")   # and the delegate's page, from its stream
 
             # back on the alarm: the track lists S1's status rows
             write_rows(paths, subject_index(paths, "S1"), [(fix_t + 1000, OFF)], fix_t + 1000, 3)

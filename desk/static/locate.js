@@ -2,21 +2,28 @@
 // from the person's page; follow the request over the live stream (已请求 → 已发送运营商
 // → the fix, a handset status 关机/停机/无法接通, or 定位超时); draw the fix on the map
 // with its accuracy circle. The button is disabled while the person has a request open
-// (whoever asked: the desk allows one per person at a time).
+// (whoever asked: the desk allows one per person at a time). The stream carries a
+// request's events to the offices above the office it went to (the delegate's during a
+// delegation); a request this page cannot hear of there (the origin office asking for a
+// delegated person) is read again every POLL_MS until it closes.
 
 import { api } from "./api.js";
 import { svg } from "./dom.js";
 import { refusal } from "./errors.js";
 import { HANDSET_NAMES, fixText, fmtTime } from "./format.js";
 import { applyScale, fitTo, map, project } from "./map.js";
+import { isUnder } from "./names.js";
+import { state } from "./state.js";
 
 const OPEN = ["pending", "sent"];
 const RANK = { pending: 0, sent: 1, answered: 2, timed_out: 2 };
 const FOCUS_KM = 3;   // half the side of the view around a new fix
+const POLL_MS = 2000;
 
 /** The newest request seen per subject; `onAnswer(doc)`: a request was answered. */
 export const locates = { bySubject: new Map(), onAnswer: () => {} };
 const panels = [];    // {button, note, current, busy, error, subject}
+let pollTimer = 0;
 
 export const isOpen = (doc) => !!doc && OPEN.includes(doc.state);
 
@@ -84,6 +91,7 @@ export function onLocate(doc) {
     : old.requested_at > doc.requested_at)) return;
   locates.bySubject.set(doc.subject, doc);
   renderLocates();
+  schedulePoll();
   if (doc.state === "answered" && (!old || old.request !== doc.request || old.state !== "answered")) {
     if (doc.fix) drawLocateFix(doc);
     locates.onAnswer(doc);
@@ -103,14 +111,27 @@ export async function loadLatestLocate(subject) {
 
 /** After the stream reconnected: read the open requests again (their events are not
  *  replayed). */
-export async function refreshOpenLocates() {
-  for (const doc of [...locates.bySubject.values()].filter(isOpen)) {
+export function refreshOpenLocates() {
+  return refresh([...locates.bySubject.values()].filter(isOpen));
+}
+
+async function refresh(docs) {
+  for (const doc of docs) {
     try {
       onLocate(await api(`/api/locate/${encodeURIComponent(doc.request)}`));
     } catch (e) {
       // gone from the user's scope, or no connection: the next reconnect tries again
     }
   }
+}
+
+/** Whether the stream brings this request's events: its office is in the user's subtree. */
+const streamed = (doc) => !!state.me && isUnder(doc.office, state.me.office);
+
+function schedulePoll() {
+  clearTimeout(pollTimer);
+  const unheard = [...locates.bySubject.values()].filter((d) => isOpen(d) && !streamed(d));
+  pollTimer = unheard.length ? setTimeout(() => refresh(unheard).then(schedulePoll), POLL_MS) : 0;
 }
 
 // The map drawn after an answer came (it loads slowly): draw the answers kept so far.
@@ -143,6 +164,8 @@ function drawLocateFix(doc, focus = true) {
 }
 
 export function resetLocates() {
+  clearTimeout(pollTimer);
+  pollTimer = 0;
   locates.bySubject.clear();
   for (const p of panels) Object.assign(p, { busy: false, error: "", subject: null });
   if (map.layers) map.layers.locate.replaceChildren();
