@@ -199,3 +199,10 @@ class LocateStore:
         """Requests `user` made since `since_ms` (the desk's per-user rate limit)."""
         return self._db.execute("SELECT count(*) FROM requests WHERE requested_by = ? AND "
                                 "requested_ms >= ?", (user, int(since_ms))).fetchone()[0]
+
+    def user_request_times(self, user: str, since_ms: int) -> list[int]:
+        """When `user` made each request since `since_ms`, oldest first (when the desk's
+        per-user limit frees a slot: its Retry-After)."""
+        return [row[0] for row in self._db.execute(
+            "SELECT requested_ms FROM requests WHERE requested_by = ? AND requested_ms >= ? "
+            "ORDER BY requested_ms", (user, int(since_ms)))]

@@ -8,6 +8,7 @@ Routes (SPEC §8, §11, §12): /api/login, /api/logout, /api/me,
 /api/alarms[/{id}[/ack|/resolve]], /api/subjects[/{id}[/track|/end]] (desk.subjects_api),
 /api/events, /api/layer, /api/audit; leaves (`desk.leaves_api`):
 /api/leaves[/{id}[/approve|/reject|/cancel|/close]], /api/subjects/{id}/leaves;
+locate requests (`desk.locate_api`): /api/subjects/{id}/locate[s], /api/locate/{request};
 /healthz and /metrics without a session; the page at / and /static/.
 Middlewares, outermost first: JSON errors and headers, allowed hosts, same origin, the
 session, viewers read only.
@@ -20,11 +21,12 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from desk import api, audit_api, auth, leaves_api, static, subjects_api
+from desk import api, audit_api, auth, leaves_api, locate_api, static, subjects_api
 from desk.context import DESK, HEALTH, DeskState
 from desk.events import ChangeFeed
 from desk.hosts import configured_hosts, host_middleware
 from desk.jsonbody import MAX_BODY_BYTES
+from desk.locate_events import LocateFollower
 from desk.http import (RouteAccessLogger, outer_middleware, same_origin_middleware,
                        session_middleware, viewer_middleware)
 from desk.metrics import DeskMetrics
@@ -59,6 +61,7 @@ def make_app(settings: Settings, paths: EnginePaths, *,
     metrics = DeskMetrics(paths.alarms_db)
     feed = ChangeFeed(stores, on_clients=metrics.sse_clients.set)
     revocations = RevocationWatch(stores, feed)
+    locates = LocateFollower(feed)
     app[DESK] = DeskState(settings, paths, stores, feed, metrics, clock,
                           asyncio.Semaphore(LOGIN_CHECKS_AT_ONCE),
                           asyncio.Semaphore(TRACK_READS_AT_ONCE), asyncio.Lock(), hosts)
@@ -68,10 +71,12 @@ def make_app(settings: Settings, paths: EnginePaths, *,
     async def start(_app):
         await stores.open()
         await feed.start()
+        await locates.start()
         revocations.start()
 
     async def stop_streams(_app):
         await revocations.stop()
+        await locates.stop()
         await feed.stop()
 
     async def close(_app):
@@ -107,6 +112,9 @@ def make_app(settings: Settings, paths: EnginePaths, *,
     r.add_post("/api/leaves/{id}/cancel", leaves_api.cancel)
     r.add_post("/api/leaves/{id}/close", leaves_api.close)
     r.add_get("/api/subjects/{id}/leaves", leaves_api.subject_leaves)
+    r.add_post("/api/subjects/{id}/locate", locate_api.request_locate)
+    r.add_get("/api/subjects/{id}/locates", locate_api.subject_locates)
+    r.add_get("/api/locate/{request}", locate_api.get_locate)
     r.add_get("/healthz", api.health)
     r.add_get("/metrics", api.metrics)
     static.add_routes(app)

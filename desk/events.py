@@ -1,5 +1,8 @@
 """The live alarm stream (`GET /api/events`, Server-Sent Events).
 
+It also carries `locate` events (`desk.locate_events`), which have no id and so never
+move a client's resume point.
+
 One shared task follows the alarm store's change log (`AlarmStore.changes_after`, every
 POLL_S) for all clients, and hands each change to the clients allowed to see it (any
 office the alarm went to lies in the client's subtree). Each client has a bounded queue;
@@ -167,12 +170,17 @@ class ChangeFeed:
         for client in list(self.clients):
             if client.ended or not scope.sees_alarm(client.subtree, alarm, offices):
                 continue
-            try:
-                client.queue.put_nowait((seq, data))
-            except asyncio.QueueFull:
-                log.info("event stream dropped: client %d changes behind", QUEUE_SIZE)
-                self.remove(client)
-                client.end("slow")
+            self.deliver(client, seq, data)
+
+    def deliver(self, client: Client, seq: int | None, data: bytes) -> None:
+        """Queue one event for a client (`seq` None: an event without an id, such as
+        `locate`); a client QUEUE_SIZE events behind is dropped."""
+        try:
+            client.queue.put_nowait((seq, data))
+        except asyncio.QueueFull:
+            log.info("event stream dropped: client %d changes behind", QUEUE_SIZE)
+            self.remove(client)
+            client.end("slow")
 
 
 def _changes_with_offices(stores, after: int, limit: int
@@ -257,7 +265,9 @@ async def stream(request: web.Request, feed: ChangeFeed, client: Client,
             if item is _IDLE:
                 continue
             seq, data = item
-            if seq > sent:
+            if seq is None:   # a locate event (desk.locate_events): no id, never replayed
+                await response.write(data)
+            elif seq > sent:
                 await response.write(data)
                 sent = seq
     except ConnectionError:

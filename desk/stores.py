@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from alerts.alarm_store import AlarmStore
 from alerts.registry import RegistryStore
+from carriers.locate_store import LocateStore
 from desk.scope import Scope
 from desk.users import UserStore
 from engine.paths import EnginePaths
@@ -24,7 +25,8 @@ T = TypeVar("T")
 
 
 class Stores:
-    """The alarm store, the registry and the desk's users, behind one thread."""
+    """The alarm store, the registry, the desk's users and the locate requests, behind one
+    thread."""
 
     def __init__(self, paths: EnginePaths, sync: str = "normal"):
         self.paths = paths
@@ -33,6 +35,7 @@ class Stores:
         self.alarms: AlarmStore | None = None
         self.registry: RegistryStore | None = None
         self.users: UserStore | None = None
+        self.locates: LocateStore | None = None
         self._scope: Scope | None = None
 
     async def run(self, fn: Callable[..., T], *args) -> T:
@@ -47,6 +50,7 @@ class Stores:
         self.alarms = AlarmStore(self.paths.alarms_db, self.sync)
         self.registry = RegistryStore(self.paths.registry_db)
         self.users = UserStore(self.paths.desk_db)
+        self.locates = LocateStore(self.paths.locate_db, self.sync)
 
     def scope(self) -> Scope:
         """The current registry's scope (database thread only): reloaded when the
@@ -63,7 +67,7 @@ class Stores:
             self._executor.shutdown(wait=True)
 
     def _close(self) -> None:
-        for store in (self.alarms, self.registry, self.users):
+        for store in (self.alarms, self.registry, self.users, self.locates):
             if store is not None:
                 store.close()
-        self.alarms = self.registry = self.users = None
+        self.alarms = self.registry = self.users = self.locates = None

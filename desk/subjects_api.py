@@ -7,9 +7,10 @@ included), nothing half-applied. The workers and the ingest pick the new registr
 version up as they pick up an import.
 
 Who may do what (`desk.scope`):
-- read (`GET /api/subjects/{id}`): anyone who sees the person; the phone numbers
-  (`devices`) only on the supervising side (the supervising office or above), never to a
-  delegate office and never in lists.
+- read (`GET /api/subjects/{id}`): anyone who sees the person, with `handset: {state,
+  since}` when their newest row of the last day is a handset status (`desk.tracks`); the
+  phone numbers (`devices`) only on the supervising side (the supervising office or
+  above), never to a delegate office and never in lists.
 - onboard: an officer whose subtree holds the new person's `office` (else 403).
 - edit, end: an officer of the supervising office or above; a person outside the user's
   subtree answers 404, a delegate office that sees them 403.
@@ -24,12 +25,13 @@ saying whose it is. An end still ahead (a registry file may set one) is no end y
 edits keep it, and `end` brings it forward to now.
 """
 
+import asyncio
 from datetime import datetime, timezone
 
 from aiohttp import web
 
 from alerts.registry import ENTRY_KEYS, RegistryError, Subject, parse_document
-from desk import audit
+from desk import audit, tracks
 from desk.context import SESSION, ApiError, desk_of
 from desk.http import json_response
 from desk.jsonbody import json_body
@@ -76,11 +78,26 @@ async def get_subject(request: web.Request) -> web.Response:
     def read():
         scope = desk.stores.scope()
         subject = _visible(scope, session, subject_id, now)
-        return _detail(scope, session, subject, now)
+        windows = scope.track_windows(scope.subtree(session.office), subject, now)
+        return _detail(scope, session, subject, now), subject.index, windows
 
-    doc = await desk.stores.run(read)
+    doc, index, windows = await desk.stores.run(read)
+    handset = await _handset(desk, index, windows, now)
+    if handset is not None:
+        doc["handset"] = handset
     await _audit(request, "subject.read", subject_id)
     return json_response(doc)
+
+
+async def _handset(desk, index: int, windows, now_ms: int) -> dict | None:
+    """`{state, since}` when the person's newest row of the last day (in the windows the
+    user sees) is a handset status (关机, 停机, 无法接通), else None."""
+    if index < 0 or not windows:
+        return None
+    async with desk.track_reads:
+        return await asyncio.get_running_loop().run_in_executor(
+            None, tracks.handset_status, desk.paths.fixes_db, index,
+            now_ms - tracks.DEFAULT_WINDOW_MS, now_ms, windows)
 
 
 # -- writes ------------------------------------------------------------------------------

@@ -4,12 +4,17 @@ The fixes store reads them (`ingest.store.StoreReader.track`, which explains its
 proportional to the whole feed in the window, 0.04-0.8 s for a day of the demo's
 population); the desk bounds what it asks for: windows of at most MAX_WINDOW_MS, at most
 MAX_FIXES fixes, TRACK_READS_AT_ONCE reads at a time, off the event loop.
+
+A stored row may be a handset status instead of a position (src >= STATE0: off 关机,
+suspended 停机, unreachable 无法接通; lon/lat NaN): it is a track entry `{t, handset}`
+without a position, never NaN in JSON. `handset_status` says whether a subject's newest
+row is one, and since when.
 """
 
 import os
 
 from engine.database import NotReadyError
-from ingest.protocol import SOURCES
+from ingest.protocol import SOURCES, SRC_NAMES, STATE0
 from ingest.store import StoreReader
 
 MAX_FIXES = 5_000
@@ -33,11 +38,18 @@ def read_track(fixes_db: str | os.PathLike, subject_index: int, since_ms: int, u
         return [], False
     with reader:
         fixes, truncated = reader.track(subject_index, since_ms, until_ms, limit)
-    names = [SOURCES[s] if 0 <= s < len(SOURCES) else None for s in fixes.src.tolist()]
-    return [{"t": int(a), "lon": round(float(b), 7), "lat": round(float(c), 7),
-             "acc": round(float(d), 1), "src": e}
-            for a, b, c, d, e in zip(fixes.t_ms.tolist(), fixes.lon.tolist(),
-                                     fixes.lat.tolist(), fixes.acc_m.tolist(), names)], truncated
+    return [_entry(*row) for row in zip(fixes.t_ms.tolist(), fixes.lon.tolist(),
+                                        fixes.lat.tolist(), fixes.acc_m.tolist(),
+                                        fixes.src.tolist())], truncated
+
+
+def _entry(t: int, lon: float, lat: float, acc: float, src: int) -> dict:
+    """One track entry: a fix `{t, lon, lat, acc, src}` or a handset status `{t, handset}`."""
+    if src >= STATE0 or lon != lon or lat != lat:   # a status (a NaN position: never shown)
+        return {"t": int(t), "handset": SRC_NAMES[src] if STATE0 <= src < len(SRC_NAMES)
+                else None}
+    return {"t": int(t), "lon": round(lon, 7), "lat": round(lat, 7), "acc": round(acc, 1),
+            "src": SOURCES[src] if 0 <= src < len(SOURCES) else None}
 
 
 def read_windows(fixes_db: str | os.PathLike, subject_index: int, since_ms: int, until_ms: int,
@@ -58,3 +70,23 @@ def read_windows(fixes_db: str | os.PathLike, subject_index: int, since_ms: int,
         if truncated:
             break
     return [fix for piece in reversed(pieces) for fix in piece], truncated
+
+
+STATUS_LOOKBACK_ROWS = 200   # how far back `handset_status` follows one unbroken status
+
+
+def handset_status(fixes_db: str | os.PathLike, subject_index: int, since_ms: int,
+                   until_ms: int, windows) -> dict | None:
+    """`{state, since}` when the subject's newest row in the window is a handset status:
+    its state, and the time of the first row of the unbroken run of that state before it
+    (among the newest STATUS_LOOKBACK_ROWS); None when it is a position or there is none."""
+    rows, _ = read_windows(fixes_db, subject_index, since_ms, until_ms, windows,
+                           STATUS_LOOKBACK_ROWS)
+    if not rows or "handset" not in rows[-1]:
+        return None
+    state, since = rows[-1]["handset"], rows[-1]["t"]
+    for row in reversed(rows):
+        if row.get("handset") != state:
+            break
+        since = row["t"]
+    return {"state": state, "since": since}

@@ -6,9 +6,10 @@ import { renderAll } from "./alarms.js";
 import { api } from "./api.js";
 import { $, el } from "./dom.js";
 import {
-  ACTION_NAMES, CATEGORY_NAMES, LEVEL_NAMES, RISK_NAMES, SEVERITY_NAMES, STATUS_NAMES,
+  ACTION_NAMES, CATEGORY_NAMES, HANDSET_NAMES, LEVEL_NAMES, RISK_NAMES, SEVERITY_NAMES, STATUS_NAMES,
   fixText, fmtDuration, fmtTime, plain, typeName,
 } from "./format.js";
+import { loadLatestLocate, renderLocates } from "./locate.js";
 import { centerOnAlarm } from "./map-alarms.js";
 import { track } from "./map-track.js";
 import { namedOffice, namedPlace, whereText } from "./names.js";
@@ -17,7 +18,7 @@ import { UNACKED_STATUSES, state, upsert } from "./state.js";
 
 const DETAIL_KEYS_SHOWN = new Set([
   "exit_id", "copy_to", "escalated_to", "escalation_level", "repeats", "last", "permit",
-  "carrier", "zone", "silent_for_s", "process", "store", "kind", "reason",
+  "carrier", "zone", "silent_for_s", "process", "store", "kind", "reason", "handset", "since",
 ]);
 // engine_fault: which store failed, and how (details.store, details.kind)
 const STORE_NAMES = { fixes: "定位数据库", evaluation: "研判数据库", alarms: "报警数据库" };
@@ -34,6 +35,8 @@ export function select(id, { focusRow = false, center = true } = {}) {
   renderAll();
   renderDetail();
   refreshHistory(id);
+  const doc = state.alarms.get(id);
+  if (doc && doc.subject) loadLatestLocate(doc.subject);
   if (center) centerOnAlarm(id);
   const row = rows().find((r) => r.dataset.alarmId === id);
   if (row) {
@@ -78,6 +81,7 @@ export function renderDetail() {
   const doc = state.selected ? state.alarms.get(state.selected) : null;
   $("detail-empty").hidden = !!doc;
   $("detail-body").hidden = !doc;
+  renderLocates();
   if (!doc) return;
   const sev = $("detail-sev");
   sev.className = `badge sev-${doc.severity}`;
@@ -131,6 +135,8 @@ function detailFields(doc) {
   if (d.permit !== undefined) add("外出审批", plain(d.permit));
   if (d.carrier) add("运营商", d.carrier);
   if (d.silent_for_s !== undefined) add("失联时长", fmtDuration(d.silent_for_s));
+  if (d.handset !== undefined) add("手机状态", HANDSET_NAMES[d.handset] || plain(d.handset));
+  if (d.since !== undefined) add("状态开始", Number.isFinite(Number(d.since)) ? fmtTime(d.since) : plain(d.since));
   if (d.process) add("进程", d.process);
   if (d.store) add("存储", STORE_NAMES[d.store] || d.store);
   if (d.kind) add("故障", FAULT_NAMES[d.kind] || d.kind);

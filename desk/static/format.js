@@ -8,6 +8,7 @@ export const TYPE_NAMES = {
   exclusion_entry: "进入禁止区域",
   possible_exclusion: "疑似进入禁止区域",
   signal_lost: "失联",
+  phone_off: "手机关机",
   signal_restored: "恢复联系",
   permit_overstay: "外出逾期",
   feed_outage: "数据中断",
@@ -22,6 +23,8 @@ export const ACTION_NAMES = {
   raised: "产生", repeated: "重复", acknowledged: "确认", resolved: "处理", escalated: "升级",
 };
 export const SRC_NAMES = { gps: "GPS", wifi: "WiFi", cell: "基站" };
+// A handset status reported instead of a position (src off, suspended, unreachable).
+export const HANDSET_NAMES = { off: "关机", suspended: "停机", unreachable: "无法接通" };
 export const RISK_NAMES = { normal: "一般", key: "重点人员" };
 export const CATEGORY_NAMES = {
   probation: "缓刑", parole: "假释", medical_parole: "暂予监外执行", control: "管制",
@@ -94,7 +97,8 @@ export const AUDIT_ACTION_NAMES = {
   "subject.create": "新增人员", "subject.update": "修改人员", "subject.end": "解除矫正",
   "leave.read": "查看请假", "leave.list": "查看请假记录", "leave.create": "提交请假", "leave.approve": "批准请假",
   "leave.reject": "驳回请假", "leave.cancel": "撤销请假", "leave.close": "销假",
-  "audit.read": "查看审计",
+  "audit.read": "查看审计", "locate.request": "立即定位", "locate.read": "查看定位请求",
+  "locate.list": "查看定位请求记录",
 };
 export const ROLE_NAMES = { officer: "工作人员", viewer: "只读（监督）" };
 

@@ -5,6 +5,7 @@ import { loadAlarms, scheduleRender } from "./alarms.js";
 import { api } from "./api.js";
 import { renderDetail, scheduleHistoryRefresh } from "./detail.js";
 import { $ } from "./dom.js";
+import { onLocate, refreshOpenLocates } from "./locate.js";
 import { beep } from "./sound.js";
 import { state, upsert } from "./state.js";
 
@@ -21,6 +22,7 @@ export function openEvents(after = null) {
     if (state.sseBroken) {
       state.sseBroken = false;
       loadAlarms();          // catch up on anything the reconnect did not replay
+      refreshOpenLocates();  // locate events are never replayed
     }
   });
   es.addEventListener("alarm", (e) => {
@@ -32,6 +34,14 @@ export function openEvents(after = null) {
     }
     if (e.lastEventId) state.lastEventId = e.lastEventId;
     onAlarmEvent(doc);
+  });
+  // A locate request changed (no id: the resume point stays an alarm change seq).
+  es.addEventListener("locate", (e) => {
+    try {
+      onLocate(JSON.parse(e.data));
+    } catch (err) {
+      // a malformed event: the next read of the request shows it
+    }
   });
   // Too far behind to replay: the stream starts at the end, so fetch the list afresh.
   es.addEventListener("reset", (e) => {

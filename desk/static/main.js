@@ -10,6 +10,7 @@
 //   alarm-list.js   the list rows                         counters.js open counts, title
 //   detail.js       selection, detail panel, history      actions.js  ack / resolve
 //   track.js        the track buttons                     sound.js  beep and its toggle
+//   locate.js       立即定位: locate requests, their state, the fix on the map
 //   map.js          SVG view, zoom, pan, scale    map-areas.js  jurisdictions and zones
 //   map-alarms.js   alarm dots on the map         map-track.js  a track on the map
 //   state.js, names.js, format.js, dom.js: shared state, names, labels, DOM builders
@@ -29,12 +30,15 @@ import { select } from "./detail.js";
 import { $ } from "./dom.js";
 import { resetLeaveForm, setupLeaveForm } from "./leave-form.js";
 import { leaves, loadLeaves, setupLeaves } from "./leaves.js";
+import { bindLocate, locates } from "./locate.js";
+import { track } from "./map-track.js";
 import { setupMap } from "./map.js";
 import { loadPeople, loadPersonLeaves, people, setupPeople } from "./people.js";
 import { setupPersonForm } from "./person-form.js";
 import { boot, onLogin, onLogout, onUnauthorized } from "./session.js";
 import { renderSoundToggle, toggleSound, unlockAudio } from "./sound.js";
 import { clearTrack, showTrack } from "./track.js";
+import { state } from "./state.js";
 import { onShow, setupViews, showView } from "./views.js";
 
 function init() {
@@ -53,6 +57,16 @@ function init() {
   $("resolve-button").addEventListener("click", () => act("resolve"));
   $("track-show").addEventListener("click", showTrack);
   $("track-clear").addEventListener("click", clearTrack);
+  bindLocate($("locate-alarm"), $("locate-alarm-note"), () => {
+    const doc = state.alarms.get(state.selected);
+    return doc && doc.subject ? { subject: doc.subject, alarm: doc.id } : null;
+  });
+  bindLocate($("locate-person"), $("locate-person-note"), () =>
+    (people.doc && !people.doc.ended ? { subject: people.doc.id } : null));
+  // An answer shows in the track too when that person's track is on the map.
+  locates.onAnswer = (doc) => {
+    if (track.subject === doc.subject) showTrack(doc.subject);
+  };
   setupViews();
   setupLeaves();
   setupLeaveForm();

@@ -39,9 +39,12 @@ export function drawTrack(fixes) {
   fitTo(Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys), 0.12);
 }
 
-/** Remove the track and its note. */
+/** Remove the track, its note and its list of handset statuses. */
 export function eraseTrack() {
   track.subject = null;
   if (map.layers) map.layers.track.replaceChildren();
   $("track-note").textContent = "";
+  const statuses = $("track-status");
+  statuses.replaceChildren();
+  statuses.hidden = true;
 }

@@ -1,6 +1,6 @@
 // The map's view: an SVG in kilometres (equirectangular projection scaled by cos(lat)),
 // its layers, zoom and pan, and keeping dots, labels and hatching a constant size on
-// screen. What is drawn on it: map-areas.js, map-alarms.js, map-track.js.
+// screen. What is drawn on it: map-areas.js, map-alarms.js, map-track.js, locate.js.
 
 import { $, svg } from "./dom.js";
 
@@ -44,7 +44,7 @@ export function setupMap(onPick) {
   s.append(defs);
   const layers = {};
   // Bottom to top: what the desk acts on (alarms, the track) is never hidden by a label.
-  for (const name of ["townships", "home", "counties", "zones", "labels", "track", "alarms"]) {
+  for (const name of ["townships", "home", "counties", "zones", "labels", "track", "alarms", "locate"]) {
     layers[name] = svg("g", { class: `layer-${name}` });
     s.append(layers[name]);
   }
@@ -121,6 +121,8 @@ export function applyScale() {
     c.setAttribute("r", (DOT_PX * 2.6 * u).toFixed(5));
   for (const c of layers.track.querySelectorAll(".track-dot"))
     c.setAttribute("r", (TRACK_DOT_PX * u).toFixed(5));
+  for (const c of layers.locate.querySelectorAll(".locate-dot"))
+    c.setAttribute("r", (DOT_PX * 1.3 * u).toFixed(5));
   const hatch = map.svg.querySelector("#zone-hatch");
   const step = (6 * u).toFixed(5);
   hatch.setAttribute("width", step);

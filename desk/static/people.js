@@ -9,6 +9,7 @@ import { $, el } from "./dom.js";
 import { clearRefusal, showRefusal } from "./errors.js";
 import { CATEGORY_NAMES, LEVEL_NAMES, RISK_NAMES, labelled } from "./format.js";
 import { leaveRow, selectLeave } from "./leaves.js";
+import { handsetText, loadLatestLocate, renderLocates } from "./locate.js";
 import { namedOffice, namedPlace } from "./names.js";
 import { state } from "./state.js";
 import { showView } from "./views.js";
@@ -83,6 +84,7 @@ export async function selectPerson(id) {
   clearRefusal($("person-end-error"));
   renderPeople();
   renderPerson();
+  loadLatestLocate(id);
   try {
     const doc = await api(`/api/subjects/${encodeURIComponent(id)}`);
     if (people.selected !== id) return;
@@ -101,6 +103,7 @@ function renderPerson() {
   const doc = people.doc;
   $("person-empty").hidden = !!doc;
   $("person-body").hidden = !doc;
+  renderLocates();
   if (!doc) return;
   const level = doc.level || "normal";
   $("person-title").textContent = doc.id;
@@ -118,6 +121,7 @@ function renderPerson() {
     ["禁止区域", (doc.exclusions || []).map(namedPlace).join("、") || "无"],
   ];
   if (doc.devices) rows.push(["定位设备", doc.devices.join("、") || "—"]);
+  if (doc.handset) rows.push(["手机状态", handsetText(doc.handset)]);
   if (doc.origin) rows.push(["委托", `由 ${namedOffice(doc.origin)} 委托 ${namedOffice(doc.office)} 监管`]);
   if (doc.ended) rows.push(["解除时间", fmtCst(doc.ended)]);
   $("person-fields").replaceChildren(...rows.flatMap(([k, v]) => [

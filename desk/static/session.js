@@ -14,6 +14,7 @@ import { countMine, resetLeaves, startLeavePolling, stopLeavePolling } from "./l
 import { closeEvents, openEvents, setLive } from "./live.js";
 import { loadLayer } from "./map-areas.js";
 import { eraseTrack } from "./map-track.js";
+import { resetLocates } from "./locate.js";
 import { clearMap } from "./map.js";
 import { fillSubjectOptions, resetPeople } from "./people.js";
 import { closePersonForm } from "./person-form.js";
@@ -135,6 +136,7 @@ function stopDesk() {
   stopLeavePolling();
   resetLeaves();
   resetPeople();
+  resetLocates();
   resetAudit();
   closePersonForm();
   applyRole(null);
