@@ -27,7 +27,9 @@ Locate request (engine -> carrier, unasked, on a DEALER connection; SPEC §14)::
      "reason": "desk"}                                                 # or "unsure"
 
 The carrier answers with an ordinary batch; any accepted row of the device made at or
-after the request answers it.
+after the request answers it. A batch that answers one request may also name it,
+`"request": "L5f0c..."` in the batch map (`encode_rows(..., request=)`; the HTTP connector
+does): an engine that reads the key matches by it, one that does not ignores it.
 
 Ack (msgpack map)::
 
@@ -89,10 +91,13 @@ def _pack(obj) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def _batch_header(carrier: str, batch: int, datum: str | None) -> dict:
+def _batch_header(carrier: str, batch: int, datum: str | None,
+                  request: str | None = None) -> dict:
     header = {"v": VERSION, "carrier": carrier, "batch": int(batch)}
     if datum is not None:
         header["datum"] = datum
+    if request is not None:
+        header["request"] = str(request)
     return header
 
 
@@ -119,16 +124,18 @@ def _coordinates(values) -> list:
 
 
 def encode_rows(carrier: str, batch: int, device, t_ms, lon, lat, acc=None, src=None,
-                datum: str | None = None) -> bytes:
+                datum: str | None = None, request: str | None = None) -> bytes:
     """A batch in the `fixes` (rows) form. Rows carry acc and src only if given; a NaN acc,
-    lon or lat and a src code of -1 (or None) travel as nil. Devices are sent as their str."""
+    lon or lat and a src code of -1 (or None) travel as nil. Devices are sent as their str.
+    `request`: the locate request the batch answers (SPEC §14), as a `request` key."""
     cols = [_device_strs(device), np.asarray(t_ms, np.int64).tolist(),
             _coordinates(lon), _coordinates(lat)]
     if acc is not None or src is not None:
         cols.append(_acc_values(acc) if acc is not None else [None] * len(cols[0]))
     if src is not None:
         cols.append(_src_values(src))
-    return _pack({**_batch_header(carrier, batch, datum), "fixes": [list(r) for r in zip(*cols)]})
+    return _pack({**_batch_header(carrier, batch, datum, request),
+                  "fixes": [list(r) for r in zip(*cols)]})
 
 
 def encode_cols(carrier: str, batch: int, device, t_ms, lon, lat, acc=None, src=None,

@@ -1,0 +1,82 @@
+"""What a provider lets us spend: a daily budget of positionings, and a back-off.
+
+Providers bill per positioning request. `DailyBudget` counts the requests of the current
+day (UTC+8 days: the providers' and the offices' calendar). Scheduled polling stops when
+`daily_budget` is spent; the desk's locate requests may go on into `desk_reserve` more.
+At 80 % spent the connector logs one warning a day. The count starts from zero when the
+connector process starts (a restart mid-day may overspend by what it had spent).
+
+`Backoff` holds every request back after an error (a 5xx, a timeout, a refused
+connection) or a 429: the first wait is `first_s`, doubling per failure in a row up to
+`max_s`, jittered; a 429's Retry-After is honoured when it asks for longer. One success
+ends it.
+"""
+
+import random
+
+DAY_S = 86_400
+UTC8_S = 8 * 3600
+WARN_SHARE = 0.8
+
+
+class DailyBudget:
+    def __init__(self, limit: int, reserve: int = 0):
+        self.limit, self.reserve = limit, reserve     # limit 0: no limit
+        self._day = None
+        self.spent = 0
+        self._warned = False
+
+    def _roll(self, now_s: float) -> None:
+        day = int((now_s + UTC8_S) // DAY_S)
+        if day != self._day:
+            self._day, self.spent, self._warned = day, 0, False
+
+    def take(self, now_s: float, desk: bool) -> bool:
+        """Spend one request if the budget allows it (the reserve: desk requests only)."""
+        self._roll(now_s)
+        if self.limit and self.spent >= self.limit + (self.reserve if desk else 0):
+            return False
+        self.spent += 1
+        return True
+
+    def remaining(self, now_s: float) -> float:
+        """Scheduled requests left today (inf without a limit; never below 0)."""
+        self._roll(now_s)
+        return float("inf") if not self.limit else float(max(0, self.limit - self.spent))
+
+    def warning_due(self, now_s: float) -> bool:
+        """True once a day, when 80 % of the budget is spent."""
+        self._roll(now_s)
+        if self.limit and not self._warned and self.spent >= WARN_SHARE * self.limit:
+            self._warned = True
+            return True
+        return False
+
+    def renews_at(self, now_s: float) -> float:
+        """When the next day's budget starts (seconds)."""
+        return ((now_s + UTC8_S) // DAY_S + 1) * DAY_S - UTC8_S
+
+
+class Backoff:
+    def __init__(self, first_s: float, max_s: float, seed: int | None = None):
+        self.first_s, self.max_s = first_s, max(max_s, first_s)
+        self.failures = 0
+        self.until_s = 0.0
+        self._rng = random.Random(seed)
+
+    def failed(self, now_s: float, retry_after_s: float | None = None) -> float:
+        """One more failure in a row: hold requests back; returns the wait in seconds."""
+        self.failures += 1
+        ceiling = min(self.max_s, self.first_s * 2.0 ** min(self.failures - 1, 40))
+        wait = self._rng.uniform(0.8 * ceiling, ceiling)
+        if retry_after_s is not None:
+            wait = max(wait, retry_after_s) if retry_after_s <= 24 * 3600 else wait
+        self.until_s = max(self.until_s, now_s + wait)
+        return wait
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+    def wait_s(self, now_s: float) -> float:
+        """How long a request must still wait (0: go)."""
+        return max(0.0, self.until_s - now_s)
