@@ -6,10 +6,13 @@ day (UTC+8 days: the providers' and the offices' calendar). Scheduled polling st
 At 80 % spent the connector logs one warning a day. The count starts from zero when the
 connector process starts (a restart mid-day may overspend by what it had spent).
 
-`Backoff` holds every request back after an error (a 5xx, a timeout, a refused
-connection) or a 429: the first wait is `first_s`, doubling per failure in a row up to
-`max_s`, jittered; a 429's Retry-After is honoured when it asks for longer. One success
-ends it.
+`Backoff` holds every request back when the provider is in trouble: at once on a 429
+(it asked us to slow down; its Retry-After is honoured when it asks for longer), and after
+HOLD_AFTER failures in a row (5xx, timeouts, refused connections) with no success between.
+An isolated failure holds nobody back (a provider failing 2 % of its requests would
+otherwise stall the whole feed); its device is asked again after `first_s`. The hold is
+`first_s`, doubling per further failure in a row up to `max_s`, jittered. One success
+ends the run of failures.
 """
 
 import random
@@ -17,6 +20,7 @@ import random
 DAY_S = 86_400
 UTC8_S = 8 * 3600
 WARN_SHARE = 0.8
+HOLD_AFTER = 3       # failures in a row (no success between) before every request waits
 
 
 class DailyBudget:
@@ -64,13 +68,17 @@ class Backoff:
         self.until_s = 0.0
         self._rng = random.Random(seed)
 
-    def failed(self, now_s: float, retry_after_s: float | None = None) -> float:
-        """One more failure in a row: hold requests back; returns the wait in seconds."""
+    def failed(self, now_s: float, *, rate_limited: bool = False,
+               retry_after_s: float | None = None) -> float:
+        """One more failure in a row; returns the hold it starts (0: none yet)."""
         self.failures += 1
-        ceiling = min(self.max_s, self.first_s * 2.0 ** min(self.failures - 1, 40))
+        if not rate_limited and self.failures < HOLD_AFTER:
+            return 0.0
+        n = max(1, self.failures - HOLD_AFTER + 1)
+        ceiling = min(self.max_s, self.first_s * 2.0 ** min(n - 1, 40))
         wait = self._rng.uniform(0.8 * ceiling, ceiling)
         if retry_after_s is not None:
-            wait = max(wait, retry_after_s) if retry_after_s <= 24 * 3600 else wait
+            wait = max(wait, min(retry_after_s, 24 * 3600))
         self.until_s = max(self.until_s, now_s + wait)
         return wait
 

@@ -86,7 +86,9 @@ class HttpConnector:
     every_key_s: int = 300             # key persons, whatever their level
     daily_budget: int = 0              # positions a day (UTC+8 days); 0: no limit
     desk_reserve: int = 0              # more a day for the desk's locate requests only
-    backoff_first_s: float = 1.0       # after an error or a 429; doubles, capped
+    backoff_first_s: float = 1.0       # a failed device is asked again after this; 3 errors
+                                       # in a row or a 429 hold all requests this long,
+                                       # doubling per further error, capped
     backoff_max_s: float = 300.0
     prefixes: tuple = ()               # serve devices starting with one of these; (): all
     metrics_bind: str = ""             # HOST:PORT of its /metrics; empty: off

@@ -74,6 +74,7 @@ class Connector:
         self._polls_queued: set[str] = set()
         self._jobs: asyncio.PriorityQueue | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._holding = False
         self._registry_checked = -1e18
         self._refreshed = -1e18
         extra = {} if idle_batch_s is None else {"idle_batch_s": idle_batch_s}
@@ -214,16 +215,21 @@ class Connector:
         """What one answer means: a row for the engine, the next poll, the back-off."""
         name = self.config.name
         if answer.kind in ("retry", "rate_limited"):
-            wait = self.backoff.failed(now_s, answer.retry_after_s)
-            if self.backoff.failures == 1:
-                log.warning("connector %s: %s; backing off %.1f s", name, answer.why or outcome,
-                            wait)
+            hold = self.backoff.failed(now_s, rate_limited=answer.kind == "rate_limited",
+                                       retry_after_s=answer.retry_after_s)
+            if hold and not self._holding:
+                log.warning("connector %s: %s; holding requests back %.1f s", name,
+                            answer.why or outcome, hold)
+            self._holding = hold > 0
+            again_s = max(self.config.backoff_first_s, hold)
             if job.request is not None:
                 if job.tries + 1 < LOCATE_TRIES:
-                    self._put(LOCATE, Job(job.device, job.request, job.reason, job.tries + 1))
+                    retry = Job(job.device, job.request, job.reason, job.tries + 1)
+                    self._loop.call_later(again_s, self._put, LOCATE, retry)
             else:
-                self.schedule.retry_at(job.device, self.backoff.until_s)
+                self.schedule.retry_at(job.device, now_s + again_s)
             return
+        self._holding = False
         self.backoff.succeeded()
         self.schedule.polled(job.device, now_s)
         if answer.kind == "position":

@@ -246,12 +246,16 @@ def _connect_http(args) -> int:
                              f"{len(names)} connector(s) ({', '.join(names) or 'none'})")
         name = names[0]
     stopping: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.append(1))
+    previous = {sig: signal.signal(sig, lambda *_: stopping.append(1))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run_connector(settings, name, lambda: bool(stopping),
-                  on_ready=lambda: print(f"geofence: connector {name} running", flush=True))
+    try:
+        run_connector(settings, name, lambda: bool(stopping),
+                      on_ready=lambda: print(f"geofence: connector {name} running", flush=True))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 

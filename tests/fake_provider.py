@@ -1,4 +1,5 @@
-"""A real HTTP positioning API for tests and the connector benchmark (aiohttp, port 0).
+"""A real HTTP positioning API for tests and the connector benchmark (aiohttp, port 0),
+and a real ZeroMQ ROUTER that acks batches like the engine (`RouterStub`).
 
 `GET /locate?msisdn=DEVICE` (or POST with {"msisdn": DEVICE}) answers what `behave(device,
 n)` says, n being how many times this device was asked before: a `Reply` (status,
@@ -13,7 +14,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import msgpack
+import zmq
 from aiohttp import web
+
+from ingest.protocol import encode_ack
 
 
 @dataclass(frozen=True)
@@ -119,3 +124,42 @@ def toml_table(name: str, table: dict) -> str:
             return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + " }"
         return json.dumps(v)
     return "\n".join([f"[connect.http.{name}]"] + [f"{k} = {value(v)}" for k, v in table.items()])
+
+
+class RouterStub:
+    """A real ROUTER on loopback: acks every batch, keeps them, sends locate requests."""
+
+    def __init__(self):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.batches: list[dict] = []
+        self.outbox: list[bytes] = []
+        self.identity = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            if self.sock.poll(20):
+                identity, frame = self.sock.recv_multipart()
+                batch = msgpack.unpackb(frame, raw=False)
+                self.identity = identity
+                self.batches.append(batch)
+                fixes = batch.get("fixes", [])
+                self.sock.send_multipart([identity, encode_ack(batch["batch"], "ok",
+                                                               len(fixes), [])])
+            while self.outbox and self.identity is not None:
+                self.sock.send_multipart([self.identity, self.outbox.pop(0)])
+
+    def rows(self) -> list[tuple[dict, list]]:
+        return [(b, row) for b in list(self.batches) for row in b.get("fixes", [])]
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+        self.ctx.term()

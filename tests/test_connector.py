@@ -9,10 +9,8 @@ import threading
 import time
 import urllib.request
 
-import msgpack
 import numpy as np
 import pytest
-import zmq
 
 from connect.budget import Backoff, DailyBudget
 from connect.config import ConnectConfigError, HttpConnector, parse_connectors
@@ -20,8 +18,9 @@ from connect.mapping import MISSING, build_request, map_answer, parse_retry_afte
 from connect.runner import Connector, engine_endpoint
 from connect.schedule import PollSchedule
 from engine.config import ConfigError, from_mapping
-from ingest.protocol import STATE0, encode_ack, encode_locate
-from tests.fake_provider import FakeProvider, Reply, connector_table, position, toml_table
+from ingest.protocol import STATE0, encode_locate
+from tests.fake_provider import (FakeProvider, Reply, RouterStub, connector_table, position,
+                                 toml_table)
 
 T0_MS = 1_788_000_000_000
 # Zaozhuang (枣庄): a GCJ-02 answer lies a few hundred metres from its WGS-84 point.
@@ -219,55 +218,20 @@ def test_budget_stops_polls_keeps_a_desk_reserve_and_renews_daily():
     assert DailyBudget(0).take(day, False) and DailyBudget(0).remaining(day) == math.inf
 
 
-def test_backoff_doubles_honours_retry_after_and_resets():
+def test_backoff_holds_after_failures_in_a_row_or_a_429_and_honours_retry_after():
     b = Backoff(1.0, 8.0, seed=1)
-    waits = [b.failed(100.0) for _ in range(5)]
-    assert all(0.8 * c <= w <= c for w, c in zip(waits, (1, 2, 4, 8, 8)))
-    assert b.failed(100.0, retry_after_s=60) == 60 and b.wait_s(100.0) == 60
+    waits = [b.failed(100.0) for _ in range(7)]
+    assert waits[:2] == [0.0, 0.0]              # isolated failures hold nobody back
+    assert all(0.8 * c <= w <= c for w, c in zip(waits[2:], (1, 2, 4, 8, 8)))
     b.succeeded()
-    assert 0.8 <= b.failed(200.0) <= 1.0
+    assert b.failed(200.0) == 0.0
+    assert b.failed(200.0, rate_limited=True, retry_after_s=60) == 60
+    assert b.wait_s(200.0) == 60
+    b.succeeded()
+    assert 0.8 <= b.failed(300.0, rate_limited=True) <= 1.0   # a 429 holds at once
 
 
 # -- the loop, against a provider and a ROUTER that acks like the engine ---------------------
-
-
-class RouterStub:
-    """A real ROUTER on loopback: acks every batch, keeps them, sends locate requests."""
-
-    def __init__(self):
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.endpoint = f"tcp://127.0.0.1:{port}"
-        self.batches: list[dict] = []
-        self.outbox: list[bytes] = []
-        self.identity = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.is_set():
-            if self.sock.poll(20):
-                identity, frame = self.sock.recv_multipart()
-                batch = msgpack.unpackb(frame, raw=False)
-                self.identity = identity
-                self.batches.append(batch)
-                fixes = batch.get("fixes", [])
-                self.sock.send_multipart([identity, encode_ack(batch["batch"], "ok",
-                                                               len(fixes), [])])
-            while self.outbox and self.identity is not None:
-                self.sock.send_multipart([self.identity, self.outbox.pop(0)])
-
-    def rows(self) -> list[tuple[dict, list]]:
-        return [(b, row) for b in list(self.batches) for row in b.get("fixes", [])]
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-        self.ctx.term()
 
 
 def wait_until(condition, timeout_s=30.0, what="condition"):
@@ -486,3 +450,18 @@ def test_connector_in_the_serve_tree_stores_positions_and_handset_states(tmp_pat
     finally:
         engine.stop()
         provider.stop()
+
+
+def test_cli_names_the_connector_to_run(tmp_path, capsys):
+    from service.cli import main
+
+    config = tmp_path / "geofence.toml"
+    tables = [toml_table(n, connector_table("http://127.0.0.1:9/{device}", carrier=n))
+              for n in ("a", "b")]
+    config.write_text(f'[storage]\npath = "{tmp_path / "data"}"\n' + "\n".join(tables) + "\n")
+    assert main(["connect", "http", "--config", str(config)]) == 2
+    assert "--name is needed: " in capsys.readouterr().err
+    assert main(["connect", "http", "--config", str(config), "--name", "c"]) == 2
+    assert "no connector 'c'" in capsys.readouterr().err
+    assert main(["connect", "http", "--config", str(config), "--name", "a"]) == 2
+    assert "no registry at" in capsys.readouterr().err
