@@ -14,4 +14,5 @@ STAGES = {  # stage name -> module with run(quick) -> Report
     "soak": "benchmarks.soak",
     "registry_change": "benchmarks.registry_change",
     "approval_latency": "benchmarks.approval_latency",
+    "connector": "benchmarks.connector",
 }

@@ -87,6 +87,7 @@ class Connector:
         """Until should_stop(): plan, ask, settle. Stops the feed (acks awaited) at the end."""
         self._loop = asyncio.get_running_loop()
         self._jobs = asyncio.PriorityQueue()
+        self._room = asyncio.Event()
         self.feed.start()
         c = self.config
         session = aiohttp.ClientSession(
@@ -102,7 +103,11 @@ class Connector:
                 if not self.feed.alive():
                     raise RuntimeError("the connector's engine feed stopped") from self.feed.error
                 self.plan(self.clock())
-                await asyncio.sleep(PLAN_EVERY_S)
+                self._room.clear()
+                try:   # again when an asker takes a poll (room in the queue), or shortly
+                    await asyncio.wait_for(self._room.wait(), PLAN_EVERY_S)
+                except asyncio.TimeoutError:
+                    pass
         finally:
             for task in askers:
                 task.cancel()
@@ -173,6 +178,7 @@ class Connector:
             finally:
                 if job.request is None:
                     self._polls_queued.discard(job.device)
+                    self._room.set()
 
     async def _handle(self, job: Job) -> None:
         while (wait := self.backoff.wait_s(self.clock())) > 0:
