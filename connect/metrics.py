@@ -29,7 +29,8 @@ class ConnectorMetrics:
             "geofence_connect_locate_requests", "Locate requests received from the engine",
             ["connector", "reason"], registry=r)
         self.skipped = Counter(
-            "geofence_connect_skipped", "Polls not made: the daily budget was spent",
+            "geofence_connect_skipped", "Requests not made: the daily budget was spent (budget, "
+            "locate_budget), the device is not this connector's (not_served)",
             ["connector", "why"], registry=r)
         self.budget = Gauge(
             "geofence_connect_budget_remaining", "Scheduled requests left today "

@@ -185,9 +185,11 @@ class Connector:
             await asyncio.sleep(wait)
         now = self.clock()
         if not self.budget.take(now, desk=job.reason == "desk"):
-            self.metrics.skipped.labels(self.config.name, "budget").inc()
             if job.request is None:
+                self.metrics.skipped.labels(self.config.name, "budget").inc()
                 self.schedule.retry_at(job.device, self.budget.renews_at(now))
+            else:   # the engine records it timed out
+                self.metrics.skipped.labels(self.config.name, "locate_budget").inc()
             return
         answer, outcome = await self.ask(job.device)
         self.settle(job, answer, outcome, self.clock())

@@ -302,9 +302,10 @@ def test_locate_requests_go_first_name_their_request_and_use_the_desk_reserve(tm
                               encode_locate("L-desk", "13900000002", "desk")]
             wait_until(lambda: any(b.get("request") == "L-desk" for b in router.batches),
                        what="the desk's answer")
-            wait_until(lambda: sample(connector, "geofence_connect_locate_requests_total",
-                                      reason="unsure") == 1, what="the unsure request counted")
-            time.sleep(0.3)
+            wait_until(lambda: sample(connector, "geofence_connect_skipped_total",
+                                      why="locate_budget") == 1, what="the unsure refused")
+            assert sample(connector, "geofence_connect_locate_requests_total",
+                          reason="unsure") == 1
             assert sum(provider.asked.values()) == 7          # the reserve: desk only
             answer = [b for b in router.batches if b.get("request") == "L-desk"][0]
             assert [row[0] for row in answer["fixes"]] == ["13900000002"]
@@ -312,8 +313,10 @@ def test_locate_requests_go_first_name_their_request_and_use_the_desk_reserve(tm
             assert not any(b.get("request") == "L-unsure" for b in router.batches)
             wait_until(lambda: sample(connector, "geofence_connect_rows_accepted_total") == 7,
                        what="every answer acked")
-            idle = [b for b in router.batches if b["fixes"] == []]
-            assert len(idle) >= 2          # the hello, then one about every idle_batch_s
+            last = router.batches[-1]["batch"]   # idle from now on: an empty batch comes
+            wait_until(lambda: any(b["fixes"] == [] and b["batch"] > last
+                                   for b in router.batches), what="an idle batch")
+            assert router.batches[0]["fixes"] == []     # the hello
     finally:
         router.close()
         provider.stop()
