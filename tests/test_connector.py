@@ -38,14 +38,19 @@ def registry_document(devices: dict[str, tuple[str, str]]) -> dict:
     return {"offices": offices, "subjects": subjects}
 
 
-def registry_store(path, devices):
+def _import(path, document) -> None:
     from alerts.registry import RegistryStore
     from engine.config import Settings
     from engine.layers import code_checkers, load_layers
 
     store = RegistryStore(path)
-    store.import_document(registry_document(devices), *code_checkers(*load_layers(Settings())))
+    store.import_document(document, *code_checkers(*load_layers(Settings())))
     store.close()
+
+
+def registry_store(path, devices):
+    """A registry file holding `registry_document(devices)`; its path."""
+    _import(path, registry_document(devices))
     return path
 
 
@@ -168,22 +173,20 @@ def test_map_answer_statuses_time_formats_and_garbage():
 # -- schedule, budget, back-off -----------------------------------------------------------
 
 
-class _Registry:
-    """The part of `Registry` the schedule reads, for the table-driven cases below."""
+def _registry(subjects, version=1):
+    """A registry snapshot (`alerts.registry.Registry`) of (id, devices, level, risk, ended)."""
+    from alerts.registry import Registry, Subject
 
-    def __init__(self, subjects, version=1):
-        from alerts.registry import Subject
-
-        self.subjects = {sid: Subject(sid, tuple(devices), COUNTY, (COUNTY,), level=level,
-                                      risk=risk, ended_ms=ended)
-                         for sid, devices, level, risk, ended in subjects}
-        self.version = version
+    return Registry(subjects={sid: Subject(sid, tuple(devices), COUNTY, (COUNTY,), level=level,
+                                           risk=risk, ended_ms=ended)
+                              for sid, devices, level, risk, ended in subjects},
+                    version=version)
 
 
 def test_schedule_per_level_and_key_and_prefixes():
     c = _connector(every_strict_s=10, every_normal_s=30, every_loose_s=100, every_key_s=5)
     schedule = PollSchedule(c.every_s, prefixes=("139",))
-    schedule.update(_Registry([("a", ["13900000001"], "strict", "normal", None),
+    schedule.update(_registry([("a", ["13900000001"], "strict", "normal", None),
                                ("b", ["13900000002"], "loose", "key", None),
                                ("c", ["13900000003"], "loose", "normal", None),
                                ("d", ["13800000004"], "normal", "normal", None),
@@ -197,7 +200,7 @@ def test_schedule_per_level_and_key_and_prefixes():
     counts = {d: polls.count(d) for d in set(polls)}
     assert counts == {"13900000001": 20, "13900000002": 40, "13900000003": 2}
     # a level change is taken at once: loose -> strict polls within the new interval
-    schedule.update(_Registry([("c", ["13900000003"], "strict", "normal", None)], 2), 201.0)
+    schedule.update(_registry([("c", ["13900000003"], "strict", "normal", None)], 2), 201.0)
     assert len(schedule) == 1 and schedule.due(211.0, 10) == ["13900000003"]
 
 
@@ -350,6 +353,8 @@ def test_provider_errors_back_off_retry_after_is_honoured_and_bad_answers_are_co
     registry = registry_store(tmp_path / "registry.sqlite", devices)
 
     def behave(device, n):
+        if device == "13900000014":
+            return Reply(doc=position(LON, LAT, T0_MS + n))
         if device == "13900000011":   # 5xx twice, then fine
             return Reply(503) if n < 2 else Reply(doc=position(LON, LAT, T0_MS + n))
         if device == "13900000012":   # 429 with Retry-After: 1 once
@@ -368,6 +373,10 @@ def test_provider_errors_back_off_retry_after_is_honoured_and_bad_answers_are_co
                        {"13900000011", "13900000012"}, what="fixes after errors")
             wait_until(lambda: sample(connector, "geofence_connect_requests_total",
                                       outcome="malformed") >= 1, what="a malformed answer")
+            _import(registry, {"subjects": [{"id": "S-new", "devices": ["13900000014"],
+                                             "office": COUNTY, "home": [COUNTY],
+                                             "level": "strict"}]})
+            wait_until(lambda: provider.asked["13900000014"] > 0, what="a new subject polled")
     finally:
         router.close()
         provider.stop()
@@ -380,8 +389,8 @@ def test_provider_errors_back_off_retry_after_is_honoured_and_bad_answers_are_co
     assert after and min(after) - first_429 >= 1.0                 # Retry-After: 1
     # nobody at all was asked within the second after the 429
     assert all(not (first_429 < t < first_429 + 0.99) for t, _, _ in provider.log)
-    assert sample(connector, "geofence_connect_provider_latency_seconds_count") == \
-        len(provider.log)
+    timed = sample(connector, "geofence_connect_provider_latency_seconds_count")
+    assert len(provider.log) - config.concurrency <= timed <= len(provider.log)   # in flight
     assert not any(row[0] == "13900000013" for _, row in router.rows())
 
 
@@ -468,3 +477,20 @@ def test_cli_names_the_connector_to_run(tmp_path, capsys):
     assert "no connector 'c'" in capsys.readouterr().err
     assert main(["connect", "http", "--config", str(config), "--name", "a"]) == 2
     assert "no registry at" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_connector_that_cannot_start(tmp_path, monkeypatch):
+    from service.preflight import StartError, preflight
+
+    monkeypatch.delenv("LBS_TOKEN_T", raising=False)
+    table = connector_table("http://127.0.0.1:9/{device}",
+                            headers={"Authorization": "Bearer ${LBS_TOKEN_T}"},
+                            curve_keys=str(tmp_path / "nokeys"))
+    settings = from_mapping({"storage": {"path": str(tmp_path / "data")},
+                             "connect": {"http": {"t": table}}}, "t.toml")
+    with pytest.raises(StartError) as e:
+        preflight(settings)
+    assert e.value.problems[0] == ('t.toml: [connect] http: connector "t": environment '
+                                   'variable LBS_TOKEN_T is not set')
+    assert e.value.problems[1].startswith("t.toml: [connect.http.t] curve_keys: ")
+    assert len(e.value.problems) == 2
