@@ -3,8 +3,9 @@
 Providers bill per positioning request. `DailyBudget` counts the requests of the current
 day (UTC+8 days: the providers' and the offices' calendar). Scheduled polling stops when
 `daily_budget` is spent; the desk's locate requests may go on into `desk_reserve` more.
-At 80 % spent the connector logs one warning a day. The count starts from zero when the
-connector process starts (a restart mid-day may overspend by what it had spent).
+At 80 % spent the connector logs one warning a day. `BudgetFile` keeps the day's count
+across restarts (saved every few seconds and at stop: a crash forgets at most those
+seconds' requests).
 
 `Backoff` holds every request back when the provider is in trouble: at once on a 429
 (it asked us to slow down; its Retry-After is honoured when it asks for longer), and after
@@ -15,7 +16,13 @@ otherwise stall the whole feed); its device is asked again after `first_s`. The 
 ends the run of failures.
 """
 
+import json
+import logging
+import os
 import random
+from pathlib import Path
+
+log = logging.getLogger("geofence.connect")
 
 DAY_S = 86_400
 UTC8_S = 8 * 3600
@@ -56,9 +63,49 @@ class DailyBudget:
             return True
         return False
 
+    def state(self, now_s: float) -> tuple[int, int]:
+        """(day number, requests spent that day): what `BudgetFile` keeps."""
+        self._roll(now_s)
+        return self._day, self.spent
+
+    def restore(self, day: int, spent: int, now_s: float) -> None:
+        """Take a saved count, if it is today's."""
+        self._roll(now_s)
+        if day == self._day and spent > self.spent:
+            self.spent = spent
+
     def renews_at(self, now_s: float) -> float:
         """When the next day's budget starts (seconds)."""
         return ((now_s + UTC8_S) // DAY_S + 1) * DAY_S - UTC8_S
+
+
+class BudgetFile:
+    """`connect-NAME.budget.json` in the storage path: {"day": n, "spent": k}. Written
+    whole to a temporary file and renamed, so a crash leaves the old count or the new; an
+    unreadable file is logged and counted as nothing spent."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def load(self) -> tuple[int, int] | None:
+        try:
+            doc = json.loads(self.path.read_text())
+            day, spent = doc["day"], doc["spent"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("budget file %s unreadable (%s); counting from zero", self.path,
+                        type(e).__name__)
+            return None
+        if type(day) is not int or type(spent) is not int or spent < 0:
+            log.warning("budget file %s holds no count; counting from zero", self.path)
+            return None
+        return day, spent
+
+    def save(self, day: int, spent: int) -> None:
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"day": day, "spent": spent}))
+        os.replace(temporary, self.path)
 
 
 class Backoff:

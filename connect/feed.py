@@ -31,7 +31,7 @@ IDLE_BATCH_S = 30.0
 LINGER_S = 0.05
 MAX_ROWS = 500
 PUMP_S = 0.05
-STOP_DRAIN_S = 10.0
+STOP_DRAIN_S = 3.0       # at stop: how long queued rows and unacked batches may take
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,11 @@ class EngineFeed:
     def backlog(self) -> int:
         return self._rows.qsize()
 
-    def stop(self, timeout_s: float = STOP_DRAIN_S) -> None:
-        """Send what is queued, wait up to `timeout_s` for its acks, close."""
+    def stop(self) -> None:
+        """Send what is queued, wait up to STOP_DRAIN_S for its acks, close. Rows left
+        unacknowledged are dropped: their phones are asked again on schedule."""
         self._stopping.set()
-        self._thread.join(timeout_s + 5)
+        self._thread.join(STOP_DRAIN_S + 5)
 
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -101,8 +102,11 @@ class EngineFeed:
     def _loop(self, client: CarrierClient) -> None:
         unsent: list[tuple[int, bytes]] = [self._frame([])]   # hello: the engine knows us
         last_sent = time.monotonic()
+        stop_by = None
         while True:
             stopping = self._stopping.is_set()
+            if stopping and stop_by is None:
+                stop_by = time.monotonic() + STOP_DRAIN_S
             rows = self._take(0 if unsent else LINGER_S)
             unsent += self._frames(rows)
             if not unsent and time.monotonic() - last_sent >= self.idle_batch_s:
@@ -116,11 +120,11 @@ class EngineFeed:
             except CarrierError as e:   # the engine is away: the window keeps its batches
                 log.warning("connector feed: %s", e)
             self._hand_over(client)
-            if stopping and not unsent and self._rows.empty():
+            if stopping and ((not unsent and self._rows.empty())
+                             or time.monotonic() >= stop_by):
                 break
         try:
-            end = time.monotonic() + STOP_DRAIN_S
-            while client.unacknowledged() and time.monotonic() < end:
+            while client.unacknowledged() and time.monotonic() < stop_by:
                 client.idle(PUMP_S)
         except CarrierError as e:
             log.warning("connector feed: stopped with batches unacknowledged: %s", e)

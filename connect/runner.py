@@ -27,7 +27,7 @@ from pathlib import Path
 
 import aiohttp
 
-from connect.budget import Backoff, DailyBudget
+from connect.budget import Backoff, BudgetFile, DailyBudget
 from connect.config import HttpConnector, check_environment
 from connect.feed import EngineFeed, Row
 from connect.mapping import MAX_ANSWER_BYTES, Answer, build_request, map_answer
@@ -40,6 +40,7 @@ LOCATE_TRIES = 3
 PLAN_EVERY_S = 0.2             # how often due devices are queued
 REGISTRY_CHECK_S = 2.0         # how often the registry's version is looked at
 REFRESH_S = 300.0              # the schedule re-read anyway (subjects whose supervision ended)
+SAVE_BUDGET_S = 5.0            # how often the day's count is saved (when it changed)
 LOCATE, POLL = 0, 1            # job priorities
 
 
@@ -59,7 +60,7 @@ class Connector:
     def __init__(self, config: HttpConnector, endpoint: str, registry_db, *,
                  env: dict | None = None, metrics: ConnectorMetrics | None = None,
                  curve=None, ctx=None, clock: Callable[[], float] = time.time,
-                 idle_batch_s: float | None = None):
+                 idle_batch_s: float | None = None, budget_file: BudgetFile | None = None):
         self.config = config
         self.env = dict(os.environ if env is None else env)
         check_environment(config, self.env)
@@ -69,6 +70,9 @@ class Connector:
         self.clock = clock
         self.schedule = PollSchedule(config.every_s, config.prefixes)
         self.budget = DailyBudget(config.daily_budget, config.desk_reserve)
+        self.budget_file = budget_file
+        self._saved: tuple[int, int] | None = None
+        self._saved_at = -1e18
         self.backoff = Backoff(config.backoff_first_s, config.backoff_max_s)
         self._seq = itertools.count()
         self._polls_queued: set[str] = set()
@@ -86,6 +90,10 @@ class Connector:
     async def run(self, should_stop: Callable[[], bool], on_ready: Callable[[], None] = None):
         """Until should_stop(): plan, ask, settle. Stops the feed (acks awaited) at the end."""
         self._loop = asyncio.get_running_loop()
+        if self.budget_file is not None:
+            saved = self.budget_file.load()
+            if saved is not None:
+                self.budget.restore(*saved, self.clock())
         self._jobs = asyncio.PriorityQueue()
         self._room = asyncio.Event()
         self.feed.start()
@@ -113,6 +121,7 @@ class Connector:
                 task.cancel()
             await asyncio.gather(*askers, return_exceptions=True)
             await session.close()
+            self.save_budget(self.clock(), force=True)
             await asyncio.get_running_loop().run_in_executor(None, self.feed.stop)
             if self._registry is not None:
                 self._registry.close()
@@ -151,6 +160,7 @@ class Connector:
                 self.metrics.served.labels(self.config.name).set(len(self.schedule))
         m, name = self.metrics, self.config.name
         m.budget.labels(name).set(self.budget.remaining(now_s))
+        self.save_budget(now_s)
         if self.budget.warning_due(now_s):
             log.warning("connector %s: 80 %% of the daily budget of %d positionings spent",
                         name, self.budget.limit)
@@ -167,6 +177,20 @@ class Connector:
             self._put(POLL, Job(device))
             queued += 1
         return queued
+
+    def save_budget(self, now_s: float, force: bool = False) -> None:
+        """The day's count to the budget file, if it changed (every SAVE_BUDGET_S)."""
+        if self.budget_file is None or not self.config.daily_budget:
+            return
+        state = self.budget.state(now_s)
+        if state != self._saved and (force or now_s - self._saved_at >= SAVE_BUDGET_S):
+            try:
+                self.budget_file.save(*state)
+            except OSError as e:   # a full disk: the count lives on in memory
+                log.warning("connector %s: budget not saved: %s", self.config.name,
+                            e.strerror or type(e).__name__)
+                return
+            self._saved, self._saved_at = state, now_s
 
     # -- ask and settle ------------------------------------------------------------------
 
@@ -286,8 +310,10 @@ def run_connector(settings, name: str, should_stop: Callable[[], bool], *,
     if config.metrics_bind:
         _serve_metrics(config.metrics_bind, metrics)
     endpoint = engine_endpoint(config, ingest_endpoint or settings.ingest.bind)
-    connector = Connector(config, endpoint,
-                          registry_db, metrics=metrics, curve=curve)
+    budget_file = BudgetFile(Path(settings.storage.path).absolute() /
+                             f"connect-{name}.budget.json")
+    connector = Connector(config, endpoint, registry_db, metrics=metrics, curve=curve,
+                          budget_file=budget_file)
     log.info("connector %s: carrier %s, %d askers", name, config.carrier, config.concurrency)
     asyncio.run(connector.run(should_stop, on_ready))
 

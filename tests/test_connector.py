@@ -12,7 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from connect.budget import Backoff, DailyBudget
+from connect.budget import Backoff, BudgetFile, DailyBudget
 from connect.config import ConnectConfigError, HttpConnector, parse_connectors
 from connect.mapping import MISSING, build_request, map_answer, parse_retry_after, read_path
 from connect.runner import Connector, engine_endpoint
@@ -221,6 +221,24 @@ def test_budget_stops_polls_keeps_a_desk_reserve_and_renews_daily():
     assert DailyBudget(0).take(day, False) and DailyBudget(0).remaining(day) == math.inf
 
 
+def test_budget_file_keeps_the_days_count_across_restarts(tmp_path):
+    day = 1_796_227_200.0
+    first = DailyBudget(limit=10)
+    for _ in range(4):
+        first.take(day, desk=False)
+    file = BudgetFile(tmp_path / "connect-t.budget.json")
+    file.save(*first.state(day))
+    again = DailyBudget(limit=10)
+    again.restore(*file.load(), day + 60)
+    assert again.remaining(day + 60) == 6
+    tomorrow = DailyBudget(limit=10)
+    tomorrow.restore(*file.load(), day + 86_400)
+    assert tomorrow.remaining(day + 86_400) == 10
+    for garbage in ("", "{", '{"day": "x", "spent": 1}', '{"day": 1, "spent": -5}', "[]"):
+        file.path.write_text(garbage)
+        assert file.load() is None
+
+
 def test_backoff_holds_after_failures_in_a_row_or_a_429_and_honours_retry_after():
     b = Backoff(1.0, 8.0, seed=1)
     waits = [b.failed(100.0) for _ in range(7)]
@@ -293,7 +311,9 @@ def test_locate_requests_go_first_name_their_request_and_use_the_desk_reserve(tm
     router = RouterStub()
     config = _connector(url=provider.url, every_normal_s=1, daily_budget=6, desk_reserve=1,
                         concurrency=2)
-    connector = Connector(config, router.endpoint, registry, env={}, idle_batch_s=0.5)
+    budget_file = BudgetFile(tmp_path / "connect-t.budget.json")
+    connector = Connector(config, router.endpoint, registry, env={}, idle_batch_s=0.5,
+                          budget_file=budget_file)
     try:
         with Running(connector):
             wait_until(lambda: sum(provider.asked.values()) >= 6, what="the daily budget used")
@@ -324,6 +344,7 @@ def test_locate_requests_go_first_name_their_request_and_use_the_desk_reserve(tm
         router.close()
         provider.stop()
     assert sorted(b["batch"] for b in router.batches) == [b["batch"] for b in router.batches]
+    assert budget_file.load()[1] == 7          # saved at stop: a restart spends no more
 
 
 def test_locate_requests_jump_the_queue_of_scheduled_polls(tmp_path):
