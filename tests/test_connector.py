@@ -471,15 +471,17 @@ def test_connector_in_the_serve_tree_stores_positions_and_handset_states(tmp_pat
         state = [r for r in rows if r[0] == off][0]
         assert state[3] == STATE0 and math.isnan(state[1]) and math.isnan(state[2])
         assert not any(r[0] == bad for r in rows)
-        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
-                                      timeout=10).read().decode()
-        malformed = [line for line in text.splitlines() if line.startswith(
-            'geofence_connect_requests_total{connector="t",outcome="malformed"}')]
-        assert malformed and float(malformed[0].split()[-1]) >= 1
-        assert "13900000" not in text                      # no device in any label
-        accepted = [line for line in text.splitlines()
-                    if line.startswith("geofence_connect_rows_accepted_total")]
-        assert float(accepted[0].split()[-1]) >= 3
+        def metric(series: str) -> float:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                          timeout=10).read().decode()
+            assert "13900000" not in text                  # no device in any label
+            found = [line for line in text.splitlines() if line.startswith(series + " ")]
+            return float(found[0].split()[-1]) if found else 0.0
+
+        wait_until(lambda: metric('geofence_connect_requests_total{connector="t",'
+                                  'outcome="malformed"}') >= 1, 30, "a malformed answer counted")
+        wait_until(lambda: metric('geofence_connect_rows_accepted_total{connector="t"}') >= 3,
+                   30, "the engine's acks counted")
     finally:
         engine.stop()
         provider.stop()
