@@ -148,6 +148,8 @@ def _connector(name: str, table: dict, where: str, problems: list[str]) -> HttpC
             problems += [f"{where}: {key} {p}" for p in check(value)]
     if "body" in values and values["body"] and values.get("method", "GET") != "POST":
         problems.append(f"{where}: body is sent with method = \"POST\" only")
+    if "url" in values and "{device}" not in values["url"] + values.get("body", ""):
+        problems.append(f"{where}: url (or body) must hold the {{device}} placeholder")
     values["headers"] = dict(values.get("headers", {}))
     values["prefixes"] = tuple(values.get("prefixes", ()))
     if problems:
@@ -182,8 +184,6 @@ def _url(value: str) -> list[str]:
         return ["is not a valid URL"]
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return ["must be an http:// or https:// URL naming a host"]
-    if "{device}" not in value:
-        return ["must hold the {device} placeholder"]
     if any(c.isspace() for c in probe):
         return ["must have no spaces"]
     return []

@@ -75,7 +75,7 @@ def test_config_reports_every_problem_and_never_a_credential():
                      "url must be an http:// or https:// URL"):
         assert expected in text
     assert "SEKRIT1" not in text and "123" not in text
-    assert len(e.value.problems) == 11
+    assert len(e.value.problems) == 12   # and: bare has no {device}
 
 
 def test_config_defaults_and_environment():
@@ -98,6 +98,11 @@ def test_config_defaults_and_environment():
     with pytest.raises(ConnectConfigError, match='body is sent with method = "POST" only'):
         parse_connectors({"x": {"carrier": "x", "url": "http://h/{device}", "lon": "a",
                                 "lat": "b", "body": "{}"}})
+    with pytest.raises(ConnectConfigError, match=r"url \(or body\) must hold the \{device\}"):
+        parse_connectors({"x": {"carrier": "x", "url": "http://h/", "lon": "a", "lat": "b"}})
+    posted = parse_connectors({"x": {"carrier": "x", "url": "http://h/", "lon": "a", "lat": "b",
+                                     "method": "POST", "body": '{"m": "{device}"}'}})["x"]
+    assert build_request(posted, "139", {}).body == b'{"m": "139"}'
 
 
 def test_engine_endpoint_defaults_to_the_ingest_bind_on_loopback():
