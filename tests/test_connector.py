@@ -522,3 +522,46 @@ def test_serve_refuses_a_connector_that_cannot_start(tmp_path, monkeypatch):
                                    'variable LBS_TOKEN_T is not set')
     assert e.value.problems[1].startswith("t.toml: [connect.http.t] curve_keys: ")
     assert len(e.value.problems) == 2
+
+
+def test_connect_http_command_feeds_and_stops_on_sigterm(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from engine.paths import EnginePaths
+
+    provider = FakeProvider(lambda device, n: Reply(doc=position(LON, LAT, T0_MS + n))).start()
+    router = RouterStub()
+    data = tmp_path / "data"
+    data.mkdir()
+    registry_store(EnginePaths(data).registry_db, {"13900000031": ("strict", "normal")})
+    table = connector_table(provider.url, endpoint=router.endpoint, every_strict_s=1,
+                            daily_budget=1000)
+    config = tmp_path / "geofence.toml"
+    config.write_text(f'[storage]\npath = "{data}"\n' + toml_table("t", table) + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "connect", "http",
+                             "--config", str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: "geofence: connector t running\n" in lines, what="the running line")
+        wait_until(lambda: any(row[0] == "13900000031" for _, row in router.rows()),
+                   what="a fix fed")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        reader.join(10)
+        log = "".join(lines)
+        assert "13900000031" not in log and "msisdn" not in log    # nothing personal, no URL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(10)
+        proc.stdout.close()
+        router.close()
+        provider.stop()
+    spent = BudgetFile(data / "connect-t.budget.json").load()[1]
+    asked = len(provider.log)
+    assert asked >= 1 and asked <= spent <= asked + 8   # requests cut short at SIGTERM
