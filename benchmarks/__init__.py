@@ -15,4 +15,5 @@ STAGES = {  # stage name -> module with run(quick) -> Report
     "registry_change": "benchmarks.registry_change",
     "approval_latency": "benchmarks.approval_latency",
     "locate_roundtrip": "benchmarks.locate_roundtrip",
+    "connector": "benchmarks.connector",
 }

@@ -178,6 +178,13 @@ class Carriers:
 
 
 @dataclass(frozen=True)
+class Connect:
+    """Pull connectors (SPEC §14): `[connect.http.NAME]` tables, one HTTP positioning API
+    each (`connect.config.HttpConnector`), run by `serve` as children."""
+    http: dict = field(default_factory=dict)   # name -> HttpConnector, once loaded
+
+
+@dataclass(frozen=True)
 class Settings:
     storage: Storage = Storage()
     layers: Layers = Layers()
@@ -187,6 +194,7 @@ class Settings:
     rules: Rules = Rules()
     leave: Leave = Leave()
     carriers: Carriers = Carriers()
+    connect: Connect = Connect()
     source: str = "built-in defaults"
 
 
@@ -332,6 +340,23 @@ class Webhooks:
         return problems
 
 
+@dataclass(frozen=True)
+class Connectors:
+    """`[connect.http.NAME]` tables: `connect.config` checks every key (all problems, no
+    credential ever shown); `from_mapping` keeps the parsed connectors."""
+
+    def problems(self, value) -> list[str]:
+        from connect.config import ConnectConfigError, HttpConnector, parse_connectors
+
+        if all(isinstance(v, HttpConnector) for v in value.values()):
+            return []   # parsed already
+        try:
+            parse_connectors(value)
+        except ConnectConfigError as e:
+            return e.problems
+        return []
+
+
 SECONDS = Whole(1, MAX_DURATION_S)
 FIXES = Whole(1, MAX_RUN_FIXES)
 ACCURACY_M = Real(0, MAX_DISTANCE_M, above=True)
@@ -374,6 +399,7 @@ CHECKS: dict[str, dict[str, Any]] = {
                  "locate_subject_every_s": Whole(0, 24 * 3600),
                  "locate_user_per_hour": Whole(1, 100_000),
                  "connection_idle_s": Whole(1, 24 * 3600)},
+    "connect": {"http": Connectors()},
 }
 
 
@@ -418,7 +444,16 @@ def from_mapping(raw: dict[str, Any], source: str = "mapping") -> Settings:
                                       if isinstance(table, dict) for k in table})
     if problems:
         raise ConfigError(problems)
-    return settings
+    return _with_connectors(settings)
+
+
+def _with_connectors(settings: Settings) -> Settings:
+    """The `[connect.http]` tables as `HttpConnector`s (checked already)."""
+    if not settings.connect.http:
+        return settings
+    from connect.config import parse_connectors
+
+    return replace(settings, connect=Connect(parse_connectors(settings.connect.http)))
 
 
 def check(settings: Settings, only: set[tuple[str, str]] | None = None) -> list[str]:

@@ -125,7 +125,8 @@ def _coordinates(values) -> list:
 def encode_rows(carrier: str, batch: int, device, t_ms, lon, lat, acc=None, src=None,
                 datum: str | None = None, request: str | None = None) -> bytes:
     """A batch in the `fixes` (rows) form. Rows carry acc and src only if given; a NaN acc,
-    lon or lat and a src code of -1 (or None) travel as nil. Devices are sent as their str."""
+    lon or lat and a src code of -1 (or None) travel as nil. Devices are sent as their str.
+    `request`: the locate request the batch answers (SPEC §14), as a `request` key."""
     cols = [_device_strs(device), np.asarray(t_ms, np.int64).tolist(),
             _coordinates(lon), _coordinates(lat)]
     if acc is not None or src is not None:

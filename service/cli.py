@@ -103,6 +103,18 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--force", action="store_true", help="replace existing keys")
     gen.set_defaults(run=_keys_generate)
 
+    connect = sub.add_parser("connect", parents=[common],
+                             help="pull connectors: ask positioning APIs, feed the engine")
+    connect_sub = connect.add_subparsers(dest="connect_command", required=True,
+                                         metavar="KIND")
+    http = connect_sub.add_parser(
+        "http", parents=[common], help="an HTTP positioning API ([connect.http.NAME])",
+        description="Ask an HTTP positioning API for each subject's device on a schedule per "
+        "supervision level and key, and for the devices the engine's locate requests name; "
+        "feed the answers to the engine as a carrier. Runs until Ctrl-C or SIGTERM.")
+    http.add_argument("--name", help="which [connect.http.NAME] (default: the only one)")
+    http.set_defaults(run=_connect_http)
+
     from service.desk_commands import add_commands as add_desk_commands
     add_desk_commands(sub, common)
 
@@ -216,6 +228,34 @@ def _serve(args) -> int:
     from service.serve import serve
 
     serve(_settings(args), workers=args.workers, insecure=args.insecure)
+    return 0
+
+
+def _connect_http(args) -> int:
+    import logging
+    import signal
+
+    from connect.runner import run_connector
+
+    settings = _settings(args)
+    names = list(settings.connect.http)
+    name = args.name
+    if name is None:
+        if len(names) != 1:
+            raise UsageError(f"--name is needed: {settings.source} configures "
+                             f"{len(names)} connector(s) ({', '.join(names) or 'none'})")
+        name = names[0]
+    stopping: list[int] = []
+    previous = {sig: signal.signal(sig, lambda *_: stopping.append(1))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        run_connector(settings, name, lambda: bool(stopping),
+                      on_ready=lambda: print(f"geofence: connector {name} running", flush=True))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 

@@ -37,7 +37,7 @@ def preflight(settings: Settings, workers: int = 1, insecure: bool = False) -> E
     paths = check_storage(settings)
     problems = []
     for check in (lambda: check_bind(settings, insecure), lambda: check_layers(settings),
-                  lambda: check_curve_keys(settings)):
+                  lambda: check_curve_keys(settings), lambda: check_connectors(settings)):
         try:
             check()
         except (GeofenceError, OSError) as e:
@@ -144,6 +144,31 @@ def check_curve_keys(settings: Settings) -> None:
                 load(directory)
             except (GeofenceError, OSError) as e:
                 problems.append(f"{settings.source}: [{section}] {key}: {one_line(e)}")
+    if problems:
+        raise StartError(problems)
+
+
+def check_connectors(settings: Settings) -> None:
+    """Each `[connect.http.NAME]` can start: the environment variables it names are set,
+    and its CURVE keys load (required when the ingest has CURVE on)."""
+    from connect.config import ConnectConfigError, check_environment
+    from ingest.carrier import load_curve
+
+    problems = []
+    for name, connector in settings.connect.http.items():
+        where = f"{settings.source}: [connect.http.{name}]"
+        try:
+            check_environment(connector, os.environ)
+        except ConnectConfigError as e:
+            problems += [f"{settings.source}: [connect] http: {p}" for p in e.problems]
+        if settings.ingest.curve_keys and not connector.curve_keys:
+            problems.append(f"{where} curve_keys: the ingest has CURVE on; give the directory "
+                            f"with server.key and {connector.carrier}.key_secret")
+        elif connector.curve_keys:
+            try:
+                load_curve(connector.curve_keys, connector.carrier)
+            except (GeofenceError, OSError) as e:
+                problems.append(f"{where} curve_keys: {one_line(e)}")
     if problems:
         raise StartError(problems)
 

@@ -3,7 +3,9 @@
     supervisor (this process) ── ingest (ROUTER, store writer, metrics)
                               ├─ worker 0..N-1 (verdicts, rules, alarms stored)
                               ├─ dispatcher (alarm store, escalation, PUB, webhooks)
-                              └─ desk (HTTP API, live stream, the page)
+                              ├─ desk (HTTP API, live stream, the page)
+                              └─ connect-NAME per [connect.http.NAME] (positioning API ->
+                                 the ingest, as a carrier; started once the ingest is up)
 
 "ready" is printed once every child has said it is ready: the workers after their kernels
 are compiled or loaded and warmed, so the first fixes meet no compile pause. Programs read
@@ -253,6 +255,22 @@ def dispatcher_main(settings: Settings, ready, log_file: Path | None,
         dispatcher.close()
 
 
+@exits_on_damage
+def connector_main(settings: Settings, name: str, ingest_endpoint: str, ready,
+                   log_file: Path | None, health: HealthBoard | None = None) -> None:
+    _logging(log_file)
+    should_stop = _child_stop_flag()
+    child = CONNECTOR_PREFIX + name
+    _child_start(settings, child)
+    from connect.runner import run_connector
+
+    run_connector(settings, name, should_stop, ingest_endpoint=ingest_endpoint,
+                  on_ready=lambda: ready.put((child,)))
+
+
+CONNECTOR_PREFIX = "connect-"
+
+
 def serve(settings: Settings, workers: int = 1, insecure: bool = False,
           out: Callable[[str], None] = print, should_stop: Callable[[], bool] | None = None,
           log_file: Path | None = None) -> None:
@@ -278,6 +296,9 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
             main, args = dispatcher_main, (settings, reporter, log_file, health)
         elif name == "desk":
             main, args = desk_main, (settings, reporter, log_file, health)
+        elif name.startswith(CONNECTOR_PREFIX):
+            main, args = connector_main, (settings, name.removeprefix(CONNECTOR_PREFIX),
+                                          endpoints["ingest"], reporter, log_file, health)
         else:
             k = int(name.split("-")[1])
             main, args = worker_main, (settings, k, workers, reporter, log_file, restarts, health)
@@ -289,12 +310,14 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
     names = [f"worker-{k}" for k in range(workers)] + ["ingest", "dispatcher"]
     if settings.desk.bind:
         names.append("desk")
+    connectors = [CONNECTOR_PREFIX + name for name in settings.connect.http]
+    names += connectors
     health = HealthBoard.create(spawn, names)   # before any child: each gets it at start
     EngineStatus("starting", os.getpid()).write(paths.status_file)
-    procs = {name: start(name) for name in names}
+    endpoints: dict = {}
+    procs = {name: start(name) for name in names if name not in connectors}
     restarts = {name: 0 for name in names}
     waiting = set(names)
-    endpoints: dict = {}
     announced = False
 
     def take(message: tuple) -> None:
@@ -314,6 +337,10 @@ def serve(settings: Settings, workers: int = 1, insecure: bool = False,
         while not should_stop():
             for message in _received(ready, timeout=0.2):
                 take(message)
+            if "ingest" in endpoints:   # connectors connect to the ingest's real endpoint
+                for name in connectors:
+                    if name not in procs:
+                        procs[name] = start(name)
             for name, proc in procs.items():
                 if not proc.is_alive() and not should_stop():
                     if proc.exitcode == EXIT_STORE_DAMAGED:   # no restart heals it
@@ -368,6 +395,8 @@ def _announce(child: str, endpoints: dict, workers: int, out: Callable[[str], No
         out(f"geofence: alarms published on {endpoints['publish']}")
     elif child == "desk":
         out(f"geofence: desk on {endpoints['desk']}")
+    elif child.startswith(CONNECTOR_PREFIX):
+        out(f"geofence: connector {child.removeprefix(CONNECTOR_PREFIX)} feeding the ingest")
 
 
 def _stop_all(procs: dict) -> None:
