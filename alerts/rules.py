@@ -251,12 +251,18 @@ class RuleState:
         a["carrier"][who[a["newest_t_ms"][who] > a["report_t_ms"][who]]] = carrier
 
     def _clear_handsets(self, who) -> None:
-        """A position fix newer than the handset report ends the reported state."""
+        """A position fix newer than the handset report ends the reported state. One that
+        arrives late, taken between the state's first report and its newest, shows the
+        phone was on meanwhile: the state holds from its newest report (the earliest time
+        known to follow that fix)."""
         a = self._arrays
-        ended = who[(a["handset"][who] != NO_HANDSET) & (a["report_t_ms"][who]
-                                                         < a["newest_t_ms"][who])]
-        a["handset"][ended] = NO_HANDSET
-        a["handset_since_ms"][ended] = NO_TIME
+        newest, report = a["newest_t_ms"][who], a["report_t_ms"][who]
+        held = a["handset"][who] != NO_HANDSET
+        ended = held & (report < newest)
+        moved = held & ~ended & (a["handset_since_ms"][who] < newest)
+        a["handset"][who[ended]] = NO_HANDSET
+        a["handset_since_ms"][who[ended]] = NO_TIME
+        a["handset_since_ms"][who[moved]] = report[moved]
 
     def _restored_after(self, types: np.ndarray, subjects: np.ndarray) -> np.ndarray:
         """Per event, what a signal_restored ends (phone_off when that was raised, else
