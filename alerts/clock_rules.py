@@ -45,9 +45,10 @@ A subject with no fix at all is not known to be home: overstay.
 Handset status (SPEC §14, `alerts.handset`): a subject whose carrier's newest report says
 the phone is `off` (关机) or `suspended` (停机), with no position fix since, is not
 silent but accounted for: it raises no signal_lost while that lasts, and `phone_off`
-(high) once the report's state has held for `phone_off_after_s` of the subject's level.
-Its id derives from when that state began (the first report of the run), its `t` is that
-plus the threshold, its `fix` the newest position fix (or none), and its details say
+(high) once the report's state has held for `phone_off_after_s` of the subject's level
+(counted, like silence, from the report or from when the worker started watching the
+subject, whichever is later). Its id derives from when that state began (the first
+report of the run), its `t` is when the threshold ran out, its `fix` the newest position fix (or none), and its details say
 `handset`, `since` and `off_for_s`. A phone_off marks the subject like a signal_lost (one
 alarm for the whole episode), so its next position fix raises signal_restored with
 `details.after` = "phone_off". `unreachable` (无法接通) is kept as the subject's handset
@@ -315,24 +316,25 @@ class ClockRules:
                     raised_at: int) -> list[Alarm]:
         """phone_off for this partition's subjects reported off or suspended, with no
         position since, for longer than their level's `phone_off_after_s`; marked so that
-        it is raised once and their next fix restores."""
+        it is raised once and their next fix restores. Counted like silence: from the
+        report, or from when this worker started watching the subject if later (a start
+        after a long stop raises no flood; `SilenceWatch.check` ran first and set it)."""
         waiting = np.flatnonzero(mine & state.reported_off()
                                  & ((state.flags & rk.PHONE_OFF_SET) == 0))
         if not len(waiting):
             return []
         since = state.handset_since_ms[waiting]
+        counted = np.maximum(since, self.silence.watch_ms[waiting])   # as silence counts
         after = self.off_after_ms[_classes_of(self.book.rule_class, waiting)]
-        due = now_ms - since > after
-        off, since, after = waiting[due], since[due], after[due]
+        due = now_ms - counted > after
+        off, since, t_ms = waiting[due], since[due], counted[due] + after[due]
         state.mark_phone_off(off)
         handset = state.handset[off]
         fixes, places = self._newest_fixes(state, off.tolist())
         alarms = []
-        for s, began, wait, code, fix, where in zip(off.tolist(), since.tolist(),
-                                                    after.tolist(), handset.tolist(), fixes,
-                                                    places):
+        for s, began, t, code, fix, where in zip(off.tolist(), since.tolist(), t_ms.tolist(),
+                                                 handset.tolist(), fixes, places):
             subject = self.book.subjects[s]
-            t = began + wait
             alarms.append(new_alarm(
                 "phone_off", subject=subject, route=self.book.schedule.routing_at(subject.id, t),
                 t_ms=t, trigger_t_ms=began, fix=fix, where=where, raised_at_ms=raised_at,

@@ -904,3 +904,34 @@ def test_phones_reported_off_are_no_outage_of_their_carrier(world):
     raised += w.clock(minutes(182))
     assert types(raised) == ["phone_off"] * len(off)
     assert sorted(a.subject for a in raised) == off
+
+
+def test_lost_then_reported_off_is_phone_off_too(world):
+    """Silent an hour (signal_lost), then the carrier says the phone is off: the desk
+    learns that as well, three hours on; one signal_restored ends both."""
+    w = world([subject("s1")])
+    w.clock(T0)
+    w.fix("s1", minutes(0), "HOME")
+    assert types(w.clock(minutes(61))) == ["signal_lost"]
+    w.report("s1", minutes(70), "off")
+    assert w.clock(minutes(249)) == []
+    assert types(w.clock(minutes(251))) == ["phone_off"]
+    restored = only(w.fix("s1", minutes(300), "HOME"), "signal_restored")
+    assert restored.to_document()["details"] == {"after": "phone_off"}
+
+
+def test_after_a_long_stop_phone_off_counts_from_the_restart(world):
+    """Off since before a long stop of the worker (no resume): like silence, the clock
+    counts from when the restarted worker first watched the subject; the alarm's id and
+    `since` still name the report."""
+    w = world([subject("s1")])
+    w.clock(T0)
+    w.report("s1", minutes(0), "off")
+    w.clock(minutes(60))
+    w.resume(w.ev.rules.snapshot())           # back five hours later
+    assert w.clock(minutes(300)) == []
+    assert w.clock(minutes(479)) == []
+    off = only(w.clock(minutes(481)), "phone_off")
+    doc = off.to_document()
+    assert (doc["t"], doc["details"]["since"]) == (minutes(480), minutes(0))
+    assert doc["details"]["off_for_s"] == 481 * 60
