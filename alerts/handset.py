@@ -21,13 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from alerts import _rules_kernel as rk
 from ingest.protocol import STATE0, STATES
 
 OFF, SUSPENDED, UNREACHABLE = (STATES.index(name) for name in ("off", "suspended",
                                                                  "unreachable"))
 NO_HANDSET = -1
 STOPS_THE_CLOCK = (OFF, SUSPENDED)   # reported so: phone_off, never signal_lost
-NO_TIME = np.iinfo(np.int64).min
+NO_TIME = rk.NO_TIME
 
 # (name, dtype, value before any report), appended to the rules state and its snapshot.
 HANDSET_FIELDS = (
