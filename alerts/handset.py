@@ -27,7 +27,6 @@ from ingest.protocol import STATE0, STATES
 OFF, SUSPENDED, UNREACHABLE = (STATES.index(name) for name in ("off", "suspended",
                                                                  "unreachable"))
 NO_HANDSET = -1
-STOPS_THE_CLOCK = (OFF, SUSPENDED)   # reported so: phone_off, never signal_lost
 NO_TIME = rk.NO_TIME
 
 # (name, dtype, value before any report), appended to the rules state and its snapshot.

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from alerts import _rules_kernel as rk
-from alerts.handset import HANDSET_FIELDS, NO_HANDSET, STOPS_THE_CLOCK, fold_reports
+from alerts.handset import HANDSET_FIELDS, NO_HANDSET, OFF, SUSPENDED, fold_reports
 from alerts.registry import LEVELS
 from ingest.protocol import STATES
 from geofence.errors import GeofenceError
@@ -195,7 +195,8 @@ class RuleState:
 
     def reported_off(self) -> np.ndarray:
         """Per subject: the newest report is off or suspended, with no position fix since."""
-        return np.isin(self._arrays["handset"], STOPS_THE_CLOCK)
+        handset = self._arrays["handset"]
+        return (handset == OFF) | (handset == SUSPENDED)   # they stop the silence clock
 
     # -- batches ---------------------------------------------------------------------------
 
