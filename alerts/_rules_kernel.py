@@ -32,7 +32,7 @@ from geofence.verdict import IN, OUT, UNSURE
 # Event codes: indices into `alerts.rules.EVENT_TYPES` (all SPEC §6 types, so the clock-driven
 # rules share the numbering). This kernel emits the fix-driven ones and signal_restored.
 ZONE_EXIT, ZONE_RETURN, POSSIBLE_EXIT, EXCLUSION_ENTRY, POSSIBLE_EXCLUSION = 0, 1, 2, 3, 4
-SIGNAL_LOST, SIGNAL_RESTORED, PERMIT_OVERSTAY, FEED_OUTAGE = 5, 6, 7, 8
+SIGNAL_LOST, SIGNAL_RESTORED, PERMIT_OVERSTAY, FEED_OUTAGE, PHONE_OFF = 5, 6, 7, 8, 9
 MAX_EVENTS_PER_FIX = 3
 
 NO_TIME = np.iinfo(np.int64).min  # newest_t_ms before any fix; linked_t_ms of unlinked events
@@ -48,6 +48,8 @@ POSSIBLE_EXIT_DONE = 8    # possible_exit raised in the current episode
 EXCLUSION_OPEN = 16       # an exclusion_entry is open (until a fix out of every zone)
 POSSIBLE_EXCL_DONE = 32   # possible_exclusion raised in the current episode
 OUTAGE_SILENT = 64        # silent while its carrier's feed is down: no signal_lost of its own
+PHONE_OFF_SET = 128       # set with SIGNAL_LOST_SET by phone_off (the kernel leaves it alone;
+                          # `alerts.rules.RuleState.apply` clears it with the signal_restored)
 
 # Slots of `progress` (int64[N_PROGRESS]): the next fix to apply, events written, late fixes.
 PROGRESS_FIX, PROGRESS_EVENTS, PROGRESS_LATE = 0, 1, 2

@@ -241,6 +241,8 @@ def alarms_from_events(events, fixes, subjects: Sequence[Subject | None], route:
         details = {}
         if int(events.linked_t_ms[k]) != NO_TIME:
             details["exit_id"] = alarm_id(subject.id, "zone_exit", int(events.linked_t_ms[k]))
+        if events.after is not None and int(events.after[k]) >= 0:   # signal_restored
+            details["after"] = EVENT_TYPES[int(events.after[k])]
         if int(events.zone[k]) >= 0:
             zone = int(events.zone[k])
             details["zone"] = str(zone_codes[zone]) if zone_codes is not None else zone

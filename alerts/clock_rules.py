@@ -1,4 +1,5 @@
-"""The clock-driven rules of SPEC §6: signal_lost, feed_outage, permit_overstay.
+"""The clock-driven rules of SPEC §6 and §14: signal_lost, phone_off, feed_outage,
+permit_overstay.
 
 They fire on the passing of time, not on a fix, so a worker runs them about once a second
 even when no fix arrives at all. They read the fix-driven state (`alerts.rules.RuleState`:
@@ -41,7 +42,25 @@ already judged against that area by the fix-driven rules, and its verdict is reu
 older fix (the person has been silent since) is judged again, all such fixes in one call.
 A subject with no fix at all is not known to be home: overstay.
 
-`ClockRules` turns all three into alarms; `RulesClock` says what time it is for them.
+Handset status (SPEC §14, `alerts.handset`): a subject whose carrier's newest report says
+the phone is `off` (关机) or `suspended` (停机), with no position fix since, is not
+silent but accounted for: it raises no signal_lost while that lasts, and `phone_off`
+(high) once the report's state has held for `phone_off_after_s` of the subject's level
+(counted, like silence, from the report or from when the worker started watching the
+subject, whichever is later). Its id derives from when that state began (the first
+report of the run), its `t` is when the threshold ran out, its `fix` the newest position fix (or none), and its details say
+`handset`, `since` and `off_for_s`. A phone_off marks the subject like a signal_lost (one
+alarm for the whole episode), so its next position fix raises signal_restored with
+`details.after` = "phone_off". `unreachable` (无法接通) is kept as the subject's handset
+state but changes no clock: signal_lost counts on from the newest position fix.
+
+For feed_outage every row counts as the carrier speaking, a status report as much as a
+fix: a subject is silent for its carrier from its newest row of either kind, and belongs
+to the carrier of that row. A phone reported off or suspended is not expected to report
+at all: it counts neither as silent nor among its carrier's subjects, so a carrier that
+tells us many phones are off is not taken for one that went down.
+
+`ClockRules` turns all four into alarms; `RulesClock` says what time it is for them.
 """
 
 import logging
@@ -54,6 +73,7 @@ import geofence
 from alerts import _rules_kernel as rk
 from alerts.alarms import Alarm, AlarmFix, Places, new_alarm
 from alerts.rules import NO_TIME, RuleState, by_class
+from ingest.protocol import STATES
 from alerts.subject_book import SubjectBook
 from geofence.verdict import IN
 
@@ -111,16 +131,19 @@ class SilenceWatch:
                 self.resume_ms = None
             self.watch_ms = np.concatenate([self.watch_ms, fill])
         mine = np.asarray(mine[:n], np.bool_)
-        carrier = state.carrier
+        off = state.reported_off()
+        carrier = np.where(off, -1, state.carrier)   # expected to be silent: no one's feed
         restored = self._feeds_back(state, carrier, mine, now_ms)
         self._forget_stale_outages(state, carrier, mine, now_ms)
         since = np.maximum(state.newest_t_ms, self.watch_ms[:n])
         quiet_for = now_ms - since
-        outages = self._outages(carrier, mine, quiet_for, carrier_newest_ms)
+        unheard_for = self._unheard_for(state, now_ms)
+        outages = self._outages(carrier, mine, unheard_for, carrier_newest_ms)
         for c in self.down:
-            silenced = np.flatnonzero(mine & (carrier == c) & (quiet_for > self.outage_silence_ms))
+            silenced = np.flatnonzero(mine & (carrier == c)
+                                      & (unheard_for > self.outage_silence_ms))
             state.set_flags(silenced, rk.OUTAGE_SILENT)
-        held = (state.flags & (rk.SIGNAL_LOST_SET | rk.OUTAGE_SILENT)) != 0
+        held = off | ((state.flags & (rk.SIGNAL_LOST_SET | rk.OUTAGE_SILENT)) != 0)
         # silent longer than the shortest threshold, then each by its own level's
         maybe = np.flatnonzero(mine & ~held & (quiet_for > self.lost_after_ms.min()))
         after_ms = self.lost_after_ms[_classes_of(rule_class, maybe)]
@@ -128,6 +151,11 @@ class SilenceWatch:
         lost = maybe[lost_here]
         state.mark_signal_lost(lost)
         return SilenceEvents(lost, since[lost], after_ms[lost_here], outages, restored)
+
+    def _unheard_for(self, state, now_ms) -> np.ndarray:
+        """Per subject, how long its carrier has said nothing of it (no fix and no status
+        report), or since it was first watched (feed_outage)."""
+        return now_ms - np.maximum(state.heard_t_ms, self.watch_ms[:state.n_subjects])
 
     def _silent_counts(self, carrier, mine, quiet_for) -> tuple[np.ndarray, np.ndarray]:
         """Per carrier id: its subjects here, and how many of them are silent."""
@@ -143,9 +171,7 @@ class SilenceWatch:
         """End the outages of carriers most of whose subjects report again."""
         if not self.down:
             return []
-        n = state.n_subjects
-        quiet_for = now_ms - np.maximum(state.newest_t_ms, self.watch_ms[:n])
-        subjects, quiet = self._silent_counts(carrier, mine, quiet_for)
+        subjects, quiet = self._silent_counts(carrier, mine, self._unheard_for(state, now_ms))
         restored = []
         for c in list(self.down):
             if quiet[c] >= self.outage_share * subjects[c] and subjects[c] > 0:
@@ -244,13 +270,14 @@ class ClockRules:
         self.index, self.count = index, count
         self.silence = SilenceWatch(rules_settings, partitions=count)
         self.overstay_after_ms = by_class(rules_settings, "permit_overstay_after_s") * 1000
+        self.off_after_ms = by_class(rules_settings, "phone_off_after_s") * 1000
         self.places = Places.of(engine.jurisdictions)
         self._classes_seen: np.ndarray | None = None   # rule classes at the last check
 
     def check(self, state: RuleState, now_ms: int, checked_until_ms: int,
               carriers: Carriers) -> list[Alarm]:
-        """signal_lost, feed_outage and permit_overstay as of `now_ms`; permits that ended
-        in (checked_until_ms, now_ms] (less the grace) are looked at once each."""
+        """signal_lost, phone_off, feed_outage and permit_overstay as of `now_ms`; permits
+        that ended in (checked_until_ms, now_ms] (less the grace) are looked at once each."""
         book, n = self.book, state.n_subjects
         mine = np.zeros(n, np.bool_)
         known = min(n, book.size)
@@ -274,6 +301,7 @@ class ClockRules:
                 t_ms=t, trigger_t_ms=fix.t_ms if fix else 0, fix=fix, where=where,
                 raised_at_ms=raised_at,
                 details={"silent_since": since, "silent_for_s": (now_ms - since) // 1000}))
+        alarms += self._phone_offs(state, mine, now_ms, raised_at)
         for outage in events.outages:
             alarms.append(new_alarm(
                 "feed_outage", subject=None, route=None, t_ms=now_ms,
@@ -283,6 +311,36 @@ class ClockRules:
                          "last_fix_t": outage.newest_t_ms},
                 office=book.root_office()))
         return alarms + self._permit_overstays(state, now_ms, checked_until_ms, raised_at)
+
+    def _phone_offs(self, state: RuleState, mine: np.ndarray, now_ms: int,
+                    raised_at: int) -> list[Alarm]:
+        """phone_off for this partition's subjects reported off or suspended, with no
+        position since, for longer than their level's `phone_off_after_s`; marked so that
+        it is raised once and their next fix restores. Counted like silence: from the
+        report, or from when this worker started watching the subject if later (a start
+        after a long stop raises no flood; `SilenceWatch.check` ran first and set it)."""
+        waiting = np.flatnonzero(mine & state.reported_off()
+                                 & ((state.flags & rk.PHONE_OFF_SET) == 0))
+        if not len(waiting):
+            return []
+        since = state.handset_since_ms[waiting]
+        counted = np.maximum(since, self.silence.watch_ms[waiting])   # as silence counts
+        after = self.off_after_ms[_classes_of(self.book.rule_class, waiting)]
+        due = now_ms - counted > after
+        off, since, t_ms = waiting[due], since[due], counted[due] + after[due]
+        state.mark_phone_off(off)
+        handset = state.handset[off]
+        fixes, places = self._newest_fixes(state, off.tolist())
+        alarms = []
+        for s, began, t, code, fix, where in zip(off.tolist(), since.tolist(), t_ms.tolist(),
+                                                 handset.tolist(), fixes, places):
+            subject = self.book.subjects[s]
+            alarms.append(new_alarm(
+                "phone_off", subject=subject, route=self.book.schedule.routing_at(subject.id, t),
+                t_ms=t, trigger_t_ms=began, fix=fix, where=where, raised_at_ms=raised_at,
+                details={"handset": STATES[code], "since": began,
+                         "off_for_s": (now_ms - began) // 1000}))
+        return alarms
 
     def _permits_ending(self, state: RuleState, now_ms: int,
                         checked_until_ms: int) -> list[tuple]:

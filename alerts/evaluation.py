@@ -6,6 +6,12 @@ exclusion zones checked, and the verdicts run through the per-subject rules
 (`alerts.rules.RuleState`, with the thresholds of each subject's level and key); the
 events become alarms (`alerts.alarms`). Everything is one compiled call per stage for
 the whole batch; Python touches only the few events.
+
+Handset status reports in the batch (rows with `src >= protocol.STATE0`, no position;
+`alerts.handset`) are split out by a mask first: they get no verdict and are not counted
+among the verdicts; after the positions, they are folded into the subjects' handset
+state (`RuleState.apply_reports`), so a report is judged against every position fix of
+its batch (an older one is late).
 """
 
 import logging
@@ -16,6 +22,8 @@ import numpy as np
 
 import geofence
 from alerts.alarms import Alarm, Places, alarms_from_events
+from alerts.handset import split_reports
+from ingest.protocol import STATE0
 from alerts.rules import RuleState, SnapshotError
 from alerts.subject_book import SubjectBook
 
@@ -26,10 +34,12 @@ log = logging.getLogger("geofence.worker")
 class Evaluated:
     """What one batch's share gave."""
 
-    verdicts: np.ndarray    # int64[3]: how many `in`, `unsure`, `out`
+    verdicts: np.ndarray    # int64[3]: how many `in`, `unsure`, `out` (position fixes only)
     alarms: list[Alarm]
     kernel_s: float         # seconds in the verdict and rule kernels
-    late: int               # fixes older than their subject's newest (stored, not judged)
+    late: int               # fixes and status reports older than their subject's newest
+                            # (stored, not judged)
+    reports: int = 0        # handset status reports in the share (late ones included)
 
 
 class Evaluation:
@@ -48,8 +58,23 @@ class Evaluation:
         self.places = Places.of(engine.jurisdictions)
         self._zone_codes = [str(c) for c in engine.zones.codes] if engine.zones else None
 
-    def run(self, fixes, carrier: int, received_ms: int | None) -> Evaluated:
-        """Judge `fixes` (this partition's share of one stored batch, from `carrier`)."""
+    def run(self, rows, carrier: int, received_ms: int | None) -> Evaluated:
+        """Judge `rows` (this partition's share of one stored batch, from `carrier`): its
+        position fixes, then its handset status reports."""
+        is_report = split_reports(rows.src)
+        if not is_report.any():
+            return self._judge(rows, carrier, received_ms)
+        reports, fixes = rows.take(is_report), rows.take(~is_report)
+        judged = self._judge(fixes, carrier, received_ms) if len(fixes) else Evaluated(
+            np.zeros(3, np.int64), [], 0.0, 0)
+        self.grow()
+        late = self.rules.apply_reports(reports.subject, reports.t_ms,
+                                        reports.src.astype(np.int64) - STATE0, carrier)
+        return Evaluated(judged.verdicts, judged.alarms, judged.kernel_s,
+                         judged.late + len(late), len(reports))
+
+    def _judge(self, fixes, carrier: int, received_ms: int | None) -> Evaluated:
+        """Verdicts, then rules, for position fixes (no status report among them)."""
         started = time.perf_counter()
         area = self.book.areas_at(fixes.subject, fixes.t_ms)
         lon, lat, acc = fixes.lon, fixes.lat, fixes.acc_m.astype(np.float64)

@@ -11,9 +11,14 @@ Events are deterministic: they depend only on the state and the batch (sorted by
 (subject, t), ties in batch order), so replaying the same batches from the same snapshot
 gives the same events in the same order, and alarm ids after a crash match the first run.
 
-The clock-driven rules (signal_lost, permit_overstay, feed_outage) live elsewhere; they
-read `newest_t_ms`, `last_fix`, `carrier` and `flags`, and call `mark_signal_lost` so
-that the subject's next fix raises signal_restored.
+The clock-driven rules (signal_lost, phone_off, permit_overstay, feed_outage) live
+elsewhere; they read `newest_t_ms`, `last_fix`, `carrier`, `flags` and the handset state,
+and call `mark_signal_lost` (or `mark_phone_off`) so that the subject's next fix raises
+signal_restored (`Events.after` says after which).
+
+Handset status reports (`alerts.handset`) are no fixes: `apply_reports` folds them into
+the handset state kept beside the kernel's, with numpy; `apply` clears that state for a
+subject whose new position fix is newer than the report.
 """
 
 import struct
@@ -23,27 +28,31 @@ from dataclasses import dataclass
 import numpy as np
 
 from alerts import _rules_kernel as rk
+from alerts.handset import HANDSET_FIELDS, NO_HANDSET, OFF, SUSPENDED, fold_reports
 from alerts.registry import LEVELS
+from ingest.protocol import STATES
 from geofence.errors import GeofenceError
 from geofence.verdict import IN, OUT, UNSURE
 
 # Indexed by event code (`Events.type`); SPEC §6 type strings.
 EVENT_TYPES = ("zone_exit", "zone_return", "possible_exit", "exclusion_entry",
                "possible_exclusion", "signal_lost", "signal_restored", "permit_overstay",
-               "feed_outage")
+               "feed_outage", "phone_off")
 # Alarm types no rule raises: the engine's own faults (`alerts.engine_fault`).
 ENGINE_TYPES = ("engine_fault",)
 
 NO_TIME = rk.NO_TIME  # `newest_t_ms` before any fix; `linked_t_ms` of events without a link
 _SEVERITY = {"zone_return": "info", "possible_exit": "medium", "exclusion_entry": "critical",
              "possible_exclusion": "medium", "signal_lost": "high", "signal_restored": "info",
-             "permit_overstay": "high", "feed_outage": "critical", "engine_fault": "critical"}
+             "permit_overstay": "high", "feed_outage": "critical", "phone_off": "high",
+             "engine_fault": "critical"}
 
 SNAPSHOT_MAGIC = b"GFRULES\x00"
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3   # 3: handset state (`alerts.handset.HANDSET_FIELDS`) appended
 # What the clock-driven rules need of each subject's newest fix, besides the kernel's state:
 # where it was (alarm positions, permit_overstay's home check) and which carrier sent it
-# (feed_outage). Kept by `apply` with numpy, outside the kernel.
+# or, when newer, the subject's newest status report (feed_outage). Kept by `apply` with
+# numpy, outside the kernel.
 LAST_FIX_FIELDS = (
     ("last_lon", np.float64, np.nan),
     ("last_lat", np.float64, np.nan),
@@ -51,7 +60,10 @@ LAST_FIX_FIELDS = (
     ("last_src", np.int8, -1),
     ("carrier", np.int16, -1),
 )
-ALL_FIELDS = rk.STATE_FIELDS + LAST_FIX_FIELDS
+ALL_FIELDS = rk.STATE_FIELDS + LAST_FIX_FIELDS + HANDSET_FIELDS
+# The fields of each snapshot version this build restores; a field a version lacks starts
+# as before any fix (a version-2 snapshot restores with no handset state).
+SNAPSHOT_FIELDS = {2: rk.STATE_FIELDS + LAST_FIX_FIELDS, SNAPSHOT_VERSION: ALL_FIELDS}
 BYTES_PER_SUBJECT = sum(np.dtype(dt).itemsize for _, dt, _ in ALL_FIELDS)
 _HEADER = struct.Struct("<8sHHQ")   # magic, version, number of fields, number of subjects
 _TRAILER = struct.Struct("<I")      # CRC-32 of everything before it
@@ -81,8 +93,9 @@ class Events:
 
     `fix` is the index of the triggering fix in the caller's batch; `linked_t_ms` is, for a
     zone_return, the t of the fix that raised the exit it closes (`NO_TIME` otherwise);
-    `zone` the exclusion zone of exclusion events (-1 otherwise). `late` holds the batch
-    indices of late fixes, ascending.
+    `zone` the exclusion zone of exclusion events (-1 otherwise); `after`, for a
+    signal_restored, the code of the alarm it ends (signal_lost or phone_off; -1
+    otherwise). `late` holds the batch indices of late fixes, ascending.
     """
 
     type: np.ndarray
@@ -92,6 +105,7 @@ class Events:
     linked_t_ms: np.ndarray
     zone: np.ndarray
     late: np.ndarray
+    after: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.type)
@@ -157,6 +171,33 @@ class RuleState:
         """Record a signal_lost raised for these subjects: their next fix raises signal_restored."""
         self.set_flags(subjects, rk.SIGNAL_LOST_SET)
 
+    def mark_phone_off(self, subjects) -> None:
+        """Record a phone_off raised for these subjects: no signal_lost for them, and their
+        next fix raises signal_restored (`Events.after`: phone_off)."""
+        self.set_flags(subjects, rk.SIGNAL_LOST_SET | rk.PHONE_OFF_SET)
+
+    @property
+    def handset(self) -> np.ndarray:
+        """Per subject, the handset state (index into `protocol.STATES`, `NO_HANDSET`:
+        none, or a position fix since); read-only."""
+        return _read_only(self._arrays["handset"])
+
+    @property
+    def handset_since_ms(self) -> np.ndarray:
+        """Per subject, since when the handset state holds (`NO_TIME`: none); read-only."""
+        return _read_only(self._arrays["handset_since_ms"])
+
+    @property
+    def heard_t_ms(self) -> np.ndarray:
+        """Per subject, the newest row taken of any kind, fix or status report (`NO_TIME`
+        before any): when the subject's carrier last spoke of it (feed_outage)."""
+        return np.maximum(self._arrays["newest_t_ms"], self._arrays["report_t_ms"])
+
+    def reported_off(self) -> np.ndarray:
+        """Per subject: the newest report is off or suspended, with no position fix since."""
+        handset = self._arrays["handset"]
+        return (handset == OFF) | (handset == SUSPENDED)   # they stop the silence clock
+
     # -- batches ---------------------------------------------------------------------------
 
     def apply(self, subject, t_ms, verdict, excl_verdict, excl_zone, rule_class=None, *,
@@ -187,26 +228,80 @@ class RuleState:
             left = n - int(progress[rk.PROGRESS_FIX])
             out = event_columns(written + rk.MAX_EVENTS_PER_FIX * left, keep=out,
                                 n_keep=written)
-        if fixes is not None:
-            self._remember_last(batch.subject, order, late.view(bool), fixes, carrier)
+        taken = ~late.view(bool)
+        s_taken, rows = batch.subject[taken], order[taken]
+        if len(rows):   # the newest fix per subject: its last accepted one in sorted order
+            last = np.r_[s_taken[1:] != s_taken[:-1], True]
+            who, rows = s_taken[last], rows[last]
+            if fixes is not None:
+                self._remember_last(who, rows, fixes, carrier)
+            self._clear_handsets(who)
         m = int(progress[rk.PROGRESS_EVENTS])
-        return Events(**{name: column[:m].copy() for name, column in out._asdict().items()},
-                      late=np.sort(order[late.view(bool)]))
+        columns = {name: column[:m].copy() for name, column in out._asdict().items()}
+        return Events(**columns, late=np.sort(order[late.view(bool)]),
+                      after=self._restored_after(columns["type"], columns["subject"]))
 
-    def _remember_last(self, s_sorted, order, late, fixes, carrier: int) -> None:
-        """Newest fix per subject: the last accepted one of each subject in sorted order."""
-        taken = ~late
-        s_taken, rows = s_sorted[taken], order[taken]
-        if not len(rows):
-            return
-        last = np.r_[s_taken[1:] != s_taken[:-1], True]
-        who, rows = s_taken[last], rows[last]
+    def _remember_last(self, who, rows, fixes, carrier: int) -> None:
+        """Newest fix of subjects `who`: batch rows `rows`; their carrier unless a status
+        report newer than the fix came from another."""
         a = self._arrays
         a["last_lon"][who] = fixes.lon[rows]
         a["last_lat"][who] = fixes.lat[rows]
         a["last_acc_m"][who] = fixes.acc_m[rows]
         a["last_src"][who] = fixes.src[rows]
-        a["carrier"][who] = carrier
+        a["carrier"][who[a["newest_t_ms"][who] > a["report_t_ms"][who]]] = carrier
+
+    def _clear_handsets(self, who) -> None:
+        """A position fix newer than the handset report ends the reported state. One that
+        arrives late, taken between the state's first report and its newest, shows the
+        phone was on meanwhile: the state holds from its newest report (the earliest time
+        known to follow that fix)."""
+        a = self._arrays
+        newest, report = a["newest_t_ms"][who], a["report_t_ms"][who]
+        held = a["handset"][who] != NO_HANDSET
+        ended = held & (report < newest)
+        moved = held & ~ended & (a["handset_since_ms"][who] < newest)
+        a["handset"][who[ended]] = NO_HANDSET
+        a["handset_since_ms"][who[ended]] = NO_TIME
+        a["handset_since_ms"][who[moved]] = report[moved]
+
+    def _restored_after(self, types: np.ndarray, subjects: np.ndarray) -> np.ndarray:
+        """Per event, what a signal_restored ends (phone_off when that was raised, else
+        signal_lost; -1 for other events); clears the phone_off marks it ends."""
+        after = np.full(len(types), -1, np.int8)
+        restored = types == rk.SIGNAL_RESTORED
+        if restored.any():
+            who = subjects[restored]
+            flags = self._arrays["flags"]
+            was_off = (flags[who] & rk.PHONE_OFF_SET) != 0
+            after[restored] = np.where(was_off, rk.PHONE_OFF, rk.SIGNAL_LOST)
+            flags[who[was_off]] &= np.uint8(~rk.PHONE_OFF_SET & 0xFF)
+        return after
+
+    def apply_reports(self, subject, t_ms, state, carrier: int = -1) -> np.ndarray:
+        """Apply one batch of handset status reports (any order; `state` per report an
+        index into `protocol.STATES`, i.e. src - STATE0) from `carrier`; returns the batch
+        indices of the late ones, ascending. A report taken also counts as the carrier
+        speaking: it clears the subject's feed_outage mark (`_rules_kernel.OUTAGE_SILENT`)."""
+        s = self._subjects(subject)
+        t = _integers(t_ms, "t_ms", np.int64)
+        c = _integers(state, "state", np.int8)
+        if not len(s) == len(t) == len(c):
+            raise RulesError("subject, t_ms and state must have the same length")
+        if len(c) and (c.min() < 0 or c.max() >= len(STATES)):
+            raise RulesError(f"state must hold handset states 0..{len(STATES) - 1} "
+                             f"({', '.join(STATES)})")
+        a = self._arrays
+        folded = fold_reports(sort_batch(s, t), s, t, c, a["newest_t_ms"], a["report_t_ms"],
+                              a["handset"], a["handset_since_ms"])
+        who = folded.subject
+        a["handset"][who] = folded.state
+        a["handset_since_ms"][who] = folded.since_ms
+        a["report_t_ms"][who] = folded.report_t_ms
+        if carrier >= 0:
+            a["carrier"][who] = carrier
+        self.clear_flags(who, rk.OUTAGE_SILENT)
+        return folded.late
 
     def last_fix(self, subjects) -> dict[str, np.ndarray]:
         """Newest fix of each subject: t_ms, lon, lat, acc_m, src, carrier, and the area
@@ -219,7 +314,8 @@ class RuleState:
 
     @property
     def carrier(self) -> np.ndarray:
-        """Per subject, the carrier id of the newest fix (-1 before any); read-only."""
+        """Per subject, the carrier id of the newest fix, or of the newest status report if
+        that is newer (-1 before any); read-only."""
         return _read_only(self._arrays["carrier"])
 
     @property
@@ -257,10 +353,12 @@ class RuleState:
         magic, version, n_fields, n = _HEADER.unpack_from(data)
         if magic != SNAPSHOT_MAGIC:
             raise SnapshotError("not a rule-state snapshot (bad magic)")
-        if version != SNAPSHOT_VERSION or n_fields != len(ALL_FIELDS):
+        stored = SNAPSHOT_FIELDS.get(version)
+        if stored is None or n_fields != len(stored):
             raise SnapshotError(f"snapshot version {version} with {n_fields} fields; this "
-                                f"build reads version {SNAPSHOT_VERSION}")
-        expected = _HEADER.size + n * BYTES_PER_SUBJECT + _TRAILER.size
+                                f"build reads versions {', '.join(map(str, SNAPSHOT_FIELDS))}")
+        per_subject = sum(np.dtype(dt).itemsize for _, dt, _ in stored)
+        expected = _HEADER.size + n * per_subject + _TRAILER.size
         if len(data) != expected:
             raise SnapshotError(f"snapshot of {n} subjects has {len(data)} bytes, "
                                 f"expected {expected} (truncated?)")
@@ -268,10 +366,12 @@ class RuleState:
         if zlib.crc32(data[:-_TRAILER.size]) != crc:
             raise SnapshotError("snapshot checksum mismatch (damaged)")
         arrays, offset = {}, _HEADER.size
-        for name, dt, _ in ALL_FIELDS:
+        for name, dt, _ in stored:
             wire = np.dtype(dt).newbyteorder("<")
             arrays[name] = np.frombuffer(data, wire, n, offset).astype(dt)
             offset += n * wire.itemsize
+        for name, dt, init in ALL_FIELDS[len(stored):]:   # an older version lacks these
+            arrays[name] = np.full(n, init, dt)
         self._arrays = arrays
 
     # -- checks ----------------------------------------------------------------------------

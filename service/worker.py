@@ -6,7 +6,10 @@ of `Worker`:
 
     read          up to READ_BATCHES stored batches after its position (`ingest.store`)
     evaluate      this partition's share of each: verdicts, then the fix-driven rules
-                  (`alerts.evaluation`)
+                  (`alerts.evaluation`); handset status rows (src >= STATE0, no
+                  position) are split out by mask there, get no verdict and are not
+                  counted among the verdicts reported, but they do count as the
+                  carrier's newest row (feed_outage, the feed clock)
     check_clock   about once a second, fixes or not: signal_lost, feed_outage,
                   permit_overstay (`alerts.clock_rules`)
     commit        alarms, checkpoint and (every few seconds) the rules state, in

@@ -173,3 +173,53 @@ def _after_last(fixes: list[Fix], pred) -> int:
 def _last_all(fixes: list[Fix], n: int, pred) -> bool:
     """The last `n` fixes exist and all match `pred`."""
     return len(fixes) >= n and all(pred(f) for f in fixes[-n:])
+
+
+@dataclass
+class Handset:
+    state: int | None = None        # index into protocol.STATES; None: no state
+    since_ms: int | None = None
+    report_t_ms: int | None = None  # newest report taken
+
+
+class ReferenceHandsets:
+    """Handset status reports (SPEC §14) one at a time, beside a `ReferenceRules` whose
+    newest position fix per subject they are judged against."""
+
+    def __init__(self, positions: ReferenceRules):
+        self.positions = positions
+        self.subjects: list[Handset] = []
+
+    def view(self, s: int) -> Handset:
+        self.subjects += [Handset() for _ in range(s + 1 - len(self.subjects))]
+        return self.subjects[s]
+
+    def apply(self, subject, t_ms, state) -> list[int]:
+        """Late report indices of one batch, taken in (subject, t, batch) order."""
+        order = sorted(range(len(subject)), key=lambda i: (int(subject[i]), int(t_ms[i])))
+        late = []
+        for i in order:
+            s, t, code = int(subject[i]), int(t_ms[i]), int(state[i])
+            h = self.view(s)
+            position = self.positions.view(s).newest_t_ms
+            if (position is not None and t <= position) or (
+                    h.report_t_ms is not None and t <= h.report_t_ms):
+                late.append(i)
+                continue
+            if h.state != code:
+                h.state, h.since_ms = code, t
+            h.report_t_ms = t
+        return sorted(late)
+
+    def positions_taken(self) -> None:
+        """After a batch of position fixes: a fix newer than a subject's newest report ends
+        its state; one between the state's start and that report restarts it there."""
+        for s in range(len(self.positions.subjects)):
+            h = self.view(s)
+            newest = self.positions.view(s).newest_t_ms
+            if h.state is None or newest is None:
+                continue
+            if newest > h.report_t_ms:
+                h.state = h.since_ms = None
+            elif newest > h.since_ms:
+                h.since_ms = h.report_t_ms

@@ -1,6 +1,8 @@
 """Supervision levels in the running engine (SPEC §11): a strict (严管) subject's single
 `out` fix raises zone_exit where a normal one's does not, and a strict subject is lost
-after 30 minutes of silence (`[rules.strict]` built-in defaults).
+after 30 minutes of silence (`[rules.strict]` built-in defaults). Beside them, a phone
+its carrier reports off (SPEC §14, a status row through the wire) raises phone_off after
+`phone_off_after_s`, and no signal_lost.
 
 Real processes, sockets and files: `geofence serve` with the feed clock (`[rules] clock =
 "feed"`), fixes sent through the wire protocol by a carrier, the registry imported with
@@ -27,9 +29,9 @@ FAR = (115.5, 33.5)   # 100+ km from Zaozhuang
 
 def test_strict_subject_exits_on_one_out_fix_and_is_lost_after_30_minutes_of_feed_time(
         tmp_path):
-    config = write_config(tmp_path, rules={"clock": "feed"})
+    config = write_config(tmp_path, rules={"clock": "feed", "phone_off_after_s": 1200})
     doc = population_document(20)
-    strict, normal = [s for s in doc["subjects"] if s["risk"] == "normal"][:2]
+    strict, normal, off = [s for s in doc["subjects"] if s["risk"] == "normal"][:3]
     strict["level"] = "strict"
     import_registry(config, doc)
     layer = Layer.from_geojson(zaozhuang_geojson())
@@ -50,6 +52,9 @@ def test_strict_subject_exits_on_one_out_fix_and_is_lost_after_30_minutes_of_fee
     try:
         assert carrier.request(batch(0, [(strict, 0, "HOME"), (normal, 0, "HOME")]))[
             "status"] == "ok"
+        reported_off = encode_cols("cmcc", 100, [int(off["devices"][0])], [t0], [np.nan],
+                                   [np.nan], src=["off"])   # 关机: a status, no position
+        assert carrier.request(reported_off)["status"] == "ok"
         wait_for_a_clock_check(engine)   # both watched from here (about t0), see clock_rules
         assert carrier.request(batch(1, [(strict, 1, FAR), (normal, 1, FAR)]))[
             "status"] == "ok"            # one `out` fix each
@@ -62,7 +67,12 @@ def test_strict_subject_exits_on_one_out_fix_and_is_lost_after_30_minutes_of_fee
         engine.stop()
     alarms = all_alarms(engine)
     assert [(a["type"], a["subject"]) for a in alarms] == [
-        ("zone_exit", strict["id"]), ("signal_lost", strict["id"])], alarms
+        ("zone_exit", strict["id"]), ("phone_off", off["id"]), ("signal_lost", strict["id"])
+    ], alarms
+    phone_off = alarms[1]
+    assert (phone_off["t"], phone_off["severity"], phone_off["fix"]) == (
+        t0 + 20 * MIN_MS, "high", None)
+    assert phone_off["details"]["handset"] == "off" and phone_off["details"]["since"] == t0
     exit_ = alarms[0]
     assert exit_["id"] == alarm_id(strict["id"], "zone_exit", t0 + MIN_MS)   # its one out fix
     assert exit_["severity"] == "high" and exit_["t"] == t0 + MIN_MS

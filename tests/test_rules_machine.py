@@ -3,11 +3,15 @@
 A hypothesis state machine feeds both models batches of fixes for a few subjects (random
 verdicts; times that are often late or equal; a rule class per subject: supervision
 level and risk key, with small per-level thresholds too), marks signals lost,
-adds subjects, and round-trips the compiled state through a snapshot; after every step
-the events, the late fixes and each subject's observable state must be identical. Small
+adds subjects, feeds handset status reports (SPEC §14) against a plain reference of
+them, marks phones off, and round-trips the compiled state through a snapshot; after
+every step the events, the late fixes and reports, each subject's observable state and
+its handset state must be identical. Small
 thresholds make every rule fire often; tiny event capacities force the resume path.
 Plus direct checks of the kernel's stop-and-resume, snapshots and input errors.
 """
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +24,7 @@ from alerts.rules import (BYTES_PER_SUBJECT, EVENT_TYPES, RuleState, RulesError,
                           event_columns, sort_batch)
 from engine.config import Rules
 from geofence.verdict import IN, OUT, UNSURE
-from tests.rules_reference import ReferenceRules, compiled_view
+from tests.rules_reference import ReferenceHandsets, ReferenceRules, SubjectView, compiled_view
 from tests.warm_up_check import assert_warm_up_prepares
 
 VERDICTS = st.sampled_from([IN, UNSURE, OUT])
@@ -47,6 +51,8 @@ class RulesMachine(RuleBasedStateMachine):
         self.classes = np.array(classes, np.int8)
         self.compiled = RuleState(len(classes), rules)
         self.reference = ReferenceRules(len(classes), rules)
+        self.handsets = ReferenceHandsets(self.reference)
+        self.phone_off: set[int] = set()
         self.clock_ms = 1_700_000_000_000
 
     @rule(data=st.data())
@@ -67,7 +73,32 @@ class RulesMachine(RuleBasedStateMachine):
                                                excl_zone, self.classes)
         assert rows(got) == want
         assert got.late.tolist() == want_late
+        restored = got.subject[got.type == rk.SIGNAL_RESTORED].tolist()
+        assert got.after[got.type == rk.SIGNAL_RESTORED].tolist() == [
+            rk.PHONE_OFF if s in self.phone_off else rk.SIGNAL_LOST for s in restored]
+        assert (got.after[got.type != rk.SIGNAL_RESTORED] == -1).all()
+        self.phone_off -= set(restored)
+        self.handsets.positions_taken()
         self.clock_ms += data.draw(st.integers(0, 5)) * 1000
+
+    @rule(data=st.data())
+    def reports(self, data):
+        reports = data.draw(st.lists(st.tuples(
+            st.integers(0, len(self.classes) - 1), st.integers(-3, 4), st.integers(0, 2)),
+            max_size=8))
+        subject = np.array([r[0] for r in reports], np.int32)
+        t_ms = self.clock_ms + np.array([r[1] for r in reports], np.int64) * 1000
+        state = np.array([r[2] for r in reports], np.int8)
+        late = self.compiled.apply_reports(subject, t_ms, state, carrier=1)
+        assert late.tolist() == self.handsets.apply(subject, t_ms, state)
+        self.clock_ms += data.draw(st.integers(0, 5)) * 1000
+
+    @rule(data=st.data())
+    def phone_off(self, data):
+        subjects = data.draw(st.lists(st.integers(0, len(self.classes) - 1), max_size=2))
+        self.compiled.mark_phone_off(subjects)
+        self.reference.mark_signal_lost(subjects)
+        self.phone_off |= set(subjects)
 
     @rule(data=st.data())
     def lose_signal(self, data):
@@ -95,6 +126,17 @@ class RulesMachine(RuleBasedStateMachine):
             assert self.compiled.n_subjects == len(self.classes)
             for s in range(len(self.classes)):
                 assert compiled_view(self.compiled, s) == self.reference.view(s)
+                h = self.handsets.view(s)
+                assert compiled_handset(self.compiled, s) == (
+                    h.state, h.since_ms, h.report_t_ms if h.state is not None else None)
+
+
+def compiled_handset(state: RuleState, s: int) -> tuple:
+    """(state, since, newest report) of subject s while a state holds, else Nones."""
+    code = int(state.handset[s])
+    if code < 0:
+        return None, None, None
+    return code, int(state.handset_since_ms[s]), int(state.heard_t_ms[s])
 
 
 # At least 200 runs even in the quick local profile: some rule slips show only with the
@@ -207,3 +249,63 @@ def test_warm_up_loads_the_kernel_a_worker_needs():
         "state = rules.RuleState(3, Rules())\n"
         "state.apply(np.array([0, 2], np.int32), np.array([5, 6]), np.array([0, 2], np.int8),\n"
         "            np.array([2, 1], np.int8), np.array([-1, 0], np.int32), np.zeros(3, np.int8))")
+
+
+V2_SNAPSHOT = Path(__file__).parent / "data" / "rules-snapshot-v2.bin"
+
+
+def test_a_version_2_snapshot_restores_with_no_handset_state():
+    """tests/data/rules-snapshot-v2.bin, written by the build before handset state
+    (tests/data/make_rules_snapshot_v2.py): subject 0 two fixes out (exit open), subject
+    1 one fix in and marked lost, subject 2 no fix."""
+    old = V2_SNAPSHOT.read_bytes()
+    assert old[8:10] == (2).to_bytes(2, "little")
+    state = RuleState(0, Rules())
+    state.restore(old)
+    t0 = 1_700_000_000_000
+    assert [compiled_view(state, s) for s in range(3)] == [
+        SubjectView(t0 + 60_000, OUT, False, True, t0 + 60_000, False),
+        SubjectView(t0, IN, True, False, None, False),
+        SubjectView(None, None, False, False, None, False)]
+    assert state.handset.tolist() == [-1, -1, -1]
+    assert (state.handset_since_ms == rk.NO_TIME).all()
+    assert state.heard_t_ms.tolist() == state.newest_t_ms.tolist()
+    # it goes on as a version-3 state: reports, and a snapshot of the new version
+    state.apply_reports([2], [t0 + 5_000], [0])
+    again = RuleState(0, Rules())
+    again.restore(state.snapshot())
+    assert again.snapshot() == state.snapshot()
+    assert again.handset.tolist() == [-1, -1, 0]
+    assert again.snapshot()[8:10] == (3).to_bytes(2, "little")
+    assert len(again.snapshot()) == 3 * BYTES_PER_SUBJECT + 24
+
+
+def test_handset_state_round_trips_through_a_snapshot():
+    state = RuleState(3, Rules())
+    state.apply([0], [1_000], [IN], [OUT], [-1])
+    assert state.apply_reports([0, 1, 1, 2], [2_000, 5_000, 7_000, 9_000], [0, 1, 1, 2],
+                               carrier=4).tolist() == []
+    state.mark_phone_off([1])
+    data = state.snapshot()
+    fresh = RuleState(0, Rules())
+    fresh.restore(data)
+    assert fresh.handset.tolist() == [0, 1, 2]
+    assert fresh.handset_since_ms.tolist() == [2_000, 5_000, 9_000]
+    assert fresh.heard_t_ms.tolist() == [2_000, 7_000, 9_000]
+    assert fresh.carrier.tolist() == [4, 4, 4]
+    assert fresh.flags[1] & rk.PHONE_OFF_SET and fresh.flags[1] & rk.SIGNAL_LOST_SET
+    events = fresh.apply([1], [8_000], [IN], [OUT], [-1])
+    assert EVENT_TYPES[events.type[0]] == "signal_restored"
+    assert events.after.tolist() == [rk.PHONE_OFF]
+    assert fresh.handset[1] == -1 and not fresh.flags[1] & rk.PHONE_OFF_SET
+
+
+def test_bad_reports_are_refused():
+    state = RuleState(2, Rules())
+    with pytest.raises(RulesError, match="handset states 0..2"):
+        state.apply_reports([0], [1], [3])
+    with pytest.raises(RulesError, match="same length"):
+        state.apply_reports([0, 1], [1], [0])
+    with pytest.raises(RulesError, match="subject indices"):
+        state.apply_reports([2], [1], [0])
+    assert state.handset.tolist() == [-1, -1]

@@ -210,6 +210,7 @@ def test_severities_follow_the_spec():
     assert severity("zone_exit", key=True) == "critical"
     assert severity("zone_exit", key=False) == "high"
     assert [severity(name, False) for name in EVENT_TYPES] == [
-        "high", "info", "medium", "critical", "medium", "high", "info", "high", "critical"]
+        "high", "info", "medium", "critical", "medium", "high", "info", "high", "critical",
+        "high"]
     with pytest.raises(RulesError, match="known: zone_exit"):
         severity("exit", False)

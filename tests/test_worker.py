@@ -14,6 +14,7 @@ from engine.layers import code_checkers, load_layers
 from engine.messages import ALARMS_STORED, WorkerReport
 from engine.paths import EnginePaths
 from ingest.fixes import FixColumns
+from ingest.protocol import STATE0, STATES
 from ingest.store import BatchRecord, Store
 from service.worker import Worker
 
@@ -43,6 +44,20 @@ def store_batch(paths: EnginePaths, batch: int, t_ms: list[int]) -> None:
                        src=np.zeros(n, np.int8))
     with Store(paths.fixes_db) as store:
         store.commit([BatchRecord("cmcc", batch, t_ms[-1] + 500, fixes, "ok")])
+
+
+def store_rows(paths: EnginePaths, batch: int, rows: list[tuple[int, int]]) -> None:
+    """One stored batch of S1's rows (t_ms, src): a src of STATE0 and up is a handset
+    status row, stored as ingest stores it (no position: lon, lat, acc NaN)."""
+    t_ms, src = (np.array(c, dt) for c, dt in zip(zip(*rows), (np.int64, np.int8)))
+    status = src >= STATE0
+    n = len(rows)
+    fixes = FixColumns(device=np.zeros(n, np.int32), subject=np.zeros(n, np.int32),
+                       t_ms=t_ms, lon=np.where(status, np.nan, FAR[0]),
+                       lat=np.where(status, np.nan, FAR[1]),
+                       acc_m=np.where(status, np.nan, 20.0).astype(np.float32), src=src)
+    with Store(paths.fixes_db) as store:
+        store.commit([BatchRecord("cmcc", batch, int(t_ms.max()) + 500, fixes, "ok")])
 
 
 def stored_alarms(worker: Worker) -> list[Alarm]:
@@ -103,3 +118,38 @@ def test_a_restarted_worker_resumes_after_its_checkpoint_and_raises_nothing_twic
     finally:
         again.close()
         ctx.destroy(0)
+
+
+def test_status_rows_are_not_counted_among_the_verdicts_reported(data):
+    """A batch of two fixes far out and two handset status rows: the exit is raised by the
+    fixes alone, the report to ingest counts two verdicts, and the stored alarm holds no
+    NaN; a batch of status rows only reports no verdict and moves the checkpoint."""
+    settings, paths = data
+    ctx = zmq.Context()
+    reports = ctx.socket(zmq.PULL)
+    reports.bind(paths.done_endpoint)
+    off = STATE0 + STATES.index("off")
+    store_rows(paths, 1, [(T0, 0), (T0 + 30_000, off), (T0 + 60_000, 0),
+                          (T0 + 90_000, STATE0 + STATES.index("unreachable"))])
+    worker = Worker(settings, 0, 1)
+    try:
+        worker.open_store(lambda: False)
+        worker.connect(ctx)
+        WorkerReport.decode(reports.recv())
+        assert worker.step() is True
+        report = WorkerReport.decode(reports.recv())
+        assert (report.seq, report.verdicts) == (1, (0, 0, 2))
+        [alarm] = stored_alarms(worker)
+        assert (alarm.type, alarm.t_ms) == ("zone_exit", T0 + 60_000)
+        assert "NaN" not in alarm.to_json()
+        assert worker.evaluation.rules.handset[0] == STATES.index("unreachable")
+
+        store_rows(paths, 2, [(T0 + 120_000, off)])
+        assert worker.step() is True
+        report = WorkerReport.decode(reports.recv())
+        assert (report.seq, report.verdicts, report.late) == (2, (0, 0, 0), 0)
+        assert worker.evaluation.rules.handset[0] == STATES.index("off")
+    finally:
+        worker.close()
+        reports.close(0)
+        ctx.term()

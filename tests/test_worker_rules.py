@@ -11,6 +11,7 @@ Places: HOME (inside Shizhong 370402, every subject's home unless said), XUECHEN
 (115.5, 33.5), outside every jurisdiction.
 """
 
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ import shapely
 
 from alerts.alarms import Alarm
 from alerts.clock_rules import Carriers, ClockRules, RulesClock
-from alerts.evaluation import Evaluation
+from alerts.evaluation import Evaluated, Evaluation
 from alerts.registry import RegistryStore
 from alerts.subject_book import SubjectBook
 from engine.config import Rules
@@ -28,6 +29,7 @@ from engine.layers import code_checkers
 from geofence import Layer, VerdictEngine
 from geofence.builtin import zaozhuang_geojson
 from ingest.fixes import FixColumns
+from ingest.protocol import STATE0, STATES
 
 T0 = 1_700_000_000_000          # 2023-11-14T22:13:20Z
 MIN_MS = 60_000
@@ -133,21 +135,34 @@ class World:
         register(self.engine, self.store, doc)
 
     def fixes(self, rows, carrier: str = "cmcc") -> tuple[list[Alarm], int]:
-        """One batch: rows of (subject id, t_ms, place name or (lon, lat)); (alarms, late)."""
-        xy = [self.places[p] if isinstance(p, str) else p for _, _, p in rows]
+        """One batch: rows of (subject id, t_ms, place name or (lon, lat), or a handset
+        state of `protocol.STATES` for a status row as ingest stores it); (alarms, late)."""
+        result = self.batch(rows, carrier)
+        return result.alarms, result.late
+
+    def batch(self, rows, carrier: str = "cmcc") -> Evaluated:
+        status = np.array([isinstance(p, str) and p in STATES for _, _, p in rows], bool)
+        xy = [(np.nan, np.nan) if p in STATES else self.places[p] if isinstance(p, str) else p
+              for _, _, p in rows]
         index = np.array([self.book.index_of[sid] for sid, _, _ in rows], np.int32)
         cols = FixColumns(device=index.copy(), subject=index,
                           t_ms=np.array([t for _, t, _ in rows], np.int64),
                           lon=np.array([x for x, _ in xy], np.float64),
                           lat=np.array([y for _, y in xy], np.float64),
-                          acc_m=np.full(len(rows), ACC_M, np.float32),
-                          src=np.zeros(len(rows), np.int8))
+                          acc_m=np.where(status, np.nan, ACC_M).astype(np.float32),
+                          src=np.array([STATE0 + STATES.index(p) if p in STATES else 0
+                                        for _, _, p in rows], np.int8))
         cid = self.carriers.id_of(carrier)
         self.carriers.saw(cid, int(cols.t_ms.max()))
         self.seq += 1
         result = self.ev.run(cols, cid, received_ms=int(cols.t_ms.max()) + 1000)
-        assert result.verdicts.sum() == len(rows)
-        return result.alarms, result.late
+        assert result.verdicts.sum() == len(rows) - status.sum(), "status rows get no verdict"
+        assert result.reports == status.sum()
+        return result
+
+    def report(self, sid: str, t_ms: int, state: str, carrier: str = "cmcc") -> list[Alarm]:
+        """One handset status row (off, suspended, unreachable) in a batch of its own."""
+        return self.fixes([(sid, t_ms, state)], carrier)[0]
 
     def fix(self, sid: str, t_ms: int, place, carrier: str = "cmcc") -> list[Alarm]:
         return self.fixes([(sid, t_ms, place)], carrier)[0]
@@ -692,3 +707,231 @@ def test_a_level_changed_in_the_registry_changes_the_rules_at_once(world):
     assert w.fixes([("s2", minutes(4), "FAR")])[0] == []
     assert w.fixes([("s2", minutes(5), "FAR")])[0] == [], "loose: two fixes are not an exit"
     assert types(w.fix("s2", minutes(6), "FAR")) == ["zone_exit"]
+
+
+# --- handset status (SPEC §14): off 关机, suspended 停机, unreachable 无法接通 ----------------
+
+OFF_AFTER_MS = Rules().phone_off_after_s * 1000
+
+
+def strict_json(alarm: Alarm) -> dict:
+    """The alarm's JSON, refusing NaN and Infinity (a status row's missing position must
+    never leak into a document)."""
+    def refuse(constant):
+        raise AssertionError(f"{constant} in alarm {alarm.type}: {alarm.to_json()}")
+    return json.loads(alarm.to_json(), parse_constant=refuse)
+
+
+def test_phone_reported_off_then_silent_is_phone_off_after_three_hours_not_signal_lost(
+        world, engine, places):
+    w = world([subject("s1")])
+    w.clock(T0)
+    w.fix("s1", minutes(0), "HOME")
+    assert w.report("s1", minutes(10), "off") == []
+    for m in (61, 120, 189):
+        assert w.clock(minutes(m)) == [], f"reported off: not lost at {m} min"
+    assert w.clock(minutes(190)) == [], "exactly three hours off is not yet phone_off"
+    off = only(w.clock(minutes(191)), "phone_off")
+    doc = strict_json(off)
+    assert (doc["severity"], doc["subject"], doc["office"], doc["t"]) == (
+        "high", "s1", SHIZHONG_OFFICE, minutes(190))
+    assert doc["details"] == {"handset": "off", "since": minutes(10), "off_for_s": 181 * 60}
+    x, y = places["HOME"]
+    assert doc["fix"] == {"t": minutes(0), "lon": x, "lat": y, "acc": ACC_M, "src": "gps"}
+    assert doc["where"] == where_of(engine, places["HOME"])
+    for m in (192, 300, 24 * 60):
+        assert w.clock(minutes(m)) == [], f"raised once, and never a signal_lost ({m} min)"
+    assert w.report("s1", minutes(25 * 60), "off") == [], "a repeat of the report: nothing"
+    restored = only(w.fix("s1", minutes(26 * 60), "HOME"), "signal_restored")
+    assert strict_json(restored)["details"] == {"after": "phone_off"}
+    assert w.clock(minutes(26 * 60 + 59)) == []
+    lost = only(w.clock(minutes(26 * 60 + 61)), "signal_lost")   # the clock runs again
+    assert lost.to_document()["details"]["silent_since"] == minutes(26 * 60)
+    assert types(w.fix("s1", minutes(28 * 60), "HOME")) == ["signal_restored"]
+
+
+def test_suspended_phone_without_any_position_names_no_fix(world):
+    w = world([subject("s1")])
+    w.clock(T0)
+    w.report("s1", minutes(5), "suspended")
+    off = only(w.clock(minutes(5) + OFF_AFTER_MS + 1000), "phone_off")
+    doc = strict_json(off)
+    assert doc["fix"] is None and doc["where"] is None
+    assert doc["details"]["handset"] == "suspended"
+
+
+def test_phone_off_threshold_follows_the_level(world):
+    rules = Rules(strict={"phone_off_after_s": 3600}, loose={"phone_off_after_s": 6 * 3600})
+    w = world([subject("s1", level="strict"), subject("n1"), subject("l1", level="loose")],
+              rules=rules)
+    w.clock(T0)
+    w.fixes([(s, minutes(0), "off") for s in ("s1", "n1", "l1")])
+
+    def offs(m: float) -> list[tuple[str, int]]:
+        return [(a.subject, a.to_document()["t"]) for a in w.clock(minutes(m))]
+
+    assert offs(59) == []
+    assert offs(61) == [("s1", minutes(60))]
+    assert offs(179) == []
+    assert offs(181) == [("n1", minutes(180))]
+    assert offs(359) == []
+    assert offs(361) == [("l1", minutes(360))]
+
+
+def test_the_off_clock_starts_with_the_first_report_of_the_state(world):
+    """off, off again (the same state: the clock runs on), unreachable, then off: the
+    phone_off counts from the last change to off."""
+    w = world([subject("s1"), subject("s2")])
+    w.clock(T0)
+    w.fixes([("s1", minutes(0), "off"), ("s2", minutes(0), "off")])
+    w.report("s1", minutes(60), "off")
+    w.fixes([("s2", minutes(30), "unreachable"), ("s2", minutes(40), "off")])
+    assert [a.subject for a in w.clock(minutes(181))] == ["s1"]
+    assert w.clock(minutes(219)) == []
+    off = only(w.clock(minutes(221)), "phone_off")
+    assert (off.subject, off.to_document()["details"]["since"]) == ("s2", minutes(40))
+
+
+def test_unreachable_changes_no_clock(world):
+    w = world([subject("s1")])
+    w.clock(T0)
+    w.fix("s1", minutes(0), "HOME")
+    assert w.report("s1", minutes(30), "unreachable") == []
+    assert w.clock(minutes(59)) == []
+    lost = only(w.clock(minutes(61)), "signal_lost")
+    assert lost.to_document()["details"]["silent_since"] == minutes(0)
+    assert w.ev.rules.handset[w.book.index_of["s1"]] == STATES.index("unreachable")
+    assert w.clock(minutes(5 * 60)) == [], "no phone_off for an unreachable phone"
+    restored = only(w.fix("s1", minutes(5 * 60), "HOME"), "signal_restored")
+    assert restored.to_document()["details"] == {"after": "signal_lost"}
+    assert w.ev.rules.handset[w.book.index_of["s1"]] == -1, "a newer fix ends the state"
+
+
+def test_off_then_unreachable_lets_the_silence_clock_run_from_the_last_position(world):
+    w = world([subject("s1")])
+    w.clock(T0)
+    w.fix("s1", minutes(0), "HOME")
+    w.report("s1", minutes(10), "off")
+    assert w.clock(minutes(90)) == []
+    w.report("s1", minutes(95), "unreachable")
+    lost = only(w.clock(minutes(96)), "signal_lost")
+    assert lost.to_document()["details"]["silent_since"] == minutes(0)
+
+
+def test_a_report_older_than_the_newest_position_changes_nothing(world):
+    w = world([subject("s1"), subject("s2")])
+    w.clock(T0)
+    w.fix("s1", minutes(30), "HOME")
+    assert w.fixes([("s1", minutes(20), "off")]) == ([], 1), "late: stored, counted"
+    # in one batch: an off report, then a position fix of the same phone a minute later
+    assert w.fixes([("s2", minutes(31), "HOME"), ("s2", minutes(30), "off")]) == ([], 1)
+    # and a report older than the newest report of the same phone
+    w.report("s1", minutes(40), "unreachable")
+    assert w.fixes([("s1", minutes(35), "off")]) == ([], 1)
+    lost = w.clock(minutes(92))
+    assert sorted(a.subject for a in lost) == ["s1", "s2"], "both still lose signal as usual"
+    assert "phone_off" not in types(w.clock(minutes(24 * 60)))
+
+
+def test_a_position_newer_than_the_report_ends_it_before_the_threshold(world):
+    w = world([subject("s1")])
+    w.clock(T0)
+    w.report("s1", minutes(0), "off")
+    assert w.fix("s1", minutes(100), "HOME") == [], "no alarm was raised: nothing to restore"
+    assert w.clock(minutes(159)) == []
+    assert types(w.clock(minutes(161))) == ["signal_lost"]
+    assert "phone_off" not in types(w.clock(minutes(400)))
+
+
+def test_a_status_row_never_gets_a_verdict(world):
+    """Status rows among fixes: counted apart, no verdict, and they neither count toward
+    an exit nor reset one; no NaN in any alarm."""
+    w = world([subject("s1"), subject("s2")])
+    w.clock(T0)
+    result = w.batch([("s1", minutes(0), "FAR"), ("s2", minutes(0), "suspended"),
+                      ("s1", minutes(1), "off"), ("s1", minutes(2), "FAR"),
+                      ("s2", minutes(1), "unreachable")])
+    assert result.verdicts.tolist() == [0, 0, 2] and result.reports == 3 and result.late == 1
+    exit_ = only(result.alarms, "zone_exit")
+    assert strict_json(exit_)["fix"]["t"] == minutes(2)
+    only_reports = w.batch([("s2", minutes(5), "off")])
+    assert only_reports.verdicts.tolist() == [0, 0, 0] and only_reports.alarms == []
+    raised = w.clock(minutes(5) + OFF_AFTER_MS + 1000)
+    assert sorted(types(raised)) == ["phone_off", "signal_lost"]
+    for alarm in raised:
+        strict_json(alarm)
+
+
+def test_phone_off_survives_a_restart_with_the_same_id(world):
+    w = world([subject("s1")])
+    w.clock(T0)
+    w.fix("s1", minutes(0), "HOME")
+    w.report("s1", minutes(10), "off")
+    w.clock(minutes(100))
+    snapshot = w.ev.rules.snapshot()
+    first = only(w.clock(minutes(191)), "phone_off")
+    w.resume(snapshot)
+    w.clock_rules.silence.resume(minutes(100))
+    assert w.clock(minutes(150)) == [], "restored: still reported off, not lost"
+    again = only(w.clock(minutes(191)), "phone_off")
+    assert again.id == first.id
+    assert strict_json(only(w.fix("s1", minutes(200), "HOME"), "signal_restored"))[
+        "details"] == {"after": "phone_off"}
+
+
+def test_status_reports_keep_a_carrier_alive_for_feed_outage(world):
+    """The carrier speaks of its subjects (unreachable, every ten minutes) but sends no
+    position: not an outage; each is lost on its own an hour after its last position."""
+    w, ids = carrier_world(world)
+    raised = []
+    for m in range(10, 70, 10):
+        w.fixes([(s, minutes(m), "unreachable") for s in ids])
+        raised += w.clock(minutes(m) + 1000)
+    raised += w.clock(minutes(61))
+    assert types(raised) == ["signal_lost"] * len(ids)
+
+
+def test_phones_reported_off_are_no_outage_of_their_carrier(world):
+    """7 of 12 phones off: the 5 others keep reporting; no feed_outage, and each of the 7
+    raises phone_off three hours after its report."""
+    w, ids = carrier_world(world)
+    off, on = ids[:7], ids[7:]
+    w.fixes([(s, minutes(1), "off") for s in off])
+    raised = []
+    for m in range(10, 190, 10):
+        w.fixes([(s, minutes(m), "HOME") for s in on])
+        raised += w.clock(minutes(m) + 1000)
+    raised += w.clock(minutes(182))
+    assert types(raised) == ["phone_off"] * len(off)
+    assert sorted(a.subject for a in raised) == off
+
+
+def test_lost_then_reported_off_is_phone_off_too(world):
+    """Silent an hour (signal_lost), then the carrier says the phone is off: the desk
+    learns that as well, three hours on; one signal_restored ends both."""
+    w = world([subject("s1")])
+    w.clock(T0)
+    w.fix("s1", minutes(0), "HOME")
+    assert types(w.clock(minutes(61))) == ["signal_lost"]
+    w.report("s1", minutes(70), "off")
+    assert w.clock(minutes(249)) == []
+    assert types(w.clock(minutes(251))) == ["phone_off"]
+    restored = only(w.fix("s1", minutes(300), "HOME"), "signal_restored")
+    assert restored.to_document()["details"] == {"after": "phone_off"}
+
+
+def test_after_a_long_stop_phone_off_counts_from_the_restart(world):
+    """Off since before a long stop of the worker (no resume): like silence, the clock
+    counts from when the restarted worker first watched the subject; the alarm's id and
+    `since` still name the report."""
+    w = world([subject("s1")])
+    w.clock(T0)
+    w.report("s1", minutes(0), "off")
+    w.clock(minutes(60))
+    w.resume(w.ev.rules.snapshot())           # back five hours later
+    assert w.clock(minutes(300)) == []
+    assert w.clock(minutes(479)) == []
+    off = only(w.clock(minutes(481)), "phone_off")
+    doc = off.to_document()
+    assert (doc["t"], doc["details"]["since"]) == (minutes(480), minutes(0))
+    assert doc["details"]["off_for_s"] == 481 * 60

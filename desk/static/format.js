@@ -12,6 +12,7 @@ export const TYPE_NAMES = {
   signal_restored: "恢复联系",
   permit_overstay: "外出逾期",
   feed_outage: "数据中断",
+  phone_off: "手机关机",
   engine_fault: "系统故障",
 };
 export const SEVERITIES = ["critical", "high", "medium", "info"];
