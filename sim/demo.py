@@ -128,7 +128,8 @@ def run_demo(subjects: int = 2032, seed: int = 7, speed: float = DEFAULT_SPEED,
             feeder = _carriers(scenario, engine.endpoints.ingest, speed, stop,
                                replay=not resume)
             feeder.start()
-            summary = _follow(out, feeder, engine, scenario, resume, duration, should_stop)
+            summary = _follow(out, feeder, engine, scenario, resume, duration, should_stop,
+                              lambda: _locates_on_desk(out, engine.endpoints.desk, logins))
             if engine.error is not None:   # serve ended on its own: say why
                 raise engine.error
         except KeyboardInterrupt:
@@ -163,6 +164,18 @@ def _leaves_on_desk(out, desk_url: str | None, logins, scenario) -> None:
         f"desk; {pending} more waits for approval (外出请假 on the page)")
     for reason in refused:
         out(f"demo: the desk refused a leave: {reason}")
+
+
+def _locates_on_desk(out, desk_url: str | None, logins) -> None:
+    """A few locate requests from the patrol desk, and what the carriers answered
+    (`sim.demo_locates`)."""
+    from sim.demo_locates import ask_locates
+    from sim.demo_setup import CITY_USER
+
+    if desk_url:
+        users = {user: (user, password) for user, password, _ in logins}
+        for line in ask_locates(desk_url, users[CITY_USER]):
+            out(line)
 
 
 @contextlib.contextmanager
@@ -257,8 +270,9 @@ def _carriers(scenario, endpoint: str, speed: float, stop: threading.Event, repl
 
 
 def _follow(out, feeder, engine: _Engine, scenario, resume: bool, duration_s: float | None,
-            should_stop) -> dict:
-    """Progress lines until the end; the summary once the day is evaluated."""
+            should_stop, after_summary: Callable[[], None]) -> dict:
+    """Progress lines until the end; the summary once the day is evaluated, then
+    `after_summary()`."""
     from alerts.alarm_store import AlarmStore
     from sim.scorecard import alarm_table, score, summary_lines
 
@@ -285,6 +299,7 @@ def _follow(out, feeder, engine: _Engine, scenario, resume: bool, duration_s: fl
                     f"carriers: {accepted:,} accepted, {rejected:,} rejected")
                 for line in summary_lines(summary):
                     out(line)
+                after_summary()
                 if duration_s is not None:
                     ends_at = time.monotonic() + duration_s
             time.sleep(0.1)
