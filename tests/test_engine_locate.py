@@ -6,7 +6,6 @@ carrier client; one engine for the module, each test on phones of its own."""
 
 import time
 
-import numpy as np
 import pytest
 import zmq
 
@@ -205,3 +204,51 @@ def test_garbage_and_unknown_carriers_leave_requests_alone(engine, ctx, requests
         assert requests.get(asked.id).state == "answered"
     assert not garbage.poll(200)               # nothing ever went to the garbage peer
     garbage.close()
+
+
+def test_geofence_simulate_answers_locate_requests(engine, requests):
+    """`geofence simulate`'s carriers (the same seeded people as the registry) answer with a
+    GPS-grade or a cell fix, carrying the request, at the wall clock; some not at all."""
+    import threading
+
+    from sim.simulate import build_feeds, simulate
+
+    carriers = ("cmcc", "cucc", "ctcc")
+    feeds, _ = build_feeds(20, 1, carriers, ("cucc",))
+    total = sum(len(f) for f in feeds)
+
+    def received() -> float:
+        metrics = engine.metrics()
+        return sum(metrics.get(f'geofence_fixes_received_total{{carrier="{c}"}}', 0)
+                   for c in carriers)
+
+    before = received()
+    stop, lines, result = threading.Event(), [], {}
+    run = threading.Thread(target=lambda: result.update(simulate(
+        engine.endpoint, 20, 0, seed=1, carriers=carriers, linger_s=WAIT_S, stop=stop,
+        progress_s=3600, out=lines.append)), daemon=True)
+    run.start()
+    deadline = time.monotonic() + WAIT_S
+    while received() - before < total:              # the day is in: every phone has a place
+        assert time.monotonic() < deadline and run.is_alive(), lines
+        time.sleep(0.2)
+    asked = [ask(requests, phone(k)) for k in range(10, 20)]
+    closed = []
+    for a in asked:
+        deadline = time.monotonic() + WAIT_S
+        while (r := requests.get(a.id)).state in ("pending", "sent"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        closed.append(r)
+    stop.set()
+    run.join(WAIT_S)
+    answered = [r for r in closed if r.state == "answered"]
+    assert answered, [r.state for r in closed]
+    for r in answered:
+        low, high = {"gps": (5, 30), "cell": (500, 2000)}[r.answer_src]
+        assert low <= r.answer_acc <= high
+        assert r.requested_ms - 10_000 <= r.answer_t_ms <= r.answered_ms
+        assert 116.5 < r.answer_lon < 118.5 and 34.0 < r.answer_lat < 35.8   # Zaozhuang
+    drawn = result["locate_answers"]
+    assert drawn.get("gps", 0) + drawn.get("cell", 0) == len(answered)
+    assert drawn.get("none", 0) == len(closed) - len(answered)
