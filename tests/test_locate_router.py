@@ -1,0 +1,127 @@
+"""The ingest process's locate requests (ingest/locate_router.py): its bounded memory of
+carrier connections and of which carrier carries a device, and an ingest loop (real
+IngestServer, real SQLite files, real ZeroMQ on loopback, in this process) that goes on
+taking fixes while locate.sqlite is locked by another writer, and records the answer once
+the file can be written again."""
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from carriers.locate_store import LocateStore
+from ingest.carrier import CarrierClient
+from ingest.locate_router import CarrierConnections, DeviceCarriers
+from ingest.metrics import IngestMetrics
+from ingest.protocol import encode_rows
+from ingest.server import DevicesUpdate, IngestOptions, IngestServer
+from ingest.store import Store
+
+WAIT_S = 60
+DEVICES = ["13900000000", "13900000001"]
+
+
+def test_connections_are_newest_first_bounded_and_forgotten_when_idle():
+    conns = CarrierConnections(idle_s=10, per_carrier=2, max_carriers=2)
+    assert conns.seen("a", b"1", 0.0) and conns.seen("a", b"2", 1.0)
+    assert not conns.seen("a", b"1", 2.0)           # known: now the newest
+    assert conns.live("a", 2.0) == [b"1", b"2"]
+    conns.seen("a", b"3", 3.0)                      # the oldest goes beyond the cap
+    assert conns.live("a", 3.0) == [b"3", b"1"]
+    conns.seen("b", b"4", 4.0)
+    assert not conns.seen("c", b"5", 5.0)           # no room for a third carrier
+    assert conns.carriers(5.0) == ["b", "a"]
+    assert conns.live("a", 12.5) == [b"3"]          # 1 was last heard at 2.0
+    conns.forget_idle(13.5)                         # a's last (3.0) is idle, b's (4.0) not
+    assert conns.carriers(13.5) == ["b"] and len(conns) == 1
+    assert conns.seen("c", b"5", 13.6)              # room again
+    conns.drop("b", b"4")
+    assert conns.carriers(13.6) == ["c"]
+
+
+def test_the_carrier_of_a_device_is_the_last_that_delivered_it():
+    carriers = DeviceCarriers(max_carriers=2)
+    assert carriers.of(0) is None and carriers.of(-1) is None
+    carriers.learn("a", np.array([0, 5000], np.int32))
+    carriers.learn("b", np.array([5000], np.int32))
+    carriers.learn("c", np.array([1], np.int32))     # past the cap: not remembered
+    assert [carriers.of(i) for i in (0, 1, 5000, 5001)] == ["a", None, "b", None]
+
+
+@pytest.fixture
+def ingest(tmp_path):
+    """An IngestServer on loopback in a thread of its own (its SQLite connections live
+    there); yields (endpoint, locate.sqlite path)."""
+    locate_db = tmp_path / "locate.sqlite"
+    LocateStore(locate_db).close()
+    ready, stop = queue.Queue(), threading.Event()
+
+    def serve():
+        ctx = zmq.Context.instance()
+        store = Store(tmp_path / "fixes.sqlite")
+        options = IngestOptions("tcp://127.0.0.1:0", locate_db=str(locate_db),
+                                locate_timeout_ms=600_000)
+        server = IngestServer(
+            ctx, store, lambda since: DevicesUpdate(1, since != 1, DEVICES, [0, 1]), options,
+            IngestMetrics(), f"inproc://notify-{id(stop)}", f"inproc://done-{id(stop)}")
+        try:
+            ready.put(server.bind())
+            server.run(stop.is_set)
+        finally:
+            server.close()
+            store.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield ready.get(timeout=WAIT_S), locate_db
+    stop.set()
+    thread.join(WAIT_S)
+
+
+def test_fixes_go_on_while_locate_sqlite_is_locked_and_the_answer_is_written_later(
+        ingest, caplog):
+    endpoint, locate_db = ingest
+    caplog.set_level(logging.INFO, "geofence.ingest.locate")
+    requests = LocateStore(locate_db)
+    ctx = zmq.Context()
+    # one ack timeout and the client gives up: a loop waiting on the lock would fail this
+    client = CarrierClient(ctx, endpoint, "cmcc", timeout_ms=2500, retries=1)
+    now = int(time.time() * 1000)
+    batch = iter(range(1, 1000))
+
+    def send(t, **kw):
+        n = next(batch)
+        assert client.send_one(encode_rows("cmcc", n, [DEVICES[0]], [t], [117.3], [34.8],
+                                           [20.0], ["gps"], **kw))["status"] == "ok"
+
+    send(now - 60_000)
+    asked = requests.request("S0", DEVICES[0], "x", "desk", "officer", now)
+    deadline = time.monotonic() + WAIT_S
+    while not (taken := client.take_locate_requests()):
+        assert time.monotonic() < deadline
+        client.idle(0.05)
+    assert taken[0]["request"] == asked.id
+    blocker = sqlite3.connect(locate_db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")              # another writer holds the lock
+    send(now - 30_000, request=asked.id)            # the answer: taken, not yet recorded
+    for k in range(5):
+        send(now - 20_000 + k)
+    assert requests.get(asked.id).state in ("pending", "sent")
+    blocker.execute("ROLLBACK")
+    deadline = time.monotonic() + WAIT_S
+    while (done := requests.get(asked.id)).state != "answered":
+        assert time.monotonic() < deadline, done
+        client.idle(0.1)
+    assert done.answer_t_ms == now - 30_000
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "locate.sqlite" in warnings[0].getMessage()
+    assert any("works again" in r.getMessage() for r in caplog.records)
+    client.close()
+    requests.close()
+    blocker.close()
+    ctx.term()
