@@ -55,17 +55,15 @@ def test_the_carrier_of_a_device_is_the_last_that_delivered_it():
 
 @pytest.fixture
 def ingest(tmp_path):
-    """An IngestServer on loopback in a thread of its own (its SQLite connections live
-    there); yields (endpoint, locate.sqlite path)."""
+    """start(**options): an IngestServer on loopback in a thread of its own (its SQLite
+    connections live there); returns (endpoint, locate.sqlite path). Stopped at the end."""
     locate_db = tmp_path / "locate.sqlite"
     LocateStore(locate_db).close()
-    ready, stop = queue.Queue(), threading.Event()
+    ready, stop, threads = queue.Queue(), threading.Event(), []
 
-    def serve():
+    def serve(options):
         ctx = zmq.Context.instance()
         store = Store(tmp_path / "fixes.sqlite")
-        options = IngestOptions("tcp://127.0.0.1:0", locate_db=str(locate_db),
-                                locate_timeout_ms=600_000)
         server = IngestServer(
             ctx, store, lambda since: DevicesUpdate(1, since != 1, DEVICES, [0, 1]), options,
             IngestMetrics(), f"inproc://notify-{id(stop)}", f"inproc://done-{id(stop)}")
@@ -76,16 +74,22 @@ def ingest(tmp_path):
             server.close()
             store.close()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield ready.get(timeout=WAIT_S), locate_db
+    def start(**options):
+        options = IngestOptions("tcp://127.0.0.1:0", locate_db=str(locate_db),
+                                locate_timeout_ms=600_000, **options)
+        threads.append(threading.Thread(target=serve, args=(options,), daemon=True))
+        threads[-1].start()
+        return ready.get(timeout=WAIT_S), locate_db
+
+    yield start
     stop.set()
-    thread.join(WAIT_S)
+    for thread in threads:
+        thread.join(WAIT_S)
 
 
 def test_fixes_go_on_while_locate_sqlite_is_locked_and_the_answer_is_written_later(
         ingest, caplog):
-    endpoint, locate_db = ingest
+    endpoint, locate_db = ingest()
     caplog.set_level(logging.INFO, "geofence.ingest.locate")
     requests = LocateStore(locate_db)
     ctx = zmq.Context()
@@ -124,4 +128,34 @@ def test_fixes_go_on_while_locate_sqlite_is_locked_and_the_answer_is_written_lat
     client.close()
     requests.close()
     blocker.close()
+    ctx.term()
+
+
+def test_a_busy_carrier_still_gets_its_acks_and_requests_apart(ingest):
+    """Past the backlog limit every new batch is answered `busy`; the connection still
+    counts as live, and the carrier tells the request from the ack by `kind`."""
+    from ingest.protocol import decode_ack, decode_locate
+
+    endpoint, locate_db = ingest(max_backlog_fixes=0)   # no worker: the first fix fills it
+    requests = LocateStore(locate_db)
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(endpoint)
+    now = int(time.time() * 1000)
+    statuses = []
+    for n in (1, 2):
+        dealer.send(encode_rows("cmcc", n, [DEVICES[1]], [now - 60_000 + n], [117.3], [34.8]))
+        assert dealer.poll(WAIT_S * 1000)
+        statuses.append(decode_ack(dealer.recv())["status"])
+    assert statuses == ["ok", "busy"]
+    asked = requests.request("S1", DEVICES[1], "x", "unsure", None, now)
+    assert dealer.poll(WAIT_S * 1000)
+    assert decode_locate(dealer.recv())["request"] == asked.id
+    dealer.send(encode_rows("cmcc", 3, [DEVICES[1]], [now], [117.3], [34.8], request=asked.id))
+    assert dealer.poll(WAIT_S * 1000)
+    assert decode_ack(dealer.recv())["status"] == "busy"      # nothing taken: no answer
+    assert requests.get(asked.id).state == "sent"
+    dealer.close()
+    requests.close()
     ctx.term()
