@@ -157,7 +157,7 @@ def test_a_vanished_connection_is_skipped_for_a_live_one_of_the_same_carrier(
         newer = CarrierClient(ctx, engine.endpoint, "cmcc")
         deliver(newer, *batch("cmcc", phone(5), now_ms() - 50_000))   # the newest connection
         newer.close()
-        time.sleep(0.5)   # let the engine's ROUTER see the connection close
+        time.sleep(1.0)   # let the engine's ROUTER see the connection close
         asked = ask(requests, phone(5))
         assert wait_for_request(older)["request"] == asked.id
         assert wait_state(requests, asked.id, "sent").carrier == "cmcc"

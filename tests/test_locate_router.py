@@ -159,3 +159,42 @@ def test_a_busy_carrier_still_gets_its_acks_and_requests_apart(ingest):
     dealer.close()
     requests.close()
     ctx.term()
+
+
+def test_the_demo_carriers_answer_in_the_replayed_time(ingest):
+    """A replaying carrier (sim.replay, as the demo's) answers with its replay clock, never
+    the wall clock that would move a feed-clock engine a day ahead; the key matches it."""
+    from sim.carriers import CarrierFeed
+    from sim.fixes import Fixes
+    from sim.replay import Replay
+
+    endpoint, locate_db = ingest()
+    requests = LocateStore(locate_db)
+    now = int(time.time() * 1000)
+    start, end = now - 3_600_000, now
+    t = np.arange(start, end, 60_000, dtype=np.int64)
+    n = len(t)
+    lon, lat = np.full(n, 117.3), np.full(n, 34.8)
+    fixes = Fixes(np.zeros(n, np.int32), t, lon, lat, np.full(n, 20.0), np.zeros(n, np.int8),
+                  lon, lat, np.zeros(n, bool))
+    feed = CarrierFeed("cmcc", None, np.array([int(DEVICES[0]), int(DEVICES[1])]), fixes)
+    stop = threading.Event()
+    replay = Replay([feed], endpoint, start, end, speed=360.0, stop=stop)   # 10 s for the hour
+    replay.answers[0].gps_share = 1.0                  # every request answered, by GPS
+    replay.start()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while replay.sent[0] == 0:
+            assert time.monotonic() < deadline and replay.error is None
+            time.sleep(0.05)
+        asked = requests.request("S0", DEVICES[0], "x", "desk", "officer",
+                                 int(time.time() * 1000))
+        while (done := requests.get(asked.id)).state != "answered":
+            assert time.monotonic() < deadline and replay.error is None, done
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        replay.join()
+    assert start <= done.answer_t_ms < asked.requested_ms - 60_000    # replayed, not now
+    assert done.answer_src == "gps" and 5 <= done.answer_acc <= 30
+    requests.close()
