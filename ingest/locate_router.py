@@ -49,7 +49,8 @@ log = logging.getLogger("geofence.ingest.locate")
 
 ANSWER_SKEW_MS = 10_000          # a row this much older than the request still answers it
 POLL_EVERY_S = 0.1               # new requests in locate.sqlite (an indexed read)
-RETRY_WAITING_EVERY_S = 0.5      # requests waiting for a carrier connection
+RETRY_WAITING_EVERY_S = 1.0      # requests waiting for a carrier connection (and at once
+                                 # when a connection or a waiting device's carrier appears)
 EXPIRE_EVERY_S = 1.0
 PURGE_EVERY_S = 600.0
 FAULT_RETRY_S = 2.0              # after a fault of locate.sqlite
@@ -163,12 +164,13 @@ class LocateRouter:
     """Sends open locate requests to carrier connections and records their answers.
 
     send(identity, frame) -> "sent" | "gone" | "full": one frame on the ROUTER to one
-    identity (the server's `send_unasked`). index_of(device) -> int device index or -1.
+    identity (the server's `send_unasked`). index_of(devices) -> an int array of device
+    indices, -1 for a device not (yet) in the ingest's book (one call for many).
     """
 
     def __init__(self, store_path, *, timeout_ms: int, idle_s: float, keep_ms: int, curve: bool,
                  metrics, send: Callable[[bytes, bytes], str],
-                 index_of: Callable[[str], int], open_store=None):
+                 index_of: Callable[[list[str]], np.ndarray], open_store=None):
         self.store_path = store_path
         self.timeout_ms, self.keep_ms, self.curve = int(timeout_ms), int(keep_ms), curve
         self.metrics = metrics
@@ -271,19 +273,24 @@ class LocateRouter:
     def _add(self, r) -> None:
         if r.id in self.requests:
             return
+        if r.reason not in p.LOCATE_REASONS:   # not written by LocateStore.request: it waits
+            return                             # for its timeout, never sent
         req = OpenRequest(r.id, r.device, r.reason, r.requested_ms)
         self.requests[r.id] = req
-        self._resolve(req)
+        self._resolve([req])
         self._waiting_changed = True
 
-    def _resolve(self, req: OpenRequest) -> None:
-        """Find the request's device index (a device the registry names later: later)."""
-        if req.index >= 0:
+    def _resolve(self, requests: list[OpenRequest]) -> None:
+        """Find the requests' device indices (a device the registry names later: later)."""
+        unknown = [r for r in requests if r.index < 0]
+        if not unknown:
             return
-        req.index = self._index_of(req.device)
-        if req.index >= 0:
-            self._by_index.setdefault(req.index, []).append(req.id)
-            self._open_indices = np.fromiter(self._by_index, np.int32, len(self._by_index))
+        found = self._index_of([r.device for r in unknown]).tolist()
+        for req, index in zip(unknown, found):
+            if index >= 0:
+                req.index = index
+                self._by_index.setdefault(index, []).append(req.id)
+        self._open_indices = np.fromiter(self._by_index, np.int32, len(self._by_index))
 
     def _close(self, request_id: str, outcome: str, latency_ms: int | None = None) -> None:
         req = self.requests.pop(request_id, None)
@@ -319,8 +326,8 @@ class LocateRouter:
         if not waiting:
             return
         sent = []
+        self._resolve(waiting)
         for req in waiting:
-            self._resolve(req)
             carrier = self.carriers.of(req.index)
             if carrier is not None:
                 to = [carrier] if self._give(req, carrier, now) else []

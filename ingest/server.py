@@ -6,6 +6,10 @@ One loop in one process, the store's only writer::
                          ─▶ ONE store commit for the group ─▶ send the group's acks
                          ─▶ PUB the new last seq to the evaluation workers
 
+Locate requests (SPEC §14) go out on the same ROUTER to carriers' DEALER connections;
+a group's rows are matched to open requests after its commit, before its acks
+(`ingest/locate_router.py`).
+
 An ack is sent only after its fixes are committed, so an acknowledged fix survives a
 kill -9 of this process; workers evaluate from the store, not from this process's memory.
 Nothing is queued in memory beyond one group: when the workers fall behind by more than
@@ -504,11 +508,18 @@ class IngestServer:
             self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         return "sent"
 
-    def _device_index(self, device: str) -> int:
+    def _device_index(self, devices: list[str]) -> np.ndarray:
+        """Device indices of locate requests' devices (-1: not in the book)."""
         try:
-            return int(self.devices.index_of([device])[0])
-        except ValueError:      # not a device id the book could hold
-            return -1
+            return self.devices.index_of(devices)
+        except ValueError:      # an id that is not UTF-8: the others one by one
+            found = np.full(len(devices), -1, np.int32)
+            for k, device in enumerate(devices):
+                try:
+                    found[k] = self.devices.index_of([device])[0]
+                except ValueError:
+                    pass
+            return found
 
     def _forget_unstored(self, records) -> None:
         """Take a batch's fixes out of the duplicate filter when it was not stored."""
