@@ -56,12 +56,13 @@ def test_the_carrier_of_a_device_is_the_last_that_delivered_it():
 @pytest.fixture
 def ingest(tmp_path):
     """start(**options): an IngestServer on loopback in a thread of its own (its SQLite
-    connections live there); returns (endpoint, locate.sqlite path). Stopped at the end."""
+    connections live there) on the files of tmp_path; returns (endpoint, locate.sqlite
+    path, halt: stops this one). All stopped at the end."""
     locate_db = tmp_path / "locate.sqlite"
     LocateStore(locate_db).close()
-    ready, stop, threads = queue.Queue(), threading.Event(), []
+    ready, halts = queue.Queue(), []
 
-    def serve(options):
+    def serve(options, stop):
         ctx = zmq.Context.instance()
         store = Store(tmp_path / "fixes.sqlite")
         server = IngestServer(
@@ -77,19 +78,25 @@ def ingest(tmp_path):
     def start(**options):
         options = IngestOptions("tcp://127.0.0.1:0", locate_db=str(locate_db),
                                 locate_timeout_ms=600_000, **options)
-        threads.append(threading.Thread(target=serve, args=(options,), daemon=True))
-        threads[-1].start()
-        return ready.get(timeout=WAIT_S), locate_db
+        stop = threading.Event()
+        thread = threading.Thread(target=serve, args=(options, stop), daemon=True)
+        thread.start()
+
+        def halt():
+            stop.set()
+            thread.join(WAIT_S)
+
+        halts.append(halt)
+        return ready.get(timeout=WAIT_S), locate_db, halt
 
     yield start
-    stop.set()
-    for thread in threads:
-        thread.join(WAIT_S)
+    for halt in halts:
+        halt()
 
 
 def test_fixes_go_on_while_locate_sqlite_is_locked_and_the_answer_is_written_later(
         ingest, caplog):
-    endpoint, locate_db = ingest()
+    endpoint, locate_db, _ = ingest()
     caplog.set_level(logging.INFO, "geofence.ingest.locate")
     requests = LocateStore(locate_db)
     ctx = zmq.Context()
@@ -136,7 +143,7 @@ def test_a_busy_carrier_still_gets_its_acks_and_requests_apart(ingest):
     counts as live, and the carrier tells the request from the ack by `kind`."""
     from ingest.protocol import decode_ack, decode_locate
 
-    endpoint, locate_db = ingest(max_backlog_fixes=0)   # no worker: the first fix fills it
+    endpoint, locate_db, _ = ingest(max_backlog_fixes=0)   # no worker: the first fix fills it
     requests = LocateStore(locate_db)
     ctx = zmq.Context()
     dealer = ctx.socket(zmq.DEALER)
@@ -168,7 +175,7 @@ def test_the_demo_carriers_answer_in_the_replayed_time(ingest):
     from sim.fixes import Fixes
     from sim.replay import Replay
 
-    endpoint, locate_db = ingest()
+    endpoint, locate_db, _ = ingest()
     requests = LocateStore(locate_db)
     now = int(time.time() * 1000)
     start, end = now - 3_600_000, now
@@ -198,3 +205,42 @@ def test_the_demo_carriers_answer_in_the_replayed_time(ingest):
     assert start <= done.answer_t_ms < asked.requested_ms - 60_000    # replayed, not now
     assert done.answer_src == "gps" and 5 <= done.answer_acc <= 30
     requests.close()
+
+
+def test_after_a_restart_requests_go_again_to_the_carrier_the_store_says(ingest):
+    """A restarted ingest knows each device's carrier from the stored batches (no
+    broadcast to another carrier), and sends again a request its last run had sent."""
+    endpoint, locate_db, halt = ingest()
+    requests = LocateStore(locate_db)
+    ctx = zmq.Context()
+    now = int(time.time() * 1000)
+    numbers = iter(range(1, 1000))
+
+    def deliver(client, carrier, devices=(), t=()):
+        n = next(numbers)
+        frame = encode_rows(carrier, n, list(devices), list(t), [117.3] * len(t),
+                            [34.8] * len(t))
+        assert client.send_one(frame)["status"] == "ok"
+
+    def request_for(client):
+        deadline = time.monotonic() + WAIT_S
+        while not (taken := client.take_locate_requests()):
+            assert time.monotonic() < deadline
+            client.idle(0.05)
+        return [r["request"] for r in taken]
+
+    with CarrierClient(ctx, endpoint, "cmcc") as before:
+        deliver(before, "cmcc", [DEVICES[0]], [now - 60_000])
+        asked = requests.request("S0", DEVICES[0], "x", "desk", "officer", now)
+        assert request_for(before) == [asked.id]
+    halt()
+    endpoint, _, _ = ingest()
+    with CarrierClient(ctx, endpoint, "ctcc") as other, \
+            CarrierClient(ctx, endpoint, "cmcc") as after:
+        deliver(other, "ctcc")              # the first live carrier: not this phone's
+        deliver(after, "cmcc")              # empty batches: "here I am"
+        assert request_for(after) == [asked.id]
+        other.idle(0.3)
+        assert other.take_locate_requests() == []
+    requests.close()
+    ctx.term()
