@@ -381,8 +381,11 @@ class LocateRouter:
                             self.store_path, e)
                 self._fault_since = now
             self._retry_at = now + FAULT_RETRY_S
-            if self._store is not None and not isinstance(e, sqlite3.OperationalError):
-                self._store.close()
+            if self._store is not None:     # a fresh connection next time: nothing half-done
+                try:
+                    self._store.close()
+                except sqlite3.Error:
+                    pass
                 self._store = None
             return None
         if self._fault_since is not None:

@@ -176,6 +176,7 @@ def test_with_no_connection_that_can_take_it_a_request_times_out(engine, ctx, re
     assert req_batch(now_ms() - 60_000)["status"] == "ok"
     with CarrierClient(ctx, engine.endpoint, "gone-co") as gone:
         deliver(gone, *batch("gone-co", phone(7), now_ms() - 60_000))
+    time.sleep(1.0)   # let the engine's ROUTER see the connection close
     to_req, to_gone = ask(requests, phone(6)), ask(requests, phone(7))
     for asked in (to_req, to_gone):
         done = wait_state(requests, asked.id, "timed_out")
