@@ -367,7 +367,8 @@ class LocateRouter:
     # -- locate.sqlite -------------------------------------------------------------------
 
     def _with_store(self, work, now: float):
-        """Run work(store); on a fault log once, retry after FAULT_RETRY_S (None)."""
+        """work(store)'s result (True for None); None on a fault of the file, which is
+        logged once and not tried again for FAULT_RETRY_S."""
         if self._fault_since is not None and now < self._retry_at:
             return None
         try:
@@ -411,8 +412,7 @@ class LocateRouter:
 
     def _write_answers(self, now: float) -> None:
         answers = self._unwritten
-        if self._with_store(lambda s: s.answer([a[:-1] for a in answers]) + 1,
-                            now) is not None:
+        if self._with_store(lambda s: s.answer([a[:-1] for a in answers]), now) is not None:
             self._unwritten = []
         elif len(answers) > MAX_UNWRITTEN_ANSWERS:
             del answers[:len(answers) - MAX_UNWRITTEN_ANSWERS]
