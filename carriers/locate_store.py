@@ -95,9 +95,14 @@ _COLUMNS = ("id, version, subject, device, office, reason, requested_by, request
 class LocateStore:
     """locate.sqlite; one connection, used from one thread."""
 
-    def __init__(self, path: str | Path, sync: str = "normal", read_only: bool = False):
+    def __init__(self, path: str | Path, sync: str = "normal", read_only: bool = False,
+                 busy_timeout_s: float | None = None):
+        """busy_timeout_s: wait at most this long for another writer's lock (the ingest
+        loop must not wait the default 30 s for the desk); then sqlite3.OperationalError."""
         self.path = Path(path)
         self._db = connect(self.path, SCHEMA, sync=sync, read_only=read_only)
+        if busy_timeout_s is not None:
+            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
 
     def close(self) -> None:
         self._db.close()

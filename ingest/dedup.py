@@ -290,19 +290,25 @@ def exact_window_ms(max_fix_age_ms: int, keep_fixes_ms: int) -> int:
     return min(int(max_fix_age_ms), int(keep_fixes_ms), MAX_WINDOW_MS)
 
 
-def remember_stored(fixes: AcceptedFixes, store, now_ms: int, page: int = 256) -> int:
+def remember_stored(fixes: AcceptedFixes, store, now_ms: int, page: int = 256,
+                    carriers=None) -> int:
     """Refill `fixes` from every stored batch received within the window (a fix is
     received at most FUTURE_TOLERANCE_MS before its t) and stored with recorded device
     indices (after an upgrade, resends of older fixes are not caught for one window);
-    returns the fixes read."""
+    returns the fixes read. `carriers(carrier, device_indices)`, if given, is called per
+    batch in store order (the locate router learns which carrier carries which device)."""
     since = now_ms - fixes.window_ms - CLOCK_SLACK_MS - FUTURE_TOLERANCE_MS
     first = store.first_seq_received_at(since)
     if first is None:
         return 0
     first = max(first, store.devices_recorded_after() + 1)   # older indices may mean others
     read, after = 0, first - 1
-    while batches := store.read_batches(after, page):
+    while batches := (store.read_batches(after, page) if carriers is None else
+                      [(b.seq, b) for b in store.read_records(after, page)]):
         for seq, cols in batches:
+            if carriers is not None:
+                carriers(cols.carrier, cols.fixes.device)
+                cols = cols.fixes
             fixes.mark(cols.device, cols.t_ms, np.zeros(len(cols), np.int8), now_ms)
             read += len(cols)
             after = seq

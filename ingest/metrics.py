@@ -9,6 +9,7 @@ names to blow up the series count); the rest are counted as "other".
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 MAX_CARRIER_LABELS = 64
+_LOCATE_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 _SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
@@ -59,6 +60,18 @@ class IngestMetrics:
                                   "never change rule state", registry=r)
         self.worker_restarts = Counter("geofence_worker_restarts",
                                        "Engine processes restarted after they died", registry=r)
+        self.locate_requests = Counter(
+            "geofence_locate_requests", "Locate requests to carriers (SPEC §14), by reason "
+            "(desk, unsure) and outcome (sent, answered, timed_out)", ["reason", "outcome"],
+            registry=r)
+        self.locate_seconds = Histogram("geofence_locate_seconds",
+                                        "From a locate request to the fix that answers it",
+                                        buckets=_LOCATE_BUCKETS, registry=r)
+        self.locate_open = Gauge("geofence_locate_open_requests",
+                                 "Locate requests neither answered nor timed out", registry=r)
+        self.handset_reports = Counter("geofence_handset_reports",
+                                       "Handset status rows accepted (off, suspended, "
+                                       "unreachable), by state", ["state"], registry=r)
         self._carriers: set[str] = set()
 
     def carrier_label(self, carrier: str | None) -> str:

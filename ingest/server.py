@@ -6,6 +6,10 @@ One loop in one process, the store's only writer::
                          ─▶ ONE store commit for the group ─▶ send the group's acks
                          ─▶ PUB the new last seq to the evaluation workers
 
+Locate requests (SPEC §14) go out on the same ROUTER to carriers' DEALER connections;
+a group's rows are matched to open requests after its commit, before its acks
+(`ingest/locate_router.py`).
+
 An ack is sent only after its fixes are committed, so an acknowledged fix survives a
 kill -9 of this process; workers evaluate from the store, not from this process's memory.
 Nothing is queued in memory beyond one group: when the workers fall behind by more than
@@ -39,6 +43,7 @@ from ingest.decode import decode_batch
 from ingest.dedup import AcceptedFixes, exact_window_ms, remember_stored
 from ingest.devices import DeviceBook, mark_unknown
 from ingest.fixes import FixColumns
+from ingest.locate_router import LocateRouter
 from ingest.metrics import IngestMetrics
 from ingest.store import BatchRecord, Store, StoreError, StoreFaultError
 
@@ -64,6 +69,9 @@ class IngestOptions:
     default_acc_m: tuple[float, float, float, float] = (30.0, 80.0, 1500.0, 1500.0)  # gps, wifi, cell, none
     workers: int = 1
     keep_fixes_ms: int = 7 * 24 * 3600 * 1000   # evaluated fixes older than this are purged
+    locate_db: str | None = None        # locate.sqlite (SPEC §14); None: no locate requests
+    locate_timeout_ms: int = 120_000    # [carriers] locate_timeout_s
+    connection_idle_s: float = 300.0    # [carriers] connection_idle_s
 
 
 class DevicesUpdate(NamedTuple):
@@ -126,6 +134,11 @@ class IngestServer:
         self._recorded_devices = 0   # device ids stored so far (ids of indices below this)
         self._next_purge_s = 0.0
         self.endpoint = ""
+        # locate requests to carriers' DEALER connections (ingest/locate_router.py)
+        self.locator = None if options.locate_db is None else LocateRouter(
+            options.locate_db, timeout_ms=options.locate_timeout_ms,
+            idle_s=options.connection_idle_s, keep_ms=options.keep_fixes_ms, curve=self._curve,
+            metrics=metrics, send=self._send_unasked, index_of=self._device_index)
 
     def bind(self) -> str:
         """Load the device table and refill the duplicate filter, then bind the ROUTER (so
@@ -136,11 +149,15 @@ class IngestServer:
         except StoreFaultError as e:   # started at fault (disk full...): ids recorded later
             self._store_failed(e)
         self._refill_accepted_fixes()
+        if self.locator is not None:
+            self.locator.open()
         self.router.bind(self.options.bind)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         return self.endpoint
 
     def close(self) -> None:
+        if self.locator is not None:
+            self.locator.close()
         for s in (self.router, self.notify, self.done):
             s.close(linger=0)
 
@@ -178,6 +195,7 @@ class IngestServer:
         now_ms = int(time.time() * 1000)
         replies: list[tuple[list, bytes | None]] = []
         pending: list[tuple[int, BatchRecord]] = []
+        answering: list[str | None] = []     # per pending record, its batch's `request`
         # Behind: take a few frames and answer the rest `busy` at once, so carriers back
         # off instead of queueing (their acks would come seconds late, then time out).
         take = OVERLOADED_ACCEPT_FRAMES if self._overloaded else len(group)
@@ -187,11 +205,13 @@ class IngestServer:
             if body is None:
                 outcome = self._refuse(None, p.MALFORMED)
             else:
-                outcome = self._prepare(body, now_ms, shed=n >= take)
+                outcome = self._prepare(body, now_ms, shed=n >= take, envelope=envelope)
             if isinstance(outcome, bytes):
                 replies.append((envelope, outcome))
             else:
+                outcome, request = outcome
                 pending.append((len(replies), outcome))
+                answering.append(request)
                 replies.append((envelope, None))
                 self._group_fixes += outcome.accepted
         if pending:
@@ -218,6 +238,11 @@ class IngestServer:
                 replies[slot] = (replies[slot][0], self._answer(record, result))
             if committed is not None:
                 self.notify.send(encode_new_fixes(self.store.last_seq()))
+                if self.locator is not None:
+                    for (_, record), result, request in zip(pending, committed, answering):
+                        if not result.duplicate:
+                            self.locator.committed(record.carrier, record.fixes, request,
+                                                   now_ms)
         for envelope, ack in replies:
             try:
                 self.router.send_multipart([*envelope, ack], zmq.NOBLOCK)
@@ -227,10 +252,12 @@ class IngestServer:
         for _ in replies:
             self.metrics.ack_seconds.observe(elapsed)
 
-    def _prepare(self, frame: zmq.Frame, now_ms: int, shed: bool = False):
-        """An immediate ack (bytes), or the record to commit for a new batch.
+    def _prepare(self, frame: zmq.Frame, now_ms: int, shed: bool = False,
+                 envelope: list[bytes] = ()):
+        """An immediate ack (bytes), or (the record to commit, its `request`) for a new batch.
 
-        `shed`: answer a new batch `busy` (nothing taken) because this loop is behind."""
+        `shed`: answer a new batch `busy` (nothing taken) because this loop is behind.
+        `envelope`: where it came from (a DEALER's may be sent locate requests)."""
         payload = frame.buffer
         if len(payload) > p.MAX_FRAME_BYTES:
             return self._refuse(None, p.TOO_LARGE)
@@ -239,6 +266,8 @@ class IngestServer:
             return self._refuse(dec.batch, dec.error)
         if self._curve and carrier_of(frame) != dec.carrier:
             return self._refuse(dec.batch, p.UNAUTHORIZED)
+        if self.locator is not None:
+            self.locator.seen(dec.carrier, envelope, time.monotonic())
         try:
             first = self.store.lookup_ack(dec.carrier, dec.batch)
         except StoreError as e:   # cannot tell a resend from a new batch: take nothing
@@ -250,7 +279,7 @@ class IngestServer:
         if (shed or self.store_fault.active
                 or self._backlog + self._group_fixes > self.options.max_backlog_fixes):
             return self._busy(dec.batch)
-        return self._validate(dec, now_ms)
+        return self._validate(dec, now_ms), dec.request
 
     def _busy(self, batch: int) -> bytes:
         self.metrics.batches.labels("busy").inc()
@@ -293,6 +322,10 @@ class IngestServer:
         status = src >= p.STATE0      # handset status rows: stored with no position
         if status.any():
             lon, lat, acc = (np.where(status, np.nan, col) for col in (lon, lat, acc))
+            counts = np.bincount(src[status] - p.STATE0, minlength=len(p.STATES))
+            for state, count in zip(p.STATES, counts.tolist()):
+                if count:
+                    self.metrics.handset_reports.labels(state).inc(count)
         positioned = ~status
         if dec.datum != "wgs84" and positioned.any():
             if status.any():
@@ -372,6 +405,8 @@ class IngestServer:
         return min(self._checkpoints.values())
 
     def _housekeeping(self, now: float) -> None:
+        if self.locator is not None:      # on its own file: goes on through a fixes fault
+            self.locator.housekeeping(now)
         if self.store_fault.active:
             if self.store_fault.due():
                 self._retry_store()
@@ -454,9 +489,37 @@ class IngestServer:
                         "is longer than [storage] keep_fixes_days (or 3 years), and resends of "
                         "older fixes could not be recognised", self.max_fix_age_ms / 86_400_000)
         started = time.perf_counter()
-        read = remember_stored(self.accepted_fixes, self.store, int(time.time() * 1000))
+        read = remember_stored(self.accepted_fixes, self.store, int(time.time() * 1000),
+                               carriers=None if self.locator is None
+                               else self.locator.carriers.learn)
         log.info("duplicate filter: %d stored fixes read back in %.1f s", read,
                  time.perf_counter() - started)
+
+    def _send_unasked(self, identity: bytes, frame: bytes) -> str:
+        """One frame the peer did not ask for (a locate request) to one DEALER identity:
+        "sent", "gone" (no such connection any more: ROUTER_MANDATORY says so instead of
+        dropping it) or "full" (its queue is full)."""
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        try:
+            self.router.send_multipart([identity, frame], zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            return "gone" if e.errno == zmq.EHOSTUNREACH else "full"
+        finally:
+            self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        return "sent"
+
+    def _device_index(self, devices: list[str]) -> np.ndarray:
+        """Device indices of locate requests' devices (-1: not in the book)."""
+        try:
+            return self.devices.index_of(devices)
+        except ValueError:      # an id that is not UTF-8: the others one by one
+            found = np.full(len(devices), -1, np.int32)
+            for k, device in enumerate(devices):
+                try:
+                    found[k] = self.devices.index_of([device])[0]
+                except ValueError:
+                    pass
+            return found
 
     def _forget_unstored(self, records) -> None:
         """Take a batch's fixes out of the duplicate filter when it was not stored."""

@@ -132,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--curve-dir", help="directory with server.key and the carriers' key pairs")
     sim.add_argument("--register", action="store_true",
                      help="first import the simulated subjects into this engine's registry")
+    sim.add_argument("--locate-delay", type=_seconds, default=0.0, metavar="SECONDS",
+                     help="how long the carriers take to answer a locate request (default 0)")
+    sim.add_argument("--linger", type=_seconds, default=0.0, metavar="SECONDS",
+                     help="stay connected this long after the day is sent, answering locate "
+                     "requests (default 0)")
     sim.set_defaults(run=_simulate)
     return p
 
@@ -302,7 +307,7 @@ def _simulate(args) -> int:
     if args.register:
         _register_simulated(args)
     simulate(args.connect, args.subjects, args.rate, seed=args.seed, form=args.form,
-             curve_dir=args.curve_dir)
+             curve_dir=args.curve_dir, locate_delay_s=args.locate_delay, linger_s=args.linger)
     return 0
 
 
@@ -354,6 +359,16 @@ def _rate(text: str) -> float:
         value = float("nan")
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number of fixes per second >= 0: {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0: {text}")
     return value
 
 

@@ -167,7 +167,9 @@ def ingest_main(settings: Settings, workers: int, ready, log_file: Path | None,
     options = IngestOptions(s.bind, s.max_fix_age_s * 1000, s.max_backlog_fixes,
                             (s.default_acc_gps_m, s.default_acc_wifi_m, s.default_acc_cell_m,
                              s.default_acc_unknown_m), workers,
-                            settings.storage.keep_fixes_days * 24 * 3600 * 1000)
+                            settings.storage.keep_fixes_days * 24 * 3600 * 1000,
+                            str(paths.locate_db), settings.carriers.locate_timeout_s * 1000,
+                            settings.carriers.connection_idle_s)
     server = IngestServer(ctx, store, devices_source, options, metrics, paths.notify_endpoint,
                           paths.done_endpoint, authenticator, server_keys,
                           health.reporter("ingest"))

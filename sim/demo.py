@@ -54,6 +54,7 @@ READY_TIMEOUT_S = 300.0         # a first run compiles every kernel
 CATCH_UP_TIMEOUT_S = 180.0
 SETTLE_S = 3.0                  # after the workers caught up: last clock check, dispatcher
 LIVE_SEED_SALT = 0x11FE
+LOCATE_DELAY_S = 1.5            # the carriers' own time to position a phone on request
 
 log = logging.getLogger("geofence.demo")
 
@@ -77,17 +78,22 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                         help="stop this long after the replay's summary (with --keep: after "
                         "the start; default: at Ctrl-C)")
+    parser.add_argument("--locate-delay", type=float, default=LOCATE_DELAY_S, metavar="SECONDS",
+                        help="how long the simulated carriers take to answer a locate request "
+                        f"(default {LOCATE_DELAY_S:g})")
 
 
 def demo_options(args: argparse.Namespace) -> dict:
     """`run_demo` keyword arguments from parsed `add_demo_arguments` options."""
     return {name: getattr(args, name) for name in
-            ("subjects", "seed", "speed", "data", "desk_bind", "keep", "duration")}
+            ("subjects", "seed", "speed", "data", "desk_bind", "keep", "duration",
+             "locate_delay")}
 
 
 def run_demo(subjects: int = 2032, seed: int = 7, speed: float = DEFAULT_SPEED,
              data: str = DEFAULT_DATA, desk_bind: str = DEFAULT_DESK_BIND, keep: bool = False,
-             duration: float | None = None, *, workers: int = WORKERS,
+             duration: float | None = None, locate_delay: float = LOCATE_DELAY_S, *,
+             workers: int = WORKERS,
              out: Callable[[str], None] = print,
              should_stop: Callable[[], bool] | None = None) -> dict:
     """Run the demo until Ctrl-C, SIGTERM, `should_stop()` or `duration` seconds after the
@@ -100,6 +106,8 @@ def run_demo(subjects: int = 2032, seed: int = 7, speed: float = DEFAULT_SPEED,
         raise DemoError(f"--speed must be at least 1 (real time), not {speed}")
     if duration is not None and duration < 0:
         raise DemoError(f"--duration must be >= 0 seconds, not {duration}")
+    if not 0 <= locate_delay < float("inf"):
+        raise DemoError(f"--locate-delay must be >= 0 seconds, not {locate_delay}")
     root = Path(data).absolute()
     resume = keep and check_resumable(root, subjects, seed)
     if not resume:
@@ -126,7 +134,7 @@ def run_demo(subjects: int = 2032, seed: int = 7, speed: float = DEFAULT_SPEED,
             if not resume:
                 _leaves_on_desk(out, engine.endpoints.desk, logins, scenario)
             feeder = _carriers(scenario, engine.endpoints.ingest, speed, stop,
-                               replay=not resume)
+                               replay=not resume, locate_delay_s=locate_delay)
             feeder.start()
             summary = _follow(out, feeder, engine, scenario, resume, duration, should_stop,
                               lambda: _locates_on_desk(out, engine.endpoints.desk, logins))
@@ -251,8 +259,10 @@ def _on_sigterm(stop: threading.Event) -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
-def _carriers(scenario, endpoint: str, speed: float, stop: threading.Event, replay: bool):
-    """The carriers: the scenario's day (unless resuming), then its live fixes."""
+def _carriers(scenario, endpoint: str, speed: float, stop: threading.Event, replay: bool,
+              locate_delay_s: float = LOCATE_DELAY_S):
+    """The carriers: the scenario's day (unless resuming), then its live fixes; they answer
+    locate requests after `locate_delay_s`."""
     import numpy as np
 
     from sim.replay import Replay
@@ -266,7 +276,7 @@ def _carriers(scenario, endpoint: str, speed: float, stop: threading.Event, repl
         return scenario.live_fixes(k, after_ms, upto_ms, rngs[k])
 
     return Replay(feeds, endpoint, scenario.start_ms, scenario.end_ms, speed, stop, live,
-                  seed=scenario.seed)
+                  seed=scenario.seed, locate_delay_s=locate_delay_s)
 
 
 def _follow(out, feeder, engine: _Engine, scenario, resume: bool, duration_s: float | None,

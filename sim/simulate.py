@@ -16,10 +16,16 @@ shared by all of them holds the total to `rate` fixes/s (0: as fast as the acks 
 Batch numbers start at the wall clock in milliseconds times 1000, so a second run does
 not collide with the first in the engine's (carrier, batch) memory and get `duplicate`
 for everything. Output is counts only: never a device, subject or coordinate.
+
+Each carrier answers the engine's locate requests (SPEC §14, `sim.locate_answers`) at the
+wall clock, after `locate_delay_s`, between its batches; with `linger_s` it stays
+connected that long after its day is sent, answering (and sending an empty batch now and
+then, so the engine keeps its connection).
 """
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,6 +34,7 @@ import zmq
 
 from ingest.carrier import CarrierClient, CarrierStats, load_curve
 from sim.carriers import FORMS, UNKNOWN_SOURCE, CarrierFeed, split_by_carrier
+from sim.locate_answers import LocateAnswers
 from sim.movement import DAY_MS, make_day
 from sim.population import builtin_population
 
@@ -36,6 +43,8 @@ PROGRESS_EVERY_S = 5.0
 STOP_CHECK_S = 0.1           # how soon a waiting carrier notices that the run stops
 END_BEFORE_NOW_MS = 60_000   # make_day adds up to 30 s of jitter past the day's end
 INJECT_SEED_SALT = 0x51A7    # the spoiled fixes draw from their own stream
+LOCATE_SEED_SALT = 0x10CA7   # and the locate answers from theirs
+ANSWER_BATCHES = 500_000_000  # answer batch numbers: base + this + n, apart from the feed's
 
 
 def build_feeds(subjects: int, seed: int, carriers, gcj02_carriers=(), *,
@@ -118,38 +127,53 @@ class _Sender:
     feed: CarrierFeed
     client: CarrierClient | None = None
     fixes_sent: int = 0
+    answers: LocateAnswers | None = None
     error: BaseException | None = None
     thread: threading.Thread | None = field(default=None, repr=False)
 
 
 def _send_feed(sender: _Sender, ctx, endpoint, form, batch_fixes, batch_base, bucket, stop,
-               deadline, client_options) -> None:
-    """A carrier's thread: send its batches until done, stopped or past the deadline; then
-    drain the window. Any failure is kept for the main thread and stops the others."""
+               deadline, client_options, linger_s) -> None:
+    """A carrier's thread: send its batches until done, stopped or past the deadline,
+    answering locate requests meanwhile; linger answering; then drain the window. Any
+    failure is kept for the main thread and stops the others."""
+    feed, answers = sender.feed, sender.answers
+    answer_batch = batch_base + ANSWER_BATCHES
     try:
-        with CarrierClient(ctx, endpoint, sender.feed.name, **client_options) as client:
+        with CarrierClient(ctx, endpoint, feed.name, **client_options) as client:
             sender.client = client
-            for batch_no, frame, n in sender.feed.batches(form, batch_fixes, batch_base):
+
+            def answer() -> None:
+                nonlocal answer_batch
+                answer_batch = answers.pump(client, answer_batch, int(time.time() * 1000))
+
+            for batch_no, frame, n in feed.batches(form, batch_fixes, batch_base):
                 wait_s = bucket.reserve(n, deadline)
-                if wait_s is None or not _idle(client, wait_s, stop):
+                if wait_s is None or not _idle(client, wait_s, stop, answer):
                     break                           # past the duration, or stopped
                 client.send(frame, batch_no)
+                answers.saw(feed.fixes.take(slice(sender.fixes_sent, sender.fixes_sent + n)))
                 sender.fixes_sent += n
+                answer()
+            if sender.fixes_sent == len(feed) and linger_s > 0:
+                _idle(client, linger_s, stop, answer)
             client.drain()
     except BaseException as e:  # handed to the main thread, which raises it
         sender.error = e
         stop.set()
 
 
-def _idle(client: CarrierClient, seconds: float, stop: threading.Event) -> bool:
-    """Let the client read acks for `seconds`, in slices so a stop is seen; False if
-    stopped."""
+def _idle(client: CarrierClient, seconds: float, stop: threading.Event,
+          answer: Callable[[], None] = lambda: None) -> bool:
+    """Let the client read acks (and answer locate requests) for `seconds`, in slices so
+    a stop is seen; False if stopped."""
     end = time.monotonic() + seconds
     while not stop.is_set():
         left = end - time.monotonic()
         if left <= 0:
             return True
         client.idle(min(left, STOP_CHECK_S))
+        answer()
     return False
 
 
@@ -159,7 +183,9 @@ def simulate(endpoint: str, subjects: int, rate: float, *, seed: int,
              curve_dir=None, duration_s: float | None = None, start_ms: int | None = None,
              batch_base: int | None = None, timeout_ms: float = 2500, retries: int = 5,
              window: int = 8, ctx: zmq.Context | None = None,
-             progress_s: float = PROGRESS_EVERY_S, out: Callable[[str], None] = print) -> dict:
+             progress_s: float = PROGRESS_EVERY_S, out: Callable[[str], None] = print,
+             locate_delay_s: float = 0.0, linger_s: float = 0.0,
+             stop: threading.Event | None = None) -> dict:
     """Push a day of fixes for `subjects` people to the engine at `endpoint`; the summary.
 
     rate: fixes per second over all carriers, 0 for as fast as the engine acks. A rate
@@ -168,6 +194,9 @@ def simulate(endpoint: str, subjects: int, rate: float, *, seed: int,
     curve_dir: the directory of `server.key` and each carrier's `<carrier>.key_secret`.
     ctx: the process's context (default `zmq.Context.instance()`). Raises the first
     carrier's failure (CarrierError when the engine stops answering) after the summary.
+    locate_delay_s: how long a carrier takes to answer a locate request; linger_s: how
+    long each carrier stays connected, answering, after its day is sent; stop: set it to
+    end the run early (as Ctrl-C does).
     """
     if form not in FORMS:
         raise ValueError(f"form {form!r} is not one of {FORMS}")
@@ -183,7 +212,7 @@ def simulate(endpoint: str, subjects: int, rate: float, *, seed: int,
     if batch_base is None:
         batch_base = int(time.time() * 1000) * 1000
     ctx = ctx if ctx is not None else zmq.Context.instance()
-    stop = threading.Event()
+    stop = stop if stop is not None else threading.Event()
     bucket = TokenBucket(rate)
     deadline = None if duration_s is None else time.monotonic() + duration_s
     out(f"simulate: {subjects:,} subjects, {total:,} fixes over 24 h for "
@@ -191,7 +220,9 @@ def simulate(endpoint: str, subjects: int, rate: float, *, seed: int,
         + f"; {form} batches of up to {batch_fixes:,} to {endpoint}"
         + (f" at {rate:,.0f} fixes/s" if rate > 0 else " as fast as acked"))
 
-    senders = [_Sender(f) for f in feeds]
+    senders = [_Sender(f, answers=LocateAnswers(
+        f.name, f.phones, f.datum, delay_s=locate_delay_s, seed=[seed, k, LOCATE_SEED_SALT]))
+        for k, f in enumerate(feeds)]
     options = [{"timeout_ms": timeout_ms, "retries": retries, "window": window, "seed": seed + k,
                 "curve": load_curve(curve_dir, f.name) if curve_dir is not None else None}
                for k, f in enumerate(feeds)]   # every key file read before a thread starts
@@ -200,7 +231,7 @@ def simulate(endpoint: str, subjects: int, rate: float, *, seed: int,
         s.thread = threading.Thread(
             target=_send_feed, name=f"geofence-simulate-{s.feed.name}", daemon=True,
             args=(s, ctx, endpoint, form, batch_fixes, batch_base, bucket, stop, deadline,
-                  opts))
+                  opts, linger_s))
         s.thread.start()
     try:
         _wait(senders, t0, total, progress_s, out)
@@ -250,6 +281,8 @@ def _summary(senders, injected, total, seconds, out) -> dict:
         "fixes_rejected": dict(stats.fixes_rejected), "batches": stats.batches,
         "batches_by_status": dict(stats.acks), "batch_errors": dict(stats.batch_errors),
         "resends": stats.resends, "resends_acknowledged": stats.resends_acknowledged,
+        "locate_requests": stats.locate_requests,
+        "locate_answers": dict(sum((s.answers.answered for s in senders), Counter())),
         "timeouts": stats.timeouts, "reconnects": stats.reconnects,
         "latency_ms": {"p50": p50, "p99": p99}, "seconds": seconds,
         "rate": sent / seconds if seconds > 0 else 0.0, "injected": injected,

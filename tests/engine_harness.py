@@ -36,7 +36,7 @@ def process_alive(pid: int) -> bool:
 
 def write_config(root: Path, webhooks: dict | None = None, rules: dict | None = None,
                  desk: bool = False, alerts: dict | None = None, storage: dict | None = None,
-                 **ingest) -> Path:
+                 carriers: dict | None = None, **ingest) -> Path:
     """A config on free loopback ports in `root`; the desk only when asked (port 0)."""
     port = ingest.pop("port", free_port())
     lines = ["[storage]", f'path = "{root / "data"}"']
@@ -51,6 +51,8 @@ def write_config(root: Path, webhooks: dict | None = None, rules: dict | None = 
     lines += ["[desk]", f'bind = "{"127.0.0.1:0" if desk else ""}"']
     if rules:
         lines += ["[rules]"] + [f"{k} = {json.dumps(v)}" for k, v in rules.items()]
+    if carriers:
+        lines += ["[carriers]"] + [f"{k} = {json.dumps(v)}" for k, v in carriers.items()]
     path = root / "geofence.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -126,6 +126,8 @@ def test_a_bad_webhook_in_the_config_is_a_one_line_error(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [
     ["simulate", "--rate", "-1"], ["simulate", "--rate", "nan"],
+    ["simulate", "--linger", "-1"], ["simulate", "--locate-delay", "inf"],
+    ["demo", "--locate-delay", "-2"],
     ["demo", "--subjects", "5"], ["locate", "--layer", "/nonexistent.geojson", "117", "34"],
     ["registry", "import", "/nonexistent.json"]])
 def test_bad_input_is_one_line_and_a_nonzero_exit_never_a_traceback(argv, tmp_path):

@@ -24,10 +24,11 @@ from tests.engine_harness import Engine, population_document, write_config
 def secured(tmp_path_factory):
     root = tmp_path_factory.mktemp("curve")
     keys = root / "keys"
-    generate(keys, ["cmcc", "intruder"])
+    generate(keys, ["cmcc", "ctcc", "intruder"])
     allowed = root / "carriers"
     allowed.mkdir()
-    shutil.copy(keys / "cmcc.key", allowed / "cmcc.key")  # intruder's key is not allowed
+    for name in ("cmcc", "ctcc"):                          # intruder's key is not allowed
+        shutil.copy(keys / f"{name}.key", allowed / f"{name}.key")
     config = write_config(root, curve_keys=str(keys), curve_carriers=str(allowed))
     registry = root / "registry.json"
     registry.write_text(json.dumps(population_document(20), ensure_ascii=False))
@@ -74,6 +75,55 @@ def test_unknown_or_missing_keys_get_no_answer(secured, who):
     engine, keys = secured
     assert ask(engine.endpoint, batch("cmcc", 3), keys if who else None, who,
                timeout_ms=1500) is None
+
+
+def test_locate_requests_go_to_the_authenticated_carrier_of_the_device_only(secured):
+    """ctcc carries phone 5: a request for it goes to ctcc, never to cmcc, even after cmcc
+    sent a batch in ctcc's name (refused); a phone no carrier has delivered yet waits
+    until its carrier is known (no request is broadcast under CURVE)."""
+    from carriers.locate_store import LocateStore
+    from ingest.carrier import CarrierClient, load_curve
+
+    engine, keys = secured
+    ctx = zmq.Context()
+    requests = LocateStore(engine.paths.locate_db)
+    now = int(time.time() * 1000)
+
+    def fix(carrier, number, device, t):
+        return encode_cols(carrier, number, np.array([device]), np.array([t]),
+                           np.array([117.3]), np.array([34.8])), number
+
+    def request_for(client):
+        deadline = time.monotonic() + 60
+        while not (taken := client.take_locate_requests()):
+            assert time.monotonic() < deadline, "no locate request reached the carrier"
+            client.idle(0.05)
+        return [r["request"] for r in taken]
+
+    with CarrierClient(ctx, engine.endpoint, "cmcc", curve=load_curve(keys, "cmcc")) as cmcc, \
+            CarrierClient(ctx, engine.endpoint, "ctcc", curve=load_curve(keys, "ctcc")) as ctcc:
+        ctcc.send(*fix("ctcc", 100, 13900000005, now - 60_000))
+        ctcc.drain()
+        cmcc.send(*fix("ctcc", 101, 13900000005, now - 50_000))    # not its name: refused
+        cmcc.send(*fix("cmcc", 102, 13900000006, now - 50_000))
+        cmcc.drain()
+        assert dict(cmcc.stats.batch_errors) == {"unauthorized": 1}
+        asked = requests.request("S00005", "13900000005", "x", "desk", "officer", now)
+        unknown = requests.request("S00009", "13900000009", "x", "desk", "officer", now)
+        assert request_for(ctcc) == [asked.id]
+        ctcc.send(*fix("ctcc", 103, 13900000005, int(time.time() * 1000)))
+        ctcc.drain()
+        assert requests.get(asked.id).state == "answered"
+        assert requests.get(unknown.id).state == "pending"
+        cmcc.idle(0.3)
+        assert cmcc.take_locate_requests() == []
+        cmcc.send(*fix("cmcc", 104, 13900000009, now - 3_600_000))  # now its carrier is known
+        cmcc.drain()
+        assert request_for(cmcc) == [unknown.id]
+        ctcc.idle(0.3)
+        assert ctcc.take_locate_requests() == []
+    requests.close()
+    ctx.term()
 
 
 def test_refuses_a_public_bind_without_curve(tmp_path):
