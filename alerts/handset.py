@@ -6,8 +6,9 @@ rows out of each batch before any verdict (`split_reports`): they never get a ve
 never count as a position, and never put a NaN into an alarm.
 
 Per subject the rules state keeps the handset state (`HANDSET_FIELDS`): the state code
-(`OFF`, `SUSPENDED`, `UNREACHABLE`, or `NO_HANDSET`), since when it holds (the first
-report of the current run of equal states) and the newest report's time. A position fix
+(`OFF`, `SUSPENDED`, `UNREACHABLE`, or `NO_HANDSET`; the newest report's), since when it
+holds (the first report of the current run: `off` and `suspended` are one run, see
+`run_class`) and the newest report's time. A position fix
 newer than the report clears the state; a report not newer than the subject's newest
 position fix or newest report changes nothing (it is late, like a late fix).
 
@@ -35,6 +36,14 @@ HANDSET_FIELDS = (
     ("handset_since_ms", np.int64, NO_TIME),   # first report of the current state
     ("report_t_ms", np.int64, NO_TIME),        # newest status report taken
 )
+
+
+def run_class(state: np.ndarray) -> np.ndarray:
+    """Reports of one class make one run, whose start is the state's `since`: `off` and
+    `suspended` are one class (the phone cannot be reached by anyone: a carrier alternating
+    the two must not restart the phone_off clock each time), `unreachable` another."""
+    state = np.asarray(state)
+    return np.where(state < 0, -1, np.where(state == UNREACHABLE, 1, 0))
 
 
 def split_reports(src: np.ndarray) -> np.ndarray:
@@ -74,7 +83,7 @@ def fold_reports(order: np.ndarray, subject: np.ndarray, t_ms: np.ndarray, state
                              empty.astype(np.int8), empty, empty)
     first = np.r_[True, s[1:] != s[:-1]]
     before = np.where(first, handset[s], np.r_[c[:1], c[:-1]])   # the state each one follows
-    starts = c != before                                         # begins a new run
+    starts = run_class(c) != run_class(before)                   # begins a new run
     run = np.maximum.accumulate(np.where(starts | first, np.arange(len(s)), -1))
     last = np.r_[s[1:] != s[:-1], True]
     who, begun = s[last], run[last]

@@ -167,11 +167,14 @@ class LocateStore:
         return due
 
     def purge_before(self, before_ms: int) -> int:
-        """Forget closed requests made before `before_ms` (the fixes' retention)."""
+        """Forget closed requests made before `before_ms` (the fixes' retention). The row
+        holding the newest version stays, whatever its age: the counter is max(version),
+        and readers that remember a version must never see it go back."""
         with transaction(self._db):
             return self._db.execute(
                 "DELETE FROM requests WHERE requested_ms < ? AND state NOT IN "
-                "('pending', 'sent')", (int(before_ms),)).rowcount
+                "('pending', 'sent') AND version < (SELECT max(version) FROM requests)",
+                (int(before_ms),)).rowcount
 
     # -- reads ------------------------------------------------------------------------
 

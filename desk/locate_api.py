@@ -31,6 +31,7 @@ import math
 
 from aiohttp import web
 
+from carriers.locate_store import OPEN_STATES
 from desk import audit
 from desk.context import SESSION, ApiError, desk_of
 from desk.http import json_response
@@ -98,7 +99,9 @@ async def get_locate(request: web.Request) -> web.Response:
         return located
 
     located = await desk.stores.run(read)
-    await audit.record(request, "locate.read", subject=located.subject, detail=located.id)
+    if located.state == "answered":   # the answer is the person's position: on record; a
+        # pending request is the asker's own action (a page polls it until it closes)
+        await audit.record(request, "locate.read", subject=located.subject, detail=located.id)
     return json_response(located.to_document())
 
 
@@ -140,13 +143,21 @@ def _check_alarm(desk, scope, session, alarm_id: str, subject_id: str) -> None:
 
 
 def _check_rates(locates, subject_id: str, user: str, limits, now_ms: int) -> None:
-    """ApiError 429 with Retry-After when the person or the user has asked too often."""
+    """ApiError 429 with Retry-After when the person has a request still open (answered or
+    timed out by the ingest within `locate_timeout_s`: one at a time, the carrier bills
+    each), or the person or the user has asked too often."""
     every_ms = limits.locate_subject_every_s * 1000
     if every_ms > 0:
         last = locates.for_subject(subject_id, now_ms - every_ms + 1, 1)
         if last:
             _too_many(f"this person was asked for less than {limits.locate_subject_every_s} s "
                       "ago: wait for that answer", last[0].requested_ms + every_ms - now_ms)
+    timeout_ms = limits.locate_timeout_s * 1000
+    open_ = [r for r in locates.for_subject(subject_id, now_ms - timeout_ms + 1, 10)
+             if r.state in OPEN_STATES]
+    if open_:
+        _too_many("a locate request for this person is still open: wait for its answer "
+                  "or its timeout", open_[0].requested_ms + timeout_ms - now_ms)
     times = locates.user_request_times(user, now_ms - HOUR_MS + 1)
     if len(times) >= limits.locate_user_per_hour:
         frees_at = times[len(times) - limits.locate_user_per_hour] + HOUR_MS

@@ -26,6 +26,8 @@ edits keep it, and `end` brings it forward to now.
 """
 
 import asyncio
+import logging
+import sqlite3
 from datetime import datetime, timezone
 
 from aiohttp import web
@@ -35,7 +37,10 @@ from desk import audit, tracks
 from desk.context import SESSION, ApiError, desk_of
 from desk.http import json_response
 from desk.jsonbody import json_body
+from geofence.errors import GeofenceError
 from geofence.known_keys import unknown_keys
+
+log = logging.getLogger("geofence.desk")
 
 # An import entry's keys but `ended` (only `end` ends supervision), and the editable ones
 ONBOARD_KEYS = tuple(k for k in ENTRY_KEYS["subjects"] if k != "ended")
@@ -91,13 +96,19 @@ async def get_subject(request: web.Request) -> web.Response:
 
 async def _handset(desk, index: int, windows, now_ms: int) -> dict | None:
     """`{state, since}` when the person's newest row of the last day (in the windows the
-    user sees) is a handset status (关机, 停机, 无法接通), else None."""
+    user sees) is a handset status (关机, 停机, 无法接通), else None. The fix store failing
+    leaves it out (the record itself comes from the registry, and still answers)."""
     if index < 0 or not windows:
         return None
     async with desk.track_reads:
-        return await asyncio.get_running_loop().run_in_executor(
-            None, tracks.handset_status, desk.paths.fixes_db, index,
-            now_ms - tracks.DEFAULT_WINDOW_MS, now_ms, windows)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, tracks.handset_status, desk.paths.fixes_db, index,
+                now_ms - tracks.DEFAULT_WINDOW_MS, now_ms, windows)
+        except (GeofenceError, sqlite3.Error, OSError) as e:
+            log.warning("a person's handset status is not shown: the fix store cannot be "
+                        "read (%s)", e)
+            return None
 
 
 # -- writes ------------------------------------------------------------------------------

@@ -25,7 +25,11 @@ Matching an answer (after the group commit, vectorised over the batch): a batch 
 `request` names an open request answers it with its first accepted row of that request's
 device, whatever its time (a replaying carrier answers in its own time); otherwise any
 accepted row of the device with t >= requested_ms - ANSWER_SKEW_MS answers every open
-request of the device. A status row answers with the handset state (no position).
+request of the device. A status row answers with the handset state (no position). Once a
+request is sent, only the carriers it was sent to answer it: another carrier's rows never
+close it (with CURVE, a carrier cannot close, or fill in, another's request); a request
+not sent yet takes a fresh row of its device from any carrier (a fresh position is what
+was asked for).
 
 locate.sqlite is written with a short busy timeout, and any fault of it (locked, missing,
 disk) is logged once and retried later: fix ingestion never waits for it. Answers that
@@ -158,6 +162,7 @@ class OpenRequest:
     requested_ms: int
     index: int = -1            # device index in the ingest's DeviceBook, -1 not (yet) known
     sent: bool = False
+    sent_to: tuple[str, ...] = ()   # the carriers it went to: only they may answer it
 
 
 class LocateRouter:
@@ -225,6 +230,8 @@ class LocateRouter:
                 r = self.requests[request_id]
                 if not r.sent:
                     self._waiting_changed = True     # its carrier may be known now
+                elif carrier not in r.sent_to:
+                    continue    # another carrier's row never answers (nor closes) it
                 if request is not None and request == r.id:
                     row = int(mine[0])
                 else:
@@ -264,6 +271,14 @@ class LocateRouter:
             self._with_store(lambda s: s.purge_before(_now_ms() - self.keep_ms), now)
 
     def close(self) -> None:
+        """Write what is still held in memory (answers, sends) if the file lets us, then
+        close: an answer lost here would have the request sent, and billed, again."""
+        now = time.monotonic()
+        self._retry_at = 0.0
+        if self._unmarked:
+            self._write_sent(now)
+        if self._unwritten:
+            self._write_answers(now)
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -337,7 +352,7 @@ class LocateRouter:
                 to = [c for c in self.connections.carriers(now)[:BROADCAST_CARRIERS]
                       if self._give(req, c, now)]
             if to:
-                req.sent = True
+                req.sent, req.sent_to = True, tuple(to)
                 sent.append((req, ",".join(to)))
         if sent:
             now_ms = _now_ms()

@@ -20,6 +20,7 @@ from alerts import _rules_kernel as rk
 from alerts.registry import LEVELS
 from alerts.rules import EVENT_TYPES, NO_TIME, RuleState
 from geofence.verdict import IN, OUT, UNSURE
+from ingest.protocol import STATES
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,11 @@ def _last_all(fixes: list[Fix], n: int, pred) -> bool:
     return len(fixes) >= n and all(pred(f) for f in fixes[-n:])
 
 
+def _run(state: int | None) -> str | None:
+    """Which run a state belongs to: the phone off or suspended alike, or unreachable."""
+    return None if state is None else "unreachable" if STATES[state] == "unreachable" else "off"
+
+
 @dataclass
 class Handset:
     state: int | None = None        # index into protocol.STATES; None: no state
@@ -206,8 +212,9 @@ class ReferenceHandsets:
                     h.report_t_ms is not None and t <= h.report_t_ms):
                 late.append(i)
                 continue
-            if h.state != code:
-                h.state, h.since_ms = code, t
+            if _run(h.state) != _run(code):   # off and suspended: one run
+                h.since_ms = t
+            h.state = code
             h.report_t_ms = t
         return sorted(late)
 

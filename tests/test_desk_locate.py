@@ -77,9 +77,14 @@ def test_an_officer_asks_gets_202_and_the_request_is_stored_listed_read_and_audi
             assert doc["fix"] is None and doc["handset"] is None
             assert "13800000001" not in json.dumps(doc)      # never the phone number
             status, again = await get(town1, server, f"/api/locate/{doc['request']}")
-            assert status == 200 and again == doc
+            assert status == 200 and again == doc      # pending: the asker's own action
             status, listed = await get(town1, server, "/api/subjects/S1/locates")
             assert status == 200 and listed["requests"] == [doc]
+            as_ingest(paths, lambda s: s.answer([(doc["request"], doc["requested_at"] + 900,
+                                                  doc["requested_at"] + 500, "gps",
+                                                  117.55, 34.86, 12.0)]))
+            status, answered = await get(town1, server, f"/api/locate/{doc['request']}")
+            assert status == 200 and answered["fix"]["lon"] == 117.55   # a position: audited
             return doc["request"]
 
     request_id = run(scenario())
@@ -88,8 +93,8 @@ def test_an_officer_asks_gets_202_and_the_request_is_stored_listed_read_and_audi
         ("S1", "13800000001", T1, "desk", "town1")
     assert audit_rows(paths) == [
         ("town1", "locate.request", "S1", f"{request_id} alarm a1"),
-        ("town1", "locate.read", "S1", request_id),
-        ("town1", "locate.list", "S1", "")]
+        ("town1", "locate.list", "S1", ""),
+        ("town1", "locate.read", "S1", request_id)]
 
 
 def test_viewers_403_outside_the_subtree_404_and_bad_bodies_400(desk_world):
@@ -123,8 +128,8 @@ def test_viewers_403_outside_the_subtree_404_and_bad_bodies_400(desk_world):
             assert status == 200 and read["request"] == doc["request"]
 
     run(scenario())
-    assert [(u, a) for u, a, _, _ in audit_rows(paths)] == [("town1", "locate.request"),
-                                                            ("viewer402", "locate.read")]
+    assert [(u, a) for u, a, _, _ in audit_rows(paths)] == [("town1", "locate.request")], \
+        "a pending request holds no position: its reads are not audited"
 
 
 def test_a_delegated_person_is_asked_for_by_the_delegate_office(desk_world):
@@ -166,7 +171,8 @@ async def send_patch(session, server, path, body):
 def test_one_request_per_person_per_window_and_so_many_per_user_an_hour_else_429(desk_world):
     settings, paths = desk_world
     settings = replace(settings, carriers=Carriers(locate_subject_every_s=60,
-                                                   locate_user_per_hour=2))
+                                                   locate_user_per_hour=2,
+                                                   locate_timeout_s=60))
     clock = Clock()
 
     async def scenario():
@@ -190,6 +196,30 @@ def test_one_request_per_person_per_window_and_so_many_per_user_an_hour_else_429
 
     run(scenario())
     assert [u for u, a, _, _ in audit_rows(paths)] == ["town1", "county402", "town1", "town1"]
+
+
+def test_a_person_with_a_request_still_open_is_not_asked_for_again(desk_world):
+    """One request at a time per person (the carrier bills each): a second before the first
+    is answered or timed out is 429 until its timeout; once answered, the next may go."""
+    settings, paths = desk_world
+    settings = replace(settings, carriers=Carriers(locate_subject_every_s=10,
+                                                   locate_timeout_s=120))
+    clock = Clock()
+
+    async def scenario():
+        async with serving(settings, paths, clock) as server, \
+                logged_in(server, "town1") as town1:
+            _, doc = await post(town1, server, "/api/subjects/S1/locate")
+            clock.t += 30
+            async with town1.post(server.make_url("/api/subjects/S1/locate"), json={}) as r:
+                assert r.status == 429 and r.headers["Retry-After"] == "90"
+                assert "still open" in (await r.json())["error"]
+            as_ingest(paths, lambda s: s.answer([(doc["request"], doc["requested_at"] + 900,
+                                                  doc["requested_at"] + 500, "gps",
+                                                  117.55, 34.86, 12.0)]))
+            assert (await post(town1, server, "/api/subjects/S1/locate"))[0] == 202
+
+    run(scenario())
 
 
 # -- the live stream ---------------------------------------------------------------------

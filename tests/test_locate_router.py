@@ -244,3 +244,37 @@ def test_after_a_restart_requests_go_again_to_the_carrier_the_store_says(ingest)
         assert other.take_locate_requests() == []
     requests.close()
     ctx.term()
+
+
+def test_only_the_carrier_a_request_went_to_answers_it(ingest):
+    """Once sent to cmcc, a row of the phone from ctcc (with the request's key, or just
+    fresh) neither answers nor closes the request; cmcc's answer does."""
+    endpoint, locate_db, _ = ingest()
+    requests = LocateStore(locate_db)
+    ctx = zmq.Context()
+    now = int(time.time() * 1000)
+    numbers = iter(range(1, 1000))
+
+    def deliver(client, carrier, t, lon, **kw):
+        frame = encode_rows(carrier, next(numbers), [DEVICES[0]], [t], [lon], [34.8], **kw)
+        assert client.send_one(frame)["status"] == "ok"
+
+    with CarrierClient(ctx, endpoint, "cmcc") as cmcc, \
+            CarrierClient(ctx, endpoint, "ctcc") as ctcc:
+        deliver(cmcc, "cmcc", now - 60_000, 117.3)
+        asked = requests.request("S0", DEVICES[0], "x", "desk", "officer", now)
+        deadline = time.monotonic() + WAIT_S
+        while not cmcc.take_locate_requests():
+            assert time.monotonic() < deadline
+            cmcc.idle(0.05)
+        deliver(ctcc, "ctcc", now + 1_000, 100.0, request=asked.id)
+        deliver(ctcc, "ctcc", now + 2_000, 100.0)
+        ctcc.idle(0.5)
+        assert requests.get(asked.id).state == "sent"
+        deliver(cmcc, "cmcc", now + 3_000, 117.31, request=asked.id)
+        while (done := requests.get(asked.id)).state != "answered":
+            assert time.monotonic() < deadline, done
+            cmcc.idle(0.05)
+        assert (done.answer_lon, done.answer_t_ms) == (117.31, now + 3_000)
+    requests.close()
+    ctx.term()

@@ -792,6 +792,22 @@ def test_the_off_clock_starts_with_the_first_report_of_the_state(world):
     assert (off.subject, off.to_document()["details"]["since"]) == ("s2", minutes(40))
 
 
+def test_a_phone_alternating_off_and_suspended_is_one_run_of_the_off_clock(world):
+    """Off at 0 h, suspended at 2 h, off at 4 h: nobody can reach the phone the whole time,
+    so phone_off comes 3 h after the first report (restarting the clock on each change would
+    raise neither phone_off nor signal_lost, ever)."""
+    w = world([subject("s1")])
+    w.clock(T0)
+    w.report("s1", minutes(0), "off")
+    w.report("s1", minutes(120), "suspended")
+    assert w.clock(minutes(179)) == []
+    off = only(w.clock(minutes(181)), "phone_off")
+    assert off.to_document()["details"]["since"] == minutes(0)
+    assert off.to_document()["details"]["handset"] == "suspended"
+    w.report("s1", minutes(240), "off")
+    assert w.clock(minutes(480)) == [], "the same run: raised once"
+
+
 def test_unreachable_changes_no_clock(world):
     w = world([subject("s1")])
     w.clock(T0)
