@@ -70,8 +70,10 @@ def test_strict_subject_exits_on_one_out_fix_and_is_lost_after_30_minutes_of_fee
         ("zone_exit", strict["id"]), ("phone_off", off["id"]), ("signal_lost", strict["id"])
     ], alarms
     phone_off = alarms[1]
-    assert (phone_off["t"], phone_off["severity"], phone_off["fix"]) == (
-        t0 + 20 * MIN_MS, "high", None)
+    assert (phone_off["severity"], phone_off["fix"]) == ("high", None)
+    # 20 min after the report, or after the worker began watching if that came later (the
+    # report and the first clock check race, by a few feed seconds)
+    assert t0 + 20 * MIN_MS <= phone_off["t"] <= t0 + 21 * MIN_MS
     assert phone_off["details"]["handset"] == "off" and phone_off["details"]["since"] == t0
     exit_ = alarms[0]
     assert exit_["id"] == alarm_id(strict["id"], "zone_exit", t0 + MIN_MS)   # its one out fix
