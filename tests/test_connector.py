@@ -11,6 +11,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from hypothesis import strategies as st
 
 from connect.budget import Backoff, BudgetFile, DailyBudget
 from connect.config import ConnectConfigError, HttpConnector, parse_connectors
@@ -173,6 +174,69 @@ def test_map_answer_statuses_time_formats_and_garbage():
     assert (limited.kind, limited.retry_after_s) == ("rate_limited", 7.0)
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     assert parse_retry_after("soon") is None
+
+
+def test_numbers_past_floats_range_and_odd_retry_after_are_read_not_raised():
+    huge = int("9" * 400)   # a JSON integer float() cannot hold (math.isfinite overflowed)
+    for path in (("data", "loc", "lng"), ("data", "ts"), ("data", "radius")):
+        doc = position(LON, LAT, T0_MS)
+        _place(doc, path, huge)
+        assert map_answer(_connector(), 200, json.dumps(doc).encode(), 5).kind == "malformed"
+    for odd, expected in (("\u00b2", None), ("\u0661\u0662", None), ("9" * 5000, 86_400.0),
+                          ("86401", 86_400.0), ("1 Jan 99999999999999999999 00:00:00 GMT", None),
+                          ("Mon, 99 Jan 2020 00:00:00 GMT", None)):
+        for status in (429, 503):
+            answer = map_answer(_connector(), status, b"", 5, retry_after=odd)
+            assert answer.retry_after_s == expected, odd[:20]
+            assert answer.kind == ("rate_limited" if status == 429 else "retry")
+
+
+_PATHS = {"code": ("code",), "lon": ("data", "loc", "lng"), "lat": ("data", "loc", "lat"),
+          "accuracy": ("data", "radius"), "time": ("data", "ts"), "source": ("data", "type"),
+          "datum": ("data", "coord")}
+_JSON_SCALARS = (st.none() | st.booleans() | st.integers() | st.floats()
+                 | st.integers(min_value=10**300, max_value=10**600)
+                 | st.integers(min_value=-10**600, max_value=-10**300)
+                 | st.text(max_size=30)
+                 | st.sampled_from(["0", "1001", "117.5", "-0", "1e999", "nan", "GCJ-02", "LBS",
+                                    "2026-12-03T08:00:00+08:00", "0001-01-01T00:00:00+14:00",
+                                    "9999-12-31T23:59:59-12:00", "\u00b2", "1_000"]))
+_JSON_VALUES = st.recursive(_JSON_SCALARS, lambda inner: st.lists(inner, max_size=3)
+                            | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                            max_leaves=6)
+
+
+def _place(doc: dict, path: tuple, value) -> None:
+    """`value` at `path` in `doc` (no path is another's prefix: the dicts on the way stay)."""
+    for key in path[:-1]:
+        doc = doc.setdefault(key, {})
+    doc[path[-1]] = value
+
+
+@pytest.mark.parametrize("time_format", ["unix_ms", "unix_s", "rfc3339"])
+def test_map_answer_never_raises_whatever_the_provider_puts_at_its_paths(time_format):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as hst
+
+    from connect.mapping import KINDS
+
+    connector = _connector(time_format=time_format)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(hst.dictionaries(hst.sampled_from(sorted(_PATHS)), _JSON_VALUES),
+           hst.sampled_from([200, 200, 200, 404, 429, 503]),
+           hst.none() | hst.text(max_size=40) | hst.just("9" * 5000))
+    def check(values, status, retry_after):
+        doc = {"code": 0}
+        for name, value in values.items():
+            _place(doc, _PATHS[name], value)
+        body = json.dumps(doc).encode()            # NaN and Infinity too: json.loads reads them
+        answer = map_answer(connector, status, body, 5, retry_after)
+        assert answer.kind in KINDS
+        if answer.kind == "position":
+            assert math.isfinite(answer.lon) and math.isfinite(answer.lat)
+
+    check()
 
 
 # -- schedule, budget, back-off -----------------------------------------------------------
