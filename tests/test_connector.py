@@ -484,6 +484,131 @@ def test_provider_errors_back_off_retry_after_is_honoured_and_bad_answers_are_co
     assert not any(row[0] == "13900000013" for _, row in router.rows())
 
 
+def test_an_answer_sent_in_pieces_is_read_whole_and_an_odd_retry_after_is_a_429(tmp_path):
+    from connect.mapping import MAX_ANSWER_BYTES
+
+    pieces, big, odd = "13900000041", "13900000042", "13900000043"
+    registry = registry_store(tmp_path / "registry.sqlite",
+                              {d: ("strict", "normal") for d in (pieces, big, odd)})
+    whole = json.dumps(position(LON, LAT, T0_MS)).encode()
+    filler = b" " * (MAX_ANSWER_BYTES // 3)
+
+    def behave(device, n):
+        if device == pieces:    # the body in three writes, 50 ms apart
+            return Reply(pieces=(whole[:20], whole[20:40], whole[40:]))
+        if device == big:       # over the limit only once its last piece is in
+            return Reply(pieces=(whole[:-1], filler, filler, filler, whole[-1:]))
+        return Reply(429, headers={"Retry-After": "\u00b2"})   # was int('²'): "transport"
+
+    provider = FakeProvider(behave).start()
+    router = RouterStub()
+    config = _connector(url=provider.url, every_strict_s=1, backoff_first_s=0.05,
+                        backoff_max_s=0.05)
+    connector = Connector(config, router.endpoint, registry, env={})
+    try:
+        with Running(connector):
+            wait_until(lambda: any(row[0] == pieces for _, row in router.rows()),
+                       what="the answer sent in pieces")
+            wait_until(lambda: sample(connector, "geofence_connect_requests_total",
+                                      outcome="malformed") >= 1, what="the big one refused")
+            wait_until(lambda: provider.asked[odd] >= 1 and sample(
+                connector, "geofence_connect_requests_total", outcome="rate_limited") >= 1,
+                what="the 429 counted")
+    finally:
+        router.close()
+        provider.stop()
+    row = [row for _, row in router.rows() if row[0] == pieces][0]
+    assert (row[2], row[3]) == (LON, LAT)
+    assert len([r for _, r in router.rows() if r[0] == pieces]) >= provider.asked[pieces] - 1
+    assert sample(connector, "geofence_connect_requests_total", outcome="transport") == 0
+    assert not any(row[0] == big for _, row in router.rows())
+
+
+class FailingOnce(Connector):
+    """A Connector whose handling of an answer fails once per device (a bug's stand-in):
+    the failure must not lose the phone's polls nor a locate request."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.failed: set[str] = set()
+
+    def settle(self, job, answer, outcome, now_s):
+        if job.device not in self.failed:
+            self.failed.add(job.device)
+            raise RuntimeError("a bug in settle")
+        super().settle(job, answer, outcome, now_s)
+
+
+def test_a_failure_inside_the_connector_puts_the_poll_and_the_locate_request_back(tmp_path):
+    polled, located = "13900000051", "13900000052"
+    registry = registry_store(tmp_path / "registry.sqlite",
+                              {polled: ("strict", "normal"), located: ("loose", "normal")})
+    provider = FakeProvider(lambda device, n: Reply(doc=position(LON, LAT, T0_MS + n))).start()
+    router = RouterStub()
+    config = _connector(url=provider.url, every_strict_s=1, every_loose_s=86_400,
+                        backoff_first_s=0.05)
+    connector = FailingOnce(config, router.endpoint, registry, env={}, idle_batch_s=0.2)
+    try:
+        with Running(connector):
+            wait_until(lambda: any(row[0] == polled for _, row in router.rows()),
+                       what="the failed poll asked again")
+            wait_until(lambda: router.identity is not None, what="the hello")
+            router.outbox.append(encode_locate("L-1", located, "desk"))
+            wait_until(lambda: any(b.get("request") == "L-1" for b in router.batches),
+                       what="the failed locate request tried again")
+    finally:
+        router.close()
+        provider.stop()
+    assert provider.asked[polled] >= 2 and provider.asked[located] == 2
+    assert sample(connector, "geofence_connect_failures_total") == 2
+
+
+def test_while_the_engine_is_away_requests_pause_and_the_backlog_stays_bounded(tmp_path):
+    devices = [f"139000006{k:02d}" for k in range(30)]
+    registry = registry_store(tmp_path / "registry.sqlite",
+                              {d: ("strict", "normal") for d in devices})
+    provider = FakeProvider(lambda device, n: Reply(doc=position(LON, LAT, T0_MS + n))).start()
+    router = RouterStub()
+    router.acking = False                  # the engine is away from the start
+    config = _connector(url=provider.url, every_strict_s=1, concurrency=2)
+    bound = 10
+    connector = Connector(config, router.endpoint, registry, env={}, idle_batch_s=0.5,
+                          max_backlog_rows=bound)
+    try:
+        with Running(connector):
+            wait_until(lambda: sample(connector, "geofence_connect_paused") == 1,
+                       what="requests paused")
+            asked = sum(provider.asked.values())
+            backlog = connector.feed.backlog()
+            assert bound < backlog <= bound + config.concurrency   # and what was in flight
+            # every phone is due each second: a few seconds without a single request
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                assert sum(provider.asked.values()) <= asked + config.concurrency
+                assert connector.feed.backlog() <= bound + config.concurrency
+                time.sleep(0.05)
+            for _ in range(3):   # the client reconnects (a new identity) every timeout
+                router.outbox.append(encode_locate("L-away", devices[0], "desk"))
+                try:
+                    wait_until(lambda: sample(connector, "geofence_connect_locate_requests_total",
+                                              reason="desk") >= 1, 3, "the locate request in")
+                    break
+                except AssertionError:
+                    continue
+            assert sum(provider.asked.values()) <= asked + config.concurrency
+            router.acking = True           # back: the client's resends are acked
+            wait_until(lambda: sample(connector, "geofence_connect_paused") == 0, 30,
+                       "requests resumed")
+            wait_until(lambda: any(b.get("request") == "L-away" for b in router.batches),
+                       what="the locate request answered")
+            wait_until(lambda: {row[0] for _, row in router.rows()} == set(devices),
+                       what="every phone polled again")
+    finally:
+        router.close()
+        provider.stop()
+    assert sample(connector, "geofence_connect_engine_backlog_rows") <= bound
+
+
 # -- through a real engine ---------------------------------------------------------------
 
 
