@@ -60,7 +60,8 @@ class Job:
 class Connector:
     """One `[connect.http.NAME]` connector. `registry_db`: the engine's registry file, read
     only (opened by the thread that runs the connector: SQLite connections stay in theirs);
-    `env`: where ${VAR} come from; `clock`: seconds (wall time)."""
+    `env`: where ${VAR} come from; `clock`: seconds (wall time); `max_backlog_rows`: rows
+    without the engine's ack beyond which requests pause (default `feed.MAX_BACKLOG_ROWS`)."""
 
     def __init__(self, config: HttpConnector, endpoint: str, registry_db, *,
                  env: dict | None = None, metrics: ConnectorMetrics | None = None,
