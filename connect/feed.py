@@ -12,6 +12,11 @@ Rows are gathered for up to `linger_s` into batches of at most `max_rows`, one b
 datum; a row answering a locate request goes in a batch of its own that names the
 request (`"request"` in the batch map). When nothing was sent for `idle_batch_s`, an
 empty batch goes, so the engine knows the connection and can send it locate requests.
+
+The backlog (rows put and not yet acknowledged: queued, framed, in the client's window) is
+bounded by the connector, not here: while `full()` it asks for nothing, so an engine that
+is away costs no budget and no memory beyond `max_backlog_rows` and the requests in flight.
+Rows are never dropped for it: they wait until the engine acks them (or the feed stops).
 """
 
 import logging
@@ -28,6 +33,7 @@ from ingest.protocol import encode_rows
 log = logging.getLogger("geofence.connect")
 
 IDLE_BATCH_S = 30.0
+MAX_BACKLOG_ROWS = 10_000  # rows without an ack before the connector pauses its requests
 LINGER_S = 0.05
 MAX_ROWS = 500
 PUMP_S = 0.05
@@ -55,7 +61,8 @@ class EngineFeed:
     def __init__(self, endpoint: str, carrier: str, metrics, on_locate, *,
                  curve: ClientCurve | None = None, ctx: zmq.Context | None = None,
                  idle_batch_s: float = IDLE_BATCH_S, max_rows: int = MAX_ROWS,
-                 timeout_ms: float = 2500, batch_base: int | None = None):
+                 timeout_ms: float = 2500, batch_base: int | None = None,
+                 max_backlog_rows: int = MAX_BACKLOG_ROWS):
         self.endpoint, self.carrier, self.curve = endpoint, carrier, curve
         self.metrics, self.on_locate = metrics, on_locate
         self.ctx = ctx or zmq.Context.instance()
@@ -63,7 +70,11 @@ class EngineFeed:
         # batch numbers above any an earlier run of this carrier used (microseconds now):
         # the engine remembers (carrier, batch) and would call a reused number a duplicate
         self._batch = batch_base if batch_base is not None else time.time_ns() // 1000
+        self.max_backlog_rows = max_backlog_rows
         self._rows: queue.Queue[Row] = queue.Queue()
+        self._sizes: dict[int, int] = {}   # batch number -> rows, until acknowledged
+        self._unacked = 0                  # rows put and not yet acknowledged
+        self._count_lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"feed-{carrier}", daemon=True)
         self._counted = (0, {})
@@ -74,10 +85,16 @@ class EngineFeed:
         self._thread.start()
 
     def put(self, row: Row) -> None:
+        with self._count_lock:
+            self._unacked += 1
         self._rows.put(row)
 
     def backlog(self) -> int:
-        return self._rows.qsize()
+        """Rows put and not yet acknowledged by the engine."""
+        return self._unacked
+
+    def full(self) -> bool:
+        return self.backlog() > self.max_backlog_rows
 
     def stop(self) -> None:
         """Send what is queued, wait up to STOP_DRAIN_S for its acks, close. Rows left
@@ -109,6 +126,7 @@ class EngineFeed:
                 stop_by = time.monotonic() + STOP_DRAIN_S
             rows = self._take(0 if unsent else LINGER_S)
             unsent += self._frames(rows)
+            self._count_acked(client, unsent)
             if not unsent and time.monotonic() - last_sent >= self.idle_batch_s:
                 unsent.append(self._frame([]))
             try:
@@ -120,6 +138,7 @@ class EngineFeed:
             except CarrierError as e:   # the engine is away: the window keeps its batches
                 log.warning("connector feed: %s", e)
             self._hand_over(client)
+            self._count_acked(client, unsent)
             if stopping and ((not unsent and self._rows.empty())
                              or time.monotonic() >= stop_by):
                 break
@@ -154,12 +173,23 @@ class EngineFeed:
     def _frame(self, rows: list[Row], datum: str = "wgs84", request: str | None = None):
         self._batch += 1
         self.batches_sent += 1
+        if rows:
+            self._sizes[self._batch] = len(rows)
         frame = encode_rows(self.carrier, self._batch, [r.device for r in rows],
                             [r.t_ms for r in rows], [r.lon for r in rows],
                             [r.lat for r in rows], [r.acc_m for r in rows],
                             [r.src for r in rows],
                             datum=None if datum == "wgs84" else datum, request=request)
         return self._batch, frame
+
+    def _count_acked(self, client: CarrierClient, unsent: list[tuple[int, bytes]]) -> None:
+        """Take the rows of acknowledged batches (neither unsent nor in the client's
+        window) off the backlog."""
+        waiting = set(client.unacknowledged()).union(batch for batch, _ in unsent)
+        acked = [b for b in self._sizes if b not in waiting]
+        if acked:
+            with self._count_lock:
+                self._unacked -= sum(self._sizes.pop(b) for b in acked)
 
     def _hand_over(self, client: CarrierClient) -> None:
         """Locate requests to the event loop; the acks' counts to the metrics."""

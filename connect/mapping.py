@@ -17,6 +17,7 @@ from connect.config import HttpConnector, expand
 from geofence.datum import DATUMS
 
 MAX_ANSWER_BYTES = 256 * 1024      # read at most this much of an answer
+RETRY_AFTER_MAX_S = 24 * 3600      # a longer Retry-After is taken as a day
 _STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 MISSING = object()
 
@@ -154,13 +155,13 @@ def _number(value) -> float | None:
     """A finite number from a JSON number or a numeric string; None otherwise."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, str):
-        try:
+    if isinstance(value, (str, int)):
+        try:   # an integer past float's range (JSON allows 400 digits) overflows
             value = float(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             return None
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return value
     return None
 
 
@@ -183,18 +184,20 @@ def _time(value, time_format: str) -> int | None:
 
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds to wait from a Retry-After header (seconds, or an HTTP date); None if
-    absent or unreadable."""
+    absent or unreadable. Never raises: '²' is a digit to str.isdigit but not to int(),
+    and thousands of digits are past int()'s limit (and a day, the most we wait)."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(min(int(value), 24 * 3600))
+    if value.isascii() and value.isdigit():
+        return float(RETRY_AFTER_MAX_S if len(value) > 9 else min(int(value), RETRY_AFTER_MAX_S))
     from email.utils import parsedate_to_datetime
 
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):   # a year of 20 digits
         return None
     if when.tzinfo is None:
         return None
-    return max(0.0, min(when.timestamp() - datetime.now(when.tzinfo).timestamp(), 24 * 3600))
+    return max(0.0, min(when.timestamp() - datetime.now(when.tzinfo).timestamp(),
+                        RETRY_AFTER_MAX_S))

@@ -42,6 +42,15 @@ class ConnectorMetrics:
         self.served = Gauge(
             "geofence_connect_devices_served", "Devices on the poll schedule",
             ["connector"], registry=r)
+        self.failures = Counter(
+            "geofence_connect_failures", "Requests that failed inside the connector (a bug, "
+            "logged by its type): the phone is asked again", ["connector"], registry=r)
+        self.backlog = Gauge(
+            "geofence_connect_engine_backlog_rows", "Rows handed to the engine feed and not "
+            "yet acknowledged", ["connector"], registry=r)
+        self.paused = Gauge(
+            "geofence_connect_paused", "1 while requests wait for the engine to take the "
+            "rows it has", ["connector"], registry=r)
         self.name = name
         for outcome in OUTCOMES:
             self.requests.labels(name, outcome)

@@ -12,7 +12,11 @@ Locate requests from the engine jump the queue (priority 0) and are retried up t
 LOCATE_TRIES times on a transient failure; scheduled polls wait behind them, and only as
 many are queued as the askers can take, so a slow provider never builds a backlog of
 stale polls. The daily budget is taken per request; a poll refused by it waits for the
-next day, a desk request may use the reserve. Asyncio for the HTTP side (hundreds of
+next day, a desk request may use the reserve. While the engine is away (the feed holds
+more than its bound of rows without an ack) every request waits: an answer could not be
+delivered, and asking would spend the budget and pile rows up in memory. A failure inside
+the connector (a bug) puts the phone back: a poll after `backoff_first_s`, a locate
+request with its remaining tries. Asyncio for the HTTP side (hundreds of
 requests in flight on one core); the carrier client runs in its own thread (`connect.feed`).
 """
 
@@ -22,7 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -42,6 +46,7 @@ REGISTRY_CHECK_S = 2.0         # how often the registry's version is looked at
 REFRESH_S = 300.0              # the schedule re-read anyway (subjects whose supervision ended)
 SAVE_BUDGET_S = 5.0            # how often the day's count is saved (when it changed)
 LOCATE, POLL = 0, 1            # job priorities
+READ_CHUNK_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,14 @@ class Job:
 class Connector:
     """One `[connect.http.NAME]` connector. `registry_db`: the engine's registry file, read
     only (opened by the thread that runs the connector: SQLite connections stay in theirs);
-    `env`: where ${VAR} come from; `clock`: seconds (wall time)."""
+    `env`: where ${VAR} come from; `clock`: seconds (wall time); `max_backlog_rows`: rows
+    without the engine's ack beyond which requests pause (default `feed.MAX_BACKLOG_ROWS`)."""
 
     def __init__(self, config: HttpConnector, endpoint: str, registry_db, *,
                  env: dict | None = None, metrics: ConnectorMetrics | None = None,
                  curve=None, ctx=None, clock: Callable[[], float] = time.time,
-                 idle_batch_s: float | None = None, budget_file: BudgetFile | None = None):
+                 idle_batch_s: float | None = None, budget_file: BudgetFile | None = None,
+                 max_backlog_rows: int | None = None):
         self.config = config
         self.env = dict(os.environ if env is None else env)
         check_environment(config, self.env)
@@ -79,9 +86,12 @@ class Connector:
         self._jobs: asyncio.PriorityQueue | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._holding = False
+        self._paused = False
         self._registry_checked = -1e18
         self._refreshed = -1e18
         extra = {} if idle_batch_s is None else {"idle_batch_s": idle_batch_s}
+        if max_backlog_rows is not None:
+            extra["max_backlog_rows"] = max_backlog_rows
         self.feed = EngineFeed(endpoint, config.carrier, self.metrics, self._on_locate,
                                curve=curve, ctx=ctx, **extra)
 
@@ -165,7 +175,7 @@ class Connector:
             log.warning("connector %s: 80 %% of the daily budget of %d positionings spent",
                         name, self.budget.limit)
         room = 2 * self.config.concurrency - len(self._polls_queued)
-        if room <= 0 or self.backoff.wait_s(now_s) > 0:
+        if self.engine_behind() or room <= 0 or self.backoff.wait_s(now_s) > 0:
             return 0
         queued = 0
         for device in self.schedule.due(now_s, room):
@@ -177,6 +187,22 @@ class Connector:
             self._put(POLL, Job(device))
             queued += 1
         return queued
+
+    def engine_behind(self) -> bool:
+        """True while the feed holds more rows than its bound: requests wait (logged and
+        shown as `geofence_connect_paused` when it starts and ends)."""
+        m, name = self.metrics, self.config.name
+        m.backlog.labels(name).set(self.feed.backlog())
+        behind = self.feed.full()
+        if behind != self._paused:
+            self._paused = behind
+            m.paused.labels(name).set(int(behind))
+            if behind:
+                log.warning("connector %s: over %d rows wait for the engine's acks; requests "
+                            "paused", name, self.feed.max_backlog_rows)
+            else:
+                log.info("connector %s: the engine takes rows again; requests resumed", name)
+        return behind
 
     def save_budget(self, now_s: float, force: bool = False) -> None:
         """The day's count to the budget file, if it changed (every SAVE_BUDGET_S)."""
@@ -200,18 +226,28 @@ class Connector:
             try:
                 await self._handle(job)
             except Exception as e:   # a bug: named (its text may hold a number or a
-                # URL with a key), counted; the asker goes on
+                # URL with a key), counted; the phone is asked again, the asker goes on
                 log.error("connector %s: a request failed: %s", self.config.name,
                           type(e).__name__)
-                self.metrics.request("error")
+                self.metrics.failures.labels(self.config.name).inc()
+                try:
+                    self._ask_again(job, self.config.backoff_first_s, self.clock())
+                except Exception as again:
+                    log.error("connector %s: a request not put back: %s", self.config.name,
+                              type(again).__name__)
             finally:
                 if job.request is None:
                     self._polls_queued.discard(job.device)
                     self._room.set()
 
     async def _handle(self, job: Job) -> None:
-        while (wait := self.backoff.wait_s(self.clock())) > 0:
-            await asyncio.sleep(wait)
+        while True:
+            if self.engine_behind():
+                await asyncio.sleep(PLAN_EVERY_S)
+            elif (wait := self.backoff.wait_s(self.clock())) > 0:
+                await asyncio.sleep(wait)
+            else:
+                break
         now = self.clock()
         if not self.budget.take(now, desk=job.reason == "desk"):
             if job.request is None:
@@ -232,7 +268,7 @@ class Connector:
             async with self._session.request(request.method, request.url,
                                              headers=request.headers, data=request.body,
                                              allow_redirects=False) as response:
-                body = await response.content.read(MAX_ANSWER_BYTES + 1)
+                body = await read_capped(response.content, MAX_ANSWER_BYTES)
                 now_ms = int(self.clock() * 1000)
                 if len(body) > MAX_ANSWER_BYTES:
                     answer = Answer("malformed", why="too_large")
@@ -258,13 +294,7 @@ class Connector:
                 log.warning("connector %s: %s; holding requests back %.1f s", name,
                             answer.why or outcome, hold)
             self._holding = hold > 0
-            again_s = max(self.config.backoff_first_s, hold)
-            if job.request is not None:
-                if job.tries + 1 < LOCATE_TRIES:
-                    retry = Job(job.device, job.request, job.reason, job.tries + 1)
-                    self._loop.call_later(again_s, self._put, LOCATE, retry)
-            else:
-                self.schedule.retry_at(job.device, now_s + again_s)
+            self._ask_again(job, max(self.config.backoff_first_s, hold), now_s)
             return
         self._holding = False
         self.backoff.succeeded()
@@ -278,6 +308,27 @@ class Connector:
             self.feed.put(Row(job.device, answer.t_ms, nan, nan, nan, answer.state,
                               "wgs84", job.request))
             self.metrics.answers.labels(name, "state").inc()
+
+
+    def _ask_again(self, job: Job, again_s: float, now_s: float) -> None:
+        """After a failure: a poll back on the schedule in `again_s`; a locate request
+        queued again then, if it has tries left."""
+        if job.request is None:
+            self.schedule.retry_at(job.device, now_s + again_s)
+        elif job.tries + 1 < LOCATE_TRIES:
+            self._loop.call_later(again_s, self._put, LOCATE, replace(job, tries=job.tries + 1))
+
+
+async def read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """An answer's body to its end, or its first bytes past `limit` (then: too large).
+    Not `read(limit + 1)`: that returns what is buffered, so an answer sent in pieces
+    would be cut at the first."""
+    body = bytearray()
+    async for chunk in content.iter_chunked(READ_CHUNK_BYTES):
+        body += chunk
+        if len(body) > limit:
+            break
+    return bytes(body)
 
 
 def engine_endpoint(config: HttpConnector, ingest_bind: str) -> str:

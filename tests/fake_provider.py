@@ -3,7 +3,8 @@ and a real ZeroMQ ROUTER that acks batches like the engine (`RouterStub`).
 
 `GET /locate?msisdn=DEVICE` (or POST with {"msisdn": DEVICE}) answers what `behave(device,
 n)` says, n being how many times this device was asked before: a `Reply` (status,
-JSON document or raw bytes, headers, delay). Every request is recorded with its time, so
+JSON document or raw bytes, headers, delay; or a body written in `pieces` with a pause
+between them, as a slow provider's answer arrives). Every request is recorded with its time, so
 a test can check what the connector asked for and when (after a 429, say).
 """
 
@@ -28,6 +29,8 @@ class Reply:
     raw: bytes | None = None
     headers: dict = field(default_factory=dict)
     delay_s: float = 0.0
+    pieces: tuple[bytes, ...] = ()   # the body in these writes (chunked), `pause_s` apart
+    pause_s: float = 0.05
 
 
 def position(lon: float, lat: float, t_ms: int, *, acc: float = 50.0, datum: str = "wgs84",
@@ -100,6 +103,16 @@ class FakeProvider:
         self.log.append((time.monotonic(), device, reply.status))
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
+        if reply.pieces:
+            response = web.StreamResponse(status=reply.status, headers=reply.headers)
+            response.content_type = "application/json"
+            await response.prepare(request)
+            for k, piece in enumerate(reply.pieces):
+                if k:
+                    await asyncio.sleep(reply.pause_s)
+                await response.write(piece)
+            await response.write_eof()
+            return response
         body = reply.raw if reply.raw is not None else json.dumps(reply.doc).encode()
         return web.Response(status=reply.status, body=body, headers=reply.headers,
                             content_type="application/json")
@@ -127,7 +140,8 @@ def toml_table(name: str, table: dict) -> str:
 
 
 class RouterStub:
-    """A real ROUTER on loopback: acks every batch, keeps them, sends locate requests."""
+    """A real ROUTER on loopback: acks every batch, keeps them, sends locate requests.
+    `acking = False`: an engine that is away (batches received and never answered)."""
 
     def __init__(self):
         self.ctx = zmq.Context()
@@ -138,6 +152,7 @@ class RouterStub:
         self.batches: list[dict] = []
         self.outbox: list[bytes] = []
         self.identity = None
+        self.acking = True
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -148,6 +163,8 @@ class RouterStub:
                 identity, frame = self.sock.recv_multipart()
                 batch = msgpack.unpackb(frame, raw=False)
                 self.identity = identity
+                if not self.acking:
+                    continue
                 self.batches.append(batch)
                 fixes = batch.get("fixes", [])
                 self.sock.send_multipart([identity, encode_ack(batch["batch"], "ok",

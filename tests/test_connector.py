@@ -11,6 +11,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from hypothesis import strategies as st
 
 from connect.budget import Backoff, BudgetFile, DailyBudget
 from connect.config import ConnectConfigError, HttpConnector, parse_connectors
@@ -173,6 +174,69 @@ def test_map_answer_statuses_time_formats_and_garbage():
     assert (limited.kind, limited.retry_after_s) == ("rate_limited", 7.0)
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     assert parse_retry_after("soon") is None
+
+
+def test_numbers_past_floats_range_and_odd_retry_after_are_read_not_raised():
+    huge = int("9" * 400)   # a JSON integer float() cannot hold (math.isfinite overflowed)
+    for path in (("data", "loc", "lng"), ("data", "ts"), ("data", "radius")):
+        doc = position(LON, LAT, T0_MS)
+        _place(doc, path, huge)
+        assert map_answer(_connector(), 200, json.dumps(doc).encode(), 5).kind == "malformed"
+    for odd, expected in (("\u00b2", None), ("\u0661\u0662", None), ("9" * 5000, 86_400.0),
+                          ("86401", 86_400.0), ("1 Jan 99999999999999999999 00:00:00 GMT", None),
+                          ("Mon, 99 Jan 2020 00:00:00 GMT", None)):
+        for status in (429, 503):
+            answer = map_answer(_connector(), status, b"", 5, retry_after=odd)
+            assert answer.retry_after_s == expected, odd[:20]
+            assert answer.kind == ("rate_limited" if status == 429 else "retry")
+
+
+_PATHS = {"code": ("code",), "lon": ("data", "loc", "lng"), "lat": ("data", "loc", "lat"),
+          "accuracy": ("data", "radius"), "time": ("data", "ts"), "source": ("data", "type"),
+          "datum": ("data", "coord")}
+_JSON_SCALARS = (st.none() | st.booleans() | st.integers() | st.floats()
+                 | st.integers(min_value=10**300, max_value=10**600)
+                 | st.integers(min_value=-10**600, max_value=-10**300)
+                 | st.text(max_size=30)
+                 | st.sampled_from(["0", "1001", "117.5", "-0", "1e999", "nan", "GCJ-02", "LBS",
+                                    "2026-12-03T08:00:00+08:00", "0001-01-01T00:00:00+14:00",
+                                    "9999-12-31T23:59:59-12:00", "\u00b2", "1_000"]))
+_JSON_VALUES = st.recursive(_JSON_SCALARS, lambda inner: st.lists(inner, max_size=3)
+                            | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                            max_leaves=6)
+
+
+def _place(doc: dict, path: tuple, value) -> None:
+    """`value` at `path` in `doc` (no path is another's prefix: the dicts on the way stay)."""
+    for key in path[:-1]:
+        doc = doc.setdefault(key, {})
+    doc[path[-1]] = value
+
+
+@pytest.mark.parametrize("time_format", ["unix_ms", "unix_s", "rfc3339"])
+def test_map_answer_never_raises_whatever_the_provider_puts_at_its_paths(time_format):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as hst
+
+    from connect.mapping import KINDS
+
+    connector = _connector(time_format=time_format)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(hst.dictionaries(hst.sampled_from(sorted(_PATHS)), _JSON_VALUES),
+           hst.sampled_from([200, 200, 200, 404, 429, 503]),
+           hst.none() | hst.text(max_size=40) | hst.just("9" * 5000))
+    def check(values, status, retry_after):
+        doc = {"code": 0}
+        for name, value in values.items():
+            _place(doc, _PATHS[name], value)
+        body = json.dumps(doc).encode()            # NaN and Infinity too: json.loads reads them
+        answer = map_answer(connector, status, body, 5, retry_after)
+        assert answer.kind in KINDS
+        if answer.kind == "position":
+            assert math.isfinite(answer.lon) and math.isfinite(answer.lat)
+
+    check()
 
 
 # -- schedule, budget, back-off -----------------------------------------------------------
@@ -418,6 +482,131 @@ def test_provider_errors_back_off_retry_after_is_honoured_and_bad_answers_are_co
     timed = sample(connector, "geofence_connect_provider_latency_seconds_count")
     assert len(provider.log) - config.concurrency <= timed <= len(provider.log)   # in flight
     assert not any(row[0] == "13900000013" for _, row in router.rows())
+
+
+def test_an_answer_sent_in_pieces_is_read_whole_and_an_odd_retry_after_is_a_429(tmp_path):
+    from connect.mapping import MAX_ANSWER_BYTES
+
+    pieces, big, odd = "13900000041", "13900000042", "13900000043"
+    registry = registry_store(tmp_path / "registry.sqlite",
+                              {d: ("strict", "normal") for d in (pieces, big, odd)})
+    whole = json.dumps(position(LON, LAT, T0_MS)).encode()
+    filler = b" " * (MAX_ANSWER_BYTES // 3)
+
+    def behave(device, n):
+        if device == pieces:    # the body in three writes, 50 ms apart
+            return Reply(pieces=(whole[:20], whole[20:40], whole[40:]))
+        if device == big:       # over the limit only once its last piece is in
+            return Reply(pieces=(whole[:-1], filler, filler, filler, whole[-1:]))
+        return Reply(429, headers={"Retry-After": "\u00b2"})   # was int('²'): "transport"
+
+    provider = FakeProvider(behave).start()
+    router = RouterStub()
+    config = _connector(url=provider.url, every_strict_s=1, backoff_first_s=0.05,
+                        backoff_max_s=0.05)
+    connector = Connector(config, router.endpoint, registry, env={})
+    try:
+        with Running(connector):
+            wait_until(lambda: any(row[0] == pieces for _, row in router.rows()),
+                       what="the answer sent in pieces")
+            wait_until(lambda: sample(connector, "geofence_connect_requests_total",
+                                      outcome="malformed") >= 1, what="the big one refused")
+            wait_until(lambda: provider.asked[odd] >= 1 and sample(
+                connector, "geofence_connect_requests_total", outcome="rate_limited") >= 1,
+                what="the 429 counted")
+    finally:
+        router.close()
+        provider.stop()
+    row = [row for _, row in router.rows() if row[0] == pieces][0]
+    assert (row[2], row[3]) == (LON, LAT)
+    assert len([r for _, r in router.rows() if r[0] == pieces]) >= provider.asked[pieces] - 1
+    assert sample(connector, "geofence_connect_requests_total", outcome="transport") == 0
+    assert not any(row[0] == big for _, row in router.rows())
+
+
+class FailingOnce(Connector):
+    """A Connector whose handling of an answer fails once per device (a bug's stand-in):
+    the failure must not lose the phone's polls nor a locate request."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.failed: set[str] = set()
+
+    def settle(self, job, answer, outcome, now_s):
+        if job.device not in self.failed:
+            self.failed.add(job.device)
+            raise RuntimeError("a bug in settle")
+        super().settle(job, answer, outcome, now_s)
+
+
+def test_a_failure_inside_the_connector_puts_the_poll_and_the_locate_request_back(tmp_path):
+    polled, located = "13900000051", "13900000052"
+    registry = registry_store(tmp_path / "registry.sqlite",
+                              {polled: ("strict", "normal"), located: ("loose", "normal")})
+    provider = FakeProvider(lambda device, n: Reply(doc=position(LON, LAT, T0_MS + n))).start()
+    router = RouterStub()
+    config = _connector(url=provider.url, every_strict_s=1, every_loose_s=86_400,
+                        backoff_first_s=0.05)
+    connector = FailingOnce(config, router.endpoint, registry, env={}, idle_batch_s=0.2)
+    try:
+        with Running(connector):
+            wait_until(lambda: any(row[0] == polled for _, row in router.rows()),
+                       what="the failed poll asked again")
+            wait_until(lambda: router.identity is not None, what="the hello")
+            router.outbox.append(encode_locate("L-1", located, "desk"))
+            wait_until(lambda: any(b.get("request") == "L-1" for b in router.batches),
+                       what="the failed locate request tried again")
+    finally:
+        router.close()
+        provider.stop()
+    assert provider.asked[polled] >= 2 and provider.asked[located] == 2
+    assert sample(connector, "geofence_connect_failures_total") == 2
+
+
+def test_while_the_engine_is_away_requests_pause_and_the_backlog_stays_bounded(tmp_path):
+    devices = [f"139000006{k:02d}" for k in range(30)]
+    registry = registry_store(tmp_path / "registry.sqlite",
+                              {d: ("strict", "normal") for d in devices})
+    provider = FakeProvider(lambda device, n: Reply(doc=position(LON, LAT, T0_MS + n))).start()
+    router = RouterStub()
+    router.acking = False                  # the engine is away from the start
+    config = _connector(url=provider.url, every_strict_s=1, concurrency=2)
+    bound = 10
+    connector = Connector(config, router.endpoint, registry, env={}, idle_batch_s=0.5,
+                          max_backlog_rows=bound)
+    try:
+        with Running(connector):
+            wait_until(lambda: sample(connector, "geofence_connect_paused") == 1,
+                       what="requests paused")
+            asked = sum(provider.asked.values())
+            backlog = connector.feed.backlog()
+            assert bound < backlog <= bound + config.concurrency   # and what was in flight
+            # every phone is due each second: a few seconds without a single request
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                assert sum(provider.asked.values()) <= asked + config.concurrency
+                assert connector.feed.backlog() <= bound + config.concurrency
+                time.sleep(0.05)
+            for _ in range(3):   # the client reconnects (a new identity) every timeout
+                router.outbox.append(encode_locate("L-away", devices[0], "desk"))
+                try:
+                    wait_until(lambda: sample(connector, "geofence_connect_locate_requests_total",
+                                              reason="desk") >= 1, 3, "the locate request in")
+                    break
+                except AssertionError:
+                    continue
+            assert sum(provider.asked.values()) <= asked + config.concurrency
+            router.acking = True           # back: the client's resends are acked
+            wait_until(lambda: sample(connector, "geofence_connect_paused") == 0, 30,
+                       "requests resumed")
+            wait_until(lambda: any(b.get("request") == "L-away" for b in router.batches),
+                       what="the locate request answered")
+            wait_until(lambda: {row[0] for _, row in router.rows()} == set(devices),
+                       what="every phone polled again")
+    finally:
+        router.close()
+        provider.stop()
+    assert sample(connector, "geofence_connect_engine_backlog_rows") <= bound
 
 
 # -- through a real engine ---------------------------------------------------------------
