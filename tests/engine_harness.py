@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,10 +20,32 @@ from ingest.protocol import decode_ack
 READY_TIMEOUT_S = 180
 
 
+PORT_BAND = (20_000, 32_768)   # below Linux's ephemeral ports (32768-60999)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port free now, for a config that must name one (an engine process
+    restarted by its supervisor binds the same port again).
+
+    The engine binds it seconds later, so the port must not be handed to anyone else
+    meanwhile. Hence not the system's choice (bind to port 0: any process may be given the
+    same port next, and outgoing connections and ZeroMQ's random ports use that range too)
+    but a random port of PORT_BAND, which nothing assigns by itself, in a slice of its own
+    per pytest-xdist worker: two workers never pick the same port."""
+    low, high = PORT_BAND
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = (high - low) // max(workers, 1)
+    low += size * (worker % max(workers, 1))
+    for _ in range(200):
+        port = random.randrange(low, low + size)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue   # in use (or in TIME_WAIT): another one
+            return port
+    raise RuntimeError(f"no free port in {low}..{low + size - 1}")
 
 
 def process_alive(pid: int) -> bool:

@@ -140,6 +140,24 @@ def _frame(batch_no, n=3, carrier="cmcc"):
                        acc=np.full(n, 20.0), src=np.zeros(n, np.int8))
 
 
+def _until(predicate, timeout_s=JOIN_TIMEOUT_S):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _refuses_sends(socket):
+    """Whether a DEALER has no pipe to take a message (an empty probe frame otherwise)."""
+    try:
+        socket.send(b"", zmq.NOBLOCK)
+    except zmq.Again:
+        return True
+    return False
+
+
 @pytest.fixture
 def ctx():
     context = zmq.Context()
@@ -303,6 +321,49 @@ def test_curve_client_is_admitted_and_a_wrong_key_gives_up(ctx, engines, tmp_pat
         engine.stop()                           # the ROUTER closes before its ZAP handler
     finally:
         auth.stop()
+
+
+def test_a_key_refused_before_the_first_send_still_gives_up(ctx, engines, tmp_path):
+    """libzmq ends a connection whose key ZAP refused for good: no reconnect, no pipe, so
+    every send is refused. A client held up between connecting and sending (a loaded
+    machine: the hang once seen under two pytest workers) finds exactly that, and must
+    still give up after its retries. Here the refusal is awaited before the first send."""
+    keys.generate(tmp_path / "keys", ["cmcc", "rogue"])
+    auth = CarrierAuthenticator(ctx, {keys.load_public_key(tmp_path / "keys" / "cmcc.key"):
+                                      "cmcc"})
+    auth.start()
+    outcome = []
+    try:
+        engine = engines(setup=lambda s: secure_router(s, auth,
+                                                       keys.load_server_keys(tmp_path / "keys")))
+        client = CarrierClient(ctx, engine.endpoint, "rogue", timeout_ms=150, retries=2,
+                               curve=load_curve(tmp_path / "keys", "rogue"))
+        monitor = client._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        try:   # the client's end of the refused handshake is over once it reports this
+            assert monitor.poll(JOIN_TIMEOUT_S * 1000), "the refused handshake never ended"
+        finally:
+            client._socket.disable_monitor()
+            monitor.close(linger=0)
+        assert _until(lambda: _refuses_sends(client._socket)), "the pipe outlived its connection"
+
+        def give_up():
+            try:
+                client.send_one(_frame(2, carrier="rogue"))
+            except CarrierError as e:
+                outcome.append(e)
+
+        sender = threading.Thread(target=give_up, name="rogue-carrier", daemon=True)
+        sender.start()
+        sender.join(JOIN_TIMEOUT_S)
+        assert not sender.is_alive(), "the client kept trying a socket that takes nothing"
+        client.close()
+        assert len(outcome) == 1 and client.stats.timeouts == 2
+        assert client.stats.sends <= 1      # the first socket took nothing, as arranged
+        assert client.unacknowledged() == [2]
+        engine.stop()
+    finally:
+        auth.stop()
+    assert auth.refusals()["unknown_key"] >= 1
 
 
 def test_stats_combine_and_percentiles():
