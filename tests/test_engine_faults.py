@@ -33,6 +33,7 @@ from service.evaluation_store import EvaluationReader
 from tests.engine_harness import Carrier, Engine, population_document, write_config
 from tests.test_upgrade import Desk, wait_until
 from tests.filesystems import ext4_image, fill, small_tmpfs, turn_read_only
+from tests.heavy import heavy
 
 PASSWORD = "correct horse battery staple"
 T0 = int(time.time() * 1000) - 3_600_000
@@ -282,8 +283,9 @@ def test_worker_and_dispatcher_files_moved_away_and_back(tmp_path):
 
 @pytest.mark.parametrize("process, store", [
     ("ingest", lambda paths: paths.fixes_db),
-    ("dispatcher", lambda paths: paths.alarms_db),
-    ("worker-0", lambda paths: paths.worker_db(0, 1))], ids=["ingest", "dispatcher", "worker"])
+    pytest.param("dispatcher", lambda paths: paths.alarms_db, marks=heavy),   # the same
+    pytest.param("worker-0", lambda paths: paths.worker_db(0, 1), marks=heavy)],  # rule, its
+    ids=["ingest", "dispatcher", "worker"])                      # own store: --slow
 def test_a_process_restarted_without_its_store_never_starts_a_new_one(tmp_path, process,
                                                                        store):
     """A store moved away, then its process killed: a new empty store would restart the

@@ -12,6 +12,7 @@ import pytest
 
 from engine.paths import EnginePaths
 from tests.engine_harness import population_document, write_config
+from tests.heavy import heavy
 
 PAGE_BYTES = 4096
 
@@ -99,7 +100,7 @@ def test_store_check_refuses_a_missing_storage_path(tmp_path):
     assert done.stderr == f"geofence: error: storage path {tmp_path / 'data'} does not exist\n"
 
 
-@pytest.mark.parametrize("damage", [break_header, truncate])
+@pytest.mark.parametrize("damage", [break_header, pytest.param(truncate, marks=heavy)])
 def test_serve_refuses_a_damaged_fixes_store_before_any_child_starts(tmp_path, damage):
     config, paths = make_storage(tmp_path)
     damage(paths.fixes_db)
