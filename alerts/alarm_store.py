@@ -27,7 +27,7 @@ the same file, so they survive restarts and any process can read them.
 import json
 import sqlite3
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from alerts import episodes, outbox
@@ -204,6 +204,7 @@ class AlarmStore:
         if row is not None:
             self._fold(Alarm.from_json(row[0]), alarm, now_ms)
             return False
+        alarm = self._linked_to_its_exit(alarm)
         offices = [path[-1] for path in incoming.offices]
         escalate_at = self._escalate_at(alarm.severity, now_ms)
         text = alarm.to_json()   # the worker's text, stored and posted as it came
@@ -222,6 +223,19 @@ class AlarmStore:
                 outbox.enqueue(self._db, alarm.id, office, "raised" if n == 0 else "copy",
                                body, now_ms)
         return True
+
+    def _linked_to_its_exit(self, alarm: Alarm) -> Alarm:
+        """A `zone_return` whose `details.exit_id` names an exit that was folded into an
+        older alarm, with `details.exit_alarm` naming that alarm (which PUB and webhook
+        receivers got; the folded id they only saw as `details.last.id`). Anything else
+        as it came."""
+        exit_id = alarm.details.get("exit_id") if alarm.type == "zone_return" else None
+        if exit_id is None:
+            return alarm
+        row = self._db.execute("SELECT alarm_id FROM raised WHERE id = ?", (exit_id,)).fetchone()
+        if row is None or row[0] == exit_id:
+            return alarm
+        return replace(alarm, details={**alarm.details, "exit_alarm": row[0]}, _json=None)
 
     def _fold(self, alarm: Alarm, repeat: Alarm, now_ms: int) -> None:
         folded = alarm.folded(repeat)

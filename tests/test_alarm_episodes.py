@@ -56,12 +56,14 @@ def test_a_return_naming_a_folded_exit_ends_and_links_the_alarm_it_was_folded_in
     store.add([alarm("x1", "zone_exit", 1_000), alarm("x2", "zone_exit", 2_000)], now_ms=2_000)
     store.add([alarm("r2", "zone_return", 3_000, exit_id="x2")], now_ms=3_000)
     assert store.episode("r2") == {"exit": "x1"}
+    assert store.get("r2").details == {"exit_id": "x2", "exit_alarm": "x1"}  # for PUB, hooks
     assert store.episode("x1") == {"ended": 3_000, "ended_by": "r2"}
     # each return is its own alarm, shown with its own exit
     store.add([alarm("x5", "zone_exit", 5_000),
                alarm("r5", "zone_return", 6_000, exit_id="x5")], now_ms=6_000)
     assert ids(store, "zone_return") == ["r2", "r5"]
     assert store.episode("r5") == {"exit": "x5"}
+    assert store.get("r5").details == {"exit_id": "x5"}                  # as it came
     assert store.episode("x5") == {"ended": 6_000, "ended_by": "r5"}
     assert store.episode("x1") == {"ended": 3_000, "ended_by": "r2"}   # not moved
 

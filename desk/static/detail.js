@@ -17,7 +17,7 @@ import { selectPerson } from "./people.js";
 import { UNACKED_STATUSES, state, upsert } from "./state.js";
 
 const DETAIL_KEYS_SHOWN = new Set([
-  "exit_id", "copy_to", "escalated_to", "escalation_level", "repeats", "last", "permit",
+  "exit_id", "exit_alarm", "copy_to", "escalated_to", "escalation_level", "repeats", "last", "permit",
   "carrier", "zone", "silent_for_s", "process", "store", "kind", "reason", "handset", "since",
 ]);
 // engine_fault: which store failed, and how (details.store, details.kind)
@@ -154,7 +154,7 @@ function detailFields(doc) {
     if (last.fix) add("最近定位", `${fixText(last.fix)} · ${fmtTime(last.fix.t)}`);
   }
   const ep = shownEpisode.id === doc.id ? shownEpisode.episode : {};
-  if (d.exit_id) add("对应越界", alarmLink(ep.exit || d.exit_id, "查看越界报警"));
+  if (d.exit_id) add("对应越界", alarmLink(ep.exit || d.exit_alarm || d.exit_id, "查看越界报警"));
   if (ep.ended) {
     add("事件结束", el("span", { "data-testid": "episode-ended" }, fmtTime(ep.ended), " ",
       alarmLink(ep.ended_by, doc.type === "zone_exit" ? "查看返回报警" : "查看恢复报警")));
