@@ -3,12 +3,16 @@
 Workers store the alarms they raise in their own files; the dispatcher imports them here,
 where people and timers act on them:
 
-- one open alarm per subject and type (SPEC §6): an alarm raised while an earlier one of
-  the same subject and type is still open (or escalated) at the same office is folded
-  into it (``details.repeats``, ``details.last``) instead of opening a second one; once
-  somebody acknowledged it, or the person is supervised elsewhere, a new event opens a
-  new alarm. The raised id is recorded in `raised` either way, so a replay after a crash
-  is recognised and adds nothing;
+- one open alarm per subject and type within one episode (SPEC §6 as amended,
+  `alerts.episodes`): an alarm raised while the episode of an earlier one of the same
+  subject and type still runs, and that one is open (or escalated) at the same office,
+  is folded into it (``details.repeats``, ``details.last``) instead of opening a second
+  one. The episode ends with its closing event (a `zone_exit` with the `zone_return`
+  that links to it, `signal_lost` and `phone_off` with `signal_restored`): `ended_ms`
+  and `ended_by` record when and by which alarm, and an alarm raised after that opens a
+  new alarm with its own time, while the old one stays as it is until people handle it.
+  The raised id is recorded in `raised` either way, so a replay after a crash is
+  recognised and adds nothing;
 - status ``open`` → ``acknowledged`` → ``resolved``, or ``escalated`` when nobody
   acknowledged in time (SPEC §6 timers): the alarm then goes to the parent office, and
   on up the tree while it stays unacknowledged; every change is kept in `history`;
@@ -23,10 +27,10 @@ the same file, so they survive restarts and any process can read them.
 import json
 import sqlite3
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from alerts import outbox
+from alerts import episodes, outbox
 from alerts.alarms import UNRESOLVED, Alarm
 from engine.database import Schema, connect, run_script, transaction
 from engine.messages import topic
@@ -84,7 +88,32 @@ def _version_1(db: sqlite3.Connection) -> None:
             WITHOUT ROWID""")
 
 
-SCHEMA = Schema("alarm store", marker="alarms", steps=(_version_1,))
+def _version_2(db: sqlite3.Connection) -> None:
+    """Episodes (`alerts.episodes`): when each alarm's episode ended (event time) and the
+    alarm that ended it. Alarms stored before are given the ends their stored returns and
+    restorations imply, so an exit after a return already in the file opens a new alarm."""
+    db.execute("ALTER TABLE alarms ADD COLUMN ended_ms INTEGER")
+    db.execute("ALTER TABLE alarms ADD COLUMN ended_by TEXT")
+    # A closing alarm then folded later ones into itself: its newest repeat's time counts.
+    closing = db.execute(
+        "SELECT id, type, fold_key, max(t_ms, coalesce(json_extract(doc, '$.details.last.t'), "
+        "t_ms)) AS t FROM alarms WHERE type IN (%s) ORDER BY t, id"
+        % ",".join("?" * len(episodes.CLOSING)), sorted(episodes.CLOSING)).fetchall()
+    for alarm_id, kind, key, t_ms in closing:
+        _end_episodes(db, alarm_id, kind, key, t_ms)
+
+
+def _end_episodes(db: sqlite3.Connection, alarm_id: str, kind: str, key: str,
+                  t_ms: int) -> None:
+    """A closing alarm (`zone_return`, `signal_restored`) at `t_ms` ends every running
+    episode it closes of the same subject that began no later than it."""
+    for ended in episodes.ended_types(kind):
+        db.execute("UPDATE alarms SET ended_ms = ?, ended_by = ? WHERE fold_key = ? AND "
+                   "type = ? AND ended_ms IS NULL AND t_ms <= ?",
+                   (t_ms, alarm_id, key, ended, t_ms))
+
+
+SCHEMA = Schema("alarm store", marker="alarms", steps=(_version_1, _version_2))
 
 
 def connect_alarms(path: str | Path, sync: str = "normal", *,
@@ -165,25 +194,27 @@ class AlarmStore:
         if self._db.execute("SELECT 1 FROM raised WHERE id = ?", (alarm.id,)).fetchone():
             return False  # seen before: a replay after a crash
         self._count_raised(alarm, now_ms)
-        # Fold only into an alarm nobody has taken up yet, at the same office: after an
-        # acknowledgement a new event must reach people again, and after a transfer or a
-        # delegation it belongs to the new office.
+        # Fold only within a running episode, into an alarm nobody has taken up yet, at
+        # the same office (`alerts.episodes`).
         row = self._db.execute(
             "SELECT doc FROM alarms WHERE fold_key = ? AND type = ? AND office = ? AND "
-            "status IN ('open', 'escalated') ORDER BY t_ms DESC LIMIT 1",
-            (alarm.fold_key, alarm.type, alarm.office)).fetchone()
+            "status IN ('open', 'escalated') AND ended_ms IS NULL ORDER BY t_ms DESC LIMIT 1",
+            (alarm.fold_key, alarm.type, alarm.office)).fetchone() \
+            if episodes.folds(alarm.type) else None
         if row is not None:
             self._fold(Alarm.from_json(row[0]), alarm, now_ms)
             return False
+        alarm = self._linked_to_its_exit(alarm)
         offices = [path[-1] for path in incoming.offices]
         escalate_at = self._escalate_at(alarm.severity, now_ms)
         text = alarm.to_json()   # the worker's text, stored and posted as it came
         self._db.execute(
-            "INSERT INTO alarms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?, ?)",
+            "INSERT INTO alarms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?, ?, NULL, NULL)",
             (alarm.id, alarm.type, alarm.severity, alarm.fold_key, alarm.subject,
              alarm.office, json.dumps(offices), alarm.t_ms, now_ms, escalate_at, now_ms,
              text))
         self._db.execute("INSERT INTO raised VALUES (?, ?)", (alarm.id, alarm.id))
+        _end_episodes(self._db, alarm.id, alarm.type, alarm.fold_key, alarm.t_ms)
         self._history(alarm.id, now_ms, "raised", None, alarm.office, None)
         self._change(alarm.id, now_ms, "raised", [topic(p) for p in incoming.offices])
         body = text.encode()
@@ -192,6 +223,19 @@ class AlarmStore:
                 outbox.enqueue(self._db, alarm.id, office, "raised" if n == 0 else "copy",
                                body, now_ms)
         return True
+
+    def _linked_to_its_exit(self, alarm: Alarm) -> Alarm:
+        """A `zone_return` whose `details.exit_id` names an exit that was folded into an
+        older alarm, with `details.exit_alarm` naming that alarm (which PUB and webhook
+        receivers got; the folded id they only saw as `details.last.id`). Anything else
+        as it came."""
+        exit_id = alarm.details.get("exit_id") if alarm.type == "zone_return" else None
+        if exit_id is None:
+            return alarm
+        row = self._db.execute("SELECT alarm_id FROM raised WHERE id = ?", (exit_id,)).fetchone()
+        if row is None or row[0] == exit_id:
+            return alarm
+        return replace(alarm, details={**alarm.details, "exit_alarm": row[0]}, _json=None)
 
     def _fold(self, alarm: Alarm, repeat: Alarm, now_ms: int) -> None:
         folded = alarm.folded(repeat)
@@ -272,6 +316,25 @@ class AlarmStore:
 
     def get(self, alarm_id: str) -> Alarm | None:
         return self._alarm(alarm_id)
+
+    def episode(self, alarm_id: str) -> dict:
+        """Where an alarm stands in its episode (`alerts.episodes`), for the desk: `ended`
+        (event time, ms) and `ended_by` (the closing alarm) once its episode is over; for
+        a `zone_return`, `exit` = the alarm its exit opened or was folded into (its
+        `details.exit_id` may name a raised id that was folded)."""
+        row = self._db.execute("SELECT ended_ms, ended_by, type, doc FROM alarms WHERE id = ?",
+                               (alarm_id,)).fetchone()
+        if row is None:
+            return {}
+        ended_ms, ended_by, kind, doc = row
+        out = {"ended": ended_ms, "ended_by": ended_by} if ended_ms is not None else {}
+        if kind == "zone_return":
+            exit_id = Alarm.from_json(doc).details.get("exit_id")
+            found = self._db.execute("SELECT alarm_id FROM raised WHERE id = ?",
+                                     (exit_id,)).fetchone() if exit_id else None
+            if found is not None:
+                out["exit"] = found[0]
+        return out
 
     def history(self, alarm_id: str) -> list[dict]:
         """Every step of an alarm, oldest first: who, when, what, note."""

@@ -110,8 +110,11 @@ async def get_alarm(request: web.Request) -> web.Response:
 
 
 def _with_history(desk, alarm) -> dict:
-    """Database thread: the alarm document and every step taken on it."""
-    return {**alarm.to_document(), "history": desk.stores.alarms.history(alarm.id)}
+    """Database thread: the alarm document, every step taken on it and where it stands
+    in its episode (`AlarmStore.episode`: when it ended and by which alarm; a return's
+    own exit alarm)."""
+    return {**alarm.to_document(), "history": desk.stores.alarms.history(alarm.id),
+            "episode": desk.stores.alarms.episode(alarm.id)}
 
 
 async def acknowledge(request: web.Request) -> web.Response:

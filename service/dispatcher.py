@@ -5,7 +5,8 @@ it also polls, so a lost nudge only costs a few milliseconds. For each new alarm
 
 1. imports it into the engine's alarm store (`alerts.alarm_store`): routing to the
    supervising office and its copies, folding repeats into the open alarm of the same
-   subject and type, enqueueing webhook deliveries: one transaction, together with how
+   subject and type within one episode (`alerts.episodes`: an exit after its return is a
+   new alarm), enqueueing webhook deliveries: one transaction, together with how
    far each worker file has been read, so an alarm is stored before it goes anywhere;
 2. publishes every change on the ZeroMQ PUB socket, two frames: the topic (the office
    path from the root, ``3704/370402/370402001/``: a county subscribes to its whole

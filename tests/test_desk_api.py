@@ -244,6 +244,34 @@ def test_a_delegated_subject_is_seen_by_the_delegate_and_the_origin_office(world
     run(scenario())
 
 
+def test_an_exit_after_its_return_is_listed_beside_the_first_and_the_return_links_it(world):
+    settings, paths = world
+    store = AlarmStore(paths.alarms_db)
+    first = store.get("a1")
+    later = [replace(alarm("a1", first.t_ms + 60_000).alarm, id=i, type=kind, t_ms=t,
+                     details=details, _json=None)
+             for i, kind, t, details in (
+                 ("r1", "zone_return", first.t_ms + 60_000, {"exit_id": "a1"}),
+                 ("a6", "zone_exit", first.t_ms + 120_000, {}))]
+    assert store.add([Incoming(a, (PATHS[T1],)) for a in later], now_ms=first.t_ms) == \
+        ["r1", "a6"]
+    store.close()
+
+    async def scenario():
+        async with serving(settings, paths) as server, logged_in(server, "town1") as town1:
+            _, body = await get(town1, server, "/api/alarms", type="zone_exit")
+            exits = [(a["id"], a["t"]) for a in body["alarms"] if a["subject"] == "S1"]
+            assert exits == [("a6", first.t_ms + 120_000), ("a1", first.t_ms)]
+            _, doc = await get(town1, server, "/api/alarms/a1")
+            assert doc["episode"] == {"ended": first.t_ms + 60_000, "ended_by": "r1"}
+            assert doc["status"] == "open"
+            _, doc = await get(town1, server, "/api/alarms/r1")
+            assert doc["episode"] == {"exit": "a1"}
+            _, doc = await get(town1, server, "/api/alarms/a6")
+            assert doc["episode"] == {}
+    run(scenario())
+
+
 def test_the_county_sees_its_townships_and_the_city_sees_everything(world):
     async def scenario():
         async with serving(*world) as server, \

@@ -128,8 +128,39 @@ def test_an_exit_appears_live_and_is_acknowledged_in_the_page(tmp_path, monkeypa
                 expect(page.locator(f"[data-testid=map] [data-alarm-id='{expected}']")) \
                     .to_have_count(1)
 
+                # Back home, then out again while the first exit is still unresolved: a
+                # new episode, so a second exit row with its own time; the first one's
+                # detail says its episode ended with the return, the return links it.
+                again = [home, home, away, away]
+                later = [times[-1] + (k + 1) * STEP_MS // 4 for k in range(len(again))]
+                carrier = Carrier(engine.endpoint)
+                try:
+                    lon, lat = np.array(again).T
+                    ack = carrier.request(encode_cols(
+                        "cmcc", 2, [subject["devices"][0]] * len(again), later, lon, lat,
+                        np.full(len(again), 30.0)))
+                finally:
+                    carrier.close()
+                assert ack is not None and ack["status"] == "ok", ack
+                returned = alarm_id(subject["id"], "zone_return", later[1])
+                second = alarm_id(subject["id"], "zone_exit", later[-1])
+                second_row = page.locator(
+                    f"[data-testid=alarm-row][data-alarm-id='{second}']")
+                expect(second_row).to_have_attribute("data-status", "open")
+                expect(row).to_have_attribute("data-status", "acknowledged")
+                row.click()
+                expect(page.get_by_test_id("episode-ended")).to_contain_text("查看返回报警")
+                page.get_by_test_id("episode-ended").get_by_role("button").click()
+                expect(page.locator("#detail-fields")).to_contain_text(returned)
+                page.get_by_role("button", name="查看越界报警").click()
+                expect(page.locator("#detail-fields")).to_contain_text(expected)
+                second_row.click()
+                expect(page.locator("#detail-fields")).to_contain_text(second)
+                expect(page.get_by_test_id("episode-ended")).to_have_count(0)
+
                 page.get_by_test_id("track-button").click()
-                expect(page.locator("[data-testid=map] .track-dot")).to_have_count(len(plan))
+                expect(page.locator("[data-testid=map] .track-dot")).to_have_count(
+                    len(plan) + len(again))
                 page.wait_for_timeout(300)      # let the map settle before the picture
                 page.screenshot(path=str(shot), full_page=True)
 

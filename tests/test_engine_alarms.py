@@ -1,4 +1,5 @@
-"""Alarms raised by the running engine: a person leaves their county and comes back.
+"""Alarms raised by the running engine: a person leaves their county, comes back and
+leaves again (two exits, each its own alarm with its own time: SPEC §6 episodes).
 
 Real processes and files: the worker runs verdicts and the compiled rules, and stores each
 alarm with its batch's checkpoint, so a kill -9 between the exit and the return leaves
@@ -23,7 +24,8 @@ from service.evaluation_store import EvaluationReader
 from tests.engine_harness import Carrier, Engine, population_document, write_config
 
 
-def test_exit_and_return_raise_one_alarm_each_even_across_a_worker_kill(tmp_path):
+def test_exit_return_and_exit_again_raise_their_own_alarms_even_across_a_worker_kill(
+        tmp_path):
     config = write_config(tmp_path)
     doc = population_document(20)
     subject = next(s for s in doc["subjects"] if s["risk"] == "normal")
@@ -63,6 +65,17 @@ def test_exit_and_return_raise_one_alarm_each_even_across_a_worker_kill(tmp_path
         while len(received) < 2 and sub.poll(10_000):
             topic, body = sub.recv_multipart()
             received.append((topic, msgpack.unpackb(body)))
+        # Out again while nobody has handled the first exit: a new episode (SPEC §6 as
+        # amended), so a new alarm with its own time, not a repeat of the old one.
+        for k in range(6, 9):
+            assert carrier.request(fix(k, k, *far))["status"] == "ok"
+        store = engine.alarm_store()
+        try:
+            exits = wait_for_stored(store, "zone_exit", 2)
+            returns = store.query(type="zone_return")
+            episodes = {a.id: store.episode(a.id) for a in exits + returns}
+        finally:
+            store.close()
     finally:
         sub.close()
         ctx.term()
@@ -72,11 +85,20 @@ def test_exit_and_return_raise_one_alarm_each_even_across_a_worker_kill(tmp_path
     assert all(topic == f"3704/{subject['home'][0]}/{subject['office']}/".encode()
                for topic, _ in received)
     alarms = all_alarms(engine)
-    assert [a["type"] for a in alarms] == ["zone_exit", "zone_return"]
+    assert [a["type"] for a in alarms] == ["zone_exit", "zone_return", "zone_exit"]
     assert exit_alarm["id"] == alarm_id(subject["id"], "zone_exit", t0 + 60_000)  # 2nd out fix
     assert exit_alarm["severity"] == "high" and exit_alarm["office"] == subject["office"]
     assert exit_alarm["where"] is None and exit_alarm["home"] == subject["home"]
     assert back["details"]["exit_id"] == exit_alarm["id"]
+    second, first = exits
+    assert first.id == exit_alarm["id"] and first.t_ms == t0 + 60_000
+    assert second.id == alarm_id(subject["id"], "zone_exit", t0 + 7 * 60_000)
+    assert second.t_ms == t0 + 7 * 60_000 and second.fix.t_ms == t0 + 7 * 60_000
+    assert (first.status, second.status) == ("open", "open")
+    assert "repeats" not in first.details and "repeats" not in second.details
+    [ret] = returns
+    assert episodes[first.id] == {"ended": ret.t_ms, "ended_by": ret.id}
+    assert episodes[ret.id] == {"exit": first.id} and episodes[second.id] == {}
 
 
 def all_alarms(engine: Engine) -> list[dict]:
@@ -89,6 +111,17 @@ def all_alarms(engine: Engine) -> list[dict]:
         with reader:
             found += [json.loads(a.json_text) for a in reader.alarms_after(0, 10_000)]
     return sorted(found, key=lambda a: a["t"])
+
+
+def wait_for_stored(store, kind: str, n: int, timeout_s: float = 60) -> list:
+    """The dispatcher's alarms of a type (newest first) once there are `n` of them."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = store.query(type=kind)
+        if len(found) >= n:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {n} {kind} alarms in the alarm store")
 
 
 def wait_for_alarm(engine: Engine, kind: str, timeout_s: float = 60) -> dict:

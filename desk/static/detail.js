@@ -17,7 +17,7 @@ import { selectPerson } from "./people.js";
 import { UNACKED_STATUSES, state, upsert } from "./state.js";
 
 const DETAIL_KEYS_SHOWN = new Set([
-  "exit_id", "copy_to", "escalated_to", "escalation_level", "repeats", "last", "permit",
+  "exit_id", "exit_alarm", "copy_to", "escalated_to", "escalation_level", "repeats", "last", "permit",
   "carrier", "zone", "silent_for_s", "process", "store", "kind", "reason", "handset", "since",
 ]);
 // engine_fault: which store failed, and how (details.store, details.kind)
@@ -51,7 +51,9 @@ export async function refreshHistory(id) {
     const doc = await api(`/api/alarms/${encodeURIComponent(id)}`);
     if (id !== state.selected) return;
     const history = doc.history || [];
+    shownEpisode = { id, episode: doc.episode || {} };
     delete doc.history;
+    delete doc.episode;
     if (upsert(doc)) renderAll();
     renderDetail();
     renderHistory(history);
@@ -65,6 +67,9 @@ export async function refreshHistory(id) {
 }
 
 let historyTimer = 0;
+// Where the alarm shown stands in its episode (the detail API's `episode`): not part of
+// the alarm document, so kept beside it rather than merged into the live state.
+let shownEpisode = { id: null, episode: {} };
 
 /** Refresh the history shortly (a live change to the selected alarm). */
 export function scheduleHistoryRefresh(id) {
@@ -148,15 +153,22 @@ function detailFields(doc) {
     add("重复", `${d.repeats} 次；最近 ${fmtTime(last.t)}${lastWhere ? ` · ${lastWhere}` : ""}`);
     if (last.fix) add("最近定位", `${fixText(last.fix)} · ${fmtTime(last.fix.t)}`);
   }
-  if (d.exit_id) add("对应越界", exitLink(d.exit_id));
+  const ep = shownEpisode.id === doc.id ? shownEpisode.episode : {};
+  if (d.exit_id) add("对应越界", alarmLink(ep.exit || d.exit_alarm || d.exit_id, "查看越界报警"));
+  if (ep.ended) {
+    add("事件结束", el("span", { "data-testid": "episode-ended" }, fmtTime(ep.ended), " ",
+      alarmLink(ep.ended_by, doc.type === "zone_exit" ? "查看返回报警" : "查看恢复报警")));
+  }
   for (const [k, v] of Object.entries(d)) if (!DETAIL_KEYS_SHOWN.has(k)) add(k, plain(v));
   return rows;
 }
 
-function exitLink(id) {
+/** A button selecting another alarm (an exit, the return that ended it), or its id when
+ * that alarm is not among those loaded. */
+function alarmLink(id, label) {
   if (!state.alarms.has(id)) return el("code", { text: id });
   return el("button", {
-    type: "button", class: "link", text: `查看越界报警 ${id.slice(0, 8)}…`,
+    type: "button", class: "link", text: `${label} ${id.slice(0, 8)}…`,
     onclick: () => select(id),
   });
 }
