@@ -82,6 +82,7 @@ class People:
     curfew: np.ndarray
     sparse: np.ndarray
     near_border: np.ndarray
+    border_m: np.ndarray       # distance from home to the county border (NaN: not near)
     tower_x: np.ndarray
     tower_y: np.ndarray
 
@@ -131,12 +132,13 @@ def make_people(ground: Ground, n: int, rng, params: HarshDayParams = PARAMS) ->
             mine = np.flatnonzero((county == k) & (near == want_near))
             x[mine], y[mine] = _sample_homes(ground, code, len(mine), want_near,
                                              params.border_m, rng)
-    tower_x, tower_y = np.full(n, np.nan), np.full(n, np.nan)
+    tower_x, tower_y, border = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     for k, code in enumerate(COUNTIES):
         mine = np.flatnonzero(near & (county == k))
         lines = shapely.shortest_line(shapely.points(x[mine], y[mine]),
                                       ground.shapes[code].boundary)
         ends = shapely.get_coordinates(shapely.get_point(lines, 1))
+        border[mine] = shapely.length(lines)
         tower_x[mine], tower_y[mine] = across_tower(x[mine], y[mine], ends[:, 0], ends[:, 1],
                                                     rng)
     key = rng.random(n) < params.key_share
@@ -150,7 +152,7 @@ def make_people(ground: Ground, n: int, rng, params: HarshDayParams = PARAMS) ->
             case[[a, int(rng.choice(mates))]] = c
     curfew = rng.random(n) < params.curfew_share
     sparse = rng.random(n) < params.sparse_share
-    return People(county, x, y, key, case, curfew, sparse, near, tower_x, tower_y)
+    return People(county, x, y, key, case, curfew, sparse, near, border, tower_x, tower_y)
 
 
 def _sample_homes(ground: Ground, code: str, k: int, near: bool, border_m: float,
@@ -211,7 +213,7 @@ def make_day(ground: Ground, people: People, day: int, rng,
     east, north, tail = heavy_tail(acc, rng, errors)
     jx, jy, jump = wifi_jumps(src, rng, errors)
     at_home = np.hypot(p.x - people.home_x[subject], p.y - people.home_y[subject]) < 1_000
-    pingers = people.near_border[subject] & at_home
+    pingers = (people.border_m <= errors.ping_pong_within_m)[subject] & at_home
     mx, my, across = ping_pong(p.x + east + jx, p.y + north + jy, src, pingers,
                                people.tower_x[subject], people.tower_y[subject], rng, errors)
     lon, lat = to_degrees(mx, my)

@@ -31,8 +31,8 @@ class HarshErrors:
     tail_factor: tuple[float, float] = (1.0, 3.0)
     wifi_jump_share: float = 0.02            # of Wi-Fi fixes: kilometres off
     wifi_jump_m: tuple[float, float] = (2_000.0, 15_000.0)
-    ping_pong_within_m: float = 3_000.0      # residents this near a border ping-pong ...
-    ping_pong_share: float = 0.3             # ... this share of their cell fixes across it
+    ping_pong_within_m: float = 1_500.0      # residents this near a border ping-pong ...
+    ping_pong_share: float = 0.25            # ... this share of their cell fixes across it
     across_tower_m: tuple[float, float] = (500.0, 2_500.0)   # the far tower: this far beyond
     tower_scatter_m: float = 300.0           # a cell fix's scatter around its tower
     indoor_share: float = 0.3                # of subjects a day: one cell-only stretch
@@ -79,7 +79,7 @@ def across_tower(home_x, home_y, border_x, border_y, rng, errors: HarshErrors = 
 def ping_pong(x, y, src, pingers: np.ndarray, tower_x, tower_y, rng,
               errors: HarshErrors = HARSH):
     """Reported positions (metres) of fixes whose subject is in `pingers` (bool per fix:
-    a border resident near home): `ping_pong_share` of their cell fixes come from the tower
+    living within ping_pong_within_m of a border, and near home): `ping_pong_share` of their cell fixes come from the tower
     across the border (its position plus tower_scatter_m), the rest stay as given. Returns
     (x, y, mask of the fixes served across)."""
     across = pingers & (src == CELL) & (rng.random(len(src)) < errors.ping_pong_share)
