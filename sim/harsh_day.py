@@ -15,7 +15,7 @@ Planted each day (`make_day`), each subject in at most one event, into the same 
 | excursion | 1-20 km beyond the home border for 20 min-6 h | `qualifying`: counts for recall |
 | minor_excursion | 0.2-1 km beyond for 10-60 min, or 1-5 km for 5-19 min | alarms on it are true; not in recall |
 | permitted_trip | to another county with a permit (外出审批) for 2-6 h | must not alarm (`Day.permit_dest`) |
-| curfew_breach | a curfew subject 1.5-5 km from home for 40-150 min at night | curfew_breach |
+| curfew_breach | a curfew subject 1.5-5 km from home for 40-150 min at night (22-24 h or 0-6 h) | curfew_breach |
 | gathering | two co-offenders, or two key persons, within 60 m for 30-120 min | gathering to both |
 
 Truth rows are dicts {event, kind, subjects, start_ms, end_ms, ...}: the windows are the
@@ -304,7 +304,7 @@ def _plant(p: _Plant, ground: Ground, people: People, params: HarshDayParams) ->
     breaches = int(round(people.curfew.sum() * params.curfew_breach_share))
     for s in p.take(people.curfew, max(breaches, 1 if people.curfew.any() else 0)):
         if rng.random() < 0.5:
-            start, end = p.window(40, 120, earliest_h=22.1, latest_h=23.99)
+            start, end = p.window(40, 100, earliest_h=22.1, latest_h=23.99)
         else:
             start, end = p.window(40, 150, earliest_h=0.2, latest_h=5.9)
         x, y = _nearby_inside(ground, people, s, rng, 1_500.0, 5_000.0)
