@@ -161,6 +161,7 @@ class Score:
         self.exits = self.exits_true = self.possible = self.possible_true = 0
         self.qualifying = self.found = 0
         self.false_cause = dict.fromkeys(CAUSES, 0)
+        self.missed: list[str] = []
         self.latency_min, self.latency_key_min = [], []
         self.other = {k: {"alarms": 0, "true": 0, "planted": 0, "found": 0}
                       for k in ("curfew_breach", "gathering")}
@@ -195,6 +196,13 @@ class Score:
                 self.latency_min.append(minutes)
                 if people.key[row["subjects"][0]]:
                     self.latency_key_min.append(minutes)
+            else:
+                s = row["subjects"][0]
+                self.missed.append(
+                    f"subject {s} ({'sparse' if people.sparse[s] else 'dense'} feed"
+                    f"{', key' if people.key[s] else ''}): "
+                    f"{(row['end_ms'] - row['start_ms']) / 60_000:.0f} min, "
+                    f"{row['distance_m']:,} m beyond, {row['fixes']} fixes")
         for kind, extra_true in (("curfew_breach", truth.breaching), ("gathering", None)):
             rows = [r for r in truth.rows if r["kind"] == kind and r["fixes"] > 0]
             o = self.other[kind]
@@ -239,6 +247,7 @@ class Score:
             if values:
                 rep.add(g, f"{name}: median", float(np.median(values)), "min")
                 rep.add(g, f"{name}: p90", float(np.percentile(values, 90)), "min")
+        rep.notes += [f"{g}: missed {m}" for m in self.missed[:10]]
         for kind, o in self.other.items():
             if kind not in rule.raises:
                 rep.notes.append(f"{g}: {kind} n/a (the rule does not raise it; "
