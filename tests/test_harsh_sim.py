@@ -234,3 +234,61 @@ def test_scoring_counts_true_and_false_alarms_from_the_truth(world):
         assert all(0 <= m <= 15 for m in score.latency_min)   # first fix of each excursion
         assert score.other["curfew_breach"]["planted"] > 0
         assert score.other["curfew_breach"]["alarms"] == 0     # the rule raises none
+
+
+class _Planted:
+    """Raises curfew_breach and gathering on the first fix of each planted window, and
+    one gathering of two people never together: recall 100 %, one false."""
+
+    name = "planted"
+    raises = frozenset({"curfew_breach", "gathering"})
+
+    def __init__(self, day):
+        self.day = day
+
+    def start(self, world):
+        self.lo = 0
+
+    def step(self, batch):
+        idx = np.arange(self.lo, self.lo + len(batch))
+        self.lo += len(batch)
+        types, subjects, fixes, others = [], [], [], []
+        for e, row in enumerate(self.day.truth):
+            if row["kind"] in ("curfew_breach", "gathering"):
+                mine = np.flatnonzero(self.day.event[idx] == e)
+                if len(mine):
+                    f = int(mine[0])
+                    s = int(batch.subject[f])
+                    other = [o for o in row["subjects"] if o != s]
+                    types.append(row["kind"])
+                    subjects.append(s)
+                    fixes.append(f)
+                    others.append(other[0] if other else -1)
+        if self.lo == len(batch):      # the first batch: a false gathering
+            a = int(batch.subject[0])
+            far = int(np.flatnonzero(self.day.fixes.subject != a)[0])
+            types.append("gathering")
+            subjects.append(a)
+            fixes.append(0)
+            others.append(int(self.day.fixes.subject[far]))
+        return RaisedEvents(np.array(types, object), np.array(subjects, np.int32),
+                            np.array(fixes, np.int64), np.array(others, np.int64))
+
+
+def test_scoring_matches_curfew_and_gathering_alarms_to_planted_windows(world):
+    layer, _, people, day, cof = world
+    engine = VerdictEngine(layer)
+    table = np.array([[engine.area_id([h] + ([COUNTIES[d]] if d >= 0 else []))
+                       for d in range(-1, len(COUNTIES))] for h in COUNTIES], np.int32)
+    truth = alarm_trust._DayTruth(day, people, layer, cof)
+    batch = alarm_trust._evaluate(day, people, engine, table, cof)
+    rule = _Planted(day)
+    rule.start(None)
+    score = alarm_trust.Score()
+    score.add(rule, alarm_trust._raise(rule, batch), batch, truth, people)
+    curfew, gathering = score.other["curfew_breach"], score.other["gathering"]
+    assert curfew["planted"] > 0 and curfew["found"] == curfew["planted"]
+    assert curfew["true"] == curfew["alarms"]
+    assert gathering["planted"] > 0 and gathering["found"] == gathering["planted"]
+    assert gathering["alarms"] - gathering["true"] == 1
+    assert score.exits == 0
