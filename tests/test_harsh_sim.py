@@ -15,6 +15,7 @@ from sim.harsh_day import PARAMS, in_curfew, make_day, make_people
 from sim.harsh_errors import CELL, HARSH, WIFI, heavy_tail, wifi_jumps
 from sim.movement import MINUTE_MS
 from sim.population import COUNTIES
+from tests.heavy import heavy_test
 
 N = 400
 
@@ -29,6 +30,17 @@ def world():
     for k, code in enumerate(COUNTIES):
         county_of_feature[layer.features_under(code)] = k
     return layer, ground, people, day, county_of_feature
+
+
+@pytest.fixture(scope="module")
+def evaluated(world):
+    """The day as the benchmark scores it: (verdict engine, truth, batch)."""
+    layer, _, people, day, cof = world
+    engine = VerdictEngine(layer)
+    table = np.array([[engine.area_id([h] + ([COUNTIES[d]] if d >= 0 else []))
+                       for d in range(-1, len(COUNTIES))] for h in COUNTIES], np.int32)
+    truth = alarm_trust._DayTruth(day, people, layer, cof)
+    return engine, truth, alarm_trust._evaluate(day, people, engine, table, cof)
 
 
 def _county(layer, county_of_feature, lon, lat):
@@ -213,13 +225,9 @@ class _Oracle:
         return RaisedEvents(np.full(len(fix), "zone_exit", object), batch.subject[fix], fix)
 
 
-def test_scoring_counts_true_and_false_alarms_from_the_truth(world):
-    layer, _, people, day, cof = world
-    engine = VerdictEngine(layer)
-    table = np.array([[engine.area_id([h] + ([COUNTIES[d]] if d >= 0 else []))
-                       for d in range(-1, len(COUNTIES))] for h in COUNTIES], np.int32)
-    truth = alarm_trust._DayTruth(day, people, layer, cof)
-    batch = alarm_trust._evaluate(day, people, engine, table, cof)
+def test_scoring_counts_true_and_false_alarms_from_the_truth(world, evaluated):
+    _, _, people, day, _ = world
+    engine, truth, batch = evaluated
     really = truth.really_out | np.isin(truth.kind, ("excursion", "minor_excursion"))
     seen = [r for r in day.truth if r["kind"] == "excursion" and r["fixes"]]
     w = World(N, people.key, people.curfews(), people.linked_pairs(), engine)
@@ -275,13 +283,9 @@ class _Planted:
                             np.array(fixes, np.int64), np.array(others, np.int64))
 
 
-def test_scoring_matches_curfew_and_gathering_alarms_to_planted_windows(world):
-    layer, _, people, day, cof = world
-    engine = VerdictEngine(layer)
-    table = np.array([[engine.area_id([h] + ([COUNTIES[d]] if d >= 0 else []))
-                       for d in range(-1, len(COUNTIES))] for h in COUNTIES], np.int32)
-    truth = alarm_trust._DayTruth(day, people, layer, cof)
-    batch = alarm_trust._evaluate(day, people, engine, table, cof)
+def test_scoring_matches_curfew_and_gathering_alarms_to_planted_windows(world, evaluated):
+    _, _, people, day, _ = world
+    _, truth, batch = evaluated
     rule = _Planted(day)
     rule.start(None)
     score = alarm_trust.Score()
@@ -292,3 +296,18 @@ def test_scoring_matches_curfew_and_gathering_alarms_to_planted_windows(world):
     assert gathering["planted"] > 0 and gathering["found"] == gathering["planted"]
     assert gathering["alarms"] - gathering["true"] == 1
     assert score.exits == 0
+
+
+@heavy_test
+def test_alarm_trust_quick_run_reports_both_rules():
+    rep = alarm_trust.run(quick=True)
+    fig = {}
+    for f in rep.figures:   # the first of a name: zone_exit's "true share" before possible_exit's
+        fig.setdefault((f.group, f.name), f)
+    count, naive = "count rule (Rules() defaults)", "naive: any point outside"
+    assert fig[("truth", "qualifying excursions (seen by >= 1 fix)")].value > 20
+    for rule in (count, naive):
+        assert 80 <= fig[(rule, "recall of qualifying excursions")].value <= 100
+    assert fig[(count, "recall of qualifying excursions")].target == ">= 99"
+    assert (fig[(naive, "  true share")].value < fig[(count, "  true share")].value)
+    assert any("gathering n/a" in n for n in rep.notes)
