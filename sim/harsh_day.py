@@ -15,7 +15,7 @@ Planted each day (`make_day`), each subject in at most one event, into the same 
 | excursion | 1-20 km beyond the home border for 20 min-6 h | `qualifying`: counts for recall |
 | minor_excursion | 0.2-1 km beyond for 10-60 min, or 1-5 km for 5-19 min | alarms on it are true; not in recall |
 | permitted_trip | to another county with a permit (外出审批) for 2-6 h | must not alarm (`Day.permit_dest`) |
-| curfew_breach | a curfew subject 1.5-5 km from home for 40-150 min at night (22-24 h or 0-6 h) | curfew_breach |
+| curfew_breach | a curfew subject 1.5-5 km from home (inside the county) for 40-100 min before midnight or 40-150 min after | curfew_breach |
 | gathering | two co-offenders, or two key persons, within 60 m for 30-120 min | gathering to both |
 
 Truth rows are dicts {event, kind, subjects, start_ms, end_ms, ...}: the windows are the

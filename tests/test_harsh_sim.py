@@ -186,6 +186,18 @@ def test_planted_events_put_people_where_their_truth_says(world):
     assert (home_d[curfew_nights] < PARAMS.curfew_radius_m).mean() > 0.99
 
 
+def test_co_offenders_and_curfews_are_there_for_the_rules(world):
+    _, _, people, _, _ = world
+    pairs = people.linked_pairs()
+    assert len(pairs) >= N * PARAMS.pair_share / 2 * 0.8
+    for members in pairs.values():
+        assert len(members) == 2 and people.county[members[0]] == people.county[members[1]]
+    orders = people.curfews()
+    assert [o["subject"] for o in orders] == np.flatnonzero(people.curfew).tolist()
+    assert {o["from_h"] for o in orders} == {PARAMS.curfew_hours[0]}
+    assert people.key.mean() == pytest.approx(PARAMS.key_share, abs=0.03)
+
+
 def _batch(subject, verdict, inside):
     n = len(subject)
     return Batch(np.array(subject, np.int32), np.arange(1, n + 1, dtype=np.int64) * 60_000,
