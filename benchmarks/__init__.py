@@ -10,6 +10,7 @@ STAGES = {  # stage name -> module with run(quick) -> Report
     "ingest": "benchmarks.ingest",
     "rules": "benchmarks.rules",
     "alarm_quality": "benchmarks.alarm_quality",
+    "alarm_trust": "benchmarks.alarm_trust",
     "alarm_latency": "benchmarks.alarm_latency",
     "soak": "benchmarks.soak",
     "registry_change": "benchmarks.registry_change",

@@ -73,8 +73,9 @@ def fill_kernel_cache() -> None:
 
 
 def machine_info() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
+    with open("/proc/cpuinfo") as lines:
+        cpu = next((line.split(":", 1)[1].strip() for line in lines
+                    if line.startswith("model name")), platform.processor())
     return {
         "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
         "cpu_model": cpu, "load_average_1m": os.getloadavg()[0],
