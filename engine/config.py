@@ -95,6 +95,8 @@ class Rules:
     phone_off_after_s: int = 3 * 3600  # a handset its carrier reports off (关机) or suspended
                                        # (停机) this long: phone_off (SPEC §14)
     permit_overstay_after_s: int = 1800
+    curfew_fixes: int = 2              # consecutive fixes outside the curfew zone in its
+                                       # window: curfew_breach (宵禁)
     key_period_signal_lost_after_s: int = 1800  # during a key period (重大活动/敏感节点):
                                        # signal_lost after this, or the level's if shorter
     feed_outage_share: float = 0.5
@@ -142,6 +144,7 @@ NOT_PER_LEVEL = {
     "escalate_medium_s": "escalation follows an alarm's severity, not its subject",
     "clock": "the engine has one clock",
     "key_period_signal_lost_after_s": "a key period applies to every level it names",
+    "curfew_fixes": "a curfew is an order of its own, whatever the level",
     "check_every_s": "the clock rules run for all subjects at once",
     "strict": "a level's table holds no other level's",
     "loose": "a level's table holds no other level's",
@@ -387,7 +390,7 @@ CHECKS: dict[str, dict[str, Any]] = {
               "possible_exclusion_fixes": FIXES,
               "signal_lost_after_s": SECONDS, "phone_off_after_s": SECONDS,
               "permit_overstay_after_s": Whole(0, MAX_DURATION_S),
-              "key_period_signal_lost_after_s": SECONDS,
+              "key_period_signal_lost_after_s": SECONDS, "curfew_fixes": FIXES,
               "feed_outage_share": Real(0, 1, above=True), "feed_outage_silence_s": SECONDS,
               "feed_outage_min_subjects": Whole(1, 2**31 - 1),
               "escalate_critical_s": SECONDS, "escalate_high_s": SECONDS,

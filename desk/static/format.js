@@ -14,6 +14,8 @@ export const TYPE_NAMES = {
   feed_outage: "数据中断",
   phone_off: "手机关机",
   engine_fault: "系统故障",
+  curfew_breach: "违反宵禁",
+  night_absence: "昼伏夜出",
 };
 export const SEVERITIES = ["critical", "high", "medium", "info"];
 export const SEVERITY_NAMES = { critical: "严重", high: "高", medium: "中", info: "提示" };

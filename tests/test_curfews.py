@@ -1,0 +1,84 @@
+"""curfew_breach (宵禁, issue 13), worker level as tests/test_worker_rules.py: a real layer,
+a real registry in SQLite, the worker's classes fed by hand.
+
+Times are local (UTC+8). T0 is Wednesday 2023-11-15 06:13 local; the curfew is 22:00-06:00
+(crossing midnight), so "night 0" is Wednesday 22:00 to Thursday 06:00.
+"""
+
+from datetime import datetime, timedelta, timezone
+
+from alerts.alarms import alarm_id
+from engine.config import Rules
+from tests import test_worker_rules as worker
+from tests.test_worker_rules import subject, types
+
+engine, places, world = worker.engine, worker.places, worker.world   # the shared fixtures
+CHINA = timezone(timedelta(hours=8))
+NIGHT = {"from": "22:00", "to": "06:00"}
+
+
+def local(day: int, hhmm: str) -> int:
+    """Unix ms of `hhmm` local on 2023-11-15 + `day` days."""
+    h, m = map(int, hhmm.split(":"))
+    return int(datetime(2023, 11, 15 + day, h, m, tzinfo=CHINA).timestamp() * 1000)
+
+
+def with_curfews(sid: str, *curfews) -> dict:
+    return {**subject(sid), "curfews": list(curfews)}
+
+
+def breaches(alarms) -> list:
+    return [a for a in alarms if a.type == "curfew_breach"]
+
+
+def test_two_fixes_away_in_the_window_raise_one_breach_a_night(world):
+    w = world([with_curfews("s1", NIGHT)])
+    assert breaches(w.fix("s1", local(0, "21:40"), "FAR")) == []
+    assert breaches(w.fix("s1", local(0, "21:50"), "FAR")) == [], "before the window"
+    assert breaches(w.fix("s1", local(0, "22:10"), "FAR")) == [], "one fix away is not yet"
+    [alarm] = breaches(w.fix("s1", local(0, "22:20"), "FAR"))
+    doc = alarm.to_document()
+    assert (doc["severity"], doc["subject"], doc["t"]) == ("high", "s1", local(0, "22:20"))
+    assert doc["details"]["curfew"] == {"from": "22:00", "to": "06:00",
+                                        "days": [1, 2, 3, 4, 5, 6, 7]}
+    assert alarm.id == alarm_id("s1", "curfew_breach", local(0, "22:00"))
+    assert breaches(w.fix("s1", local(0, "23:30"), "FAR")) == [], "one alarm a night"
+    assert breaches(w.fix("s1", local(1, "05:50"), "FAR")) == [], "the same night"
+    assert breaches(w.fix("s1", local(1, "06:10"), "FAR")) == [], "the window is over"
+
+
+def test_a_window_crossing_midnight_counts_across_it_and_a_late_fix_changes_nothing(world):
+    w = world([with_curfews("s1", NIGHT)])
+    w.fix("s1", local(1, "23:50"), "HOME")
+    assert breaches(w.fix("s1", local(2, "00:10"), "XUECHENG")) == []
+    assert breaches(w.fix("s1", local(2, "00:05"), "FAR")) == [], "late: neither counts"
+    [alarm] = breaches(w.fix("s1", local(2, "00:20"), "XUECHENG"))
+    assert alarm.id == alarm_id("s1", "curfew_breach", local(1, "22:00")), \
+        "the night that began before midnight"
+
+
+def test_a_fix_at_home_resets_the_count(world):
+    w = world([with_curfews("s1", NIGHT)])
+    w.fix("s1", local(0, "22:10"), "FAR")
+    w.fix("s1", local(0, "22:20"), "HOME")
+    assert breaches(w.fix("s1", local(0, "22:30"), "FAR")) == []
+    assert len(breaches(w.fix("s1", local(0, "22:40"), "FAR"))) == 1
+
+
+def test_a_curfew_on_some_days_and_more_fixes_by_config(world):
+    w = world([with_curfews("s1", {**NIGHT, "days": [4]})], rules=Rules(curfew_fixes=3))
+    for m in ("22:10", "22:20", "22:30"):
+        assert breaches(w.fix("s1", local(0, m), "FAR")) == [], "Wednesday: no curfew"
+    w.fix("s1", local(1, "22:10"), "FAR")
+    assert breaches(w.fix("s1", local(1, "22:20"), "FAR")) == [], "Thursday: three fixes"
+    assert len(breaches(w.fix("s1", local(1, "22:30"), "FAR"))) == 1
+
+
+def test_a_curfew_added_while_running_is_judged_at_the_next_poll(world):
+    w = world([subject("s1")])
+    w.fix("s1", local(0, "22:10"), "FAR")
+    w.fix("s1", local(0, "22:20"), "FAR")
+    w.register({"subjects": [with_curfews("s1", NIGHT)]})
+    w.book.refresh(force=True)
+    w.fix("s1", local(0, "22:30"), "FAR")
+    assert types(breaches(w.fix("s1", local(0, "22:40"), "FAR"))) == ["curfew_breach"]
