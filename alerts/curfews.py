@@ -1,4 +1,6 @@
-"""curfew_breach (宵禁, issue 13): during a subject's curfew window, not in the curfew zone.
+"""curfew_breach (宵禁) and night_absence (昼伏夜出), issue 13: orders in time windows.
+
+curfew_breach: during a subject's curfew window, not in the curfew zone.
 
 Until the evidence model lands, "the evidence says they are not" is `[rules] curfew_fixes`
 (2) consecutive fixes of one window whose verdict against the curfew zone is not `in`;
@@ -15,6 +17,13 @@ compiled call walks them by (subject, t). Its state is per subject in arrays of 
 the 64-byte rules state. It is not in the worker's snapshot: after a restart counting
 starts afresh, and an alarm raised again for the same window has the same id (subject,
 type, window start), which the alarm store keeps once.
+
+night_absence: for subjects with `night_watch`, the same pass judges night fixes
+(`[rules] night_from_hour` .. `night_to_hour`, local) against home and keeps a 7-bit
+record per subject of the last seven nights: a night counts as away with `curfew_fixes`
+consecutive non-`in` fixes. When a night becomes away and `night_absence_nights` of the
+last seven are, night_absence is raised (at most once a night, so once a day; its id from
+the subject and the night).
 """
 
 import time
@@ -94,89 +103,171 @@ def _walk(order, subject, t_ms, window, verdict, need, newest, counted, outs, ra
     return n_events
 
 
+@kernel
+def _nights(order, subject, t_ms, window, verdict, need, nights_needed, offset_ms, day_ms,
+            newest, last_night, outs, away, raised, out_fix):
+    """Fixes by (subject, t): each subject's record of its last 7 nights (bit 0: the
+    newest night), a night away after `need` consecutive non-`in` fixes; an event when a
+    night becomes away and `nights_needed` of the seven are."""
+    n_events = 0
+    for k in range(order.shape[0]):
+        i = order[k]
+        s = subject[i]
+        t = t_ms[i]
+        if t <= newest[s]:
+            continue
+        newest[s] = t
+        if window[i] == NO_WINDOW:
+            continue
+        night = (window[i] + offset_ms) // day_ms
+        if night != last_night[s]:
+            shift = night - last_night[s]
+            away[s] = ((np.int64(away[s]) << shift) & 0x7F) if shift < 7 else 0
+            last_night[s] = night
+            outs[s] = 0
+        v = verdict[i]
+        if v == IN:
+            outs[s] = 0
+        elif v != UNSURE:
+            outs[s] += 1
+            if outs[s] >= need and (away[s] & 1) == 0:
+                away[s] |= 1
+                bits = np.int64(away[s])
+                nights = 0
+                while bits:
+                    nights += bits & 1
+                    bits >>= 1
+                if nights >= nights_needed and raised[s] != night:
+                    raised[s] = night
+                    out_fix[n_events] = i
+                    n_events += 1
+    return n_events
+
+
+class Table:
+    """Order rows by subject index: subject s owns rows first[s] : first[s] + count[s]."""
+
+    def __init__(self, n: int, rows: list[tuple[Subject, Curfew]], area_id):
+        self.rows = rows
+        self.first = np.zeros(n, np.int64)
+        self.count = np.zeros(n, np.int64)
+        for k, (s, _) in enumerate(rows):
+            if self.count[s.index] == 0:
+                self.first[s.index] = k
+            self.count[s.index] += 1
+        self.from_min = np.array([c.from_min for _, c in rows], np.int64)
+        self.to_min = np.array([c.to_min for _, c in rows], np.int64)
+        self.day_mask = np.array([sum(1 << d for d in c.days) for _, c in rows], np.int64)
+        self.area = np.array([HOME if c.zone is None else area_id((c.zone,))
+                              for _, c in rows], np.int32)
+
+    def has(self, subject: np.ndarray) -> np.ndarray:
+        known = subject < len(self.count)
+        return known & (self.count[np.where(known, subject, 0)] > 0) if len(self.count) \
+            else np.zeros(len(subject), np.bool_)
+
+
 class CurfewWatch:
-    """curfew_breach over one partition's fixes (the rows of subjects with curfews)."""
+    """curfew_breach and night_absence over one partition's fixes (subjects with orders)."""
 
     def __init__(self, engine, book, rules_settings):
         self.engine, self.book = engine, book
         self.need = int(rules_settings.curfew_fixes)
+        self.nights_needed = int(rules_settings.night_absence_nights)
+        self.night = Curfew(int(rules_settings.night_from_hour) * 60,
+                            int(rules_settings.night_to_hour) * 60)
         self._version = None
-        self._rows: list[tuple[Subject, Curfew]] = []
-        self.newest = np.zeros(0, np.int64)
-        self.counted = np.zeros(0, np.int64)
-        self.outs = np.zeros(0, np.int16)
-        self.raised = np.zeros(0, np.int64)
+        self.curfews = self.nights = Table(0, [], engine.area_id)
+        self.state = {name: np.zeros(0, dtype) for name, dtype, _ in STATE}
 
-    def _table(self) -> None:
-        """Rebuild the curfew rows when the registry changed (subjects with curfews only)."""
-        book = self.book
-        n = book.size
-        if len(self.newest) < n:
-            grow = n - len(self.newest)
-            self.newest = np.concatenate([self.newest, np.full(grow, NO_TIME, np.int64)])
-            self.counted = np.concatenate([self.counted, np.full(grow, NO_WINDOW, np.int64)])
-            self.outs = np.concatenate([self.outs, np.zeros(grow, np.int16)])
-            self.raised = np.concatenate([self.raised, np.full(grow, NO_WINDOW, np.int64)])
+    def _tables(self) -> None:
+        """Rebuild the order rows when the registry changed (subjects with orders only)."""
+        book, n = self.book, self.book.size
+        have = len(self.state["newest"])
+        if have < n:
+            self.state = {name: np.concatenate([self.state[name], np.full(n - have, fill,
+                                                                          dtype)])
+                          for name, dtype, fill in STATE}
         if self._version == book.version:
             return
         self._version = book.version
-        self.first = np.zeros(n, np.int64)
-        self.count = np.zeros(n, np.int64)
-        rows = []
-        for s in sorted(book.curfew_subjects.values(), key=lambda s: s.index):
-            self.first[s.index], self.count[s.index] = len(rows), len(s.curfews)
-            rows += [(s, c) for c in s.curfews]
-        self._rows = rows
-        self.from_min = np.array([c.from_min for _, c in rows], np.int64)
-        self.to_min = np.array([c.to_min for _, c in rows], np.int64)
-        self.day_mask = np.array([sum(1 << d for d in c.days) for _, c in rows], np.int64)
-        self.row_area = np.array([HOME if c.zone is None else self.engine.area_id((c.zone,))
-                                  for _, c in rows], np.int32)
+        ordered = sorted(book.curfew_subjects.values(), key=lambda s: s.index)
+        self.curfews = Table(n, [(s, c) for s in ordered for c in s.curfews],
+                             self.engine.area_id)
+        self.nights = Table(n, [(s, self.night) for s in ordered if s.night_watch],
+                            self.engine.area_id)
 
     def check(self, fixes, places) -> list[Alarm]:
-        """The curfew breaches `fixes` (this partition's position fixes of one batch) show;
+        """The alarms `fixes` (this partition's position fixes of one batch) raise;
         `places` maps a jurisdiction index to its Place (the alarm's `where`)."""
-        self._table()
-        if not self._rows or not len(fixes):
+        self._tables()
+        if not len(fixes) or not (self.curfews.rows or self.nights.rows):
             return []
-        has = self.count[np.minimum(fixes.subject, len(self.count) - 1)] > 0
-        has &= fixes.subject < len(self.count)
-        if not has.any():
-            return []
-        pick = np.flatnonzero(has)
-        subject = np.ascontiguousarray(fixes.subject[pick], np.int64)
-        t_ms = np.ascontiguousarray(fixes.t_ms[pick], np.int64)
+        alarms = []
+        st = self.state
+        for table, kind in ((self.curfews, "curfew_breach"), (self.nights, "night_absence")):
+            pick = np.flatnonzero(table.has(fixes.subject)) if table.rows else []
+            if not len(pick):
+                continue
+            subject = np.ascontiguousarray(fixes.subject[pick], np.int64)
+            t_ms = np.ascontiguousarray(fixes.t_ms[pick], np.int64)
+            window, row, verdict, where = self._judge(table, fixes, pick, subject, t_ms)
+            order = sort_batch(subject, t_ms)
+            events = np.empty(len(pick), np.int64)
+            if kind == "curfew_breach":
+                n = _walk(order, subject, t_ms, window, verdict, self.need, st["newest"],
+                          st["counted"], st["outs"], st["raised"], events)
+            else:
+                n = _nights(order, subject, t_ms, window, verdict, self.need,
+                            self.nights_needed, LOCAL_UTC_OFFSET_MS, DAY_MS,
+                            st["night_newest"], st["last_night"], st["night_outs"],
+                            st["away"], st["night_raised"], events)
+            alarms += [self._alarm(kind, fixes, int(pick[i]), int(window[i]),
+                                   table.rows[int(row[i])], places[int(where[i])],
+                                   int(st["away"][subject[i]]))
+                       for i in events[:n].tolist()]
+        return alarms
+
+    def _judge(self, table, fixes, pick, subject, t_ms):
+        """Each picked fix's window start and row (none: NO_WINDOW, -1), and its verdict
+        and jurisdiction against the window's zone (outside any window: unsure, -1)."""
         window = np.empty(len(pick), np.int64)
         row = np.empty(len(pick), np.int64)
-        _windows(subject, t_ms, self.first, self.count, self.from_min, self.to_min,
-                 self.day_mask, self.row_area, LOCAL_UTC_OFFSET_MS, DAY_MS, window, row)
-        inside = row >= 0
+        _windows(subject, t_ms, table.first, table.count, table.from_min, table.to_min,
+                 table.day_mask, table.area, LOCAL_UTC_OFFSET_MS, DAY_MS, window, row)
         verdict = np.full(len(pick), UNSURE, np.int8)
         where = np.full(len(pick), -1, np.int64)
-        if inside.any():
-            sel = np.flatnonzero(inside)
-            area = self.row_area[row[sel]]
+        sel = np.flatnonzero(row >= 0)
+        if len(sel):
+            area = table.area[row[sel]]
             home = area == HOME
             if home.any():
                 area[home] = self.book.schedule.home_areas_at(
                     subject[sel][home].astype(np.int32), t_ms[sel][home])
-            judged = self.engine.verdicts(fixes.lon[pick][sel], fixes.lat[pick][sel],
-                                          fixes.acc_m[pick][sel].astype(np.float64), area)
+            rows = pick[sel]
+            judged = self.engine.verdicts(fixes.lon[rows], fixes.lat[rows],
+                                          fixes.acc_m[rows].astype(np.float64), area)
             verdict[sel], where[sel] = judged.verdict, judged.where
-        order = sort_batch(subject, t_ms)
-        events = np.empty(len(pick), np.int64)
-        n = _walk(order, subject, t_ms, window, verdict, self.need, self.newest,
-                  self.counted, self.outs, self.raised, events)
-        return [self._alarm(fixes, int(pick[i]), int(window[i]), self._rows[int(row[i])],
-                            places[int(where[i])]) for i in events[:n].tolist()]
+        return window, row, verdict, where
 
-    def _alarm(self, fixes, i: int, window_ms: int, row, where) -> Alarm:
-        subject, curfew = row
+    def _alarm(self, kind, fixes, i: int, window_ms: int, row, where, away: int) -> Alarm:
+        subject, order = row
         t = int(fixes.t_ms[i])
         fix = AlarmFix.of(t, fixes.lon[i], fixes.lat[i], fixes.acc_m[i], fixes.src[i])
-        return new_alarm("curfew_breach", subject=subject,
+        if kind == "curfew_breach":
+            details = {"curfew": order.to_document(), "window_start": window_ms,
+                       "outside_fixes": self.need}
+        else:
+            details = {"night_start": window_ms, "nights_away": bin(away).count("1"),
+                       "of_nights": 7}
+        return new_alarm(kind, subject=subject,
                          route=self.book.schedule.routing_at(subject.id, t), t_ms=t,
                          trigger_t_ms=window_ms, fix=fix, where=where,
-                         raised_at_ms=int(time.time() * 1000), details={"curfew": curfew.to_document(),
-                                                  "window_start": window_ms,
-                                                  "outside_fixes": self.need})
+                         raised_at_ms=int(time.time() * 1000), details=details)
+
+
+# Per-subject state (name, dtype, value before any fix), outside the rules' 64 bytes.
+STATE = (("newest", np.int64, NO_TIME), ("counted", np.int64, NO_WINDOW),
+         ("outs", np.int16, 0), ("raised", np.int64, NO_WINDOW),
+         ("night_newest", np.int64, NO_TIME), ("last_night", np.int64, -1),
+         ("night_outs", np.int16, 0), ("away", np.int16, 0), ("night_raised", np.int64, -1))

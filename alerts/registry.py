@@ -32,7 +32,7 @@ KINDS = ("offices", "subjects", "permits", "delegations", "key_periods")
 ENTRY_KEYS = {
     "offices": ("code", "name", "parent"),
     "subjects": ("id", "devices", "office", "home", "exclusions", "risk", "category", "level",
-                 "ended", "curfews"),
+                 "ended", "curfews", "night_watch"),
     "permits": ("id", "subject", "start", "end", "destinations", "office", "source",
                 "recurring"),
     "delegations": ("id", "subject", "start", "end", "office", "home"),
@@ -73,6 +73,7 @@ class Subject:
     level: str = "normal"
     ended_ms: int | None = None     # supervision ended (no alarms from then on; data kept)
     curfews: tuple["Curfew", ...] = ()   # 宵禁: be inside a zone (home) in these hours
+    night_watch: bool = False       # 昼伏夜出: watched for repeated nights away from home
 
     def supervised_at(self, t_ms: int) -> bool:
         return self.ended_ms is None or t_ms < self.ended_ms
@@ -305,7 +306,8 @@ def parse_changes(doc: Any, current: Registry, is_place: Callable[[str], bool],
                           tuple(_codes(raw, "exclusions", where, problems, required=False)),
                           risk, category,
                           subjects[sid].index if sid in subjects else -1, level, ended,
-                          _curfews(raw, where, problems))
+                          _curfews(raw, where, problems), _flag(raw, "night_watch", where,
+                                                                problems))
         if sid and _once(seen["subjects"], sid, where, problems):
             subjects[sid] = subject
 
@@ -579,6 +581,14 @@ def _curfews(raw, where, problems) -> tuple[Curfew, ...]:
     return tuple(curfews)
 
 
+def _flag(raw, key, where, problems) -> bool:
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        problems.append(f"{where}: {key} must be true or false, not {value!r}")
+        return False
+    return value
+
+
 def _key_period(raw, where, problems) -> KeyPeriod | None:
     """A key period `{id, name, start, end, offices, levels?}` (重大活动/敏感节点)."""
     pid = _text(raw, "id", where, problems)
@@ -630,6 +640,7 @@ def _subject_document(s: Subject) -> dict:
     doc = {k: v for k, v in asdict(s).items() if k not in ("index", "ended_ms")}
     doc["ended"] = _rfc3339(s.ended_ms) if s.ended_ms is not None else None
     doc["curfews"] = [c.to_document() for c in s.curfews] or None
+    doc["night_watch"] = s.night_watch or None
     return _clean(doc)
 
 
@@ -648,7 +659,7 @@ def _subject_of(d: dict) -> Subject:
                    tuple(d["exclusions"]), d["risk"], d["category"], d["index"],
                    d.get("level", "normal"), d.get("ended_ms"),
                    tuple(Curfew(c["from_min"], c["to_min"], tuple(c["days"]), c["zone"])
-                         for c in d.get("curfews", ())))
+                         for c in d.get("curfews", ())), d.get("night_watch", False))
 
 
 def _permit_of(d: dict) -> Permit:

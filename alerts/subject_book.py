@@ -60,7 +60,8 @@ class SubjectBook:
         self.in_key_period = np.zeros(0, np.bool_)
         self.office_of = np.zeros(0, np.int32)   # the subject's office, by `_office_ids`
         self._office_ids: dict[str, int] = {}
-        self.curfew_subjects: dict[int, Subject] = {}   # by index: those with curfews
+        # by index: the subjects with curfews or night_watch (`alerts.curfews`)
+        self.curfew_subjects: dict[int, Subject] = {}
         self.ended_ms = np.zeros(0, np.int64)
         self.subjects: list[Subject | None] = []
         self.index_of: dict[str, int] = {}
@@ -105,7 +106,8 @@ class SubjectBook:
             if s.ended_ms is not None:
                 ended_ms[s.index] = s.ended_ms
             subjects[s.index] = s
-        self.curfew_subjects = {s.index: s for s in registry.subjects.values() if s.curfews}
+        self.curfew_subjects = {s.index: s for s in registry.subjects.values()
+                                if s.curfews or s.night_watch}
         self.schedule, self.exclusions_of, self.subjects = schedule, exclusions_of, subjects
         self.base_class, self.ended_ms, self.office_of = rule_class, ended_ms, office_of
         self.rule_class, self.in_key_period = rule_class.copy(), np.zeros(size, np.bool_)
@@ -143,7 +145,7 @@ class SubjectBook:
             self.rule_class[i] = self.base_class[i] = rule_class_of(s)
             self.in_key_period[i] = False
             self.office_of[i] = self._office_id(s.office)
-            if s.curfews:
+            if s.curfews or s.night_watch:
                 self.curfew_subjects[i] = s
             else:
                 self.curfew_subjects.pop(i, None)

@@ -97,6 +97,9 @@ class Rules:
     permit_overstay_after_s: int = 1800
     curfew_fixes: int = 2              # consecutive fixes outside the curfew zone in its
                                        # window: curfew_breach (宵禁)
+    night_from_hour: int = 22          # 昼伏夜出: a night is from this local hour (UTC+8)
+    night_to_hour: int = 6             # to this one, the next morning
+    night_absence_nights: int = 3      # nights away from home of the last 7: night_absence
     key_period_signal_lost_after_s: int = 1800  # during a key period (重大活动/敏感节点):
                                        # signal_lost after this, or the level's if shorter
     feed_outage_share: float = 0.5
@@ -145,6 +148,9 @@ NOT_PER_LEVEL = {
     "clock": "the engine has one clock",
     "key_period_signal_lost_after_s": "a key period applies to every level it names",
     "curfew_fixes": "a curfew is an order of its own, whatever the level",
+    "night_from_hour": "nights are the same for everyone",
+    "night_to_hour": "nights are the same for everyone",
+    "night_absence_nights": "night_watch is a flag of its own, whatever the level",
     "check_every_s": "the clock rules run for all subjects at once",
     "strict": "a level's table holds no other level's",
     "loose": "a level's table holds no other level's",
@@ -391,6 +397,8 @@ CHECKS: dict[str, dict[str, Any]] = {
               "signal_lost_after_s": SECONDS, "phone_off_after_s": SECONDS,
               "permit_overstay_after_s": Whole(0, MAX_DURATION_S),
               "key_period_signal_lost_after_s": SECONDS, "curfew_fixes": FIXES,
+              "night_from_hour": Whole(0, 23), "night_to_hour": Whole(0, 23),
+              "night_absence_nights": Whole(1, 7),
               "feed_outage_share": Real(0, 1, above=True), "feed_outage_silence_s": SECONDS,
               "feed_outage_min_subjects": Whole(1, 2**31 - 1),
               "escalate_critical_s": SECONDS, "escalate_high_s": SECONDS,

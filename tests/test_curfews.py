@@ -82,3 +82,39 @@ def test_a_curfew_added_while_running_is_judged_at_the_next_poll(world):
     w.book.refresh(force=True)
     w.fix("s1", local(0, "22:30"), "FAR")
     assert types(breaches(w.fix("s1", local(0, "22:40"), "FAR"))) == ["curfew_breach"]
+
+
+# --- night_absence (昼伏夜出) --------------------------------------------------------------
+
+
+def away_at_night(w, night: int, place="XUECHENG") -> list:
+    """Two fixes away on night `night` (23:00 and 23:10 local): the night counts as away."""
+    w.fix("s1", local(night, "23:00"), place)
+    return [a for a in w.fix("s1", local(night, "23:10"), place) if a.type == "night_absence"]
+
+
+def test_three_nights_away_of_the_last_seven_raise_night_absence_once_a_day(world):
+    w = world([{**subject("s1"), "night_watch": True}])
+    assert away_at_night(w, 0) == [] and away_at_night(w, 2) == []
+    w.fix("s1", local(3, "12:00"), "FAR")             # by day: not a night
+    w.fix("s1", local(3, "12:10"), "FAR")
+    w.fix("s1", local(3, "23:00"), "HOME")
+    assert away_at_night(w, 3, "HOME") == [], "a night at home"
+    [alarm] = away_at_night(w, 4)
+    doc = alarm.to_document()
+    assert (doc["severity"], doc["type"]) == ("medium", "night_absence")
+    assert doc["details"]["nights_away"] == 3
+    assert alarm.id == alarm_id("s1", "night_absence", local(4, "22:00"))
+    assert [a for a in w.fix("s1", local(5, "01:00"), "FAR")
+            if a.type == "night_absence"] == [], "the same night: once"
+    assert len(away_at_night(w, 5)) == 1, "the next night still 3 of 7 (4): again, once"
+
+
+def test_nights_older_than_seven_drop_out_and_unwatched_subjects_raise_nothing(world):
+    w = world([{**subject("s1"), "night_watch": True}, subject("s2")])
+    assert away_at_night(w, 0) == [] and away_at_night(w, 1) == []
+    assert away_at_night(w, 8) == [], "nights 0 and 1 are more than 7 nights back"
+    for night in (0, 1, 2):
+        w.fix("s2", local(night, "23:00"), "FAR")
+        assert not [a for a in w.fix("s2", local(night, "23:10"), "FAR")
+                    if a.type == "night_absence"], "no night_watch: not watched"
