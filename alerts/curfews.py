@@ -271,3 +271,20 @@ STATE = (("newest", np.int64, NO_TIME), ("counted", np.int64, NO_WINDOW),
          ("outs", np.int16, 0), ("raised", np.int64, NO_WINDOW),
          ("night_newest", np.int64, NO_TIME), ("last_night", np.int64, -1),
          ("night_outs", np.int16, 0), ("away", np.int16, 0), ("night_raised", np.int64, -1))
+
+
+def warm_up() -> None:
+    """Compile or load the curfew kernels once, on a tiny batch, before traffic."""
+    one = np.zeros(1, np.int64)
+    subject, t_ms = np.zeros(2, np.int64), np.array([0, 60_000], np.int64)
+    window, row = np.empty(2, np.int64), np.empty(2, np.int64)
+    _windows(subject, t_ms, one, one + 1, one, one + 60, one + 254, np.zeros(1, np.int32),
+             LOCAL_UTC_OFFSET_MS, DAY_MS, window, row)
+    order, verdict = np.arange(2, dtype=np.int64), np.zeros(2, np.int8)
+    state = {name: np.full(1, fill, dtype) for name, dtype, fill in STATE}
+    events = np.empty(2, np.int64)
+    _walk(order, subject, t_ms, window, verdict, 2, state["newest"], state["counted"],
+          state["outs"], state["raised"], events)
+    _nights(order, subject, t_ms, window, verdict, 2, 3, LOCAL_UTC_OFFSET_MS, DAY_MS,
+            state["night_newest"], state["last_night"], state["night_outs"], state["away"],
+            state["night_raised"], events)
