@@ -484,6 +484,12 @@ def check(settings: Settings, only: set[tuple[str, str]] | None = None) -> list[
                     f"[{section}] {key}:")
                 problems += [f"{settings.source}: {where}{'' if p[0] == ':' else ' '}{p}"
                              for p in rule.problems(getattr(values, key))]
+    rules = settings.rules
+    if rules.night_from_hour == rules.night_to_hour and (
+            only is None or ("rules", "night_from_hour") in only
+            or ("rules", "night_to_hour") in only):
+        problems.append(f"{settings.source}: [rules] night_from_hour: a night must end at "
+                        f"another hour than it begins ({rules.night_to_hour})")
     return problems
 
 
