@@ -118,3 +118,15 @@ def test_nights_older_than_seven_drop_out_and_unwatched_subjects_raise_nothing(w
         w.fix("s2", local(night, "23:00"), "FAR")
         assert not [a for a in w.fix("s2", local(night, "23:10"), "FAR")
                     if a.type == "night_absence"], "no night_watch: not watched"
+
+
+def test_after_a_restart_the_same_fixes_give_the_same_breach_id(world):
+    """The curfew state is not in the snapshot: a restarted worker replaying the window's
+    fixes raises the breach again with the same id, which the alarm store keeps once."""
+    w = world([with_curfews("s1", NIGHT)])
+    w.fix("s1", local(0, "22:10"), "FAR")
+    [first] = breaches(w.fix("s1", local(0, "22:20"), "FAR"))
+    w.restart()
+    w.fix("s1", local(0, "22:10"), "FAR")
+    [again] = breaches(w.fix("s1", local(0, "22:20"), "FAR"))
+    assert again.id == first.id
