@@ -6,7 +6,8 @@
 
 Routes (SPEC §8, §11, §12): /api/login, /api/logout, /api/me,
 /api/alarms[/{id}[/ack|/resolve]], /api/subjects[/{id}[/track|/end]] (desk.subjects_api),
-/api/events, /api/layer, /api/audit, /api/key-periods[/{id}/end] (desk.key_periods_api); leaves (`desk.leaves_api`):
+/api/events, /api/layer, /api/audit; key periods (`desk.key_periods_api`):
+/api/key-periods[/{id}/end]; leaves (`desk.leaves_api`):
 /api/leaves[/{id}[/approve|/reject|/cancel|/close]], /api/subjects/{id}/leaves;
 locate requests (`desk.locate_api`): /api/subjects/{id}/locate[s], /api/locate/{request};
 /healthz and /metrics without a session; the page at / and /static/.
