@@ -75,3 +75,30 @@ def test_a_key_period_declared_while_running_reaches_the_worker_at_its_next_poll
     w.book.refresh(force=True)
     w.clock(minutes(1))
     assert w.book.rule_class[w.book.index_of["s1"]] == 0
+
+
+def test_a_book_kept_by_changes_applies_periods_as_one_built_afresh(world):
+    """Subjects moved between offices and levels, periods declared and ended: after each
+    change the book kept by the change log has the classes a fresh book has."""
+    from alerts.subject_book import SubjectBook
+
+    w = world([subject("s1"), subject("s2", level="loose"), subject("s3", office="370403001",
+                                                                      home=XUECHENG)])
+    steps = [
+        {"key_periods": [period("kp1", 0, 100, offices=("370402",))]},
+        {"subjects": [subject("s3", office="370402001")]},
+        {"key_periods": [period("kp2", 0, 100, levels=["loose"])]},
+        {"subjects": [subject("s2", level="strict", risk="key")]},
+        {"key_periods": [period("kp1", 0, 5, offices=("370402",))]},
+        {"subjects": [subject("s4", level="loose")]},
+    ]
+    for step in steps:
+        w.register(step)
+        w.book.refresh(force=True)
+        w.clock(minutes(10))
+        fresh = SubjectBook(w.engine, w.store)
+        fresh.refresh(force=True)
+        fresh.key_periods_at(minutes(10))
+        assert fresh.rule_class.tolist() == w.book.rule_class.tolist(), step
+        assert fresh.in_key_period.tolist() == w.book.in_key_period.tolist(), step
+    assert w.book.rule_class.tolist() == [0, 3, 0, 2], "s4 loose, raised by kp2"
