@@ -103,6 +103,7 @@ class SilenceWatch:
         """`partitions`: how many workers share the subjects (each sees about 1/N of a
         carrier's subjects, so the minimum for an outage is divided among them)."""
         self.lost_after_ms = by_class(rules, "signal_lost_after_s") * 1000   # by rule class
+        self.key_period_lost_ms = int(rules.key_period_signal_lost_after_s) * 1000
         self.outage_silence_ms = int(rules.feed_outage_silence_s) * 1000
         self.outage_share = float(rules.feed_outage_share)
         self.outage_min = max(1, -(-int(rules.feed_outage_min_subjects) // partitions))
@@ -118,10 +119,12 @@ class SilenceWatch:
 
     def check(self, state: RuleState, mine: np.ndarray, now_ms: int,
               carrier_newest_ms: dict[int, int],
-              rule_class: np.ndarray | None = None) -> SilenceEvents:
+              rule_class: np.ndarray | None = None,
+              in_key_period: np.ndarray | None = None) -> SilenceEvents:
         """Mark and return what the clock says now; `mine`: per subject, watched here;
         `rule_class`: per subject, its level and key (None, or a subject beyond it:
-        normal)."""
+        normal); `in_key_period`: per subject, a key period covers it (signal_lost after
+        `key_period_signal_lost_after_s` when that is shorter than its level's)."""
         n = state.n_subjects
         if len(self.watch_ms) < n:
             fill = np.full(n - len(self.watch_ms), now_ms, np.int64)
@@ -145,8 +148,14 @@ class SilenceWatch:
             state.set_flags(silenced, rk.OUTAGE_SILENT)
         held = off | ((state.flags & (rk.SIGNAL_LOST_SET | rk.OUTAGE_SILENT)) != 0)
         # silent longer than the shortest threshold, then each by its own level's
-        maybe = np.flatnonzero(mine & ~held & (quiet_for > self.lost_after_ms.min()))
+        shortest = min(int(self.lost_after_ms.min()), self.key_period_lost_ms)
+        maybe = np.flatnonzero(mine & ~held & (quiet_for > shortest))
         after_ms = self.lost_after_ms[_classes_of(rule_class, maybe)]
+        if in_key_period is not None and len(maybe):
+            keyed = np.zeros(len(maybe), np.bool_)
+            inside = maybe < len(in_key_period)
+            keyed[inside] = in_key_period[maybe[inside]]
+            after_ms = np.where(keyed, np.minimum(after_ms, self.key_period_lost_ms), after_ms)
         lost_here = quiet_for[maybe] > after_ms
         lost = maybe[lost_here]
         state.mark_signal_lost(lost)
@@ -279,12 +288,13 @@ class ClockRules:
         """signal_lost, phone_off, feed_outage and permit_overstay as of `now_ms`; permits
         that ended in (checked_until_ms, now_ms] (less the grace) are looked at once each."""
         book, n = self.book, state.n_subjects
+        book.key_periods_at(now_ms)
         mine = np.zeros(n, np.bool_)
         known = min(n, book.size)
         mine[:known] = book.watched(now_ms)[:known]
         mine &= np.arange(n) % self.count == self.index
         events = self.silence.check(state, mine, now_ms, carriers.newest_by_id(),
-                                    book.rule_class)
+                                    book.rule_class, book.in_key_period)
         for c in events.restored:
             log.info("feed_outage over: most of carrier %s's subjects report again "
                      "(partition %d of %d)", carriers.name_of(c), self.index, self.count)

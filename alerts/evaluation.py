@@ -22,6 +22,7 @@ import numpy as np
 
 import geofence
 from alerts.alarms import Alarm, Places, alarms_from_events
+from alerts.curfews import CurfewWatch
 from alerts.handset import split_reports
 from ingest.protocol import STATE0
 from alerts.rules import RuleState, SnapshotError
@@ -56,6 +57,7 @@ class Evaluation:
             except SnapshotError as e:   # another build's format, or damaged: start afresh
                 log.warning("rules state not restored (%s); starting with fresh state", e)
         self.places = Places.of(engine.jurisdictions)
+        self.curfews = CurfewWatch(engine, book, rules_settings)
         self._zone_codes = [str(c) for c in engine.zones.codes] if engine.zones else None
 
     def run(self, rows, carrier: int, received_ms: int | None) -> Evaluated:
@@ -88,6 +90,7 @@ class Evaluation:
         self.grow()
         events = self.rules.apply(fixes.subject, fixes.t_ms, verdicts.verdict, worst, zone,
                                   self.rule_classes(), fixes=fixes, carrier=carrier)
+        breaches = self.curfews.check(fixes, self.places)
         kernel_s = time.perf_counter() - started
         alarms = []
         if len(events):
@@ -95,7 +98,7 @@ class Evaluation:
             alarms = alarms_from_events(events, fixes, self.book.subjects,
                                         self.book.schedule.routing_at, where,
                                         int(time.time() * 1000), received_ms, self._zone_codes)
-        return Evaluated(np.bincount(verdicts.verdict, minlength=3), alarms, kernel_s,
+        return Evaluated(np.bincount(verdicts.verdict, minlength=3), alarms + breaches, kernel_s,
                          events.n_late)
 
     def rule_classes(self) -> np.ndarray:

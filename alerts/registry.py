@@ -27,15 +27,16 @@ from ingest.protocol import MAX_DEVICE_CHARS
 RISKS = ("normal", "key")
 LEVELS = ("normal", "strict", "loose")   # 普管 (the default), 严管, 宽管 (SPEC §11)
 CATEGORIES = ("probation", "parole", "medical_parole", "control")
-KINDS = ("offices", "subjects", "permits", "delegations")
+KINDS = ("offices", "subjects", "permits", "delegations", "key_periods")
 # The keys an entry of each kind may have (SPEC §3); any other is refused, never ignored.
 ENTRY_KEYS = {
     "offices": ("code", "name", "parent"),
     "subjects": ("id", "devices", "office", "home", "exclusions", "risk", "category", "level",
-                 "ended"),
+                 "ended", "curfews", "night_watch"),
     "permits": ("id", "subject", "start", "end", "destinations", "office", "source",
                 "recurring"),
     "delegations": ("id", "subject", "start", "end", "office", "home"),
+    "key_periods": ("id", "name", "start", "end", "offices", "levels"),
 }
 
 
@@ -71,6 +72,8 @@ class Subject:
     index: int = -1
     level: str = "normal"
     ended_ms: int | None = None     # supervision ended (no alarms from then on; data kept)
+    curfews: tuple["Curfew", ...] = ()   # 宵禁: be inside a zone (home) in these hours
+    night_watch: bool = False       # 昼伏夜出: watched for repeated nights away from home
 
     def supervised_at(self, t_ms: int) -> bool:
         return self.ended_ms is None or t_ms < self.ended_ms
@@ -88,6 +91,43 @@ class Recurring:
     def to_document(self) -> dict:
         return {"days": list(self.days), "from": _hhmm(self.from_min),
                 "to": _hhmm(self.to_min)}
+
+
+@dataclass(frozen=True)
+class Curfew:
+    """A curfew (宵禁): inside `zone` (None: home) from `from_min` to `to_min` local time
+    (minutes after midnight, UTC+8; to < from crosses midnight), on ISO weekdays `days`
+    (the day the window starts)."""
+
+    from_min: int
+    to_min: int
+    days: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
+    zone: str | None = None
+
+    def to_document(self) -> dict:
+        return _clean({"from": _hhmm(self.from_min), "to": _hhmm(self.to_min),
+                       "days": list(self.days), "zone": self.zone})
+
+
+@dataclass(frozen=True)
+class KeyPeriod:
+    """A key period (重大活动/敏感节点): from `start_ms` to `end_ms` the subjects of
+    `offices` (and their subtrees) at one of `levels` are judged by the strict rules."""
+
+    id: str
+    name: str
+    start_ms: int
+    end_ms: int
+    offices: tuple[str, ...]
+    levels: tuple[str, ...] = LEVELS
+
+    def active_at(self, t_ms: int) -> bool:
+        return self.start_ms <= t_ms < self.end_ms
+
+    def to_document(self) -> dict:
+        return {"id": self.id, "name": self.name, "start": _rfc3339(self.start_ms),
+                "end": _rfc3339(self.end_ms), "offices": list(self.offices),
+                "levels": list(self.levels)}
 
 
 @dataclass(frozen=True)
@@ -136,6 +176,7 @@ class Registry:
     subjects: dict[str, Subject] = field(default_factory=dict)
     permits: dict[str, Permit] = field(default_factory=dict)
     delegations: dict[str, Delegation] = field(default_factory=dict)
+    key_periods: dict[str, KeyPeriod] = field(default_factory=dict)
     version: int = 0
 
     @cached_property
@@ -178,6 +219,7 @@ class Registry:
                                     "end": _rfc3339(d.end_ms) if d.end_ms is not None else None,
                                     "office": d.office, "home": list(d.home)})
                             for d in self.delegations.values()],
+            "key_periods": [k.to_document() for k in self.key_periods.values()],
         }
 
 
@@ -219,8 +261,7 @@ class Parsed:
             maps[kind].update(self.pending[kind])
         for sid in self.touched["subjects"]:
             owner.update(dict.fromkeys(maps["subjects"][sid].devices, sid))
-        new = Registry(maps["offices"], maps["subjects"], maps["permits"],
-                       maps["delegations"], current.version + 1)
+        new = Registry(*(maps[k] for k in KINDS), current.version + 1)
         new.__dict__["device_owner"] = owner          # carried over, not rebuilt
         new.__dict__["next_index"] = self.next_index
         return new
@@ -264,7 +305,9 @@ def parse_changes(doc: Any, current: Registry, is_place: Callable[[str], bool],
                           tuple(_codes(raw, "home", where, problems)),
                           tuple(_codes(raw, "exclusions", where, problems, required=False)),
                           risk, category,
-                          subjects[sid].index if sid in subjects else -1, level, ended)
+                          subjects[sid].index if sid in subjects else -1, level, ended,
+                          _curfews(raw, where, problems), _flag(raw, "night_watch", where,
+                                                                problems))
         if sid and _once(seen["subjects"], sid, where, problems):
             subjects[sid] = subject
 
@@ -295,8 +338,15 @@ def parse_changes(doc: Any, current: Registry, is_place: Callable[[str], bool],
         if _once(seen["delegations"], did, where, problems):
             delegations[did] = delegation
 
+    key_periods = ChainMap({}, current.key_periods)
+    for where, raw in _entries(doc, "key_periods", problems):
+        period = _key_period(raw, where, problems)
+        if period is not None and _once(seen["key_periods"], period.id, where, problems):
+            key_periods[period.id] = period
+
     problems += _check_references(offices, subjects, permits, delegations, is_place, is_zone,
                                    seen, current.device_owner)
+    problems += _check_key_periods(key_periods, offices, seen["key_periods"])
     if problems:
         raise RegistryError(problems)
     next_index = current.next_index
@@ -304,7 +354,8 @@ def parse_changes(doc: Any, current: Registry, is_place: Callable[[str], bool],
         subjects[sid] = _with_index(subjects[sid], next_index)
         next_index += 1
     pending = {"offices": offices.maps[0], "subjects": subjects.maps[0],
-               "permits": permits.maps[0], "delegations": delegations.maps[0]}
+               "permits": permits.maps[0], "delegations": delegations.maps[0],
+               "key_periods": key_periods.maps[0]}
     return Parsed(pending, seen, next_index)
 
 
@@ -331,6 +382,9 @@ def _check_references(offices, subjects, permits, delegations, is_place, is_zone
         for code in s.exclusions:
             if not is_zone(code):
                 problems.append(f"subject {s.id}: unknown zone code {code!r} in exclusions")
+        for c in s.curfews:
+            if c.zone is not None and not is_zone(c.zone):
+                problems.append(f"subject {s.id}: unknown zone code {c.zone!r} in curfews")
         for d in s.devices:
             other = owner.get(d)
             if other is None:
@@ -488,7 +542,82 @@ def _recurring(raw, where, problems) -> Recurring | None:
     return Recurring(tuple(sorted(set(days))), start, end)
 
 
-def _minutes(value, where, key, problems) -> int | None:
+CURFEW_KEYS = ("from", "to", "days", "zone")
+KEY_PERIOD_MAX_DAYS = 366
+
+
+def _curfews(raw, where, problems) -> tuple[Curfew, ...]:
+    """A subject's `curfews: [{from: "HH:MM", to: "HH:MM", days?: [1-7], zone?}]`."""
+    value = raw.get("curfews")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        problems.append(f"{where}: curfews must be an array of {{from, to, days, zone}}")
+        return ()
+    curfews = []
+    for n, item in enumerate(value):
+        at = f"{where}: curfews[{n}]"
+        if not isinstance(item, Mapping):
+            problems.append(f"{at} is not an object {{from, to, days, zone}}")
+            continue
+        problems += unknown_keys(item, CURFEW_KEYS, at)
+        days = item.get("days", [1, 2, 3, 4, 5, 6, 7])
+        if not isinstance(days, list) or not days or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 7 for d in days):
+            problems.append(f"{at}: days must be a non-empty array of weekdays 1 (Monday) "
+                            ".. 7 (Sunday)")
+            days = [1]
+        start = _minutes(item.get("from"), at, "from", problems, "curfew")
+        end = _minutes(item.get("to"), at, "to", problems, "curfew")
+        if start is not None and end is not None and start % 1440 == end % 1440:
+            problems.append(f"{at}: from and to are the same time")
+        zone = item.get("zone")
+        if zone is not None and (not isinstance(zone, str) or not zone.strip()):
+            problems.append(f"{at}: zone must be a zone code")
+            zone = None
+        if start is not None and end is not None:
+            curfews.append(Curfew(start % 1440, end % 1440, tuple(sorted(set(days))),
+                                  zone.strip() if zone else None))
+    return tuple(curfews)
+
+
+def _flag(raw, key, where, problems) -> bool:
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        problems.append(f"{where}: {key} must be true or false, not {value!r}")
+        return False
+    return value
+
+
+def _key_period(raw, where, problems) -> KeyPeriod | None:
+    """A key period `{id, name, start, end, offices, levels?}` (重大活动/敏感节点)."""
+    pid = _text(raw, "id", where, problems)
+    name = _text(raw, "name", where, problems)
+    start, end = _time(raw, "start", where, problems), _time(raw, "end", where, problems)
+    if start is not None and end is not None:
+        if end <= start:
+            problems.append(f"{where}: end is not after start")
+        elif end - start > KEY_PERIOD_MAX_DAYS * 86_400_000:
+            problems.append(f"{where}: a key period lasts at most {KEY_PERIOD_MAX_DAYS} days")
+    offices = _codes(raw, "offices", where, problems)
+    if "offices" in raw and not offices:
+        problems.append(f"{where}: offices is empty")
+    levels = raw.get("levels", list(LEVELS))
+    if not isinstance(levels, list) or not levels or not all(v in LEVELS for v in levels):
+        problems.append(f"{where}: levels must be a non-empty array of {', '.join(LEVELS)}")
+        levels = list(LEVELS)
+    if pid is None or name is None or start is None or end is None:
+        return None
+    return KeyPeriod(pid, name, start, end, tuple(offices),
+                     tuple(v for v in LEVELS if v in levels))
+
+
+def _check_key_periods(periods, offices, touched: set[str]) -> list[str]:
+    return [f"key period {pid}: unknown office {code!r}" for pid in sorted(touched)
+            for code in periods[pid].offices if code not in offices]
+
+
+def _minutes(value, where, key, problems, what="recurring") -> int | None:
     """Minutes after midnight of "HH:MM" (00:00 .. 24:00)."""
     try:
         hours, minutes = value.split(":")
@@ -499,7 +628,7 @@ def _minutes(value, where, key, problems) -> int | None:
             raise ValueError
         return total
     except (AttributeError, ValueError):
-        problems.append(f"{where}: recurring {key} must be a time \"HH:MM\", not {value!r}")
+        problems.append(f"{where}: {what} {key} must be a time \"HH:MM\", not {value!r}")
         return None
 
 
@@ -510,6 +639,8 @@ def _hhmm(minutes: int) -> str:
 def _subject_document(s: Subject) -> dict:
     doc = {k: v for k, v in asdict(s).items() if k not in ("index", "ended_ms")}
     doc["ended"] = _rfc3339(s.ended_ms) if s.ended_ms is not None else None
+    doc["curfews"] = [c.to_document() for c in s.curfews] or None
+    doc["night_watch"] = s.night_watch or None
     return _clean(doc)
 
 
@@ -526,7 +657,9 @@ def _subject_of(d: dict) -> Subject:
     """A stored subject (documents written before levels existed have none)."""
     return Subject(d["id"], tuple(d["devices"]), d["office"], tuple(d["home"]),
                    tuple(d["exclusions"]), d["risk"], d["category"], d["index"],
-                   d.get("level", "normal"), d.get("ended_ms"))
+                   d.get("level", "normal"), d.get("ended_ms"),
+                   tuple(Curfew(c["from_min"], c["to_min"], tuple(c["days"]), c["zone"])
+                         for c in d.get("curfews", ())), d.get("night_watch", False))
 
 
 def _permit_of(d: dict) -> Permit:
@@ -732,11 +865,12 @@ def _registry_of(docs: dict[str, list[Any]], base: dict[str, dict], version: int
         "delegations": {d["id"]: Delegation(d["id"], d["subject"], d["start_ms"], d["end_ms"],
                                             d["office"], tuple(d["home"]))
                         for d in docs["delegations"]},
+        "key_periods": {d["id"]: KeyPeriod(d["id"], d["name"], d["start_ms"], d["end_ms"],
+                                           tuple(d["offices"]), tuple(d["levels"]))
+                        for d in docs.get("key_periods", ())},
     }
     if not base:
-        return Registry(parsed["offices"], parsed["subjects"], parsed["permits"],
-                        parsed["delegations"], version)
+        return Registry(*(parsed[k] for k in KINDS), version)
     for kind in KINDS:   # a reader's cache follows the file in place (one change: O(change))
         base[kind].update(parsed[kind])
-    return Registry(base["offices"], base["subjects"], base["permits"], base["delegations"],
-                    version)
+    return Registry(*(base[k] for k in KINDS), version)

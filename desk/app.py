@@ -6,7 +6,8 @@
 
 Routes (SPEC §8, §11, §12): /api/login, /api/logout, /api/me,
 /api/alarms[/{id}[/ack|/resolve]], /api/subjects[/{id}[/track|/end]] (desk.subjects_api),
-/api/events, /api/layer, /api/audit; leaves (`desk.leaves_api`):
+/api/events, /api/layer, /api/audit; key periods (`desk.key_periods_api`):
+/api/key-periods[/{id}/end]; leaves (`desk.leaves_api`):
 /api/leaves[/{id}[/approve|/reject|/cancel|/close]], /api/subjects/{id}/leaves;
 locate requests (`desk.locate_api`): /api/subjects/{id}/locate[s], /api/locate/{request};
 /healthz and /metrics without a session; the page at / and /static/.
@@ -21,7 +22,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from desk import api, audit_api, auth, leaves_api, locate_api, static, subjects_api
+from desk import (api, audit_api, auth, key_periods_api, leaves_api, locate_api, static,
+                  subjects_api)
 from desk.context import DESK, HEALTH, DeskState
 from desk.events import ChangeFeed
 from desk.hosts import configured_hosts, host_middleware
@@ -115,6 +117,9 @@ def make_app(settings: Settings, paths: EnginePaths, *,
     r.add_post("/api/subjects/{id}/locate", locate_api.request_locate)
     r.add_get("/api/subjects/{id}/locates", locate_api.subject_locates)
     r.add_get("/api/locate/{request}", locate_api.get_locate)
+    r.add_get("/api/key-periods", key_periods_api.list_periods)
+    r.add_post("/api/key-periods", key_periods_api.create)
+    r.add_post("/api/key-periods/{id}/end", key_periods_api.end)
     r.add_get("/healthz", api.health)
     r.add_get("/metrics", api.metrics)
     static.add_routes(app)

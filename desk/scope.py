@@ -143,6 +143,10 @@ class Scope:
                "risk": subject.risk, "category": subject.category,
                "exclusions": list(subject.exclusions), "level": subject.level,
                "ended": subject.ended_ms}
+        if subject.curfews:   # orders (issue 13), shown only when given
+            doc["curfews"] = [c.to_document() for c in subject.curfews]
+        if subject.night_watch:
+            doc["night_watch"] = True
         delegation = self.delegation(subject.id, now_ms)
         if delegation is not None:
             doc.update(office=delegation.office, home=list(delegation.home),

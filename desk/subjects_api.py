@@ -44,7 +44,8 @@ log = logging.getLogger("geofence.desk")
 
 # An import entry's keys but `ended` (only `end` ends supervision), and the editable ones
 ONBOARD_KEYS = tuple(k for k in ENTRY_KEYS["subjects"] if k != "ended")
-EDIT_KEYS = ("devices", "home", "level", "risk", "exclusions", "category")
+EDIT_KEYS = ("devices", "home", "level", "risk", "exclusions", "category", "curfews",
+             "night_watch")
 END_KEYS = ("note",)
 MAX_NOTE_CHARS = 2_000
 MAX_ID_CHARS = 128
@@ -328,7 +329,9 @@ def _entry_of(subject: Subject) -> dict:
     an end still ahead, as a file may set it, is kept)."""
     entry = {"id": subject.id, "devices": list(subject.devices), "office": subject.office,
              "home": list(subject.home), "exclusions": list(subject.exclusions),
-             "risk": subject.risk, "category": subject.category, "level": subject.level}
+             "risk": subject.risk, "category": subject.category, "level": subject.level,
+             "curfews": [c.to_document() for c in subject.curfews],
+             "night_watch": subject.night_watch}
     if subject.ended_ms is not None:
         entry["ended"] = _rfc3339(subject.ended_ms)
     return entry

@@ -95,6 +95,13 @@ class Rules:
     phone_off_after_s: int = 3 * 3600  # a handset its carrier reports off (关机) or suspended
                                        # (停机) this long: phone_off (SPEC §14)
     permit_overstay_after_s: int = 1800
+    curfew_fixes: int = 2              # consecutive fixes outside the curfew zone in its
+                                       # window: curfew_breach (宵禁)
+    night_from_hour: int = 22          # 昼伏夜出: a night is from this local hour (UTC+8)
+    night_to_hour: int = 6             # to this one, the next morning
+    night_absence_nights: int = 3      # nights away from home of the last 7: night_absence
+    key_period_signal_lost_after_s: int = 1800  # during a key period (重大活动/敏感节点):
+                                       # signal_lost after this, or the level's if shorter
     feed_outage_share: float = 0.5
     feed_outage_silence_s: int = 900   # a carrier's subject counts as silent for feed_outage
     feed_outage_min_subjects: int = 10  # fewer subjects on a carrier: signal_lost each
@@ -139,6 +146,11 @@ NOT_PER_LEVEL = {
     "escalate_high_s": "escalation follows an alarm's severity, not its subject",
     "escalate_medium_s": "escalation follows an alarm's severity, not its subject",
     "clock": "the engine has one clock",
+    "key_period_signal_lost_after_s": "a key period applies to every level it names",
+    "curfew_fixes": "a curfew is an order of its own, whatever the level",
+    "night_from_hour": "nights are the same for everyone",
+    "night_to_hour": "nights are the same for everyone",
+    "night_absence_nights": "night_watch is a flag of its own, whatever the level",
     "check_every_s": "the clock rules run for all subjects at once",
     "strict": "a level's table holds no other level's",
     "loose": "a level's table holds no other level's",
@@ -384,6 +396,9 @@ CHECKS: dict[str, dict[str, Any]] = {
               "possible_exclusion_fixes": FIXES,
               "signal_lost_after_s": SECONDS, "phone_off_after_s": SECONDS,
               "permit_overstay_after_s": Whole(0, MAX_DURATION_S),
+              "key_period_signal_lost_after_s": SECONDS, "curfew_fixes": FIXES,
+              "night_from_hour": Whole(0, 23), "night_to_hour": Whole(0, 23),
+              "night_absence_nights": Whole(1, 7),
               "feed_outage_share": Real(0, 1, above=True), "feed_outage_silence_s": SECONDS,
               "feed_outage_min_subjects": Whole(1, 2**31 - 1),
               "escalate_critical_s": SECONDS, "escalate_high_s": SECONDS,
@@ -469,6 +484,12 @@ def check(settings: Settings, only: set[tuple[str, str]] | None = None) -> list[
                     f"[{section}] {key}:")
                 problems += [f"{settings.source}: {where}{'' if p[0] == ':' else ' '}{p}"
                              for p in rule.problems(getattr(values, key))]
+    rules = settings.rules
+    if rules.night_from_hour == rules.night_to_hour and (
+            only is None or ("rules", "night_from_hour") in only
+            or ("rules", "night_to_hour") in only):
+        problems.append(f"{settings.source}: [rules] night_from_hour: a night must end at "
+                        f"another hour than it begins ({rules.night_to_hour})")
     return problems
 
 

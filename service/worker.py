@@ -275,12 +275,14 @@ class Worker:
 
 def warm_up() -> None:
     """Compile or load every kernel a worker runs, before it takes traffic."""
+    from alerts.curfews import warm_up as warm_curfews
     from alerts.rules import warm_up as warm_rules
     from alerts.schedule import warm_up as warm_schedule
 
     geofence.warm_up()
     warm_rules()
     warm_schedule()
+    warm_curfews()
 
 
 def run_worker(settings: Settings, index: int, count: int, should_stop,

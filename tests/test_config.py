@@ -62,6 +62,8 @@ def test_the_defaults_are_in_range_and_the_fix_counts_fit_the_rules_counters():
     ("[rules]\nexit_fixes = 2.5", "[rules] exit_fixes: must be a whole number, not 2.5"),
     ('[desk]\nhosts = ["desk.example.org:8080"]', "[desk] hosts: entries must be host names"),
     (WEBHOOK + "timeout_s = inf", "[alerts] webhooks: webhook \"370402001\": timeout_s must"),
+    ("[rules]\nnight_from_hour = 6", "[rules] night_from_hour: a night must end at another"),
+    ("[rules]\nnight_absence_nights = 8", "[rules] night_absence_nights: must be a whole"),
 ])
 def test_a_value_out_of_range_is_one_line_naming_file_section_and_key(text, problem):
     found = problems(text)

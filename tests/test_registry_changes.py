@@ -170,7 +170,7 @@ def test_a_reader_reads_only_what_changed(tmp_path):
                            is_place, is_zone)
     change = reader.changes_since(first.registry.version)
     assert change.touched == {"offices": set(), "subjects": {"S1"}, "permits": set(),
-                              "delegations": set()}
+                              "delegations": set(), "key_periods": set()}
     assert change.registry.subjects["S1"].level == "strict"
     assert change.registry.subjects["S0"] is first.registry.subjects["S0"]   # not re-read
 

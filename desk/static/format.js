@@ -14,6 +14,8 @@ export const TYPE_NAMES = {
   feed_outage: "数据中断",
   phone_off: "手机关机",
   engine_fault: "系统故障",
+  curfew_breach: "违反宵禁",
+  night_absence: "昼伏夜出",
 };
 export const SEVERITIES = ["critical", "high", "medium", "info"];
 export const SEVERITY_NAMES = { critical: "严重", high: "高", medium: "中", info: "提示" };
@@ -34,6 +36,26 @@ export const CATEGORY_NAMES = {
 export const typeName = (t) => TYPE_NAMES[t] || t;
 
 const pad2 = (n) => String(n).padStart(2, "0");
+
+/** A curfew as the person form writes it: "22:00-06:00", then weekdays and zone if given. */
+export function curfewText(c) {
+  const days = (c.days || []).length && c.days.length < 7 ? ` ${c.days.join("")}` : "";
+  return `${c.from}-${c.to}${days}${c.zone ? ` ${c.zone}` : ""}`;
+}
+
+/** The person form's curfew lines as the API takes them (the server checks them). */
+export function parseCurfews(text) {
+  return text.split("\n").map((line) => line.trim()).filter(Boolean).map((line) => {
+    const [span, ...rest] = line.split(/\s+/);
+    const [from, to = ""] = span.split(/[-–~]/);
+    const curfew = { from, to };
+    for (const word of rest) {
+      if (/^[1-7]+$/.test(word)) curfew.days = [...new Set([...word].map(Number))];
+      else curfew.zone = word;
+    }
+    return curfew;
+  });
+}
 
 /** Local 24 h time, MM-DD HH:mm:ss. */
 export function fmtTime(ms) {

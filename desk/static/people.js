@@ -7,7 +7,7 @@ import { api } from "./api.js";
 import { cstYear, fmtCst } from "./dates.js";
 import { $, el } from "./dom.js";
 import { clearRefusal, showRefusal } from "./errors.js";
-import { CATEGORY_NAMES, LEVEL_NAMES, RISK_NAMES, labelled } from "./format.js";
+import { CATEGORY_NAMES, LEVEL_NAMES, RISK_NAMES, curfewText, labelled } from "./format.js";
 import { leaveRow, selectLeave } from "./leaves.js";
 import { handsetText, loadLatestLocate, renderLocates } from "./locate.js";
 import { namedOffice, namedPlace } from "./names.js";
@@ -120,6 +120,8 @@ function renderPerson() {
     ["矫正类别", labelled(CATEGORY_NAMES, doc.category)],
     ["禁止区域", (doc.exclusions || []).map(namedPlace).join("、") || "无"],
   ];
+  if (doc.curfews) rows.push(["宵禁", doc.curfews.map(curfewText).join("；")]);
+  if (doc.night_watch) rows.push(["昼伏夜出监测", "是"]);
   if (doc.devices) rows.push(["定位设备", doc.devices.join("、") || "—"]);
   if (doc.handset) rows.push(["手机状态", handsetText(doc.handset)]);
   if (doc.origin) rows.push(["委托", `由 ${namedOffice(doc.origin)} 委托 ${namedOffice(doc.office)} 监管`]);

@@ -5,7 +5,7 @@
 import { api } from "./api.js";
 import { $, el } from "./dom.js";
 import { clearRefusal, showRefusal } from "./errors.js";
-import { CATEGORY_NAMES } from "./format.js";
+import { CATEGORY_NAMES, curfewText, parseCurfews } from "./format.js";
 import { loadPeople, people, selectPerson } from "./people.js";
 import { PlacePicker } from "./picker.js";
 import { state } from "./state.js";
@@ -45,6 +45,8 @@ export function openPersonForm(doc) {
   $("pf-level").value = doc ? doc.level || "normal" : "normal";
   $("pf-risk").value = doc ? doc.risk || "normal" : "normal";
   $("pf-category").value = doc ? doc.category || "probation" : "probation";
+  $("pf-curfews").value = doc ? (doc.curfews || []).map(curfewText).join("\n") : "";
+  $("pf-night-watch").checked = !!(doc && doc.night_watch);
   (doc ? $("pf-devices") : $("pf-id")).focus();
 }
 
@@ -61,6 +63,8 @@ function fields() {
     risk: $("pf-risk").value,
     category: $("pf-category").value,
     exclusions: exclusions.codes,
+    curfews: parseCurfews($("pf-curfews").value),
+    night_watch: $("pf-night-watch").checked,
   };
 }
 
@@ -74,7 +78,8 @@ async function submit(event) {
   if (editing) {
     const body = {};
     for (const [k, v] of Object.entries(f)) {
-      const before = editing[k] ?? (k === "devices" ? undefined : null);
+      const before = editing[k] ?? (k === "devices" ? undefined : k === "curfews" ? []
+        : k === "night_watch" ? false : null);
       // Devices are sent only if shown (to whom the server shows them) or typed in.
       if (k === "devices" && before === undefined && !v.length) continue;
       if (JSON.stringify(v) !== JSON.stringify(before)) body[k] = v;

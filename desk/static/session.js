@@ -10,6 +10,7 @@ import { cancelHistoryRefresh, loadSubjects, renderDetail } from "./detail.js";
 import { $ } from "./dom.js";
 import { fillFilters } from "./filters.js";
 import { resetLeaveForm } from "./leave-form.js";
+import { startKeyPeriods, stopKeyPeriods } from "./key-periods.js";
 import { countMine, resetLeaves, startLeavePolling, stopLeavePolling } from "./leaves.js";
 import { closeEvents, openEvents, setLive } from "./live.js";
 import { loadLayer } from "./map-areas.js";
@@ -112,6 +113,7 @@ function startDesk(me) {
   resetLeaveForm();
   countMine();
   startLeavePolling();
+  startKeyPeriods();
   loadSubjects().then(() => {
     if (state.me === me) fillSubjectOptions();
   });
@@ -134,6 +136,7 @@ function stopDesk() {
   setLive("off");
   resetTitle();
   stopLeavePolling();
+  stopKeyPeriods();
   resetLeaves();
   resetPeople();
   resetLocates();
