@@ -32,7 +32,7 @@ KINDS = ("offices", "subjects", "permits", "delegations")
 ENTRY_KEYS = {
     "offices": ("code", "name", "parent"),
     "subjects": ("id", "devices", "office", "home", "exclusions", "risk", "category", "level",
-                 "ended"),
+                 "ended", "cases"),
     "permits": ("id", "subject", "start", "end", "destinations", "office", "source",
                 "recurring"),
     "delegations": ("id", "subject", "start", "end", "office", "home"),
@@ -71,6 +71,7 @@ class Subject:
     index: int = -1
     level: str = "normal"
     ended_ms: int | None = None     # supervision ended (no alarms from then on; data kept)
+    cases: tuple[str, ...] = ()     # case ids (同案犯: sharing one links two people, gathering)
 
     def supervised_at(self, t_ms: int) -> bool:
         return self.ended_ms is None or t_ms < self.ended_ms
@@ -264,7 +265,8 @@ def parse_changes(doc: Any, current: Registry, is_place: Callable[[str], bool],
                           tuple(_codes(raw, "home", where, problems)),
                           tuple(_codes(raw, "exclusions", where, problems, required=False)),
                           risk, category,
-                          subjects[sid].index if sid in subjects else -1, level, ended)
+                          subjects[sid].index if sid in subjects else -1, level, ended,
+                          _cases(raw, where, problems))
         if sid and _once(seen["subjects"], sid, where, problems):
             subjects[sid] = subject
 
@@ -449,6 +451,22 @@ def _time(raw, key, where, problems, required=True) -> int | None:
         return None
 
 
+MAX_CASE_CHARS = 128
+
+
+def _cases(raw, where, problems) -> tuple[str, ...]:
+    """A subject's `cases`: distinct case ids (同案犯), each a non-empty id of at most
+    MAX_CASE_CHARS characters; sorted, so that an export reads back equal."""
+    cases = _codes(raw, "cases", where, problems, required=False)
+    bad = [c for c in cases if not c.strip() or len(c) > MAX_CASE_CHARS or c != c.strip()]
+    if bad:
+        problems.append(f"{where}: cases {bad!r} must be ids of 1..{MAX_CASE_CHARS} "
+                        "characters without surrounding spaces")
+    if len(set(cases)) != len(cases):
+        problems.append(f"{where}: cases lists a case twice")
+    return tuple(sorted(set(cases)))
+
+
 def _once(seen: set, key: str, where: str, problems: list[str]) -> bool:
     if key in seen:
         problems.append(f"{where}: {key!r} appears twice in the document")
@@ -510,6 +528,7 @@ def _hhmm(minutes: int) -> str:
 def _subject_document(s: Subject) -> dict:
     doc = {k: v for k, v in asdict(s).items() if k not in ("index", "ended_ms")}
     doc["ended"] = _rfc3339(s.ended_ms) if s.ended_ms is not None else None
+    doc["cases"] = s.cases or None   # none: left out, as before cases existed
     return _clean(doc)
 
 
@@ -526,7 +545,7 @@ def _subject_of(d: dict) -> Subject:
     """A stored subject (documents written before levels existed have none)."""
     return Subject(d["id"], tuple(d["devices"]), d["office"], tuple(d["home"]),
                    tuple(d["exclusions"]), d["risk"], d["category"], d["index"],
-                   d.get("level", "normal"), d.get("ended_ms"))
+                   d.get("level", "normal"), d.get("ended_ms"), tuple(d.get("cases", ())))
 
 
 def _permit_of(d: dict) -> Permit:

@@ -142,7 +142,7 @@ class Scope:
         doc = {"id": subject.id, "office": subject.office, "home": list(subject.home),
                "risk": subject.risk, "category": subject.category,
                "exclusions": list(subject.exclusions), "level": subject.level,
-               "ended": subject.ended_ms}
+               "ended": subject.ended_ms, "cases": list(subject.cases)}
         delegation = self.delegation(subject.id, now_ms)
         if delegation is not None:
             doc.update(office=delegation.office, home=list(delegation.home),

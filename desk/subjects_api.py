@@ -44,7 +44,7 @@ log = logging.getLogger("geofence.desk")
 
 # An import entry's keys but `ended` (only `end` ends supervision), and the editable ones
 ONBOARD_KEYS = tuple(k for k in ENTRY_KEYS["subjects"] if k != "ended")
-EDIT_KEYS = ("devices", "home", "level", "risk", "exclusions", "category")
+EDIT_KEYS = ("devices", "home", "level", "risk", "exclusions", "category", "cases")
 END_KEYS = ("note",)
 MAX_NOTE_CHARS = 2_000
 MAX_ID_CHARS = 128
@@ -328,7 +328,8 @@ def _entry_of(subject: Subject) -> dict:
     an end still ahead, as a file may set it, is kept)."""
     entry = {"id": subject.id, "devices": list(subject.devices), "office": subject.office,
              "home": list(subject.home), "exclusions": list(subject.exclusions),
-             "risk": subject.risk, "category": subject.category, "level": subject.level}
+             "risk": subject.risk, "category": subject.category, "level": subject.level,
+             "cases": list(subject.cases)}
     if subject.ended_ms is not None:
         entry["ended"] = _rfc3339(subject.ended_ms)
     return entry
