@@ -1,0 +1,234 @@
+"""The gathering rule (聚集): linked people together for `gathering_after_s` raise `gathering`.
+
+Linked: two people sharing a case id in the registry (同案犯), or two key persons
+(`alerts.gathering_join.Links`). Together: a fix of each, at most `gathering_max_dt_s`
+apart in time, centres within ``gathering_radius_m + gathering_acc_k * sqrt(acc1**2 +
+acc2**2)``; fixes less accurate than `gathering_max_acc_m` say nothing (a 1,500 m cell fix
+cannot place two people within 200 m) and are left out.
+
+Each window (a stored batch) is joined with one compiled call (`join_window`) over its
+fixes of linked people plus each linked person's newest earlier fix still within
+`gathering_max_dt_s`, so people whose fixes arrive in different batches still meet.
+Per pair the rule keeps only what a pair currently together needs (`Pair`): since when,
+when last seen together, whether raised. A pair is dropped when seen apart (both
+people's newest fixes close in time and farther apart than the limit) or when not seen
+together for `gathering_gap_s`; a pair seen together again later starts afresh, and
+raises a new alarm with a new id. So the state holds only pairs together now.
+
+`gathering` is raised once per pair and start when together for `gathering_after_s`
+(event time); `gathering_alarms` makes one alarm for each of the two people, each routed
+as that person's own alarms are (the alarm store folds and escalates per subject and
+office, so each office acknowledges its own person).
+"""
+
+import hashlib
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from alerts.alarms import Alarm, AlarmFix, Router, new_alarm
+from alerts.gathering_join import JoinSettings, Links, join_window
+from alerts.registry import Subject
+from alerts.rules import NO_TIME
+from ingest.protocol import STATE0
+
+GATHERING = "gathering"
+
+
+@dataclass(frozen=True)
+class GatheringSettings:
+    join: JoinSettings
+    after_ms: int
+    gap_ms: int
+
+    @classmethod
+    def of(cls, rules) -> "GatheringSettings":
+        """From `engine.config.Rules`."""
+        return cls(JoinSettings(float(rules.gathering_radius_m), float(rules.gathering_acc_k),
+                                float(rules.gathering_max_acc_m),
+                                int(rules.gathering_max_dt_s) * 1000),
+                   int(rules.gathering_after_s) * 1000, int(rules.gathering_gap_s) * 1000)
+
+
+@dataclass
+class Pair:
+    """A linked pair together now: since, last seen together, the fixes of that moment
+    (`fix_a`, `fix_b`: t, lon, lat, acc, src), the group shared, raised yet."""
+
+    since_ms: int
+    last_ms: int
+    group: int
+    fix_a: tuple
+    fix_b: tuple
+    raised: bool = False
+
+
+@dataclass(frozen=True)
+class Raised:
+    """A gathering to raise: subject indices a < b, the case group, since, and the
+    moment it reached `after` (t and the two fixes)."""
+
+    a: int
+    b: int
+    group: int
+    since_ms: int
+    t_ms: int
+    fix_a: tuple
+    fix_b: tuple
+
+
+class GatheringRule:
+    """Newest fix per linked subject (for the next window) and the pairs together."""
+
+    def __init__(self, settings: GatheringSettings):
+        self.settings = settings
+        self.pairs: dict[tuple[int, int], Pair] = {}
+        self._last = _fix_columns(0)
+
+    def grow(self, n: int) -> None:
+        extra = n - len(self._last["t"])
+        if extra > 0:
+            more = _fix_columns(extra)
+            self._last = {k: np.concatenate([v, more[k]]) for k, v in self._last.items()}
+
+    def apply(self, subject, t_ms, lon, lat, acc_m, src, links: Links) -> list[Raised]:
+        """One window of fixes (any order; status rows are skipped): the gatherings it
+        completes, by (t, a, b)."""
+        self.grow(links.n_subjects)
+        s = np.asarray(subject, np.int64)
+        acc = np.asarray(acc_m, np.float64)
+        lon, lat = np.asarray(lon, np.float64), np.asarray(lat, np.float64)
+        inside = s < links.n_subjects
+        keep = inside & (np.asarray(src) < STATE0) & np.isfinite(lon) & np.isfinite(lat) \
+            & np.isfinite(acc) & (acc <= self.settings.join.max_acc_m)
+        keep[inside] &= links.linked()[s[inside]]
+        if not keep.any():
+            return []
+        fresh = {"t": np.asarray(t_ms, np.int64)[keep], "lon": lon[keep], "lat": lat[keep],
+                 "acc": acc[keep], "src": np.asarray(src, np.int8)[keep], "s": s[keep]}
+        window = self._with_carried(fresh)
+        together = join_window(window["lon"], window["lat"], window["t"], window["acc"],
+                               window["s"], window["fresh"], links, self.settings.join)
+        self._remember_newest(fresh)
+        now_ms = int(fresh["t"].max())
+        self._fold(window, together)
+        raised = self._due()
+        self._drop_apart(now_ms)
+        return raised
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def _with_carried(self, fresh: dict) -> dict:
+        """The window's fixes after each linked subject's newest earlier one still near
+        enough in time to meet them (flagged not fresh)."""
+        last = self._last
+        since = int(fresh["t"].min()) - self.settings.join.max_dt_ms
+        who = np.flatnonzero(last["t"] >= since)
+        carried = {k: last[k][who] for k in ("t", "lon", "lat", "acc", "src")}
+        carried["s"] = who
+        out = {k: np.concatenate([carried[k], fresh[k]]) for k in fresh}
+        out["fresh"] = np.r_[np.zeros(len(who), np.bool_), np.ones(len(fresh["t"]), np.bool_)]
+        return out
+
+    def _remember_newest(self, fresh: dict) -> None:
+        order = np.lexsort((fresh["t"], fresh["s"]))
+        s = fresh["s"][order]
+        newest = order[np.r_[s[1:] != s[:-1], True]]
+        who = fresh["s"][newest]
+        newer = fresh["t"][newest] > self._last["t"][who]
+        for k in ("t", "lon", "lat", "acc", "src"):
+            self._last[k][who[newer]] = fresh[k][newest[newer]]
+
+    def _fold(self, window: dict, together) -> None:
+        """Per pair seen together in the window: its first and last moment together."""
+        if not len(together):
+            return
+        si, sj = window["s"][together.i], window["s"][together.j]
+        swap = si > sj
+        first = np.where(swap, together.j, together.i)     # the fix of the smaller subject
+        second = np.where(swap, together.i, together.j)
+        a, b = window["s"][first], window["s"][second]
+        t = np.maximum(window["t"][first], window["t"][second])
+        order = np.lexsort((t, b, a))
+        a, b, t = a[order], b[order], t[order]
+        first, second, group = first[order], second[order], together.group[order]
+        starts = np.flatnonzero(np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])])
+        ends = np.r_[starts[1:], len(a)] - 1
+        gap = self.settings.gap_ms
+        for k0, k1 in zip(starts.tolist(), ends.tolist()):   # per pair, not per fix
+            key = (int(a[k0]), int(b[k0]))
+            pair = self.pairs.get(key)
+            t0, t1 = int(t[k0]), int(t[k1])
+            fix_a, fix_b = _fix(window, first[k1]), _fix(window, second[k1])
+            if pair is None or t0 - pair.last_ms > gap:
+                self.pairs[key] = Pair(t0, t1, int(group[k1]), fix_a, fix_b)
+            elif t1 >= pair.last_ms:
+                pair.last_ms, pair.fix_a, pair.fix_b = t1, fix_a, fix_b
+
+    def _due(self) -> list[Raised]:
+        after = self.settings.after_ms
+        raised = []
+        for (a, b), pair in self.pairs.items():
+            if not pair.raised and pair.last_ms - pair.since_ms >= after:
+                pair.raised = True
+                raised.append(Raised(a, b, pair.group, pair.since_ms, pair.last_ms,
+                                     pair.fix_a, pair.fix_b))
+        return sorted(raised, key=lambda r: (r.t_ms, r.a, r.b))
+
+    def _drop_apart(self, now_ms: int) -> None:
+        """Drop pairs not seen together for `gap_ms`, and pairs whose newest fixes, close
+        in time and newer than their last moment together, are too far apart."""
+        if not self.pairs:
+            return
+        keys = list(self.pairs)
+        a = np.array([k[0] for k in keys], np.int64)
+        b = np.array([k[1] for k in keys], np.int64)
+        last_ms = np.array([p.last_ms for p in self.pairs.values()], np.int64)
+        join, L = self.settings.join, self._last
+        ta, tb = L["t"][a], L["t"][b]
+        la1, la2 = np.radians(L["lat"][a]), np.radians(L["lat"][b])
+        dx = np.radians(L["lon"][a] - L["lon"][b]) * np.cos(0.5 * (la1 + la2))
+        distance = 6_371_008.8 * np.hypot(dx, la1 - la2)
+        limit = join.radius_m + join.acc_k * np.hypot(L["acc"][a], L["acc"][b])
+        apart = (np.abs(ta - tb) <= join.max_dt_ms) & (np.maximum(ta, tb) > last_ms) \
+            & (distance > limit)
+        stale = now_ms - last_ms > self.settings.gap_ms
+        for k in np.flatnonzero(apart | stale).tolist():
+            del self.pairs[keys[k]]
+
+
+def gathering_alarms(raised: list[Raised], subjects, route: Router, group_names,
+                     raised_at_ms: int) -> list[Alarm]:
+    """Two alarms per gathering, one for each person, each to that person's supervising
+    office (and its copies); ids from the pair, its start and the person."""
+    alarms = []
+    for r in raised:
+        a, b = subjects[r.a], subjects[r.b]
+        if a is None or b is None:
+            continue
+        case = group_names[r.group]
+        for me, other, fix in ((a, b, r.fix_a), (b, a, r.fix_b)):
+            details = {"other": other.id, "case": case, "since": r.since_ms,
+                       "together_s": (r.t_ms - r.since_ms) // 1000}
+            alarm = new_alarm(GATHERING, subject=me, route=route(me.id, r.t_ms), t_ms=r.t_ms,
+                              trigger_t_ms=r.since_ms, fix=AlarmFix.of(*fix), where=None,
+                              raised_at_ms=raised_at_ms, details=details)
+            alarms.append(replace(alarm, id=gathering_id(me, other, r.since_ms)))
+    return alarms
+
+
+def gathering_id(me: Subject, other: Subject, since_ms: int) -> str:
+    """Stable: the same pair, start and person always give the same id."""
+    pair = "|".join(sorted((me.id, other.id)))
+    return hashlib.sha256(f"{pair}|{GATHERING}|{since_ms}|{me.id}".encode()).hexdigest()[:24]
+
+
+def _fix(window: dict, k) -> tuple:
+    return (int(window["t"][k]), float(window["lon"][k]), float(window["lat"][k]),
+            float(window["acc"][k]), int(window["src"][k]))
+
+
+def _fix_columns(n: int) -> dict:
+    return {"t": np.full(n, NO_TIME, np.int64), "lon": np.full(n, np.nan),
+            "lat": np.full(n, np.nan), "acc": np.full(n, np.nan),
+            "src": np.full(n, -1, np.int8)}
