@@ -22,6 +22,7 @@ office, so each office acknowledges its own person).
 """
 
 import hashlib
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -101,7 +102,7 @@ class GatheringRule:
         inside = s < links.n_subjects
         keep = inside & (np.asarray(src) < STATE0) & np.isfinite(lon) & np.isfinite(lat) \
             & np.isfinite(acc) & (acc <= self.settings.join.max_acc_m)
-        keep[inside] &= links.linked()[s[inside]]
+        keep[inside] &= links.linked[s[inside]]
         if not keep.any():
             return []
         fresh = {"t": np.asarray(t_ms, np.int64)[keep], "lon": lon[keep], "lat": lat[keep],
@@ -232,3 +233,42 @@ def _fix_columns(n: int) -> dict:
     return {"t": np.full(n, NO_TIME, np.int64), "lon": np.full(n, np.nan),
             "lat": np.full(n, np.nan), "acc": np.full(n, np.nan),
             "src": np.full(n, -1, np.int8)}
+
+
+class GatheringStage:
+    """The gathering rule over whole stored batches, for the one worker that runs it.
+
+    Workers split subjects by index % N, and a linked pair may span two partitions. Every
+    worker reads every stored batch whole, so worker 0 alone joins all fixes of linked
+    people (a small share of all fixes) and raises both alarms: no pair is seen by two
+    workers, nothing needs deduplicating, and no worker waits for another's fixes.
+    """
+
+    def __init__(self, book, rules):
+        self.book = book
+        self.rule = GatheringRule(GatheringSettings.of(rules))
+
+    def run(self, fixes) -> list[Alarm]:
+        """Gatherings completed by one stored batch (positions of supervised people)."""
+        links = self.book.links()
+        if not len(fixes) or not len(links.groups):
+            return []
+        kept = fixes.take(self.book.supervised(fixes.subject, fixes.t_ms)
+                          & (fixes.subject < self.book.size))
+        if not len(kept):
+            return []
+        raised = self.rule.apply(kept.subject, kept.t_ms, kept.lon, kept.lat, kept.acc_m,
+                                 kept.src, links)
+        if not raised:
+            return []
+        return gathering_alarms(raised, self.book.subjects, self.book.schedule.routing_at,
+                                links.names, int(time.time() * 1000))
+
+
+def warm_up() -> None:
+    """Compile or load the join kernel once, before traffic."""
+    from engine.config import Rules
+
+    links = Links.build(2, {0: [1], 1: [1]}, ["key", "c"])
+    GatheringRule(GatheringSettings.of(Rules())).apply([0, 1], [0, 0], [117.0, 117.0],
+                                                       [35.0, 35.0], [5.0, 5.0], [0, 0], links)

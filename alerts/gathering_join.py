@@ -11,6 +11,7 @@ fixes; the fixes it is given are already filtered (linked, accurate enough).
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -48,6 +49,7 @@ class Links:
     def n_subjects(self) -> int:
         return len(self.start) - 1
 
+    @cached_property
     def linked(self) -> np.ndarray:
         """Per subject index: in any link group."""
         return np.diff(self.start) > 0

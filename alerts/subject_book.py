@@ -7,6 +7,9 @@ and key flag), end of supervision, registered) and the schedule of allowed areas
 a change is applied to the subjects it touched only (the registry's change log says
 which), so an approval reaches the verdicts well within a second even on a national
 registry; a large import is rebuilt from scratch.
+
+It also keeps who is linked to whom for the gathering rule (`links`: shared case ids
+and key persons, `alerts.gathering_join.Links`), following the same changes.
 """
 
 import time
@@ -14,6 +17,7 @@ import time
 import numpy as np
 
 import geofence
+from alerts.gathering_join import CaseNumbers, Links
 from alerts.registry import LEVELS, Registry, RegistryChange, RegistryStore, Subject
 from alerts.schedule import AreaSchedule
 
@@ -44,6 +48,9 @@ class SubjectBook:
         self.subjects: list[Subject | None] = []
         self.index_of: dict[str, int] = {}
         self._next_poll = 0.0
+        self._case_numbers = CaseNumbers()
+        self._groups_of: dict[int, list[int]] = {}   # linked subjects only
+        self._links: Links | None = None
 
     @property
     def size(self) -> int:
@@ -84,6 +91,9 @@ class SubjectBook:
         self.rule_class, self.ended_ms = rule_class, ended_ms
         self.registered = np.array([s is not None for s in subjects], np.bool_)
         self.index_of = {s.id: s.index for s in registry.subjects.values()}
+        self._groups_of = {}
+        for s in registry.subjects.values():
+            self._link(s)
         self.registry, self.version = registry, registry.version
 
     def _apply(self, change: RegistryChange) -> None:
@@ -112,7 +122,22 @@ class SubjectBook:
             self.registered[i] = True
             self.subjects[i] = s
             self.index_of[sid] = i
+            self._link(s)
         self.registry, self.version = registry, registry.version
+
+    def _link(self, s: Subject) -> None:
+        groups = self._case_numbers.groups(s.cases, s.risk == "key")
+        if groups or self._groups_of.pop(s.index, None) is not None:
+            self._links = None
+        if groups:
+            self._groups_of[s.index] = groups
+
+    def links(self) -> Links:
+        """Link groups by subject index (a shared case, or both key), for the gathering
+        rule; rebuilt from the linked subjects only, after a change that touched them."""
+        if self._links is None or self._links.n_subjects != self.size:
+            self._links = Links.build(self.size, self._groups_of, self._case_numbers.names)
+        return self._links
 
     def supervised(self, subject: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
         """Per fix: its subject was under supervision at its time (an ended supervision
