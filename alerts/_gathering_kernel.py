@@ -123,3 +123,17 @@ def cell_keys(lon_rad: np.ndarray, lat_rad: np.ndarray, cell_m: float) -> np.nda
     cx = np.floor(lon_rad * (EARTH_RADIUS_M * cos_ref / cell_m)).astype(np.int64)
     cy = np.floor(lat_rad * (EARTH_RADIUS_M / cell_m)).astype(np.int64)
     return ((cx + KEY_OFFSET) << CELL_BITS) | (cy + KEY_OFFSET)
+
+
+@kernel
+def remember_newest(subject, t_ms, lon, lat, acc_m, src, last_t, last_lon, last_lat,
+                    last_acc, last_src):
+    """Keep each subject's newest fix (strictly newer than the one kept wins)."""
+    for k in range(subject.shape[0]):
+        s = subject[k]
+        if t_ms[k] > last_t[s]:
+            last_t[s] = t_ms[k]
+            last_lon[s] = lon[k]
+            last_lat[s] = lat[k]
+            last_acc[s] = acc_m[k]
+            last_src[s] = src[k]

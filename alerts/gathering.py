@@ -9,7 +9,7 @@ cannot place two people within 200 m) and are left out.
 Each window (a stored batch) is joined with one compiled call (`join_window`) over its
 fixes of linked people plus each linked person's newest earlier fix still within
 `gathering_max_dt_s`, so people whose fixes arrive in different batches still meet.
-Per pair the rule keeps only what a pair currently together needs (`Pair`): since when,
+Per pair the rule keeps only what a pair currently together needs (`PAIR_FIELDS`): since,
 when last seen together, whether raised. A pair is dropped when seen apart (both
 people's newest fixes close in time and farther apart than the limit) or when not seen
 together for `gathering_gap_s`; a pair seen together again later starts afresh, and
@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from alerts.alarms import Alarm, AlarmFix, Router, new_alarm
+from alerts._gathering_kernel import EARTH_RADIUS_M, remember_newest
 from alerts.gathering_join import JoinSettings, Links, join_window
 from alerts.registry import Subject
 from alerts.rules import NO_TIME
@@ -51,17 +52,14 @@ class GatheringSettings:
                    int(rules.gathering_after_s) * 1000, int(rules.gathering_gap_s) * 1000)
 
 
-@dataclass
-class Pair:
-    """A linked pair together now: since, last seen together, the fixes of that moment
-    (`fix_a`, `fix_b`: t, lon, lat, acc, src), the group shared, raised yet."""
-
-    since_ms: int
-    last_ms: int
-    group: int
-    fix_a: tuple
-    fix_b: tuple
-    raised: bool = False
+# The pair table (`GatheringRule.pairs`): one row per linked pair together now, sorted by
+# `key` (a << 32 | b, subject indices a < b): since, last seen together, the group they
+# share, raised yet, and the two fixes of that last moment (t, lon, lat, acc, src each).
+FIX_FIELDS = (("t", np.int64), ("lon", np.float64), ("lat", np.float64), ("acc", np.float64),
+              ("src", np.int8))
+PAIR_FIELDS = (("key", np.int64), ("since", np.int64), ("last", np.int64),
+               ("group", np.int32), ("raised", np.bool_)) + tuple(
+    (f"{k}_{who}", dt) for who in "ab" for k, dt in FIX_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -83,8 +81,13 @@ class GatheringRule:
 
     def __init__(self, settings: GatheringSettings):
         self.settings = settings
-        self.pairs: dict[tuple[int, int], Pair] = {}
+        self.pairs = {name: np.zeros(0, dt) for name, dt in PAIR_FIELDS}
         self._last = _fix_columns(0)
+
+    def together(self) -> list[tuple[int, int]]:
+        """The pairs (a, b) together now, a < b."""
+        key = self.pairs["key"]
+        return list(zip((key >> 32).tolist(), (key & 0xFFFFFFFF).tolist()))
 
     def grow(self, n: int) -> None:
         extra = n - len(self._last["t"])
@@ -125,77 +128,93 @@ class GatheringRule:
         last = self._last
         since = int(fresh["t"].min()) - self.settings.join.max_dt_ms
         who = np.flatnonzero(last["t"] >= since)
-        carried = {k: last[k][who] for k in ("t", "lon", "lat", "acc", "src")}
+        carried = {k: last[k][who] for k, _ in FIX_FIELDS}
         carried["s"] = who
         out = {k: np.concatenate([carried[k], fresh[k]]) for k in fresh}
         out["fresh"] = np.r_[np.zeros(len(who), np.bool_), np.ones(len(fresh["t"]), np.bool_)]
         return out
 
     def _remember_newest(self, fresh: dict) -> None:
-        order = np.lexsort((fresh["t"], fresh["s"]))
-        s = fresh["s"][order]
-        newest = order[np.r_[s[1:] != s[:-1], True]]
-        who = fresh["s"][newest]
-        newer = fresh["t"][newest] > self._last["t"][who]
-        for k in ("t", "lon", "lat", "acc", "src"):
-            self._last[k][who[newer]] = fresh[k][newest[newer]]
+        L = self._last
+        remember_newest(fresh["s"], fresh["t"], fresh["lon"], fresh["lat"], fresh["acc"],
+                        fresh["src"], L["t"], L["lon"], L["lat"], L["acc"], L["src"])
 
     def _fold(self, window: dict, together) -> None:
-        """Per pair seen together in the window: its first and last moment together."""
+        """Per pair seen together in the window, its first and last moment together, into
+        the pair table: a new row, a new start (not seen together for `gap_ms`), or a
+        later last moment. All with numpy, per pair."""
         if not len(together):
             return
         si, sj = window["s"][together.i], window["s"][together.j]
         swap = si > sj
         first = np.where(swap, together.j, together.i)     # the fix of the smaller subject
         second = np.where(swap, together.i, together.j)
-        a, b = window["s"][first], window["s"][second]
+        key = (window["s"][first] << 32) | window["s"][second]
         t = np.maximum(window["t"][first], window["t"][second])
-        order = np.lexsort((t, b, a))
-        a, b, t = a[order], b[order], t[order]
-        first, second, group = first[order], second[order], together.group[order]
-        starts = np.flatnonzero(np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])])
-        ends = np.r_[starts[1:], len(a)] - 1
-        gap = self.settings.gap_ms
-        for k0, k1 in zip(starts.tolist(), ends.tolist()):   # per pair, not per fix
-            key = (int(a[k0]), int(b[k0]))
-            pair = self.pairs.get(key)
-            t0, t1 = int(t[k0]), int(t[k1])
-            fix_a, fix_b = _fix(window, first[k1]), _fix(window, second[k1])
-            if pair is None or t0 - pair.last_ms > gap:
-                self.pairs[key] = Pair(t0, t1, int(group[k1]), fix_a, fix_b)
-            elif t1 >= pair.last_ms:
-                pair.last_ms, pair.fix_a, pair.fix_b = t1, fix_a, fix_b
+        order = np.lexsort((t, key))
+        key, t, first, second = key[order], t[order], first[order], second[order]
+        group = together.group[order]
+        head = np.r_[True, key[1:] != key[:-1]]
+        tail = np.r_[key[1:] != key[:-1], True]
+        seen = {"key": key[tail], "t0": t[head], "t1": t[tail], "group": group[tail],
+                "first": first[tail], "second": second[tail]}
+        p = self.pairs
+        at = np.searchsorted(p["key"], seen["key"])
+        known = at < len(p["key"])
+        known[known] = p["key"][at[known]] == seen["key"][known]
+        rows = at[known]
+        restart = seen["t0"][known] - p["last"][rows] > self.settings.gap_ms
+        later = restart | (seen["t1"][known] >= p["last"][rows])
+        update = rows[later]
+        p["since"][rows[restart]] = seen["t0"][known][restart]
+        p["raised"][rows[restart]] = False
+        p["last"][update] = seen["t1"][known][later]
+        p["group"][update] = seen["group"][known][later]
+        for k, _ in FIX_FIELDS:
+            p[f"{k}_a"][update] = window[k][seen["first"][known][later]]
+            p[f"{k}_b"][update] = window[k][seen["second"][known][later]]
+        new = ~known
+        if new.any():
+            rows = {"key": seen["key"][new], "since": seen["t0"][new], "last": seen["t1"][new],
+                    "group": seen["group"][new], "raised": np.zeros(int(new.sum()), np.bool_)}
+            for k, _ in FIX_FIELDS:
+                rows[f"{k}_a"] = window[k][seen["first"][new]]
+                rows[f"{k}_b"] = window[k][seen["second"][new]]
+            merged = {name: np.concatenate([p[name], rows[name].astype(dt)])
+                      for name, dt in PAIR_FIELDS}
+            order = np.argsort(merged["key"], kind="stable")
+            self.pairs = {name: column[order] for name, column in merged.items()}
 
     def _due(self) -> list[Raised]:
-        after = self.settings.after_ms
-        raised = []
-        for (a, b), pair in self.pairs.items():
-            if not pair.raised and pair.last_ms - pair.since_ms >= after:
-                pair.raised = True
-                raised.append(Raised(a, b, pair.group, pair.since_ms, pair.last_ms,
-                                     pair.fix_a, pair.fix_b))
+        p = self.pairs
+        due = np.flatnonzero(~p["raised"] & (p["last"] - p["since"] >= self.settings.after_ms))
+        if not len(due):
+            return []
+        p["raised"][due] = True
+        raised = [Raised(int(p["key"][r] >> 32), int(p["key"][r] & 0xFFFFFFFF),
+                         int(p["group"][r]), int(p["since"][r]), int(p["last"][r]),
+                         _fix(p, r, "a"), _fix(p, r, "b")) for r in due.tolist()]
         return sorted(raised, key=lambda r: (r.t_ms, r.a, r.b))
 
     def _drop_apart(self, now_ms: int) -> None:
         """Drop pairs not seen together for `gap_ms`, and pairs whose newest fixes, close
         in time and newer than their last moment together, are too far apart."""
-        if not self.pairs:
+        p = self.pairs
+        if not len(p["key"]):
             return
-        keys = list(self.pairs)
-        a = np.array([k[0] for k in keys], np.int64)
-        b = np.array([k[1] for k in keys], np.int64)
-        last_ms = np.array([p.last_ms for p in self.pairs.values()], np.int64)
+        a, b = p["key"] >> 32, p["key"] & 0xFFFFFFFF
         join, L = self.settings.join, self._last
         ta, tb = L["t"][a], L["t"][b]
         la1, la2 = np.radians(L["lat"][a]), np.radians(L["lat"][b])
         dx = np.radians(L["lon"][a] - L["lon"][b]) * np.cos(0.5 * (la1 + la2))
-        distance = 6_371_008.8 * np.hypot(dx, la1 - la2)
+        distance = EARTH_RADIUS_M * np.hypot(dx, la1 - la2)
         limit = join.radius_m + join.acc_k * np.hypot(L["acc"][a], L["acc"][b])
-        apart = (np.abs(ta - tb) <= join.max_dt_ms) & (np.maximum(ta, tb) > last_ms) \
+        apart = (np.abs(ta - tb) <= join.max_dt_ms) & (np.maximum(ta, tb) > p["last"]) \
             & (distance > limit)
-        stale = now_ms - last_ms > self.settings.gap_ms
-        for k in np.flatnonzero(apart | stale).tolist():
-            del self.pairs[keys[k]]
+        stale = now_ms - p["last"] > self.settings.gap_ms
+        drop = apart | stale
+        if drop.any():
+            self.pairs = {name: column[~drop] for name, column in p.items()}
 
 
 def gathering_alarms(raised: list[Raised], subjects, route: Router, group_names,
@@ -224,9 +243,9 @@ def gathering_id(me: Subject, other: Subject, since_ms: int) -> str:
     return hashlib.sha256(f"{pair}|{GATHERING}|{since_ms}|{me.id}".encode()).hexdigest()[:24]
 
 
-def _fix(window: dict, k) -> tuple:
-    return (int(window["t"][k]), float(window["lon"][k]), float(window["lat"][k]),
-            float(window["acc"][k]), int(window["src"][k]))
+def _fix(pairs: dict, row: int, who: str) -> tuple:
+    """One pair's fix of person `who` ("a" or "b") as (t, lon, lat, acc, src)."""
+    return tuple(pairs[f"{k}_{who}"][row].item() for k, _ in FIX_FIELDS)
 
 
 def _fix_columns(n: int) -> dict:

@@ -46,7 +46,7 @@ def feed(rule, links, minutes, *, a=0, b=1, apart_at=(), step=1):
 def test_together_29_minutes_raises_nothing():
     rule, links = rule_and_links()
     assert feed(rule, links, 29) == {}
-    assert list(rule.pairs) == [(0, 1)]   # still together
+    assert rule.together() == [(0, 1)]   # still together
 
 
 def test_together_31_minutes_raises_one_gathering():
@@ -68,7 +68,7 @@ def test_a_long_silence_ends_the_pair():
     rule, links = rule_and_links(gathering_gap_s=600)
     feed(rule, links, 20)
     assert rule.apply([0], [40 * MIN], [LON], [LAT], [10.0], [GPS], links) == []
-    assert rule.pairs == {}   # 20 min without seeing them together: the pair is gone
+    assert rule.together() == []   # 20 min without seeing them together: the pair is gone
 
 
 def test_key_persons_link_unlinked_people_do_not():
@@ -77,7 +77,7 @@ def test_key_persons_link_unlinked_people_do_not():
     assert links.names[raised[30][0].group] == "key"
     rule, links = rule_and_links()
     assert feed(rule, links, 31, a=0, b=4) == {} and feed(rule, links, 31, a=2, b=4) == {}
-    assert rule.pairs == {}
+    assert rule.together() == []
 
 
 def test_inaccurate_fixes_and_status_rows_say_nothing():
@@ -89,7 +89,7 @@ def test_inaccurate_fixes_and_status_rows_say_nothing():
     for m in range(40):
         assert rule.apply([0, 1], [m * MIN, m * MIN], [LON, LON], [LAT, LAT], [10.0, 10.0],
                           [GPS, STATE0], links) == []
-    assert rule.pairs == {}
+    assert rule.together() == []
 
 
 def test_fixes_in_different_windows_still_meet():
