@@ -1,10 +1,11 @@
 """Compiled spatial join of one window of fixes: linked people seen together (聚集).
 
 The caller hashes every fix into a metric grid cell (`cell_keys`) and sorts the fixes by
-cell key; `pairs_together` then walks each fix's own cell column (the cells above it) and
-the next column to the east, so every unordered pair of fixes in neighbouring cells is
-looked at exactly once, by the fix that comes first in key order. Nothing loops over all
-pairs of subjects.
+cell key; `pairs_together` then walks, for each fresh fix only, the 3 x 3 cells around
+its own (three runs of the sorted keys, one binary search each), so every pair of fixes
+in neighbouring cells with a fresh one among them is looked at exactly once (two fresh
+ones: by the first in key order). Carried-over fixes, most of a window's input, cost a
+place in the sort and nothing more. Nothing loops over all pairs of subjects.
 
 Two fixes count as together when
 - their subjects differ and are *linked*: they share a link group (a case id, or the key
@@ -70,35 +71,35 @@ def _first_at_least(keys, value, lo):
 
 
 @kernel
-def pairs_together(order, keys, lon, lat, t_ms, acc_m, subject, fresh, radius_m, acc_k,
-                   max_dt_ms, link_start, link_groups, out_i, out_j, out_group):
-    """Write the pairs of fixes together (indices into the fix arrays, i before j in key
-    order, and their shared group) into `out_*`; returns how many there are. If that is
-    more than the outputs hold, the first ones are written and the rest only counted:
-    the caller grows the outputs and calls again.
+def pairs_together(order, keys, fresh_at, lon, lat, t_ms, acc_m, subject, fresh, radius_m,
+                   acc_k, max_dt_ms, link_start, link_groups, out_i, out_j, out_group):
+    """Write the pairs of fixes together (indices into the fix arrays, the fresh one or
+    the first in key order as `i`, and their shared group) into `out_*`; returns how
+    many there are. If that is more than the outputs hold, the first ones are written and
+    the rest only counted: the caller grows the outputs and calls again.
 
-    `order` sorts the fixes by cell key; `keys` are the sorted keys (`cell_keys`).
-    lon and lat are in radians.
+    `order` sorts the fixes by cell key, `keys` are the sorted keys (`cell_keys`) and
+    `fresh_at` the positions in that order of the fresh fixes. lon and lat in radians.
     """
     n = order.shape[0]
     cap = out_i.shape[0]
     found = 0
     one = np.int64(1)
-    for p in range(n):
+    for p in fresh_at:
         i = order[p]
         key = keys[p]
         cx = key >> CELL_BITS
         cy = key & ((one << CELL_BITS) - 1)
-        for dx in range(2):
+        for dx in range(-1, 2):
             lo_key = ((cx + dx) << CELL_BITS) | (cy - 1)
             hi_key = ((cx + dx) << CELL_BITS) | (cy + 1)
-            q = p + 1 if dx == 0 else _first_at_least(keys, lo_key, p + 1)
+            q = _first_at_least(keys, lo_key, 0)
             while q < n and keys[q] <= hi_key:
                 j = order[q]
                 q += 1
-                if subject[i] == subject[j] or not (fresh[i] or fresh[j]):
+                if fresh[j] and q - 1 <= p:   # two fresh fixes: taken from the first
                     continue
-                if abs(t_ms[i] - t_ms[j]) > max_dt_ms:
+                if subject[i] == subject[j] or abs(t_ms[i] - t_ms[j]) > max_dt_ms:
                     continue
                 limit = radius_m + acc_k * math.sqrt(acc_m[i] * acc_m[i] + acc_m[j] * acc_m[j])
                 if _distance_m(lon[i], lat[i], lon[j], lat[j]) > limit:

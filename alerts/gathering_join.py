@@ -90,7 +90,7 @@ class JoinSettings:
 
 @dataclass(frozen=True)
 class Together:
-    """Pairs of fixes together: indices into the window (`i` before `j`) and the group
+    """Pairs of fixes together: indices into the window (`i` a fresh fix) and the group
     they share."""
 
     i: np.ndarray
@@ -119,11 +119,12 @@ def join_window(lon, lat, t_ms, acc_m, subject, fresh, links: Links,
     keys = gk.cell_keys(lon_rad, lat_rad, settings.cell_m)
     order = np.argsort(keys)
     sorted_keys = np.ascontiguousarray(keys[order])
+    fresh_at = np.flatnonzero(fresh[order])
     capacity = n + 16
     while True:
         out = (np.empty(capacity, np.int64), np.empty(capacity, np.int64),
                np.empty(capacity, np.int32))
-        found = gk.pairs_together(order, sorted_keys, lon_rad, lat_rad, t, acc, s, fresh,
+        found = gk.pairs_together(order, sorted_keys, fresh_at, lon_rad, lat_rad, t, acc, s, fresh,
                                   float(settings.radius_m), float(settings.acc_k),
                                   int(settings.max_dt_ms), links.start, links.groups, *out)
         if found <= capacity:

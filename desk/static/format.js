@@ -14,6 +14,7 @@ export const TYPE_NAMES = {
   feed_outage: "数据中断",
   phone_off: "手机关机",
   engine_fault: "系统故障",
+  gathering: "聚集",
 };
 export const SEVERITIES = ["critical", "high", "medium", "info"];
 export const SEVERITY_NAMES = { critical: "严重", high: "高", medium: "中", info: "提示" };
