@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 
 from alerts.gathering import GatheringRule, GatheringSettings, gathering_alarms, gathering_id

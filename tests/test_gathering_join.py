@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from alerts.gathering_join import CaseNumbers, JoinSettings, Links, join_window
