@@ -32,7 +32,7 @@ KINDS = ("offices", "subjects", "permits", "delegations", "key_periods")
 ENTRY_KEYS = {
     "offices": ("code", "name", "parent"),
     "subjects": ("id", "devices", "office", "home", "exclusions", "risk", "category", "level",
-                 "ended", "curfews", "night_watch"),
+                 "ended", "curfews", "night_watch", "cases"),
     "permits": ("id", "subject", "start", "end", "destinations", "office", "source",
                 "recurring"),
     "delegations": ("id", "subject", "start", "end", "office", "home"),
@@ -74,6 +74,7 @@ class Subject:
     ended_ms: int | None = None     # supervision ended (no alarms from then on; data kept)
     curfews: tuple["Curfew", ...] = ()   # 宵禁: be inside a zone (home) in these hours
     night_watch: bool = False       # 昼伏夜出: watched for repeated nights away from home
+    cases: tuple[str, ...] = ()     # case ids (同案犯: sharing one links two people, gathering)
 
     def supervised_at(self, t_ms: int) -> bool:
         return self.ended_ms is None or t_ms < self.ended_ms
@@ -307,7 +308,8 @@ def parse_changes(doc: Any, current: Registry, is_place: Callable[[str], bool],
                           risk, category,
                           subjects[sid].index if sid in subjects else -1, level, ended,
                           _curfews(raw, where, problems), _flag(raw, "night_watch", where,
-                                                                problems))
+                                                                problems),
+                          _cases(raw, where, problems))
         if sid and _once(seen["subjects"], sid, where, problems):
             subjects[sid] = subject
 
@@ -503,6 +505,22 @@ def _time(raw, key, where, problems, required=True) -> int | None:
         return None
 
 
+MAX_CASE_CHARS = 128
+
+
+def _cases(raw, where, problems) -> tuple[str, ...]:
+    """A subject's `cases`: distinct case ids (同案犯), each a non-empty id of at most
+    MAX_CASE_CHARS characters; sorted, so that an export reads back equal."""
+    cases = _codes(raw, "cases", where, problems, required=False)
+    bad = [c for c in cases if not c.strip() or len(c) > MAX_CASE_CHARS or c != c.strip()]
+    if bad:
+        problems.append(f"{where}: cases {bad!r} must be ids of 1..{MAX_CASE_CHARS} "
+                        "characters without surrounding spaces")
+    if len(set(cases)) != len(cases):
+        problems.append(f"{where}: cases lists a case twice")
+    return tuple(sorted(set(cases)))
+
+
 def _once(seen: set, key: str, where: str, problems: list[str]) -> bool:
     if key in seen:
         problems.append(f"{where}: {key!r} appears twice in the document")
@@ -641,6 +659,7 @@ def _subject_document(s: Subject) -> dict:
     doc["ended"] = _rfc3339(s.ended_ms) if s.ended_ms is not None else None
     doc["curfews"] = [c.to_document() for c in s.curfews] or None
     doc["night_watch"] = s.night_watch or None
+    doc["cases"] = s.cases or None   # none: left out, as before cases existed
     return _clean(doc)
 
 
@@ -659,7 +678,8 @@ def _subject_of(d: dict) -> Subject:
                    tuple(d["exclusions"]), d["risk"], d["category"], d["index"],
                    d.get("level", "normal"), d.get("ended_ms"),
                    tuple(Curfew(c["from_min"], c["to_min"], tuple(c["days"]), c["zone"])
-                         for c in d.get("curfews", ())), d.get("night_watch", False))
+                         for c in d.get("curfews", ())), d.get("night_watch", False),
+                   tuple(d.get("cases", ())))
 
 
 def _permit_of(d: dict) -> Permit:

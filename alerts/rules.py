@@ -42,13 +42,15 @@ EVENT_TYPES = ("zone_exit", "zone_return", "possible_exit", "exclusion_entry",
 ENGINE_TYPES = ("engine_fault",)
 # Alarm types of orders (issue 13), raised beside the rules kernel (`alerts.curfews`).
 ORDER_TYPES = ("curfew_breach", "night_absence")
+# Alarm types of a pair of people, raised by `alerts.gathering` (one alarm for each).
+PAIR_TYPES = ("gathering",)
 
 NO_TIME = rk.NO_TIME  # `newest_t_ms` before any fix; `linked_t_ms` of events without a link
 _SEVERITY = {"zone_return": "info", "possible_exit": "medium", "exclusion_entry": "critical",
              "possible_exclusion": "medium", "signal_lost": "high", "signal_restored": "info",
              "permit_overstay": "high", "feed_outage": "critical", "phone_off": "high",
              "engine_fault": "critical", "curfew_breach": "high",
-             "night_absence": "medium"}
+             "night_absence": "medium", "gathering": "high"}
 
 SNAPSHOT_MAGIC = b"GFRULES\x00"
 SNAPSHOT_VERSION = 3   # 3: handset state (`alerts.handset.HANDSET_FIELDS`) appended

@@ -13,6 +13,8 @@ subjects it covers to strict's for its duration (`rule_class` is the effective c
 `base_class` the subject's own), and marks them `in_key_period` (signal_lost sooner). The
 clock rules tell the book the time (`key_periods_at`); a registry change is applied at the
 last time told, so a period declared on the desk reaches the fixes within a poll.
+It also keeps who is linked to whom for the gathering rule (`links`: shared case ids
+and key persons, `alerts.gathering_join.Links`), following the same changes.
 """
 
 import time
@@ -20,6 +22,7 @@ import time
 import numpy as np
 
 import geofence
+from alerts.gathering_join import CaseNumbers, Links
 from alerts.registry import LEVELS, Registry, RegistryChange, RegistryStore, Subject
 from alerts.schedule import AreaSchedule
 
@@ -68,6 +71,9 @@ class SubjectBook:
         self._next_poll = 0.0
         self._key_now_ms: int | None = None      # the time the clock last told
         self._key_applied: tuple | None = None   # (active period ids, registry version)
+        self._case_numbers = CaseNumbers()
+        self._groups_of: dict[int, list[int]] = {}   # linked subjects only
+        self._links: Links | None = None
 
     @property
     def size(self) -> int:
@@ -113,6 +119,9 @@ class SubjectBook:
         self.rule_class, self.in_key_period = rule_class.copy(), np.zeros(size, np.bool_)
         self.registered = np.array([s is not None for s in subjects], np.bool_)
         self.index_of = {s.id: s.index for s in registry.subjects.values()}
+        self._groups_of = {}
+        for s in registry.subjects.values():
+            self._link(s)
         self.registry, self.version = registry, registry.version
         self._key_applied = None
         self._key_periods()
@@ -153,6 +162,7 @@ class SubjectBook:
             self.registered[i] = True
             self.subjects[i] = s
             self.index_of[sid] = i
+            self._link(s)
         self.registry, self.version = registry, registry.version
         self._key_applied = None
         self._key_periods()
@@ -185,6 +195,20 @@ class SubjectBook:
         self.in_key_period = covered
         self.rule_class = np.where(covered, STRICT * 2 + self.base_class % 2,
                                    self.base_class).astype(np.int8)
+
+    def _link(self, s: Subject) -> None:
+        groups = self._case_numbers.groups(s.cases, s.risk == "key")
+        if groups or self._groups_of.pop(s.index, None) is not None:
+            self._links = None
+        if groups:
+            self._groups_of[s.index] = groups
+
+    def links(self) -> Links:
+        """Link groups by subject index (a shared case, or both key), for the gathering
+        rule; rebuilt from the linked subjects only, after a change that touched them."""
+        if self._links is None or self._links.n_subjects != self.size:
+            self._links = Links.build(self.size, self._groups_of, self._case_numbers.names)
+        return self._links
 
     def supervised(self, subject: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
         """Per fix: its subject was under supervision at its time (an ended supervision

@@ -17,4 +17,5 @@ STAGES = {  # stage name -> module with run(quick) -> Report
     "approval_latency": "benchmarks.approval_latency",
     "locate_roundtrip": "benchmarks.locate_roundtrip",
     "connector": "benchmarks.connector",
+    "gathering": "benchmarks.gathering",
 }

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from alerts.alarm_store import AlarmStateError, UnknownAlarmError
 from alerts.alarms import STATUSES
-from alerts.rules import ENGINE_TYPES, EVENT_TYPES, ORDER_TYPES
+from alerts.rules import ENGINE_TYPES, EVENT_TYPES, ORDER_TYPES, PAIR_TYPES
 from desk import audit, events, tracks
 from desk.context import HEALTH, SESSION, ApiError, desk_of
 from desk.http import json_response
@@ -54,7 +54,7 @@ def _choice(query, name: str, allowed) -> str | None:
 async def list_alarms(request: web.Request) -> web.Response:
     desk, session, q = desk_of(request), request[SESSION], request.query
     status = _choice(q, "status", STATUSES)
-    kind = _choice(q, "type", EVENT_TYPES + ENGINE_TYPES + ORDER_TYPES)
+    kind = _choice(q, "type", EVENT_TYPES + ENGINE_TYPES + ORDER_TYPES + PAIR_TYPES)
     since = _int(q, "since", 0, MAX_MS)
     limit = _int(q, "limit", 1, MAX_LIMIT, DEFAULT_LIMIT)
     office = q.get("office", "")

@@ -142,7 +142,7 @@ class Scope:
         doc = {"id": subject.id, "office": subject.office, "home": list(subject.home),
                "risk": subject.risk, "category": subject.category,
                "exclusions": list(subject.exclusions), "level": subject.level,
-               "ended": subject.ended_ms}
+               "ended": subject.ended_ms, "cases": list(subject.cases)}
         if subject.curfews:   # orders (issue 13), shown only when given
             doc["curfews"] = [c.to_document() for c in subject.curfews]
         if subject.night_watch:

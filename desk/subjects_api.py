@@ -45,7 +45,7 @@ log = logging.getLogger("geofence.desk")
 # An import entry's keys but `ended` (only `end` ends supervision), and the editable ones
 ONBOARD_KEYS = tuple(k for k in ENTRY_KEYS["subjects"] if k != "ended")
 EDIT_KEYS = ("devices", "home", "level", "risk", "exclusions", "category", "curfews",
-             "night_watch")
+             "night_watch", "cases")
 END_KEYS = ("note",)
 MAX_NOTE_CHARS = 2_000
 MAX_ID_CHARS = 128
@@ -331,7 +331,7 @@ def _entry_of(subject: Subject) -> dict:
              "home": list(subject.home), "exclusions": list(subject.exclusions),
              "risk": subject.risk, "category": subject.category, "level": subject.level,
              "curfews": [c.to_document() for c in subject.curfews],
-             "night_watch": subject.night_watch}
+             "night_watch": subject.night_watch, "cases": list(subject.cases)}
     if subject.ended_ms is not None:
         entry["ended"] = _rfc3339(subject.ended_ms)
     return entry

@@ -111,6 +111,17 @@ class Rules:
     clock: str = "wall"                # "feed": event time (newest fix, then wall time since):
                                        # for replays of recorded days and the demo
     check_every_s: float = 1.0         # how often the clock-driven rules run
+    # Gatherings (聚集, `alerts.gathering`): linked people (a shared case, or both key)
+    # with fixes at most `gathering_max_dt_s` apart and centres within radius +
+    # acc_k * sqrt(acc1² + acc2²), for `gathering_after_s`; fixes less accurate than
+    # `gathering_max_acc_m` are left out; a pair not seen together for `gathering_gap_s`
+    # is apart.
+    gathering_radius_m: float = 200.0
+    gathering_acc_k: float = 0.5
+    gathering_max_acc_m: float = 150.0
+    gathering_max_dt_s: int = 300
+    gathering_after_s: int = 1800
+    gathering_gap_s: int = 900
     strict: dict = field(default_factory=dict)  # [rules.strict]: 严管 subjects' keys, over
                                        # STRICT_DEFAULTS (`for_level`)
     loose: dict = field(default_factory=dict)   # [rules.loose]: 宽管, over LOOSE_DEFAULTS
@@ -152,6 +163,9 @@ NOT_PER_LEVEL = {
     "night_to_hour": "nights are the same for everyone",
     "night_absence_nights": "night_watch is a flag of its own, whatever the level",
     "check_every_s": "the clock rules run for all subjects at once",
+    **dict.fromkeys(("gathering_radius_m", "gathering_acc_k", "gathering_max_acc_m",
+                     "gathering_max_dt_s", "gathering_after_s", "gathering_gap_s"),
+                    "a gathering concerns two people, who may be of different levels"),
     "strict": "a level's table holds no other level's",
     "loose": "a level's table holds no other level's",
 }
@@ -405,6 +419,10 @@ CHECKS: dict[str, dict[str, Any]] = {
               "escalate_medium_s": SECONDS,
               "clock": OneOf(("wall", "feed")),
               "check_every_s": Real(MIN_CHECK_EVERY_S, MAX_CHECK_EVERY_S),
+              "gathering_radius_m": Real(0, 5_000, above=True),
+              "gathering_acc_k": Real(0, 3), "gathering_max_acc_m": Real(0, 5_000, above=True),
+              "gathering_max_dt_s": Whole(1, 3600), "gathering_after_s": SECONDS,
+              "gathering_gap_s": Whole(1, 24 * 3600),
               "strict": LevelTable(), "loose": LevelTable()},
     "leave": {"township_max_days": Whole(1, MAX_LEAVE_DAYS), "max_days": Whole(1, MAX_LEAVE_DAYS),
               "max_days_per_year": Whole(1, MAX_LEAVE_DAYS),

@@ -10,6 +10,8 @@ of `Worker`:
                   position) are split out by mask there, get no verdict and are not
                   counted among the verdicts reported, but they do count as the
                   carrier's newest row (feed_outage, the feed clock)
+    gather        worker 0 only: the whole batch's fixes of linked people through the
+                  gathering rule (`alerts.gathering.GatheringStage` says why one worker)
     check_clock   about once a second, fixes or not: signal_lost, feed_outage,
                   permit_overstay (`alerts.clock_rules`)
     commit        alarms, checkpoint and (every few seconds) the rules state, in
@@ -42,6 +44,7 @@ import geofence
 from alerts.alarms import Alarm
 from alerts.clock_rules import Carriers, ClockRules, RulesClock
 from alerts.evaluation import Evaluation
+from alerts.gathering import GatheringStage
 from alerts.registry import RegistryStore
 from alerts.subject_book import SubjectBook
 from engine.config import Settings
@@ -97,6 +100,7 @@ class Worker:
         snapshot_seq, snapshot, self.checked_until = self.results.rule_snapshot()
         self.evaluation = Evaluation(self.engine, self.book, settings.rules, snapshot)
         self.clock_rules = ClockRules(self.engine, self.book, settings.rules, index, count)
+        self.gathering = GatheringStage(self.book, settings.rules) if index == 0 else None
         self.carriers = Carriers(self.results.carriers())
         self.clock = RulesClock(settings.rules.clock)
         for _, _, t in self.carriers.rows():
@@ -221,6 +225,8 @@ class Worker:
                 round_.alarms += result.alarms
                 round_.kernel_s += result.kernel_s
                 round_.late += result.late
+            if self.gathering is not None:
+                round_.alarms += self.gathering.run(fixes)
             round_.last_seq = batch.seq
             round_.verdicts += counts
         return round_
@@ -276,6 +282,7 @@ class Worker:
 def warm_up() -> None:
     """Compile or load every kernel a worker runs, before it takes traffic."""
     from alerts.curfews import warm_up as warm_curfews
+    from alerts.gathering import warm_up as warm_gathering
     from alerts.rules import warm_up as warm_rules
     from alerts.schedule import warm_up as warm_schedule
 
@@ -283,6 +290,7 @@ def warm_up() -> None:
     warm_rules()
     warm_schedule()
     warm_curfews()
+    warm_gathering()
 
 
 def run_worker(settings: Settings, index: int, count: int, should_stop,

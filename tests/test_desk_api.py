@@ -238,7 +238,7 @@ def test_a_delegated_subject_is_seen_by_the_delegate_and_the_origin_office(world
             s4 = next(s for s in body["subjects"] if s["id"] == "S4")
             assert s4 == {"id": "S4", "office": T1, "home": [C402], "risk": "normal",
                           "category": "parole", "exclusions": [], "level": "normal",
-                          "ended": None, "origin": T3}
+                          "ended": None, "origin": T3, "cases": []}
             status, doc = await post(town3, server, "/api/alarms/a4/ack", {"note": "origin"})
             assert status == 200 and doc["history"][-1]["office"] == T3
     run(scenario())

@@ -92,7 +92,7 @@ def test_a_persons_record_shows_devices_only_to_the_supervising_side(world):
                 assert status == 200
                 assert doc == {"id": "S1", "office": T1, "home": [C402], "risk": "normal",
                                "category": "probation", "exclusions": [], "level": "normal",
-                               "ended": None, "devices": ["13800000001"]}
+                               "ended": None, "devices": ["13800000001"], "cases": []}
             # S4 is town3's, delegated to town1: the delegate sees the person, not the phone
             status, doc = await get(town1, server, "/api/subjects/S4")
             assert status == 200 and "devices" not in doc
@@ -122,7 +122,7 @@ def test_onboarding_creates_the_person_with_a_new_index_and_everything_given(wor
         async with serving(*world) as server, logged_in(server, "town1") as town1:
             status, doc = await post(town1, server, "/api/subjects", NEW)
             assert status == 201, doc
-            assert doc == {**{k: v for k, v in NEW.items()}, "ended": None}
+            assert doc == {**{k: v for k, v in NEW.items()}, "ended": None, "cases": []}
             status, listed = await get(town1, server, "/api/subjects")
             assert "S9" in {s["id"] for s in listed["subjects"]}
             assert all("devices" not in s for s in listed["subjects"])
@@ -250,6 +250,22 @@ def test_an_edit_changes_only_the_keys_given(world):
     assert (s1.exclusions, s1.level, s1.risk, s1.category, s1.home) == (
         ("Z1",), "strict", "normal", "probation", (C402,))
     assert audit_of(world, "S1") == [("subject.update", "town1", "")]
+
+
+def test_cases_are_edited_shown_and_checked_like_an_import(world):
+    async def scenario():
+        async with serving(*world) as server, logged_in(server, "town1") as town1:
+            status, doc = await send(town1, server, "PATCH", "/api/subjects/S1",
+                                     {"cases": ["(2025)鲁0402刑初12号"]})
+            assert status == 200, doc
+            assert doc["cases"] == ["(2025)鲁0402刑初12号"]
+            status, body = await send(town1, server, "PATCH", "/api/subjects/S1",
+                                      {"cases": ["A", "A"], "level": "nonsense"})
+            assert status == 422 and len(body["problems"]) == 2, body
+            status, doc = await get(town1, server, "/api/subjects/S1")
+            assert doc["cases"] == ["(2025)鲁0402刑初12号"]
+    run(scenario())
+    assert registry_of(world).subjects["S1"].cases == ("(2025)鲁0402刑初12号",)
 
 
 def test_a_new_home_is_for_the_county_not_the_township_alone(world):

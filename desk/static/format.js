@@ -16,6 +16,7 @@ export const TYPE_NAMES = {
   engine_fault: "系统故障",
   curfew_breach: "违反宵禁",
   night_absence: "昼伏夜出",
+  gathering: "聚集",
 };
 export const SEVERITIES = ["critical", "high", "medium", "info"];
 export const SEVERITY_NAMES = { critical: "严重", high: "高", medium: "中", info: "提示" };
