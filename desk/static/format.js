@@ -12,7 +12,6 @@ export const TYPE_NAMES = {
   signal_restored: "恢复联系",
   permit_overstay: "外出逾期",
   feed_outage: "数据中断",
-  phone_off: "手机关机",
   engine_fault: "系统故障",
   curfew_breach: "违反宵禁",
   night_absence: "昼伏夜出",
