@@ -158,16 +158,10 @@ def _connector(name: str, table: dict, where: str, problems: list[str]) -> HttpC
 
 
 def _typed(default, value):
-    expected = type(default)
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if expected is tuple and isinstance(value, list):
-        value = tuple(value)
-    if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
-        names = {int: "a whole number", float: "a number", str: "a string", dict: "a table",
-                 tuple: "an array"}
-        return value, f"must be {names.get(expected, expected.__name__)}"   # no value shown
-    return value, None
+    """`value` as the type of `default`, or the problem, never naming the value."""
+    from engine.config import _typed as typed
+
+    return typed(default, value, show_value=False)
 
 
 def _carrier(value: str) -> list[str]:

@@ -531,16 +531,18 @@ def _section(default, table: dict[str, Any], where: str, problems: list[str]):
     return replace(default, **changes)
 
 
-def _typed(default, value) -> tuple[Any, str | None]:
+def _typed(default, value, show_value: bool = True) -> tuple[Any, str | None]:
     """`value` as the type of `default` (an int where a float goes, a list for a tuple),
-    or the problem when it is of another type."""
+    or the problem when it is of another type (naming the value unless `show_value` is
+    false: a credential must not reach an error message)."""
     expected = type(default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if expected is tuple and isinstance(value, list):
         value = tuple(value)
     if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
-        return value, f"must be {_type_name(expected)}, not {value!r}"
+        shown = f", not {value!r}" if show_value else ""
+        return value, f"must be {_type_name(expected)}{shown}"
     return value, None
 
 
