@@ -13,6 +13,7 @@ import re
 from aiohttp import web
 
 from desk.context import ApiError
+from geofence.known_keys import unknown_keys
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_DEPTH = 32
@@ -21,15 +22,21 @@ NOT_AN_OBJECT = "the body must be a JSON object"
 _TOKEN = re.compile(r'\\.|["\[\]{}]', re.DOTALL)   # an escape, a quote or a bracket
 
 
-async def json_body(request: web.Request) -> dict:
-    """The request's JSON object body; ApiError 400 (413: too large) if it is not one."""
+async def json_body(request: web.Request, keys: tuple[str, ...] | None = None) -> dict:
+    """The request's JSON object body; ApiError 400 (413: too large) if it is not one, or
+    (with `keys`) if it has a key not among them."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError(413, f"the body must be at most {MAX_BODY_BYTES // 1024} KiB")
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, f"the body must be at most {MAX_BODY_BYTES // 1024} KiB") from None
-    return parse_object(raw)
+    body = parse_object(raw)
+    if keys is not None:
+        problems = unknown_keys(body, keys, "the body")
+        if problems:
+            raise ApiError(400, "; ".join(problems))
+    return body
 
 
 def parse_object(raw: bytes) -> dict:

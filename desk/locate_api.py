@@ -37,7 +37,6 @@ from desk.context import SESSION, ApiError, desk_of
 from desk.http import json_response
 from desk.jsonbody import json_body
 from desk.subjects_api import _subject_id, _visible
-from geofence.known_keys import unknown_keys
 
 LOCATE_KEYS = ("alarm",)
 MAX_ID_CHARS = 128
@@ -52,10 +51,7 @@ ENDED = "supervision of this person has ended: no more locate requests"
 async def request_locate(request: web.Request) -> web.Response:
     """202 with the new request; 409 without a phone or after the end; 429 too often."""
     desk, session, subject_id = desk_of(request), request[SESSION], _subject_id(request)
-    body = await json_body(request)
-    problems = unknown_keys(body, LOCATE_KEYS, "the body")
-    if problems:
-        raise ApiError(400, "; ".join(problems))
+    body = await json_body(request, LOCATE_KEYS)
     alarm_id = body.get("alarm")
     if alarm_id is not None and (not isinstance(alarm_id, str)
                                  or not 0 < len(alarm_id) <= MAX_ID_CHARS):
